@@ -1,0 +1,109 @@
+import { z } from "zod";
+
+/** One path segment of a repository key: lower-case, safe as a Consul key on every Consul version. */
+export const SEGMENT = /^[a-z0-9._-]+$/;
+const FLAVOR = /^[A-Za-z0-9._-]+$/;
+
+/** `<host>/<owner>/<name>`, lower-cased, from a repository's `html_url`. */
+export type RepoKey = string;
+
+/** The repository's `html_url` as a registry key, or undefined when it cannot be one. */
+export function repoKeyFromUrl(htmlUrl: string): RepoKey | undefined {
+  let url: URL;
+  try {
+    url = new URL(htmlUrl);
+  } catch {
+    return undefined;
+  }
+  const host = url.host.toLowerCase();
+  const parts = url.pathname.replace(/\.git$/, "").split("/").filter(Boolean).map((p) => p.toLowerCase());
+  if (parts.length < 2) return undefined;
+  // Gitea may live under a sub-path (https://example.test/git/acme/widgets): owner and name are the last two.
+  const [owner, name] = parts.slice(-2) as [string, string];
+  const hostKey = host.replace(/:/g, "_");
+  if (![hostKey, owner, name].every((s) => SEGMENT.test(s) && s !== "." && s !== "..")) return undefined;
+  return `${hostKey}/${owner}/${name}`;
+}
+
+/** True when `key` has the shape `<host>/<owner>/<name>` with valid segments. */
+export function isRepoKey(key: string): key is RepoKey {
+  const parts = key.split("/");
+  return parts.length === 3 && parts.every((s) => SEGMENT.test(s) && s !== "." && s !== "..");
+}
+
+export const HookAuth = z
+  .object({
+    secret: z.string().min(1, "must not be empty").optional(),
+    token: z.string().min(1, "must not be empty").optional(),
+  })
+  .refine((h) => h.secret !== undefined || h.token !== undefined, {
+    message: "needs a secret, a token, or both",
+  });
+export type HookAuth = z.infer<typeof HookAuth>;
+
+export const Flavor = z.object({ builder: z.string().min(1) });
+export type Flavor = z.infer<typeof Flavor>;
+
+/** A repository's entry: `<prefix>/repos/<host>/<owner>/<name>` in Consul, `repos.<key>` in the YAML file. */
+export const RepoConfig = z.object({
+  hook: HookAuth,
+  gitea: z.object({ url: z.url(), token: z.string().min(1) }).optional(),
+  trusted: z.object({ senders: z.array(z.string().min(1)).default([]) }).default({ senders: [] }),
+  flavors: z
+    .record(z.string().regex(FLAVOR, "flavor names are letters, digits, '.', '_' and '-'"), Flavor)
+    .optional(),
+  caches: z
+    .record(z.string().regex(/^[A-Za-z0-9._-]+$/, "cache names are letters, digits, '.', '_' and '-'"), z.string().min(1))
+    .default({}),
+  logs: z.enum(["public", "token"]).optional(),
+});
+export type RepoConfig = z.infer<typeof RepoConfig>;
+
+/** `<prefix>/secrets/<host>/<owner>/<name>`: build secrets plus an optional clone-only deploy key. */
+export const RepoSecrets = z.record(z.string().min(1), z.string());
+export type RepoSecrets = z.infer<typeof RepoSecrets>;
+
+/** What the rest of petrel works with: config and secrets of one repository, already validated. */
+export interface RepoEntry {
+  key: RepoKey;
+  config: RepoConfig;
+  /** Build secrets without the deploy key. */
+  secrets: Record<string, string>;
+  deployKey?: string;
+}
+
+/** Splits a validated secrets object into build secrets and the deploy key. */
+export function splitSecrets(raw: RepoSecrets): { secrets: Record<string, string>; deployKey?: string } {
+  const { deploy_key: deployKey, ...secrets } = raw;
+  return deployKey === undefined ? { secrets } : { secrets, deployKey };
+}
+
+/** The flavors of a repository, with the documented default when the entry names none. */
+export function flavorsOf(config: RepoConfig, defaultBuilder: string): Record<string, Flavor> {
+  return config.flavors ?? { default: { builder: defaultBuilder } };
+}
+
+/** Formats a zod error as `field: problem; field: problem`, for messages that name the key and the field. */
+export function describeIssues(error: z.ZodError): string {
+  return error.issues
+    .map((i) => `${i.path.length ? i.path.join(".") : "(root)"}: ${i.message}`)
+    .join("; ");
+}
+
+/** Where a registry stands: where it reads from and how old its view is. */
+export interface RegistryHealth {
+  ok: boolean;
+  source: "consul" | "file";
+  /** Seconds since the registry last confirmed its view with its source; 0 when current. */
+  stalenessSeconds: number;
+  repositories: number;
+  lastError?: string;
+}
+
+/** Repository entries by key. Lookups are served from memory once the registry is warm. */
+export interface Registry {
+  get(key: RepoKey): Promise<RepoEntry | undefined>;
+  list(): Promise<RepoEntry[]>;
+  health(): RegistryHealth;
+  close(): Promise<void>;
+}
