@@ -1,0 +1,56 @@
+import { Hono } from "hono";
+import type { Context } from "hono";
+import { HTTPException } from "hono/http-exception";
+import { AppError, UpstreamError } from "./errors.js";
+import type { BuildBackend } from "./builds/backend.js";
+import type { StatusReporter } from "./gitea/client.js";
+import type { Logger } from "./log.js";
+import type { Metrics } from "./metrics.js";
+import type { Registry } from "./registry/schema.js";
+import { createHookRoute } from "./routes/hook.js";
+import { createHealthRoute } from "./routes/health.js";
+
+/** Everything the HTTP app needs, injected so tests wire fakes and main wires the real clients. */
+export interface AppDeps {
+  log: Logger;
+  metrics: Metrics;
+  registry: Registry;
+  backend: BuildBackend;
+  reporter: StatusReporter;
+  publicUrl: string;
+  defaultBuilder: string;
+  /** Checks for /health besides the registry and the backend, e.g. Consul's leader. */
+  extraHealth?: Record<string, (signal: AbortSignal) => Promise<{ ok: boolean; error?: string }>>;
+}
+
+/** An error body as SPEC gives it: `{"error": {"code", "message"}}`. */
+export function errorBody(code: string, message: string): { error: { code: string; message: string } } {
+  return { error: { code, message } };
+}
+
+/** Builds the Hono app: routes, and the one place errors become responses. */
+export function createApp(deps: AppDeps): Hono {
+  const app = new Hono();
+  app.route("/", createHookRoute(deps));
+  app.route("/", createHealthRoute(deps));
+
+  app.notFound((c) => c.json(errorBody("not_found", `no route for ${c.req.method} ${c.req.path}`), 404));
+  app.onError((err, c) => respondError(deps, c, err));
+  return app;
+}
+
+function respondError(deps: AppDeps, c: Context, err: unknown): Response {
+  if (err instanceof AppError) {
+    if (err instanceof UpstreamError) {
+      deps.metrics.upstreamErrors.inc({ service: err.service, status: String(err.upstreamStatus) });
+    }
+    const level = err.status >= 500 ? "error" : "info";
+    deps.log[level]({ code: err.code, status: err.status, path: c.req.path, err: err.message }, "request failed");
+    return c.json(errorBody(err.code, err.message), err.status as 400);
+  }
+  if (err instanceof HTTPException) {
+    return c.json(errorBody("bad_request", err.message || "bad request"), err.status);
+  }
+  deps.log.error({ err, path: c.req.path }, "unexpected error");
+  return c.json(errorBody("internal", "internal error; see petrel's log"), 500);
+}

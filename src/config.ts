@@ -1,0 +1,221 @@
+import { readFileSync } from "node:fs";
+import { z } from "zod";
+
+/** TLS material for one HashiCorp client, in HashiCorp's own terms. */
+export interface TlsConfig {
+  cacert?: string;
+  capath?: string;
+  clientCert?: string;
+  clientKey?: string;
+  serverName?: string;
+  /** false skips server certificate verification (NOMAD_SKIP_VERIFY=true, CONSUL_HTTP_SSL_VERIFY=false). */
+  verify: boolean;
+}
+
+export interface NomadConfig {
+  addr: string;
+  token?: string;
+  region?: string;
+  namespace?: string;
+  tls: TlsConfig;
+}
+
+export interface ConsulConfig {
+  addr: string;
+  token?: string;
+  tls: TlsConfig;
+}
+
+/** Everything petrel reads from its environment, validated. */
+export interface Config {
+  mode: "cluster" | "local";
+  listen: { host: string; port: number };
+  publicUrl: string;
+  consulPrefix: string;
+  builderJob: string;
+  adminToken?: string;
+  configPath: string;
+  dataDir: string;
+  logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+  localConcurrency: number;
+  nomad?: NomadConfig;
+  consul: ConsulConfig;
+}
+
+/** A bad or missing setting: the message names the variable and the fix, on one line. */
+export class ConfigError extends Error {
+  readonly variable: string;
+  constructor(variable: string, message: string) {
+    super(`${variable}: ${message}`);
+    this.name = "ConfigError";
+    this.variable = variable;
+  }
+}
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+const GO_TRUE = new Set(["1", "t", "T", "TRUE", "true", "True"]);
+const GO_FALSE = new Set(["0", "f", "F", "FALSE", "false", "False"]);
+
+/** Booleans the way HashiCorp's Go clients read them (strconv.ParseBool). */
+function bool(env: Env, name: string, fallback: boolean): boolean {
+  const raw = value(env, name);
+  if (raw === undefined) return fallback;
+  if (GO_TRUE.has(raw)) return true;
+  if (GO_FALSE.has(raw)) return false;
+  throw new ConfigError(name, `expected true or false, got ${JSON.stringify(raw)}`);
+}
+
+/** A set, non-blank value, trimmed; blank counts as unset, as in HashiCorp's clients. */
+function value(env: Env, name: string): string | undefined {
+  const raw = env[name]?.trim();
+  return raw ? raw : undefined;
+}
+
+function readable(env: Env, name: string): string | undefined {
+  const path = value(env, name);
+  if (path === undefined) return undefined;
+  try {
+    readFileSync(path);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? "unreadable";
+    // A directory is what *_CAPATH names, so only regular-file variables get here.
+    throw new ConfigError(name, `cannot read ${path} (${code}); point it at a readable PEM file or unset it`);
+  }
+  return path;
+}
+
+function tokenFrom(env: Env, fileVar: string, tokenVar: string): string | undefined {
+  const file = value(env, fileVar);
+  if (file !== undefined) {
+    let text: string;
+    try {
+      text = readFileSync(file, "utf8");
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code ?? "unreadable";
+      throw new ConfigError(fileVar, `cannot read ${file} (${code}); point it at a file holding the token or unset it`);
+    }
+    const token = text.trim();
+    if (!token) throw new ConfigError(fileVar, `${file} is empty; write the token into it or unset it`);
+    return token;
+  }
+  return value(env, tokenVar);
+}
+
+function tls(env: Env, prefix: "NOMAD" | "CONSUL", verify: boolean): TlsConfig {
+  const cert = readable(env, `${prefix}_CLIENT_CERT`);
+  const key = readable(env, `${prefix}_CLIENT_KEY`);
+  if ((cert === undefined) !== (key === undefined)) {
+    const missing = cert === undefined ? `${prefix}_CLIENT_CERT` : `${prefix}_CLIENT_KEY`;
+    throw new ConfigError(missing, `must be set together with ${cert === undefined ? `${prefix}_CLIENT_KEY` : `${prefix}_CLIENT_CERT`}`);
+  }
+  const out: TlsConfig = { verify };
+  const cacert = readable(env, `${prefix}_CACERT`);
+  const capath = value(env, `${prefix}_CAPATH`);
+  const serverName = value(env, `${prefix}_TLS_SERVER_NAME`);
+  if (cacert !== undefined) out.cacert = cacert;
+  if (capath !== undefined) out.capath = capath;
+  if (cert !== undefined) out.clientCert = cert;
+  if (key !== undefined) out.clientKey = key;
+  if (serverName !== undefined) out.serverName = serverName.replace(/:\d+$/, "");
+  return out;
+}
+
+function url(name: string, raw: string, defaultScheme: "http" | "https"): string {
+  const withScheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(raw) ? raw : `${defaultScheme}://${raw}`;
+  let parsed: URL;
+  try {
+    parsed = new URL(withScheme);
+  } catch {
+    throw new ConfigError(name, `${JSON.stringify(raw)} is not an address; use host:port or http(s)://host:port`);
+  }
+  if (parsed.protocol !== "http:" && parsed.protocol !== "https:") {
+    throw new ConfigError(name, `scheme ${parsed.protocol} is not supported; use http:// or https://`);
+  }
+  return withScheme.replace(/\/+$/, "");
+}
+
+function listen(raw: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(raw);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) {
+    throw new ConfigError("PETREL_LISTEN", `${JSON.stringify(raw)} is not host:port (for example 127.0.0.1:8080)`);
+  }
+  return { host: m[1] ?? (m[2] || "0.0.0.0"), port };
+}
+
+const LOG_LEVEL = z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]);
+const JOB_ID = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+
+/** Reads petrel's configuration from an environment record; pure apart from reading named files. */
+export function readConfig(env: Env): Config {
+  const listenRaw = value(env, "PETREL_LISTEN") ?? "127.0.0.1:8080";
+  const listenAt = listen(listenRaw);
+
+  const level = LOG_LEVEL.safeParse(value(env, "LOG_LEVEL") ?? "info");
+  if (!level.success) {
+    throw new ConfigError("LOG_LEVEL", `expected one of ${LOG_LEVEL.options.join(", ")}, got ${JSON.stringify(env.LOG_LEVEL)}`);
+  }
+
+  const publicUrl = url("PETREL_URL", value(env, "PETREL_URL") ?? `http://${listenRaw}`, "http");
+
+  const prefix = value(env, "PETREL_CONSUL_PREFIX") ?? "petrel";
+  if (!/^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/.test(prefix)) {
+    throw new ConfigError("PETREL_CONSUL_PREFIX", `${JSON.stringify(prefix)} must be key segments of letters, digits, '.', '_' or '-' joined by '/'`);
+  }
+  const builderJob = value(env, "PETREL_BUILDER_JOB") ?? "builder";
+  if (!JOB_ID.test(builderJob)) {
+    throw new ConfigError("PETREL_BUILDER_JOB", `${JSON.stringify(builderJob)} is not a Nomad job ID`);
+  }
+
+  const adminToken = value(env, "PETREL_ADMIN_TOKEN");
+  if (adminToken !== undefined && adminToken.length < 16) {
+    throw new ConfigError("PETREL_ADMIN_TOKEN", "is shorter than 16 characters; use a long random token (openssl rand -hex 32)");
+  }
+
+  const concurrencyRaw = value(env, "PETREL_LOCAL_CONCURRENCY") ?? "1";
+  const localConcurrency = Number(concurrencyRaw);
+  if (!Number.isInteger(localConcurrency) || localConcurrency < 1 || localConcurrency > 256) {
+    throw new ConfigError("PETREL_LOCAL_CONCURRENCY", `expected a whole number from 1 to 256, got ${JSON.stringify(concurrencyRaw)}`);
+  }
+
+  const consulSsl = bool(env, "CONSUL_HTTP_SSL", false);
+  const consul: ConsulConfig = {
+    addr: url("CONSUL_HTTP_ADDR", value(env, "CONSUL_HTTP_ADDR") ?? "127.0.0.1:8500", consulSsl ? "https" : "http"),
+    tls: tls(env, "CONSUL", bool(env, "CONSUL_HTTP_SSL_VERIFY", true)),
+  };
+  // CONSUL_HTTP_SSL=true upgrades a plain address, as the official client does; it never downgrades https.
+  if (consulSsl) consul.addr = consul.addr.replace(/^http:/, "https:");
+  const consulToken = tokenFrom(env, "CONSUL_HTTP_TOKEN_FILE", "CONSUL_HTTP_TOKEN");
+  if (consulToken !== undefined) consul.token = consulToken;
+
+  const config: Config = {
+    mode: value(env, "NOMAD_ADDR") ? "cluster" : "local",
+    listen: listenAt,
+    publicUrl,
+    consulPrefix: prefix,
+    builderJob,
+    configPath: value(env, "PETREL_CONFIG") ?? "./petrel.yaml",
+    dataDir: value(env, "PETREL_DATA_DIR") ?? "./.petrel",
+    logLevel: level.data,
+    localConcurrency,
+    consul,
+  };
+  if (adminToken !== undefined) config.adminToken = adminToken;
+
+  const nomadAddr = value(env, "NOMAD_ADDR");
+  if (nomadAddr !== undefined) {
+    const nomad: NomadConfig = {
+      addr: url("NOMAD_ADDR", nomadAddr, "http"),
+      tls: tls(env, "NOMAD", !bool(env, "NOMAD_SKIP_VERIFY", false)),
+    };
+    const token = value(env, "NOMAD_TOKEN");
+    const region = value(env, "NOMAD_REGION");
+    const namespace = value(env, "NOMAD_NAMESPACE");
+    if (token !== undefined) nomad.token = token;
+    if (region !== undefined) nomad.region = region;
+    if (namespace !== undefined) nomad.namespace = namespace;
+    config.nomad = nomad;
+  }
+  return config;
+}

@@ -1,0 +1,59 @@
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+
+/** petrel's Prometheus metrics on a registry of their own (no global state). */
+export interface Metrics {
+  registry: Registry;
+  deliveries: Counter<"outcome">;
+  dispatchSeconds: Histogram<"result">;
+  upstreamErrors: Counter<"service" | "status">;
+  registryStaleness: Gauge;
+  registryUp: Gauge;
+  statusesPosted: Counter<"state" | "result">;
+}
+
+/** Creates the metrics; `staleness` is read at scrape time. */
+export function createMetrics(options: { staleness: () => { seconds: number; ok: boolean } }): Metrics {
+  const registry = new Registry();
+  const deliveries = new Counter({
+    name: "petrel_webhook_deliveries_total",
+    help: "Webhook deliveries by outcome (dispatched, duplicate, skipped, or the error code).",
+    labelNames: ["outcome"] as const,
+    registers: [registry],
+  });
+  const dispatchSeconds = new Histogram({
+    name: "petrel_dispatch_duration_seconds",
+    help: "Time from a verified webhook to Nomad accepting the dispatch, retries included.",
+    labelNames: ["result"] as const,
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [registry],
+  });
+  const upstreamErrors = new Counter({
+    name: "petrel_upstream_errors_total",
+    help: "Failed calls to Nomad, Consul and Gitea by service and HTTP status (0 = no answer).",
+    labelNames: ["service", "status"] as const,
+    registers: [registry],
+  });
+  const registryStaleness = new Gauge({
+    name: "petrel_registry_staleness_seconds",
+    help: "Seconds since the repository registry last confirmed its view with Consul or the config file.",
+    registers: [registry],
+    collect() {
+      this.set(options.staleness().seconds);
+    },
+  });
+  const registryUp = new Gauge({
+    name: "petrel_registry_up",
+    help: "1 when the registry's source answers, 0 while petrel serves its last known good entries.",
+    registers: [registry],
+    collect() {
+      this.set(options.staleness().ok ? 1 : 0);
+    },
+  });
+  const statusesPosted = new Counter({
+    name: "petrel_commit_statuses_total",
+    help: "Commit statuses sent to the forge by state and result (ok, failed).",
+    labelNames: ["state", "result"] as const,
+    registers: [registry],
+  });
+  return { registry, deliveries, dispatchSeconds, upstreamErrors, registryStaleness, registryUp, statusesPosted };
+}

@@ -1,0 +1,43 @@
+import type { BuildBackend } from "../builds/backend.js";
+import { AppError, errorMessage } from "../errors.js";
+import type { NomadClient } from "./client.js";
+
+/** Nomad refuses dispatch payloads over 16 KiB (contracts/nomad.md §1.2). */
+export const NOMAD_PAYLOAD_LIMIT = 16 * 1024;
+
+/** Cluster mode: every build is a dispatched child of a parameterized Nomad batch job. */
+export function createNomadBackend(options: { nomad: NomadClient }): BuildBackend {
+  const { nomad } = options;
+  return {
+    kind: "nomad",
+    parameterized: (builder, signal) => nomad.parameterized(builder, signal === undefined ? {} : { signal }),
+    async dispatch(request, signal) {
+      let payload: Buffer | undefined;
+      if (request.payload !== undefined) {
+        payload = Buffer.from(JSON.stringify(request.payload));
+        if (payload.length > NOMAD_PAYLOAD_LIMIT) {
+          // Checked here so the operator reads which limit was hit instead of Nomad's bare size message.
+          throw new AppError(
+            "config_invalid",
+            500,
+            `the repository's secrets and deploy key take ${payload.length} bytes; Nomad's dispatch payload limit is ${NOMAD_PAYLOAD_LIMIT}`,
+          );
+        }
+      }
+      const result = await nomad.dispatch(
+        request.builder,
+        { meta: request.meta, idempotencyToken: request.idempotencyToken, ...(payload === undefined ? {} : { payload }) },
+        signal === undefined ? {} : { signal },
+      );
+      return { id: result.id, duplicate: result.duplicate };
+    },
+    async health(signal) {
+      try {
+        await nomad.leader(signal);
+        return { ok: true };
+      } catch (err) {
+        return { ok: false, error: errorMessage(err) };
+      }
+    },
+  };
+}
