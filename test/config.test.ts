@@ -1,0 +1,108 @@
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { ConfigError, readConfig } from "../src/config.js";
+
+function fail(env: Record<string, string>): ConfigError {
+  try {
+    readConfig(env);
+  } catch (err) {
+    if (err instanceof ConfigError) return err;
+    throw err;
+  }
+  throw new Error("readConfig accepted the environment");
+}
+
+describe("readConfig", () => {
+  it("defaults to single-machine mode with documented defaults", () => {
+    const c = readConfig({});
+    expect(c.mode).toBe("local");
+    expect(c.listen).toEqual({ host: "127.0.0.1", port: 8080 });
+    expect(c.publicUrl).toBe("http://127.0.0.1:8080");
+    expect(c.consulPrefix).toBe("petrel");
+    expect(c.builderJob).toBe("builder");
+    expect(c.configPath).toBe("./petrel.yaml");
+    expect(c.dataDir).toBe("./.petrel");
+    expect(c.consul.addr).toBe("http://127.0.0.1:8500");
+    expect(c.consul.tls.verify).toBe(true);
+    expect(c.nomad).toBeUndefined();
+    expect(c.adminToken).toBeUndefined();
+  });
+
+  it("treats an empty NOMAD_ADDR as unset", () => {
+    expect(readConfig({ NOMAD_ADDR: "" }).mode).toBe("local");
+    expect(readConfig({ NOMAD_ADDR: "   " }).mode).toBe("local");
+  });
+
+  it("enters cluster mode with HashiCorp's variables", () => {
+    const c = readConfig({
+      NOMAD_ADDR: "https://nomad.example.test:4646/",
+      NOMAD_TOKEN: "n-token",
+      NOMAD_REGION: "eu",
+      NOMAD_NAMESPACE: "ci",
+      CONSUL_HTTP_ADDR: "consul.example.test:8501",
+      CONSUL_HTTP_SSL: "true",
+      CONSUL_HTTP_TOKEN: "c-token",
+    });
+    expect(c.mode).toBe("cluster");
+    expect(c.nomad).toMatchObject({ addr: "https://nomad.example.test:4646", token: "n-token", region: "eu", namespace: "ci" });
+    expect(c.consul).toMatchObject({ addr: "https://consul.example.test:8501", token: "c-token" });
+  });
+
+  it("reads opposite verify polarities the HashiCorp way", () => {
+    const c = readConfig({ NOMAD_ADDR: "127.0.0.1:4646", NOMAD_SKIP_VERIFY: "true", CONSUL_HTTP_SSL_VERIFY: "false" });
+    expect(c.nomad?.tls.verify).toBe(false);
+    expect(c.consul.tls.verify).toBe(false);
+    const d = readConfig({ NOMAD_ADDR: "127.0.0.1:4646", NOMAD_SKIP_VERIFY: "0", CONSUL_HTTP_SSL_VERIFY: "1" });
+    expect(d.nomad?.tls.verify).toBe(true);
+    expect(d.consul.tls.verify).toBe(true);
+  });
+
+  it("prefers CONSUL_HTTP_TOKEN_FILE over CONSUL_HTTP_TOKEN and trims it", () => {
+    const dir = mkdtempSync(join(tmpdir(), "petrel-config-"));
+    writeFileSync(join(dir, "token"), "from-file\n");
+    expect(readConfig({ CONSUL_HTTP_TOKEN: "from-env", CONSUL_HTTP_TOKEN_FILE: join(dir, "token") }).consul.token).toBe("from-file");
+  });
+
+  it("names the variable for a bad boolean", () => {
+    const err = fail({ NOMAD_ADDR: "x:1", NOMAD_SKIP_VERIFY: "yes" });
+    expect(err.variable).toBe("NOMAD_SKIP_VERIFY");
+    expect(err.message).toMatch(/^NOMAD_SKIP_VERIFY: expected true or false, got "yes"$/);
+  });
+
+  it("names the variable for an unreadable token file", () => {
+    const err = fail({ CONSUL_HTTP_TOKEN_FILE: "/nonexistent/token" });
+    expect(err.variable).toBe("CONSUL_HTTP_TOKEN_FILE");
+    expect(err.message).toContain("ENOENT");
+  });
+
+  it("requires a client certificate and key together", () => {
+    const dir = mkdtempSync(join(tmpdir(), "petrel-config-"));
+    writeFileSync(join(dir, "cert.pem"), "x");
+    expect(fail({ NOMAD_ADDR: "x:1", NOMAD_CLIENT_CERT: join(dir, "cert.pem") }).variable).toBe("NOMAD_CLIENT_KEY");
+  });
+
+  it.each([
+    ["PETREL_LISTEN", "8080"],
+    ["PETREL_LISTEN", "host:99999"],
+    ["LOG_LEVEL", "verbose"],
+    ["PETREL_URL", "ftp://example.test"],
+    ["NOMAD_ADDR", "unix:///var/run/nomad.sock"],
+    ["PETREL_BUILDER_JOB", "has space"],
+    ["PETREL_CONSUL_PREFIX", "/leading"],
+    ["PETREL_ADMIN_TOKEN", "short"],
+    ["PETREL_LOCAL_CONCURRENCY", "0"],
+  ])("rejects %s=%s with one line naming it", (name, value) => {
+    const err = fail({ [name]: value });
+    expect(err.variable).toBe(name);
+    expect(err.message.startsWith(`${name}: `)).toBe(true);
+    expect(err.message).not.toContain("\n");
+  });
+
+  it("listens on IPv6 literals and derives PETREL_URL from PETREL_LISTEN", () => {
+    const c = readConfig({ PETREL_LISTEN: "[::1]:9000" });
+    expect(c.listen).toEqual({ host: "::1", port: 9000 });
+    expect(c.publicUrl).toBe("http://[::1]:9000");
+  });
+});
