@@ -1,0 +1,520 @@
+import { readFileSync, readdirSync, statSync } from "node:fs";
+import { join } from "node:path";
+import pRetry from "p-retry";
+import type { Logger } from "pino";
+import { request, type Agent, type Dispatcher } from "undici";
+import type { z } from "zod";
+import { AppError, UpstreamError, errorMessage } from "../errors.js";
+import {
+  Allocation,
+  AllocationStub,
+  DeregisterResponse,
+  DispatchResponse,
+  Job,
+  JobListStub,
+  Leader,
+  ParsedJob,
+  RegisterResponse,
+} from "./schema.js";
+
+/** How a builder's `parameterized` block treats the dispatch payload. */
+export type PayloadRule = "optional" | "required" | "forbidden";
+
+/** The `parameterized` block of a job, as petrel needs it to build a dispatch. */
+export interface ParameterizedSpec {
+  payload: PayloadRule;
+  metaRequired: string[];
+  metaOptional: string[];
+}
+
+/** What a dispatch created, or found already created for its idempotency token. */
+export interface DispatchResult {
+  id: string;
+  evalId: string;
+  /** True when Nomad answered with the child an earlier dispatch with the same token created. */
+  duplicate: boolean;
+}
+
+export interface DispatchRequest {
+  meta: Record<string, string>;
+  payload?: Buffer;
+  idempotencyToken: string;
+}
+
+/** Options of a blocking query (contracts/nomad.md §2.5): answers once the index moved past `index`. */
+export interface BlockingOptions {
+  index?: number;
+  /** Longest time, in milliseconds, Nomad should hold the query; Nomad caps it at 300 s. */
+  wait?: number;
+  signal?: AbortSignal;
+}
+
+export interface SignalOption {
+  signal?: AbortSignal;
+}
+
+export interface NomadClientOptions {
+  addr: string;
+  token?: string;
+  namespace?: string;
+  region?: string;
+  dispatcher: Dispatcher;
+  log?: Logger;
+  /** Total time a retried call may take, attempts and back-off included. */
+  retryBudgetMs?: number;
+  /** How long a builder's `parameterized` block is reused before it is read again. */
+  parameterizedTtlMs?: number;
+  /** Clock for the parameterized cache; tests pass their own. */
+  now?: () => number;
+}
+
+/** Nomad's HTTP API, as much of it as petrel uses. */
+export interface NomadClient {
+  dispatch(jobId: string, req: DispatchRequest, opts?: SignalOption): Promise<DispatchResult>;
+  parameterized(jobId: string, opts?: SignalOption): Promise<ParameterizedSpec>;
+  readJob(id: string, opts?: BlockingOptions): Promise<{ job: Job; index: number } | undefined>;
+  jobAllocations(
+    id: string,
+    opts?: BlockingOptions & { all?: boolean },
+  ): Promise<{ allocations: AllocationStub[]; index: number }>;
+  allocation(allocId: string, opts?: BlockingOptions): Promise<{ allocation: Allocation; index: number } | undefined>;
+  listJobs(opts: { prefix: string; signal?: AbortSignal }): Promise<JobListStub[]>;
+  stopJob(id: string, opts?: { purge?: boolean; signal?: AbortSignal }): Promise<{ evalId: string; index: number }>;
+  parseJob(hcl: string, opts?: { canonicalize?: boolean; signal?: AbortSignal }): Promise<ParsedJob>;
+  registerJob(
+    job: Record<string, unknown>,
+    opts?: { source?: string; signal?: AbortSignal },
+  ): Promise<{ evalId: string; jobModifyIndex: number; warnings: string; index: number }>;
+  leader(signal?: AbortSignal): Promise<string>;
+}
+
+const DEFAULT_RETRY_BUDGET_MS = 3500;
+const DEFAULT_PARAMETERIZED_TTL_MS = 60_000;
+const FIRST_RETRY_DELAY_MS = 100;
+const MAX_RETRY_DELAY_MS = 1000;
+// Nomad adds up to wait/16 of jitter to a blocking query (contracts/nomad.md §2.5); allow that plus slack.
+const BLOCKING_SLACK_MS = 10_000;
+const DEFAULT_BLOCKING_WAIT_MS = 300_000;
+
+// Uncoded dispatch validation errors come back as 500 (contracts/nomad.md §1.6); retrying cannot fix them.
+const PERMANENT_DISPATCH_ERRORS = [
+  "missing parameterized job ID",
+  "parameterized job not found",
+  "is not a parameterized job",
+  "is stopped",
+  "Payload is not provided but required",
+  "Payload provided but forbidden",
+  "Payload exceeds maximum size",
+  "in passed metadata",
+  "unpermitted metadata keys",
+  "did not provide required meta keys",
+  "dispatch job priority must be between",
+];
+
+/** True when a failed dispatch answer names a validation problem that no retry will fix. */
+export function isPermanentDispatchError(err: UpstreamError): boolean {
+  return err.upstreamStatus === 500 && PERMANENT_DISPATCH_ERRORS.some((t) => err.upstreamBody.includes(t));
+}
+
+interface Call<S extends z.ZodType> {
+  method: "GET" | "POST" | "PUT" | "DELETE";
+  path: string;
+  action: string;
+  schema: S;
+  query?: Record<string, string | undefined>;
+  body?: unknown;
+  /** A 404 answers `undefined` instead of throwing. */
+  optional?: boolean;
+}
+
+interface Answer<T> {
+  value: T;
+  index: number;
+}
+
+/** Builds a Nomad client on undici; every call carries the token, namespace and region it was given. */
+export function createNomadClient(opts: NomadClientOptions): NomadClient {
+  const base = opts.addr.replace(/\/+$/, "");
+  const budgetMs = opts.retryBudgetMs ?? DEFAULT_RETRY_BUDGET_MS;
+  const ttlMs = opts.parameterizedTtlMs ?? DEFAULT_PARAMETERIZED_TTL_MS;
+  const now = opts.now ?? Date.now;
+  const scope = JSON.stringify([opts.namespace ?? "", opts.region ?? ""]);
+  const inflight = new Map<string, SharedDispatch>();
+  const specs = new Map<string, { expires: number; spec: Promise<ParameterizedSpec> }>();
+
+  /** One HTTP exchange; the attempt signal bounds it, `undefined` marks a 404 on an optional call. */
+  async function once<S extends z.ZodType>(
+    call: Call<S>,
+    signal: AbortSignal | undefined,
+    headersTimeout?: number,
+  ): Promise<Answer<z.output<S>> | undefined> {
+    const url = new URL(`${base}${call.path}`);
+    const query = { ...call.query, namespace: opts.namespace, region: opts.region };
+    for (const [k, v] of Object.entries(query)) if (v !== undefined && v !== "") url.searchParams.set(k, v);
+    const headers: Record<string, string> = { accept: "application/json" };
+    if (opts.token) headers["x-nomad-token"] = opts.token;
+    if (call.body !== undefined) headers["content-type"] = "application/json";
+
+    let status: number;
+    let text: string;
+    let indexHeader: string | string[] | undefined;
+    try {
+      const res = await request(url, {
+        method: call.method,
+        headers,
+        dispatcher: opts.dispatcher,
+        ...(call.body === undefined ? {} : { body: JSON.stringify(call.body) }),
+        ...(signal ? { signal } : {}),
+        ...(headersTimeout === undefined ? {} : { headersTimeout }),
+      });
+      status = res.statusCode;
+      indexHeader = res.headers["x-nomad-index"];
+      text = await res.body.text();
+    } catch (err) {
+      if (signal?.aborted) throw signal.reason;
+      throw new UpstreamError("nomad", 0, describeNetworkError(err), { cause: err, action: call.action });
+    }
+
+    if (status === 404 && call.optional) return undefined;
+    if (status < 200 || status >= 300) throw new UpstreamError("nomad", status, text, { action: call.action });
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      throw new UpstreamError("nomad", status, `answer is not JSON: ${text}`, { action: call.action });
+    }
+    const parsed = call.schema.safeParse(json);
+    if (!parsed.success) {
+      const issues = parsed.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ");
+      throw new UpstreamError("nomad", status, `unexpected answer: ${issues}`, { action: call.action });
+    }
+    const index = Number(Array.isArray(indexHeader) ? indexHeader[0] : indexHeader);
+    return { value: parsed.data, index: Number.isFinite(index) ? index : 0 };
+  }
+
+  /**
+   * Runs `call` with retries on network errors and 5xx inside the retry budget: no retry starts that the
+   * slowest attempt so far says could not finish before the deadline, and each attempt is cut at it.
+   */
+  async function retried<S extends z.ZodType>(
+    call: Call<S>,
+    signal: AbortSignal | undefined,
+    isRetryable: (err: UpstreamError) => boolean = (err) => err.unavailable,
+  ): Promise<Answer<z.output<S>> | undefined> {
+    const start = performance.now();
+    let slowestAttempt = 0;
+    return pRetry(
+      async () => {
+        const began = performance.now();
+        try {
+          return await withDeadline(budgetMs - (began - start), signal, call.action, (s) => once(call, s));
+        } finally {
+          slowestAttempt = Math.max(slowestAttempt, performance.now() - began);
+        }
+      },
+      {
+        retries: Number.POSITIVE_INFINITY,
+        minTimeout: FIRST_RETRY_DELAY_MS,
+        factor: 2,
+        maxTimeout: MAX_RETRY_DELAY_MS,
+        maxRetryTime: budgetMs,
+        ...(signal ? { signal } : {}),
+        shouldRetry: ({ error, retriesConsumed, attemptNumber }) => {
+          if (!(error instanceof UpstreamError) || !isRetryable(error)) return false;
+          const delay = Math.min(FIRST_RETRY_DELAY_MS * 2 ** retriesConsumed, MAX_RETRY_DELAY_MS);
+          const elapsed = performance.now() - start;
+          const fits = elapsed + delay + slowestAttempt <= budgetMs;
+          if (fits) {
+            opts.log?.warn(
+              { action: call.action, attempt: attemptNumber, status: error.upstreamStatus, delayMs: delay },
+              "nomad request failed; retrying",
+            );
+          }
+          return fits;
+        },
+      },
+    );
+  }
+
+  /** A blocking query: one attempt, allowed to wait as long as Nomad may hold it. */
+  function blocking<S extends z.ZodType>(call: Call<S>, b: BlockingOptions) {
+    if (!b.index) return retried(call, b.signal);
+    const wait = b.wait ?? DEFAULT_BLOCKING_WAIT_MS;
+    const query = { ...call.query, index: String(b.index), wait: `${Math.max(1, Math.round(wait))}ms` };
+    return once({ ...call, query }, b.signal, wait + wait / 16 + BLOCKING_SLACK_MS);
+  }
+
+  async function dispatchOnce(jobId: string, req: DispatchRequest, signal: AbortSignal): Promise<DispatchResult> {
+    const body: Record<string, unknown> = { JobID: jobId, Meta: req.meta };
+    if (req.payload !== undefined) body.Payload = req.payload.toString("base64");
+    const answer = await retried(
+      {
+        method: "POST",
+        path: `/v1/job/${encodeURIComponent(jobId)}/dispatch`,
+        action: "dispatch",
+        schema: DispatchResponse,
+        query: { idempotency_token: req.idempotencyToken },
+        body,
+      },
+      signal,
+      (err) => err.unavailable && !isPermanentDispatchError(err),
+    );
+    const res = required(answer, "dispatch");
+    return { id: res.value.DispatchedJobID, evalId: res.value.EvalID, duplicate: res.value.EvalID === "" };
+  }
+
+  async function readSpec(jobId: string, signal: AbortSignal | undefined): Promise<ParameterizedSpec> {
+    const answer = await retried(
+      { method: "GET", path: jobPath(jobId), action: "read job", schema: Job, optional: true },
+      signal,
+    );
+    if (!answer) {
+      throw new AppError("not_found", 404, `Nomad job "${jobId}" not found${inNamespace(opts.namespace)}`);
+    }
+    const job = answer.value;
+    const p = job.ParameterizedJob;
+    if (!p || job.Dispatched) {
+      throw new AppError(
+        "config_invalid",
+        500,
+        `Nomad job "${jobId}" is not a parameterized job; a builder must be a parameterized batch job`,
+      );
+    }
+    const payload = p.Payload === "" ? "optional" : p.Payload;
+    if (payload !== "optional" && payload !== "required" && payload !== "forbidden") {
+      throw new AppError("config_invalid", 500, `Nomad job "${jobId}" has an unknown payload rule "${payload}"`);
+    }
+    return { payload, metaRequired: p.MetaRequired, metaOptional: p.MetaOptional };
+  }
+
+  return {
+    dispatch(jobId, req, { signal } = {}) {
+      signal?.throwIfAborted();
+      // Nomad before 1.11.2 could create two children for concurrent identical dispatches
+      // (hashicorp/nomad#26690), so identical calls in flight share one request.
+      const key = JSON.stringify([scope, jobId, req.idempotencyToken]);
+      let shared = inflight.get(key);
+      if (!shared) {
+        const controller = new AbortController();
+        const entry: SharedDispatch = {
+          controller,
+          waiters: 0,
+          promise: dispatchOnce(jobId, req, controller.signal).finally(() => inflight.delete(key)),
+        };
+        inflight.set(key, entry);
+        shared = entry;
+      }
+      return joinShared(shared, signal);
+    },
+
+    parameterized(jobId, { signal } = {}) {
+      const cached = specs.get(jobId);
+      if (cached && cached.expires > now()) return cached.spec;
+      const spec = readSpec(jobId, signal);
+      specs.set(jobId, { expires: now() + ttlMs, spec });
+      spec.catch(() => {
+        if (specs.get(jobId)?.spec === spec) specs.delete(jobId);
+      });
+      return spec;
+    },
+
+    async readJob(id, b = {}) {
+      const answer = await blocking(
+        { method: "GET", path: jobPath(id), action: "read job", schema: Job, optional: true },
+        b,
+      );
+      return answer && { job: answer.value, index: answer.index };
+    },
+
+    async jobAllocations(id, b = {}) {
+      const answer = await blocking(
+        {
+          method: "GET",
+          path: `${jobPath(id)}/allocations`,
+          action: "list allocations",
+          schema: AllocationStub.array(),
+          query: { all: String(b.all ?? false) },
+        },
+        b,
+      );
+      const res = required(answer, "list allocations");
+      return { allocations: res.value, index: res.index };
+    },
+
+    async allocation(allocId, b = {}) {
+      const answer = await blocking(
+        {
+          method: "GET",
+          path: `/v1/allocation/${encodeURIComponent(allocId)}`,
+          action: "read allocation",
+          schema: Allocation,
+          optional: true,
+        },
+        b,
+      );
+      return answer && { allocation: answer.value, index: answer.index };
+    },
+
+    async listJobs({ prefix, signal }) {
+      const answer = await retried(
+        { method: "GET", path: "/v1/jobs", action: "list jobs", schema: JobListStub.array(), query: { prefix } },
+        signal,
+      );
+      return required(answer, "list jobs").value;
+    },
+
+    async stopJob(id, { purge, signal } = {}) {
+      const answer = await retried(
+        {
+          method: "DELETE",
+          path: jobPath(id),
+          action: "stop job",
+          schema: DeregisterResponse,
+          query: { purge: purge === undefined ? undefined : String(purge) },
+        },
+        signal,
+      );
+      const res = required(answer, "stop job").value;
+      return { evalId: res.EvalID, index: res.Index };
+    },
+
+    async parseJob(hcl, { canonicalize, signal } = {}) {
+      const answer = await retried(
+        {
+          method: "POST",
+          path: "/v1/jobs/parse",
+          action: "parse job",
+          schema: ParsedJob,
+          body: { JobHCL: hcl, Canonicalize: canonicalize ?? false },
+        },
+        signal,
+        onlyOutages,
+      );
+      return required(answer, "parse job").value;
+    },
+
+    async registerJob(job, { source, signal } = {}) {
+      const body: Record<string, unknown> = { Job: job };
+      if (source !== undefined) body.Submission = { Source: source, Format: "hcl2" };
+      const answer = await retried(
+        { method: "POST", path: "/v1/jobs", action: "register job", schema: RegisterResponse, body },
+        signal,
+        onlyOutages,
+      );
+      const res = required(answer, "register job").value;
+      return { evalId: res.EvalID, jobModifyIndex: res.JobModifyIndex, warnings: res.Warnings, index: res.Index };
+    },
+
+    async leader(signal) {
+      const answer = await withDeadline(budgetMs, signal, "leader", (s) =>
+        once({ method: "GET", path: "/v1/status/leader", action: "leader", schema: Leader }, s),
+      );
+      return required(answer, "leader").value;
+    },
+  };
+}
+
+interface SharedDispatch {
+  promise: Promise<DispatchResult>;
+  controller: AbortController;
+  waiters: number;
+}
+
+/** Waits for a shared dispatch; the request is aborted only once every caller waiting on it gave up. */
+function joinShared(shared: SharedDispatch, signal: AbortSignal | undefined): Promise<DispatchResult> {
+  shared.waiters++;
+  if (!signal) return shared.promise;
+  return new Promise((resolve, reject) => {
+    const onAbort = () => {
+      shared.waiters--;
+      if (shared.waiters === 0) shared.controller.abort(signal.reason);
+      reject(signal.reason);
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+    shared.promise.then(
+      (v) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(v);
+      },
+      (e: unknown) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(e);
+      },
+    );
+  });
+}
+
+/** Runs `fn` with a signal that fires at the caller's abort or after `ms`; the timeout is an outage. */
+async function withDeadline<T>(
+  ms: number,
+  signal: AbortSignal | undefined,
+  action: string,
+  fn: (signal: AbortSignal) => Promise<T>,
+): Promise<T> {
+  const timeout = AbortSignal.timeout(Math.max(1, Math.floor(ms)));
+  const combined = signal ? AbortSignal.any([signal, timeout]) : timeout;
+  try {
+    return await fn(combined);
+  } catch (err) {
+    if (signal?.aborted) throw signal.reason;
+    if (timeout.aborted) {
+      throw new UpstreamError("nomad", 0, `no answer within ${Math.round(ms)} ms`, { cause: err, action });
+    }
+    throw err;
+  }
+}
+
+// Registration and parse report validation problems as 500 (contracts/nomad.md §7.1); only outages are retried.
+function onlyOutages(err: UpstreamError): boolean {
+  return err.upstreamStatus === 0 || err.upstreamStatus === 429 || (err.upstreamStatus >= 502 && err.upstreamStatus <= 504);
+}
+
+function required<T>(answer: T | undefined, action: string): T {
+  if (answer === undefined) throw new UpstreamError("nomad", 404, "not found", { action });
+  return answer;
+}
+
+function jobPath(id: string): string {
+  return `/v1/job/${encodeURIComponent(id)}`;
+}
+
+function inNamespace(namespace: string | undefined): string {
+  return namespace ? ` in namespace "${namespace}"` : "";
+}
+
+function describeNetworkError(err: unknown): string {
+  const code = (err as { code?: unknown } | null)?.code;
+  const message = errorMessage(err);
+  return typeof code === "string" && !message.includes(code) ? `${code}: ${message}` : message;
+}
+
+/** TLS settings in HashiCorp's terms (`NOMAD_CACERT`, `NOMAD_CAPATH`, ...). */
+export interface NomadTlsOptions {
+  cacert?: string;
+  capath?: string;
+  clientCert?: string;
+  clientKey?: string;
+  serverName?: string;
+  skipVerify: boolean;
+}
+
+/** undici `Agent` options for Nomad's TLS settings; reads the certificate files now, so a bad path fails at start. */
+export function nomadAgentOptions(tls: NomadTlsOptions): Agent.Options {
+  const ca: string[] = [];
+  if (tls.cacert) ca.push(readFileSync(tls.cacert, "utf8"));
+  if (tls.capath) {
+    for (const name of readdirSync(tls.capath).sort()) {
+      const file = join(tls.capath, name);
+      if (statSync(file).isFile()) ca.push(readFileSync(file, "utf8"));
+    }
+  }
+  return {
+    connect: {
+      ...(ca.length ? { ca } : {}),
+      ...(tls.clientCert ? { cert: readFileSync(tls.clientCert, "utf8") } : {}),
+      ...(tls.clientKey ? { key: readFileSync(tls.clientKey, "utf8") } : {}),
+      ...(tls.serverName ? { servername: tls.serverName } : {}),
+      rejectUnauthorized: !tls.skipVerify,
+    },
+  };
+}

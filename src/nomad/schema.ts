@@ -1,0 +1,180 @@
+import { z } from "zod";
+
+// Only the fields petrel reads are listed; objects stay loose so callers can still see the rest.
+// Nomad omits zero values on some objects (contracts/nomad.md §0.1), so absent scalars default to zero.
+
+const str = z.string().nullish().transform((v) => v ?? "");
+const num = z.number().nullish().transform((v) => v ?? 0);
+const bool = z.boolean().nullish().transform((v) => v ?? false);
+const strings = z.array(z.string()).nullish().transform((v) => v ?? []);
+const stringMap = z.record(z.string(), z.string()).nullish().transform((v) => v ?? {});
+
+/** `Job.ParameterizedJob`: what a dispatch of the job may or must carry. */
+export const ParameterizedJobConfig = z.object({
+  Payload: str,
+  MetaRequired: strings,
+  MetaOptional: strings,
+});
+export type ParameterizedJobConfig = z.infer<typeof ParameterizedJobConfig>;
+
+export const TaskSpec = z.looseObject({ Name: z.string(), Driver: str });
+export type TaskSpec = z.infer<typeof TaskSpec>;
+
+export const TaskGroupSpec = z.looseObject({
+  Name: z.string(),
+  Tasks: z.array(TaskSpec).nullish().transform((v) => v ?? []),
+});
+export type TaskGroupSpec = z.infer<typeof TaskGroupSpec>;
+
+/** A job as `GET /v1/job/:id` returns it (contracts/nomad.md §2.1). */
+export const Job = z.looseObject({
+  ID: z.string(),
+  Name: str,
+  ParentID: str,
+  Namespace: str,
+  Type: str,
+  Priority: num,
+  Status: str,
+  StatusDescription: str,
+  Stop: bool,
+  Dispatched: bool,
+  DispatchIdempotencyToken: str,
+  ParameterizedJob: ParameterizedJobConfig.nullish().transform((v) => v ?? null),
+  Payload: z.string().nullish().transform((v) => v ?? null),
+  Meta: stringMap,
+  TaskGroups: z.array(TaskGroupSpec).nullish().transform((v) => v ?? []),
+  SubmitTime: num,
+  Version: num,
+  CreateIndex: num,
+  ModifyIndex: num,
+  JobModifyIndex: num,
+});
+export type Job = z.infer<typeof Job>;
+
+export const ChildrenSummary = z.object({ Pending: num, Running: num, Dead: num });
+
+export const TaskGroupSummary = z.object({
+  Queued: num,
+  Complete: num,
+  Failed: num,
+  Running: num,
+  Starting: num,
+  Lost: num,
+  Unknown: num,
+});
+
+/** `JobSummary` as embedded in list stubs and served by `/v1/job/:id/summary`. */
+export const JobSummary = z.object({
+  JobID: str,
+  Namespace: str,
+  Summary: z.record(z.string(), TaskGroupSummary).nullish().transform((v) => v ?? {}),
+  Children: ChildrenSummary.nullish().transform((v) => v ?? null),
+  CreateIndex: num,
+  ModifyIndex: num,
+});
+export type JobSummary = z.infer<typeof JobSummary>;
+
+/** One element of `GET /v1/jobs` (contracts/nomad.md §6.2, §6.4). */
+export const JobListStub = z.looseObject({
+  ID: z.string(),
+  ParentID: str,
+  Name: str,
+  Namespace: str,
+  Type: str,
+  Priority: num,
+  Status: str,
+  StatusDescription: str,
+  Stop: bool,
+  // A bool in `JobListStub`; tolerate an object too, as filters treat it as a pointer.
+  ParameterizedJob: z.unknown().transform((v) => v !== undefined && v !== null && v !== false),
+  SubmitTime: num,
+  JobSummary: JobSummary.nullish().transform((v) => v ?? null),
+  CreateIndex: num,
+  ModifyIndex: num,
+  JobModifyIndex: num,
+});
+export type JobListStub = z.infer<typeof JobListStub>;
+
+/** A task event; `Details` values are strings, e.g. `exit_code: "1"` (contracts/nomad.md §2.4). */
+export const TaskEvent = z.looseObject({
+  Type: z.string(),
+  Time: num,
+  Message: str,
+  DisplayMessage: str,
+  Details: stringMap,
+});
+export type TaskEvent = z.infer<typeof TaskEvent>;
+
+export const TaskState = z.looseObject({
+  State: str,
+  Failed: bool,
+  Restarts: num,
+  StartedAt: z.string().nullish().transform((v) => v ?? null),
+  FinishedAt: z.string().nullish().transform((v) => v ?? null),
+  Events: z.array(TaskEvent).nullish().transform((v) => v ?? []),
+});
+export type TaskState = z.infer<typeof TaskState>;
+
+const allocationFields = {
+  ID: z.string(),
+  EvalID: str,
+  Name: str,
+  Namespace: str,
+  NodeID: str,
+  NodeName: str,
+  JobID: str,
+  TaskGroup: str,
+  DesiredStatus: str,
+  DesiredDescription: str,
+  ClientStatus: str,
+  ClientDescription: str,
+  TaskStates: z.record(z.string(), TaskState).nullish().transform((v) => v ?? {}),
+  FollowupEvalID: str,
+  NextAllocation: str,
+  CreateIndex: num,
+  ModifyIndex: num,
+  CreateTime: num,
+  ModifyTime: num,
+};
+
+/** One element of `GET /v1/job/:id/allocations` (`AllocListStub`). */
+export const AllocationStub = z.looseObject(allocationFields);
+export type AllocationStub = z.infer<typeof AllocationStub>;
+
+/** `GET /v1/allocation/:id`: the stub fields plus the job the allocation runs. */
+export const Allocation = z.looseObject({
+  ...allocationFields,
+  Job: Job.nullish().transform((v) => v ?? null),
+});
+export type Allocation = z.infer<typeof Allocation>;
+
+/** `POST /v1/job/:id/dispatch` response (contracts/nomad.md §1.3). */
+export const DispatchResponse = z.object({
+  DispatchedJobID: z.string().min(1),
+  EvalID: str,
+  EvalCreateIndex: num,
+  JobCreateIndex: num,
+  Index: num,
+});
+export type DispatchResponse = z.infer<typeof DispatchResponse>;
+
+/** `DELETE /v1/job/:id` response (contracts/nomad.md §2.6). */
+export const DeregisterResponse = z.object({ EvalID: str, EvalCreateIndex: num, JobModifyIndex: num, Index: num });
+export type DeregisterResponse = z.infer<typeof DeregisterResponse>;
+
+/** `POST /v1/jobs` response (contracts/nomad.md §7.1). */
+export const RegisterResponse = z.object({
+  EvalID: str,
+  EvalCreateIndex: num,
+  JobModifyIndex: num,
+  Warnings: str,
+  Index: num,
+});
+export type RegisterResponse = z.infer<typeof RegisterResponse>;
+
+/** `POST /v1/jobs/parse` answers with the bare job object (contracts/nomad.md §7.2). */
+export const ParsedJob = z.looseObject({ ID: z.string().min(1) });
+export type ParsedJob = z.infer<typeof ParsedJob>;
+
+/** `GET /v1/status/leader`: the leader's RPC address as a JSON string. */
+export const Leader = z.string();
