@@ -1,0 +1,347 @@
+import { createHash } from "node:crypto";
+import type { ErrorCode } from "../errors.js";
+import type { Delivery, PullRequestEvent, PushEvent } from "../gitea/events.js";
+import { flavorsOf, type RepoEntry } from "../registry/schema.js";
+import {
+  formatCaches,
+  OPTIONAL_META,
+  type BuildEvent,
+  type BuildMeta,
+  type DispatchPayload,
+} from "./dispatch.js";
+
+/** The event a build records: what the forge sent, or `manual` for `POST /builds`. */
+export type PlanEvent = BuildEvent | "manual";
+
+/** A build to dispatch: the builder job, its meta and (trusted builds only) its payload. */
+export interface BuildPlan {
+  kind: "build";
+  builder: string;
+  flavor: string;
+  /** `owner/name`, for commit statuses. */
+  repo: string;
+  meta: BuildMeta;
+  /** Secrets and deploy key; present only when `trusted`. */
+  payload?: DispatchPayload;
+  trusted: boolean;
+  /** Nomad dispatch idempotency token: hex SHA-256, 64 characters. */
+  idempotencyToken: string;
+  commit: string;
+  /** Full ref: `refs/heads/x`, `refs/tags/t` or `refs/pull/<n>/head`. */
+  ref: string;
+  event: PlanEvent;
+}
+
+/** A delivery that is valid but starts no build; answered 200 `{"status":"skipped","reason"}`. */
+export interface SkipPlan {
+  kind: "skip";
+  reason: string;
+}
+
+/** A request petrel refuses, answered with this status and code. */
+export interface RejectPlan {
+  kind: "reject";
+  status: number;
+  code: ErrorCode;
+  message: string;
+}
+
+export type Plan = BuildPlan | SkipPlan | RejectPlan;
+
+export interface PlanBuildInput {
+  delivery: Delivery;
+  entry: RepoEntry;
+  /** The `?flavor=` of the hook URL; `default` when absent. */
+  flavor: string;
+  /** `PETREL_BUILDER_JOB`, the builder of the implicit `default` flavor. */
+  defaultBuilder: string;
+}
+
+const ZERO_ID = /^0+$/;
+const FLAVOR_NAME = /^[A-Za-z0-9._-]{1,64}$/;
+const COMMIT_ID = /^[0-9a-f]{7,64}$/;
+const BUILD_ACTIONS: ReadonlySet<string> = new Set(["opened", "synchronized", "reopened"]);
+/** Nomad refuses dispatch payloads over 16 KiB of decoded data (nomad/job_endpoint.go DispatchPayloadSizeLimit). */
+const PAYLOAD_LIMIT = 16 * 1024;
+
+/**
+ * Decides what a verified delivery builds, pure: which builder, with which meta, and whether the build is
+ * trusted with the repository's secrets (sender listed in `trusted.senders` and, for pull requests, head
+ * repository = base repository).
+ */
+export function planBuild({ delivery, entry, flavor, defaultBuilder }: PlanBuildInput): Plan {
+  const builder = builderOf(entry, flavor, defaultBuilder);
+  if (typeof builder !== "string") return builder;
+  const target = { entry, flavor, builder };
+  switch (delivery.kind) {
+    case "push":
+      return planPush(delivery.payload, target);
+    case "pull_request":
+      return planPullRequest(delivery.payload, target);
+    default:
+      return { kind: "skip", reason: `event "${delivery.event}" does not start a build` };
+  }
+}
+
+export interface PlanManualInput {
+  entry: RepoEntry;
+  /** `refs/heads/x`, `refs/tags/t`, `refs/pull/<n>/head`, or a bare branch name. */
+  ref: string;
+  /** The commit to build, already resolved from the ref by the caller. */
+  commit: string;
+  flavor: string;
+  defaultBuilder: string;
+  /** Random per request, so each manual trigger is a fresh build. */
+  nonce: string;
+  /** Clone URL; derived from the entry's `gitea.url` or its key when absent. */
+  repoUrl?: string;
+  private?: boolean;
+}
+
+/**
+ * Plans a manual build or re-run (`POST /builds`), pure. An admin asked for it, so branches and tags are
+ * trusted; `refs/pull/*` may hold fork code and is never trusted.
+ */
+export function planManual(input: PlanManualInput): Plan {
+  const { entry, flavor, defaultBuilder } = input;
+  const builder = builderOf(entry, flavor, defaultBuilder);
+  if (typeof builder !== "string") return builder;
+  const commit = input.commit.toLowerCase();
+  if (!COMMIT_ID.test(commit)) return badRequest("commit must be a hex commit id (7 to 64 characters)");
+  const ref = input.ref.startsWith("refs/") ? input.ref : `refs/heads/${input.ref}`;
+  const pull = /^refs\/pull\/([1-9][0-9]*)\/head$/.exec(ref);
+  let branch: string;
+  let extra: Partial<BuildMeta> = {};
+  if (ref.startsWith("refs/heads/") && ref.length > "refs/heads/".length) {
+    branch = ref.slice("refs/heads/".length);
+  } else if (ref.startsWith("refs/tags/") && ref.length > "refs/tags/".length) {
+    branch = ref.slice("refs/tags/".length);
+    extra = { TAG: branch };
+  } else if (pull) {
+    branch = ref;
+    extra = { PR: pull[1] ?? "" };
+  } else {
+    return badRequest("ref must be a branch, refs/tags/<tag> or refs/pull/<n>/head");
+  }
+  const [, owner = "", name = ""] = entry.key.split("/");
+  return build({
+    target: { entry, flavor, builder },
+    repo: `${owner}/${name}`,
+    cloneUrl: input.repoUrl ?? cloneUrlOf(entry),
+    ...(input.private === undefined ? {} : { isPrivate: input.private }),
+    event: "manual",
+    ref,
+    commit,
+    branch,
+    extra,
+    trusted: pull === null,
+    nonce: input.nonce,
+  });
+}
+
+/** The dispatch-meta schema of a builder job: its `parameterized` block. */
+export interface BuilderParams {
+  metaRequired: readonly string[];
+  metaOptional: readonly string[];
+}
+
+/**
+ * The meta to send to one builder: the four required keys always, the optional ones only when the builder
+ * declares them, since Nomad refuses undeclared keys (an Albatros builder knows just the required four).
+ */
+export function metaForBuilder(meta: BuildMeta, params: BuilderParams): BuildMeta {
+  const declared = new Set([...params.metaRequired, ...params.metaOptional]);
+  const out: BuildMeta = { REPO_URL: meta.REPO_URL, COMMIT: meta.COMMIT, BRANCH: meta.BRANCH, FLAVOR: meta.FLAVOR };
+  for (const key of OPTIONAL_META) {
+    const value = meta[key];
+    if (value !== undefined && declared.has(key)) Object.assign(out, { [key]: value });
+  }
+  return out;
+}
+
+/** The idempotency token of a build: same inputs, same token; any input changed, another token. */
+export function idempotencyToken(parts: {
+  repoKey: string;
+  event: PlanEvent;
+  ref: string;
+  commit: string;
+  flavor: string;
+  nonce?: string;
+}): string {
+  // JSON of a fixed-order array: no separator inside one field can make two different inputs collide.
+  const canonical = JSON.stringify([
+    "petrel-build/1",
+    parts.repoKey,
+    parts.event,
+    parts.ref,
+    parts.commit,
+    parts.flavor,
+    parts.nonce ?? null,
+  ]);
+  return createHash("sha256").update(canonical, "utf8").digest("hex");
+}
+
+interface Target {
+  entry: RepoEntry;
+  flavor: string;
+  builder: string;
+}
+
+function planPush(push: PushEvent, target: Target): Plan {
+  const { ref, after } = push;
+  if (ZERO_ID.test(after)) return { kind: "skip", reason: `ref deleted: ${ref}` };
+  let branch: string;
+  let event: BuildEvent;
+  let extra: Partial<BuildMeta> = {};
+  let commit = after;
+  if (ref.startsWith("refs/heads/") && ref.length > "refs/heads/".length) {
+    branch = ref.slice("refs/heads/".length);
+    event = "push";
+  } else if (ref.startsWith("refs/tags/") && ref.length > "refs/tags/".length) {
+    // BRANCH carries the tag name as Albatros did, so builders that only read BRANCH still see which tag.
+    branch = ref.slice("refs/tags/".length);
+    event = "tag";
+    extra = { TAG: branch };
+    commit = push.head_commit?.id ?? after;
+  } else {
+    return { kind: "skip", reason: `push to ${ref} is neither a branch nor a tag` };
+  }
+  return build({
+    target,
+    repo: push.repository.full_name,
+    cloneUrl: push.repository.clone_url,
+    isPrivate: push.repository.private,
+    event,
+    ref,
+    commit,
+    branch,
+    extra,
+    trusted: isTrustedSender(target.entry, push.sender.login),
+  });
+}
+
+function planPullRequest(event: PullRequestEvent, target: Target): Plan {
+  const { action, number, pull_request: pr, repository, sender } = event;
+  if (!BUILD_ACTIONS.has(action)) {
+    const what = action === "closed" && pr.merged ? "closed (merged)" : `"${action}"`;
+    return { kind: "skip", reason: `pull request #${number} ${what} does not start a build` };
+  }
+  const pullRef = `refs/pull/${number}/head`;
+  const head = pr.head.repo;
+  // A fork's code must never see the base repository's secrets; a deleted head repository counts as a fork.
+  const sameRepo =
+    head !== null &&
+    sameName(head.full_name, pr.base.repo.full_name) &&
+    sameName(pr.base.repo.full_name, repository.full_name);
+  return build({
+    target,
+    repo: repository.full_name,
+    // The executor fetches refs/pull/<n>/head from the base repository, which works for forks too.
+    cloneUrl: pr.base.repo.clone_url,
+    isPrivate: repository.private,
+    event: "pull_request",
+    ref: pullRef,
+    commit: pr.head.sha,
+    branch: head !== null && pr.head.ref ? pr.head.ref : pullRef,
+    extra: { PR: String(number) },
+    trusted: sameRepo && isTrustedSender(target.entry, sender.login),
+  });
+}
+
+interface BuildParts {
+  target: Target;
+  repo: string;
+  cloneUrl: string;
+  isPrivate?: boolean;
+  event: PlanEvent;
+  ref: string;
+  commit: string;
+  branch: string;
+  extra: Partial<BuildMeta>;
+  trusted: boolean;
+  nonce?: string;
+}
+
+function build(parts: BuildParts): Plan {
+  const { target, event, ref, commit, trusted } = parts;
+  const { entry, flavor, builder } = target;
+  const caches = formatCaches(entry.config.caches);
+  const meta: BuildMeta = {
+    REPO_URL: parts.cloneUrl,
+    COMMIT: commit,
+    BRANCH: parts.branch,
+    FLAVOR: flavor,
+    REPO: parts.repo,
+    EVENT: event,
+    ...parts.extra,
+    TRUSTED: trusted ? "true" : "false",
+    ...(parts.isPrivate === undefined ? {} : { PRIVATE: parts.isPrivate ? "true" : "false" }),
+    ...(caches ? { CACHES: caches } : {}),
+  };
+  const plan: BuildPlan = {
+    kind: "build",
+    builder,
+    flavor,
+    repo: parts.repo,
+    meta,
+    trusted,
+    idempotencyToken: idempotencyToken({
+      repoKey: entry.key,
+      event,
+      ref,
+      commit,
+      flavor,
+      ...(parts.nonce === undefined ? {} : { nonce: parts.nonce }),
+    }),
+    commit,
+    ref,
+    event,
+  };
+  if (!trusted) return plan;
+  const payload: DispatchPayload = {
+    secrets: { ...entry.secrets },
+    ...(entry.deployKey === undefined ? {} : { deploy_key: entry.deployKey }),
+  };
+  if (Buffer.byteLength(JSON.stringify(payload), "utf8") > PAYLOAD_LIMIT) {
+    return {
+      kind: "reject",
+      status: 500,
+      code: "config_invalid",
+      message: `the secrets of ${entry.key} exceed Nomad's 16 KiB dispatch payload limit`,
+    };
+  }
+  return { ...plan, payload };
+}
+
+function builderOf(entry: RepoEntry, flavor: string, defaultBuilder: string): string | RejectPlan {
+  if (!FLAVOR_NAME.test(flavor)) return badRequest("flavor must be letters, digits, '.', '_' or '-'");
+  const flavors = flavorsOf(entry.config, defaultBuilder);
+  // hasOwn: a flavor named like an Object.prototype member ("constructor") must not resolve to one.
+  if (!Object.hasOwn(flavors, flavor)) {
+    const known = Object.keys(flavors).sort().join(", ");
+    return badRequest(`unknown flavor "${flavor}"; ${entry.key} has: ${known}`);
+  }
+  const builder = flavors[flavor]?.builder;
+  return builder ?? badRequest(`unknown flavor "${flavor}"`);
+}
+
+function isTrustedSender(entry: RepoEntry, login: string): boolean {
+  // Gitea and Forgejo user names are unique case-insensitively, so "Dana" and "dana" are one account.
+  const who = login.toLowerCase();
+  return entry.config.trusted.senders.some((s) => s.toLowerCase() === who);
+}
+
+function sameName(a: string, b: string): boolean {
+  return a.toLowerCase() === b.toLowerCase();
+}
+
+/** Clone URL of a repository known only by its entry: `gitea.url` when set, else https on the key's host. */
+function cloneUrlOf(entry: RepoEntry): string {
+  const [host = "", owner = "", name = ""] = entry.key.split("/");
+  const base = entry.config.gitea?.url.replace(/\/+$/, "") ?? `https://${host.replace(/_(\d+)$/, ":$1")}`;
+  return `${base}/${owner}/${name}.git`;
+}
+
+function badRequest(message: string): RejectPlan {
+  return { kind: "reject", status: 400, code: "bad_request", message };
+}
