@@ -38,6 +38,9 @@ export interface Config {
   dataDir: string;
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
   localConcurrency: number;
+  /** Single-machine mode keeps this many finished builds, none older than localMaxAgeDays. */
+  localKeep: number;
+  localMaxAgeDays: number;
   nomad?: NomadConfig;
   consul: ConsulConfig;
 }
@@ -144,6 +147,16 @@ function listen(raw: string): { host: string; port: number } {
   return { host: m[1] ?? (m[2] || "0.0.0.0"), port };
 }
 
+function wholeNumber(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const raw = value(env, name);
+  if (raw === undefined) return fallback;
+  const n = Number(raw);
+  if (!/^\d+$/.test(raw) || n < min || n > max) {
+    throw new ConfigError(name, `expected a whole number from ${min} to ${max}, got ${JSON.stringify(raw)}`);
+  }
+  return n;
+}
+
 const LOG_LEVEL = z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]);
 const JOB_ID = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
@@ -173,11 +186,10 @@ export function readConfig(env: Env): Config {
     throw new ConfigError("PETREL_ADMIN_TOKEN", "is shorter than 16 characters; use a long random token (openssl rand -hex 32)");
   }
 
-  const concurrencyRaw = value(env, "PETREL_LOCAL_CONCURRENCY") ?? "1";
-  const localConcurrency = Number(concurrencyRaw);
-  if (!Number.isInteger(localConcurrency) || localConcurrency < 1 || localConcurrency > 256) {
-    throw new ConfigError("PETREL_LOCAL_CONCURRENCY", `expected a whole number from 1 to 256, got ${JSON.stringify(concurrencyRaw)}`);
-  }
+  const localConcurrency = wholeNumber(env, "PETREL_LOCAL_CONCURRENCY", 1, 1, 256);
+
+  const localKeep = wholeNumber(env, "PETREL_LOCAL_KEEP", 500, 1, 1_000_000);
+  const localMaxAgeDays = wholeNumber(env, "PETREL_LOCAL_MAX_AGE_DAYS", 30, 1, 36_500);
 
   const consulSsl = bool(env, "CONSUL_HTTP_SSL", false);
   const consul: ConsulConfig = {
@@ -199,6 +211,8 @@ export function readConfig(env: Env): Config {
     dataDir: value(env, "PETREL_DATA_DIR") ?? "./.petrel",
     logLevel: level.data,
     localConcurrency,
+    localKeep,
+    localMaxAgeDays,
     consul,
   };
   if (adminToken !== undefined) config.adminToken = adminToken;

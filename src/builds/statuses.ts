@@ -1,0 +1,75 @@
+import type { StatusReporter } from "../gitea/client.js";
+import type { Logger } from "../log.js";
+import { repoKeyFromUrl } from "../registry/schema.js";
+import type { RepoEntry, Registry } from "../registry/schema.js";
+import type { Build } from "./backend.js";
+
+export type CommitState = "pending" | "success" | "failure" | "error";
+
+/** The commit status a build state stands for; undefined for `queued` (the webhook already said pending). */
+export function commitStatusOf(build: Build): { state: CommitState; description: string } | undefined {
+  switch (build.state) {
+    case "queued":
+      return undefined;
+    case "running":
+      return { state: "pending", description: build.node ? `running on ${build.node}` : "running" };
+    case "success":
+      return { state: "success", description: "build succeeded" };
+    case "failure":
+      return { state: "failure", description: `build failed with exit code ${build.exitCode ?? "unknown"}` };
+    case "cancelled":
+      return { state: "error", description: "build cancelled" };
+    case "error":
+      return { state: "error", description: build.reason ?? "build could not run" };
+  }
+}
+
+/** The registry entry a build belongs to: by its clone URL, else by a unique `owner/name` match. */
+export async function entryOfBuild(registry: Registry, build: Build): Promise<RepoEntry | undefined> {
+  const key = repoKeyFromUrl(build.repoUrl);
+  const direct = key === undefined ? undefined : await registry.get(key);
+  if (direct !== undefined) return direct;
+  const suffix = `/${build.repo.toLowerCase()}`;
+  const matches = (await registry.list()).filter((e) => e.key.endsWith(suffix));
+  return matches.length === 1 ? matches[0] : undefined;
+}
+
+const REMEMBERED = 4096;
+
+/**
+ * Turns build transitions into commit statuses. Each (build, state) is reported once per process, so a
+ * replayed event or a reconciliation pass does not post the same status again.
+ */
+export function createStatusNotifier(options: {
+  registry: Registry;
+  reporter: StatusReporter;
+  publicUrl: string;
+  log: Logger;
+}): (build: Build) => void {
+  const sent = new Set<string>();
+  return (build) => {
+    const status = commitStatusOf(build);
+    if (status === undefined) return;
+    const once = `${build.id}\0${build.state}`;
+    if (sent.has(once)) return;
+    sent.add(once);
+    if (sent.size > REMEMBERED) sent.delete(sent.values().next().value as string);
+    void entryOfBuild(options.registry, build).then(
+      (entry) => {
+        const gitea = entry?.config.gitea;
+        if (gitea === undefined) return;
+        options.reporter.report({
+          baseUrl: gitea.url,
+          token: gitea.token,
+          fullName: build.repo,
+          sha: build.commit,
+          state: status.state,
+          context: `petrel/${build.flavor}`,
+          description: status.description,
+          targetUrl: `${options.publicUrl}/builds/${encodeURIComponent(build.id)}`,
+        });
+      },
+      (err: unknown) => options.log.warn({ build: build.id, err: (err as Error).message }, "no registry entry for a build's status"),
+    );
+  };
+}
