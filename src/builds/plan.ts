@@ -146,15 +146,21 @@ export interface BuilderParams {
 }
 
 /**
- * The meta to send to one builder: the four required keys always, the optional ones only when the builder
- * declares them, since Nomad refuses undeclared keys (an Albatros builder knows just the required four).
+ * The meta to send to one builder, as Nomad's dispatch `Meta` map: the four required keys always, the optional
+ * ones only when the builder declares them, since Nomad refuses undeclared keys (an Albatros builder knows
+ * just the required four).
  */
-export function metaForBuilder(meta: BuildMeta, params: BuilderParams): BuildMeta {
+export function metaForBuilder(meta: BuildMeta, params: BuilderParams): Record<string, string> {
   const declared = new Set([...params.metaRequired, ...params.metaOptional]);
-  const out: BuildMeta = { REPO_URL: meta.REPO_URL, COMMIT: meta.COMMIT, BRANCH: meta.BRANCH, FLAVOR: meta.FLAVOR };
+  const out: Record<string, string> = {
+    REPO_URL: meta.REPO_URL,
+    COMMIT: meta.COMMIT,
+    BRANCH: meta.BRANCH,
+    FLAVOR: meta.FLAVOR,
+  };
   for (const key of OPTIONAL_META) {
     const value = meta[key];
-    if (value !== undefined && declared.has(key)) Object.assign(out, { [key]: value });
+    if (value !== undefined && declared.has(key)) out[key] = value;
   }
   return out;
 }

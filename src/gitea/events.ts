@@ -73,10 +73,10 @@ export function eventName(headers: HeaderReader): string | undefined {
 }
 
 /**
- * Parses a delivery from its headers and JSON text. Unknown keys are ignored; a body that lacks a field petrel
- * needs is `malformed` with a message naming the field. Never throws.
+ * Parses a delivery from its headers and its JSON body (already `JSON.parse`d). Unknown keys are ignored; a body
+ * that lacks a field petrel needs is `malformed` with a message naming the field. Never throws.
  */
-export function parseDelivery(headers: HeaderReader, json: string): ParsedDelivery {
+export function parseDelivery(headers: HeaderReader, json: unknown): ParsedDelivery {
   try {
     return parse(headers, json);
   } catch {
@@ -84,18 +84,12 @@ export function parseDelivery(headers: HeaderReader, json: string): ParsedDelive
   }
 }
 
-function parse(headers: HeaderReader, json: string): ParsedDelivery {
+function parse(headers: HeaderReader, body: unknown): ParsedDelivery {
   const event = eventName(headers);
   if (event === undefined) {
     return { kind: "malformed", message: `no event header (${EVENT_HEADERS.join(", ")})` };
   }
   if (!EVENT_NAME.test(event)) return { kind: "malformed", message: "event header is not an event name" };
-  let body: unknown;
-  try {
-    body = JSON.parse(json);
-  } catch {
-    return { kind: "malformed", message: "body is not valid JSON" };
-  }
   if (typeof body !== "object" || body === null || Array.isArray(body)) {
     return { kind: "malformed", message: "body is not a JSON object" };
   }

@@ -13,9 +13,9 @@ export type HeaderReader = (name: string) => string | undefined;
 export interface VerifyHookInput {
   /** The bytes the forge signed: the raw JSON body, or the decoded `payload` field of a form body. */
   body: Buffer;
-  headers: HeaderReader;
+  header: HeaderReader;
   /** The `?token=` query parameter, if the URL had one. */
-  token?: string | undefined;
+  queryToken?: string | undefined;
   auth: HookAuth;
 }
 
@@ -47,25 +47,25 @@ export function verifyHook(input: VerifyHookInput): VerifyResult {
   }
 }
 
-function verify({ body, headers, token, auth }: VerifyHookInput): VerifyResult {
+function verify({ body, header, queryToken, auth }: VerifyHookInput): VerifyResult {
   if (!auth.secret && !auth.token) return { ok: false, reason: "repository has no hook secret or token configured" };
   if (auth.secret) {
-    const result = verifySignature(body, headers, auth.secret);
+    const result = verifySignature(body, header, auth.secret);
     if (!result.ok) return result;
   }
   if (auth.token) {
-    const result = verifyToken(headers, token, auth.token);
+    const result = verifyToken(header, queryToken, auth.token);
     if (!result.ok) return result;
   }
   return { ok: true };
 }
 
-function verifySignature(body: Buffer, headers: HeaderReader, secret: string): VerifyResult {
+function verifySignature(body: Buffer, header: HeaderReader, secret: string): VerifyResult {
   const expected = createHmac("sha256", secret).update(body).digest();
   let seen = 0;
   let mismatch: string | undefined;
   for (const { name, prefix } of SIGNATURE_HEADERS) {
-    const value = headers(name);
+    const value = header(name);
     if (value === undefined) continue;
     seen++;
     // Gitea sends the headers empty when its own side has no secret (services/webhook/deliver.go).
@@ -82,8 +82,8 @@ function verifySignature(body: Buffer, headers: HeaderReader, secret: string): V
   return { ok: true };
 }
 
-function verifyToken(headers: HeaderReader, queryToken: string | undefined, expected: string): VerifyResult {
-  const bearer = bearerToken(headers("Authorization"));
+function verifyToken(header: HeaderReader, queryToken: string | undefined, expected: string): VerifyResult {
+  const bearer = bearerToken(header("Authorization"));
   if (queryToken === undefined && bearer === undefined) return { ok: false, reason: "hook token missing" };
   for (const given of [queryToken, bearer]) {
     if (given !== undefined && !sameSecret(given, expected)) return { ok: false, reason: "hook token does not match" };
