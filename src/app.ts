@@ -2,13 +2,14 @@ import { Hono } from "hono";
 import type { Context } from "hono";
 import { HTTPException } from "hono/http-exception";
 import { AppError, UpstreamError } from "./errors.js";
-import type { BuildBackend } from "./builds/backend.js";
+import type { BuildBackend, BuildReader } from "./builds/backend.js";
 import type { StatusReporter } from "./gitea/client.js";
 import type { Logger } from "./log.js";
 import type { Metrics } from "./metrics.js";
 import type { Registry } from "./registry/schema.js";
 import { createHookRoute } from "./routes/hook.js";
 import { createHealthRoute } from "./routes/health.js";
+import { createBuildsRoute } from "./routes/builds.js";
 
 /** Everything the HTTP app needs, injected so tests wire fakes and main wires the real clients. */
 export interface AppDeps {
@@ -16,6 +17,8 @@ export interface AppDeps {
   metrics: Metrics;
   registry: Registry;
   backend: BuildBackend;
+  reader: BuildReader;
+  adminToken?: string;
   reporter: StatusReporter;
   publicUrl: string;
   defaultBuilder: string;
@@ -33,6 +36,7 @@ export function createApp(deps: AppDeps): Hono {
   const app = new Hono();
   app.route("/", createHookRoute(deps));
   app.route("/", createHealthRoute(deps));
+  app.route("/", createBuildsRoute(deps));
 
   app.notFound((c) => c.json(errorBody("not_found", `no route for ${c.req.method} ${c.req.path}`), 404));
   app.onError((err, c) => respondError(deps, c, err));
@@ -46,7 +50,8 @@ function respondError(deps: AppDeps, c: Context, err: unknown): Response {
     }
     const level = err.status >= 500 ? "error" : "info";
     deps.log[level]({ code: err.code, status: err.status, path: c.req.path, err: err.message }, "request failed");
-    return c.json(errorBody(err.code, err.message), err.status as 400);
+    const headers: Record<string, string> = err.status === 401 ? { "WWW-Authenticate": 'Bearer realm="petrel"' } : {};
+    return c.json(errorBody(err.code, err.message), err.status as 400, headers);
   }
   if (err instanceof HTTPException) {
     return c.json(errorBody("bad_request", err.message || "bad request"), err.status);

@@ -9,6 +9,8 @@ export interface Metrics {
   registryStaleness: Gauge;
   registryUp: Gauge;
   statusesPosted: Counter<"state" | "result">;
+  logFollowers: Gauge;
+  logBytes: Counter;
 }
 
 /** Creates the metrics; `staleness` is read at scrape time. */
@@ -55,5 +57,15 @@ export function createMetrics(options: { staleness: () => { seconds: number; ok:
     labelNames: ["state", "result"] as const,
     registers: [registry],
   });
-  return { registry, deliveries, dispatchSeconds, upstreamErrors, registryStaleness, registryUp, statusesPosted };
+  const logFollowers = new Gauge({
+    name: "petrel_log_followers",
+    help: "Log streams being served right now (plain text and SSE).",
+    registers: [registry],
+  });
+  const logBytes = new Counter({
+    name: "petrel_log_bytes_total",
+    help: "Build log bytes sent to clients.",
+    registers: [registry],
+  });
+  return { logFollowers, logBytes, registry, deliveries, dispatchSeconds, upstreamErrors, registryStaleness, registryUp, statusesPosted };
 }

@@ -44,6 +44,8 @@ export interface Build {
   event: string;
   pr?: string;
   trusted: boolean;
+  /** From the PRIVATE meta key; private repositories' builds need the admin token by default. */
+  private: boolean;
   state: BuildState;
   /** Why the build ended as it did, in words (exit code, cancelled, could not be placed, ...). */
   reason?: string;

@@ -5,7 +5,7 @@ export function buildFromMeta(
   id: string,
   builder: string,
   meta: Readonly<Record<string, string | undefined>>,
-): Pick<Build, "id" | "builder" | "repo" | "repoUrl" | "commit" | "ref" | "flavor" | "event" | "trusted"> & { pr?: string } {
+): Pick<Build, "id" | "builder" | "repo" | "repoUrl" | "commit" | "ref" | "flavor" | "event" | "trusted" | "private"> & { pr?: string } {
   const repoUrl = meta.REPO_URL ?? "";
   const out = {
     id,
@@ -17,6 +17,7 @@ export function buildFromMeta(
     flavor: meta.FLAVOR || "default",
     event: meta.EVENT || (meta.TAG ? "tag" : meta.PR ? "pull_request" : "push"),
     trusted: meta.TRUSTED === "true",
+    private: meta.PRIVATE === "true",
   };
   return meta.PR ? { ...out, pr: meta.PR } : out;
 }

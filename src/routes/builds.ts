@@ -1,0 +1,347 @@
+import { execFile } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { promisify } from "node:util";
+import { Hono } from "hono";
+import type { Context } from "hono";
+import { z } from "zod";
+import type { AppDeps } from "../app.js";
+import { isAdmin } from "../auth.js";
+import { BUILD_STATES, isTerminal } from "../builds/backend.js";
+import type { Build, BuildFilter, BuildState, LogType } from "../builds/backend.js";
+import { isBuildOf } from "../builds/dispatch.js";
+import { metaForBuilder, planManual } from "../builds/plan.js";
+import { entryOfBuild } from "../builds/statuses.js";
+import { AppError } from "../errors.js";
+import { flavorsOf, isRepoKey } from "../registry/schema.js";
+import type { RepoEntry } from "../registry/schema.js";
+import { buildLinks } from "./hook.js";
+
+const execFileAsync = promisify(execFile);
+const DEFAULT_LIMIT = 50;
+const MAX_LIMIT = 500;
+/** How long a log request waits for its first bytes before it answers 200 and streams whatever comes. */
+const FIRST_CHUNK_WAIT_MS = 1000;
+const SSE_HEARTBEAT_MS = 15_000;
+const SSE_STATE_POLL_MS = 1000;
+
+const TriggerBody = z.object({
+  repo: z.string().min(1),
+  ref: z.string().min(1),
+  commit: z.string().regex(/^[0-9a-fA-F]{7,64}$/).optional(),
+  flavor: z.string().min(1).optional(),
+  repo_url: z.string().min(1).optional(),
+});
+
+/** The builds API: list, show, follow logs (text or SSE), cancel, trigger. Only petrel's own builds. */
+export function createBuildsRoute(deps: AppDeps): Hono {
+  const app = new Hono();
+  const { reader } = deps;
+
+  const builders = async (): Promise<Set<string>> => {
+    const set = new Set([deps.defaultBuilder]);
+    for (const entry of await deps.registry.list()) {
+      for (const flavor of Object.values(flavorsOf(entry.config, deps.defaultBuilder))) set.add(flavor.builder);
+    }
+    return set;
+  };
+
+  const admin = (c: Context) => isAdmin(c.req.header("authorization"), deps.adminToken);
+
+  const requireAdmin = (c: Context) => {
+    if (deps.adminToken === undefined) {
+      throw new AppError("forbidden", 403, "this endpoint is disabled: set PETREL_ADMIN_TOKEN to enable it");
+    }
+    if (!admin(c)) throw new AppError("unauthorized", 401, "this endpoint needs Authorization: Bearer <PETREL_ADMIN_TOKEN>");
+  };
+
+  const readable = async (c: Context, build: Build): Promise<boolean> => {
+    if (admin(c)) return true;
+    const entry = await entryOfBuild(deps.registry, build);
+    if (entry === undefined) return false;
+    const mode = entry.config.logs ?? (build.private ? "token" : "public");
+    return mode === "public";
+  };
+
+  /** Refuses anything that is not a dispatched child of a configured builder, before any backend call. */
+  const ourBuild = async (c: Context, id: string): Promise<Build> => {
+    if (!isBuildOf(id, await builders())) {
+      throw new AppError("not_found", 404, `${id} is not a petrel build (not a dispatched child of a configured builder job)`);
+    }
+    const build = await reader.getBuild(id, c.req.raw.signal);
+    if (build === undefined) throw new AppError("not_found", 404, `build ${id} is not known (never dispatched, or garbage-collected by Nomad)`);
+    if (!(await readable(c, build))) {
+      throw new AppError("unauthorized", 401, "this repository's builds need Authorization: Bearer <PETREL_ADMIN_TOKEN>");
+    }
+    return build;
+  };
+
+  app.get("/builds", async (c) => {
+    const limitRaw = c.req.query("limit");
+    const limit = limitRaw === undefined ? DEFAULT_LIMIT : Number(limitRaw);
+    if (!Number.isInteger(limit) || limit < 1 || limit > MAX_LIMIT) {
+      throw new AppError("bad_request", 400, `limit must be a whole number from 1 to ${MAX_LIMIT}`);
+    }
+    const state = c.req.query("state");
+    if (state !== undefined && !(BUILD_STATES as readonly string[]).includes(state)) {
+      throw new AppError("bad_request", 400, `state must be one of ${BUILD_STATES.join(", ")}`);
+    }
+    const filter: BuildFilter = { limit: admin(c) ? limit : MAX_LIMIT };
+    const repo = c.req.query("repo");
+    const ref = c.req.query("ref");
+    if (repo !== undefined) filter.repo = repo;
+    if (ref !== undefined) filter.ref = ref;
+    if (state !== undefined) filter.state = state as BuildState;
+    const all = await reader.listBuilds(filter, c.req.raw.signal);
+    const visible: Build[] = [];
+    for (const build of all) {
+      if (visible.length >= limit) break;
+      if (await readable(c, build)) visible.push(build);
+    }
+    return c.json({ builds: visible.map((b) => withLinks(deps.publicUrl, b)) });
+  });
+
+  app.post("/builds", async (c) => {
+    requireAdmin(c);
+    let body: z.infer<typeof TriggerBody>;
+    try {
+      body = TriggerBody.parse(await c.req.json());
+    } catch (err) {
+      throw new AppError("bad_request", 400, `body must be {"repo", "ref", "commit"?, "flavor"?}: ${err instanceof z.ZodError ? err.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ") : "not JSON"}`);
+    }
+    const entry = await findEntry(deps.registry, body.repo);
+    const repoUrl = body.repo_url;
+    const commit = body.commit ?? (await resolveRef(repoUrl ?? cloneUrl(entry), body.ref));
+    const plan = planManual({
+      entry,
+      ref: body.ref,
+      commit,
+      flavor: body.flavor ?? "default",
+      defaultBuilder: deps.defaultBuilder,
+      nonce: randomBytes(8).toString("hex"),
+      ...(repoUrl === undefined ? {} : { repoUrl }),
+    });
+    if (plan.kind === "skip") throw new AppError("bad_request", 400, plan.reason);
+    if (plan.kind === "reject") throw new AppError(plan.code, plan.status, plan.message);
+    const params = await deps.backend.parameterized(plan.builder, c.req.raw.signal);
+    const result = await deps.backend.dispatch(
+      {
+        builder: plan.builder,
+        meta: metaForBuilder(plan.meta, params),
+        ...(plan.payload === undefined ? {} : { payload: plan.payload }),
+        idempotencyToken: plan.idempotencyToken,
+      },
+      c.req.raw.signal,
+    );
+    deps.log.info({ build: result.id, repo: entry.key, ref: plan.ref, commit: plan.commit }, "manual build dispatched");
+    return c.json(buildLinks(deps.publicUrl, result.id), 201);
+  });
+
+  // Albatros-compatible follow: plain text, ends when the build ends.
+  app.get("/build", async (c) => {
+    const id = c.req.query("job");
+    if (!id) throw new AppError("bad_request", 400, "job is required: /build?job=<build id>&log=stdout|stderr");
+    const type = logType(c.req.query("log"));
+    await ourBuild(c, id);
+    return streamText(c, id, type, true, 0);
+  });
+
+  app.on(["GET", "DELETE"], "/builds/*", async (c) => {
+    const rest = c.req.path.slice("/builds/".length);
+    const isLogs = rest.endsWith("/logs");
+    const id = decodePath(isLogs ? rest.slice(0, -"/logs".length) : rest);
+    if (c.req.method === "DELETE") {
+      if (isLogs) throw new AppError("not_found", 404, "logs cannot be deleted");
+      requireAdmin(c);
+      const build = await ourBuild(c, id);
+      if (!isTerminal(build.state)) await reader.cancel(id, c.req.raw.signal);
+      const after = (await reader.getBuild(id, c.req.raw.signal)) ?? build;
+      deps.log.info({ build: id, state: after.state }, "build cancelled by an admin");
+      return c.json(withLinks(deps.publicUrl, after), 202);
+    }
+    const build = await ourBuild(c, id);
+    if (!isLogs) return c.json(withLinks(deps.publicUrl, build));
+    const type = logType(c.req.query("type"));
+    const follow = c.req.query("follow") !== "false" && c.req.query("follow") !== "0";
+    if ((c.req.header("accept") ?? "").includes("text/event-stream")) {
+      const lastId = Number(c.req.header("last-event-id") ?? c.req.query("offset") ?? 0);
+      return streamSse(c, build, type, Number.isFinite(lastId) && lastId > 0 ? lastId : 0);
+    }
+    const offset = Number(c.req.query("offset") ?? 0);
+    if (!Number.isInteger(offset) || offset < 0) throw new AppError("bad_request", 400, "offset must be a whole number of bytes");
+    return streamText(c, id, type, follow, offset);
+  });
+
+  async function streamText(c: Context, id: string, type: LogType, follow: boolean, offset: number): Promise<Response> {
+    const abort = new AbortController();
+    c.req.raw.signal.addEventListener("abort", () => abort.abort(), { once: true });
+    const iterator = reader.logs(id, { type, follow, offset, signal: abort.signal })[Symbol.asyncIterator]();
+    // Errors known up front (logs gone, unknown allocation) get their status; a queued build answers at once.
+    let pending: Promise<IteratorResult<Uint8Array>> | undefined = iterator.next();
+    const early = await Promise.race([
+      pending.then(
+        () => undefined,
+        (err: unknown) => ({ err }),
+      ),
+      new Promise<undefined>((r) => setTimeout(() => r(undefined), FIRST_CHUNK_WAIT_MS).unref()),
+    ]);
+    if (early !== undefined) throw early.err;
+    deps.metrics.logFollowers.inc();
+    let done = false;
+    const finish = () => {
+      if (done) return;
+      done = true;
+      deps.metrics.logFollowers.dec();
+    };
+    const stream = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        try {
+          const result = await (pending ?? iterator.next());
+          pending = undefined;
+          if (result.done) {
+            finish();
+            controller.close();
+            return;
+          }
+          deps.metrics.logBytes.inc(result.value.byteLength);
+          controller.enqueue(result.value);
+        } catch (err) {
+          finish();
+          if (abort.signal.aborted) return controller.close();
+          deps.log.warn({ build: id, err: (err as Error).message }, "log stream failed");
+          controller.enqueue(new TextEncoder().encode(`\n[petrel] log stream failed: ${(err as Error).message}\n`));
+          controller.close();
+        }
+      },
+      async cancel() {
+        finish();
+        abort.abort();
+        await iterator.return?.();
+      },
+    });
+    return new Response(stream, {
+      status: 200,
+      headers: {
+        "Content-Type": "text/plain; charset=utf-8",
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+        "X-Content-Type-Options": "nosniff",
+      },
+    });
+  }
+
+  async function streamSse(c: Context, build: Build, type: LogType, offset: number): Promise<Response> {
+    const abort = new AbortController();
+    c.req.raw.signal.addEventListener("abort", () => abort.abort(), { once: true });
+    const encoder = new TextEncoder();
+    const decoder = new TextDecoder("utf-8");
+    let position = offset;
+    let lastState = "";
+    const stream = new ReadableStream<Uint8Array>({
+      start(controller) {
+        const send = (text: string) => {
+          if (!abort.signal.aborted) controller.enqueue(encoder.encode(text));
+        };
+        const sendState = (b: Build) => {
+          const json = JSON.stringify(withLinks(deps.publicUrl, b));
+          if (json === lastState) return;
+          lastState = json;
+          send(`event: state\ndata: ${json}\n\n`);
+        };
+        sendState(build);
+        deps.metrics.logFollowers.inc();
+        const heartbeat = setInterval(() => send(": heartbeat\n\n"), SSE_HEARTBEAT_MS);
+        const poll = setInterval(() => {
+          void reader.getBuild(build.id, abort.signal).then((b) => b && sendState(b), () => undefined);
+        }, SSE_STATE_POLL_MS);
+        void (async () => {
+          try {
+            for await (const chunk of reader.logs(build.id, { type, follow: true, offset, signal: abort.signal })) {
+              position += chunk.byteLength;
+              deps.metrics.logBytes.inc(chunk.byteLength);
+              const text = decoder.decode(chunk, { stream: true });
+              if (text) send(`event: log\nid: ${position}\n${text.split("\n").map((l) => `data: ${l}`).join("\n")}\n\n`);
+            }
+            const tail = decoder.decode();
+            if (tail) send(`event: log\nid: ${position}\ndata: ${tail}\n\n`);
+            const final = await reader.getBuild(build.id, abort.signal);
+            if (final) sendState(final);
+            send("event: end\ndata: {}\n\n");
+          } catch (err) {
+            if (!abort.signal.aborted) send(`event: error\ndata: ${JSON.stringify({ message: (err as Error).message })}\n\n`);
+          } finally {
+            clearInterval(heartbeat);
+            clearInterval(poll);
+            deps.metrics.logFollowers.dec();
+            if (!abort.signal.aborted) controller.close();
+          }
+        })();
+      },
+      cancel() {
+        abort.abort();
+      },
+    });
+    return new Response(stream, {
+      status: 200,
+      headers: {
+        "Content-Type": "text/event-stream; charset=utf-8",
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+      },
+    });
+  }
+
+  return app;
+}
+
+/** A build as the API shows it, with the links a client follows. */
+export function withLinks(publicUrl: string, build: Build): Build & { links: { self: string; logs: string } } {
+  const self = `${publicUrl}/builds/${encodeURIComponent(build.id)}`;
+  return { ...build, links: { self, logs: `${self}/logs` } };
+}
+
+function logType(raw: string | undefined): LogType {
+  if (raw === undefined || raw === "stdout") return "stdout";
+  if (raw === "stderr") return "stderr";
+  throw new AppError("bad_request", 400, "log type must be stdout or stderr");
+}
+
+function decodePath(raw: string): string {
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    throw new AppError("bad_request", 400, "build id is not valid percent-encoding");
+  }
+}
+
+async function findEntry(registry: AppDeps["registry"], repo: string): Promise<RepoEntry> {
+  const wanted = repo.toLowerCase().replace(/^https?:\/\//, "").replace(/\.git$/, "");
+  if (isRepoKey(wanted)) {
+    const entry = await registry.get(wanted);
+    if (entry !== undefined) return entry;
+  }
+  const matches = (await registry.list()).filter((e) => e.key === wanted || e.key.endsWith(`/${wanted}`));
+  if (matches.length === 1 && matches[0] !== undefined) return matches[0];
+  if (matches.length > 1) throw new AppError("bad_request", 400, `${repo} matches ${matches.length} repositories; give <host>/<owner>/<name>`);
+  throw new AppError("not_registered", 404, `repository ${repo} is not registered with petrel`);
+}
+
+function cloneUrl(entry: RepoEntry): string {
+  const [host = "", owner = "", name = ""] = entry.key.split("/");
+  const base = entry.config.gitea?.url.replace(/\/+$/, "") ?? `https://${host.replace(/_(\d+)$/, ":$1")}`;
+  return `${base}/${owner}/${name}.git`;
+}
+
+async function resolveRef(url: string, ref: string): Promise<string> {
+  const full = ref.startsWith("refs/") ? ref : `refs/heads/${ref}`;
+  try {
+    const { stdout } = await execFileAsync("git", ["ls-remote", "--", url, full], {
+      timeout: 10_000,
+      env: { ...process.env, GIT_TERMINAL_PROMPT: "0", GIT_SSH_COMMAND: "ssh -o BatchMode=yes" },
+    });
+    const sha = stdout.split(/\s+/)[0];
+    if (sha && /^[0-9a-f]{40,64}$/.test(sha)) return sha;
+  } catch (err) {
+    throw new AppError("bad_request", 400, `cannot resolve ${full} at ${url} (${(err as Error).message.split("\n")[0]}); give "commit"`);
+  }
+  throw new AppError("bad_request", 400, `${full} does not exist at ${url}; give "commit"`);
+}
