@@ -45,7 +45,7 @@ export interface ConsulFake {
   index(): bigint;
   /** Simulated snapshot restore: the store's index (and every ModifyIndex above it) drops to `to`. */
   restore(to: bigint): void;
-  /** Forces the `X-Consul-Index` header (e.g. 0n, as old servers sent); undefined restores real indexes. */
+  /** Forces the index the server reports and blocks on (e.g. 0n, as old servers sent); undefined = real. */
   overrideIndex(value: bigint | undefined): void;
   /** Answers the next `count` KV requests with `status` and a plain-text `body`. */
   failNext(status: number, body: string, count?: number): void;
@@ -103,8 +103,13 @@ export async function startConsulFake(options: ConsulFakeOptions = {}): Promise<
     return max === 0n ? raft : max;
   }
 
+  /** The index the server reports and blocks on: the real one unless a test forced another. */
+  function reported(key: string, recurse: boolean): bigint {
+    return forcedIndex ?? indexOf(key, recurse);
+  }
+
   function wake(): void {
-    for (const w of waiters) if (indexOf(w.key, w.recurse) > w.after) w.finish();
+    for (const w of waiters) if (reported(w.key, w.recurse) > w.after) w.finish();
   }
 
   function put(key: string, value: Buffer | null, flags: bigint): bigint {
@@ -158,7 +163,7 @@ export async function startConsulFake(options: ConsulFakeOptions = {}): Promise<
   }
 
   function send(res: ServerResponse, status: number, body: string | Buffer, index?: bigint, type = "application/json"): void {
-    if (index !== undefined) res.setHeader("X-Consul-Index", (forcedIndex ?? index).toString());
+    if (index !== undefined) res.setHeader("X-Consul-Index", index.toString());
     res.setHeader("X-Consul-KnownLeader", "true");
     res.setHeader("X-Consul-LastContact", "0");
     res.setHeader("X-Consul-Default-ACL-Policy", options.acl ? "deny" : "allow");
@@ -199,7 +204,7 @@ export async function startConsulFake(options: ConsulFakeOptions = {}): Promise<
       if (!/^\d+$/.test(raw)) return send(res, 400, "Invalid index");
       after = BigInt(raw);
     }
-    if (blocking && after !== undefined && after > 0n && indexOf(key, recurse) <= after) {
+    if (blocking && after !== undefined && after > 0n && reported(key, recurse) <= after) {
       await new Promise<void>((resolve) => {
         const w: Waiter = {
           key,
@@ -218,7 +223,7 @@ export async function startConsulFake(options: ConsulFakeOptions = {}): Promise<
       });
       if (res.destroyed) return;
     }
-    const index = indexOf(key, recurse);
+    const index = reported(key, recurse);
     const all = [...kv.entries()].filter(([k]) => matches(k, key, recurse)).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
     const visible = all.filter(([k]) => canRead(token, k));
     if (visible.length < all.length && token !== undefined) res.setHeader("X-Consul-Results-Filtered-By-ACLs", "true");
@@ -353,6 +358,7 @@ export async function startConsulFake(options: ConsulFakeOptions = {}): Promise<
     },
     overrideIndex(value) {
       forcedIndex = value;
+      wake();
     },
     failNext(status, body, count = 1) {
       failures = { status, body, count };
