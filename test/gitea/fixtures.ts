@@ -1,0 +1,23 @@
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import type { HeaderReader } from "../../src/gitea/signature.js";
+
+const SHARED = fileURLToPath(new URL("../../../shared/fixtures/gitea/", import.meta.url));
+const OWN = fileURLToPath(new URL("../fixtures/gitea/", import.meta.url));
+const SHARED_NAMES = new Set(["push.json", "pull_request.opened.fork.json"]);
+
+/** The exact bytes of a webhook fixture: the two shared ones from ../shared, the rest from test/fixtures. */
+export function fixtureBytes(name: string): Buffer {
+  return readFileSync(`${SHARED_NAMES.has(name) ? SHARED : OWN}${name}`);
+}
+
+/** A fixture parsed, as the hook route hands it to parseDelivery. */
+export function fixtureJson(name: string): unknown {
+  return JSON.parse(fixtureBytes(name).toString("utf8"));
+}
+
+/** A case-insensitive header reader over a plain record, like Hono's `c.req.header(name)`. */
+export function headerReader(headers: Record<string, string | undefined>): HeaderReader {
+  const lower = new Map(Object.entries(headers).map(([k, v]) => [k.toLowerCase(), v]));
+  return (name) => lower.get(name.toLowerCase());
+}
