@@ -404,6 +404,9 @@ export function createConsulClient(opts: ConsulClientOptions): ConsulClient {
           );
         } catch (err) {
           if (o.signal.aborted) break;
+          // The first request after a failure is a plain read, so a recovery is confirmed at once rather than
+          // after a whole blocking wait.
+          index = 0n;
           failures += 1;
           const ceiling = Math.min(maxBackoff, minBackoff * 2 ** Math.min(failures - 1, 30));
           const retryInMs = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);

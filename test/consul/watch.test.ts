@@ -141,6 +141,19 @@ describe("consul watch loop", () => {
     expect(successes.length).toBeGreaterThan(okBefore);
   });
 
+  it("confirms a recovery at once instead of waiting out a blocking query", async () => {
+    const successes: number[] = [];
+    const { errors } = startWatch("p/", { wait: "5m", onSuccess: () => void successes.push(Date.now()) });
+    await fake.waitForWaiting(1);
+    await fake.setDown(true);
+    await until(() => errors.length >= 1);
+    const before = successes.length;
+    await fake.setDown(false);
+    const back = Date.now();
+    await until(() => successes.length > before, 2_000);
+    expect((successes.at(-1) ?? 0) - back).toBeLessThan(1_000);
+  });
+
   it("stops promptly when aborted during a blocking read and sends nothing more", async () => {
     startWatch("p/", { wait: "5m" });
     await fake.waitForWaiting(1);
