@@ -91,7 +91,7 @@ export interface NomadClient {
 const DEFAULT_RETRY_BUDGET_MS = 3500;
 const DEFAULT_PARAMETERIZED_TTL_MS = 60_000;
 const FIRST_RETRY_DELAY_MS = 100;
-const MAX_RETRY_DELAY_MS = 1000;
+const MAX_RETRY_DELAY_MS = 800;
 // Nomad adds up to wait/16 of jitter to a blocking query (contracts/nomad.md §2.5); allow that plus slack.
 const BLOCKING_SLACK_MS = 10_000;
 const DEFAULT_BLOCKING_WAIT_MS = 300_000;

@@ -746,7 +746,7 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
     }
     if (path === "/v1/status/leader") {
       if (method !== "GET") throw new NomadHttpError(405, "Invalid method");
-      return read(JSON.stringify(LEADER), state.index);
+      return read(LEADER, state.index);
     }
     const requestedRegion = query.get("region");
     if (requestedRegion && requestedRegion !== region) throw new NomadHttpError(500, "No path to region");
