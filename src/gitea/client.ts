@@ -263,8 +263,9 @@ export function createStatusReporter(opts: StatusReporterOptions): StatusReporte
         return count(input.state, "superseded");
       }
       const status = err instanceof UpstreamError ? err.upstreamStatus : undefined;
-      // 401/403/422 are a token or config problem an operator must fix; outages and races fix themselves.
-      const level = err instanceof UpstreamError && !err.unavailable && status !== 404 ? "error" : "warn";
+      // Outages and a commit not yet readable fix themselves; 401/403/422 or a bug of ours need a person.
+      const transient = err instanceof UpstreamError && (err.unavailable || status === 404);
+      const level = transient ? "warn" : "error";
       log[level]({ ...fields, status, err: errorMessage(err) }, "commit status not posted");
       count(input.state, "failed");
     }
