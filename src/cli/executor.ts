@@ -1,0 +1,35 @@
+import { executeBuild } from "../executor/build.js";
+import { planFromNomadEnv } from "../executor/env.js";
+import { ExecutorError } from "../executor/errors.js";
+
+const USAGE = `usage: petrel executor
+
+Runs one build from the Nomad task environment (NOMAD_META_*, \${NOMAD_TASK_DIR}/payload.json,
+NOMAD_SECRETS_DIR, PETREL_CACHE_DIR). Started by the builder job; see docs/executor.md.
+`;
+
+/** `petrel executor`: one build from the Nomad task environment; resolves to the process exit code. */
+export async function runExecutorCommand(argv: readonly string[], env: Record<string, string | undefined>): Promise<number> {
+  if (argv.includes("--help") || argv.includes("-h")) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  if (argv.length > 0) {
+    process.stderr.write(`petrel executor: unexpected argument ${JSON.stringify(argv[0])}\n${USAGE}`);
+    return 64;
+  }
+  const controller = new AbortController();
+  const stop = () => controller.abort();
+  const signals = ["SIGTERM", "SIGINT", "SIGHUP"] as const;
+  for (const s of signals) process.on(s, stop);
+  try {
+    const plan = await planFromNomadEnv(env);
+    return await executeBuild(plan, { stderr: process.stderr }, controller.signal);
+  } catch (err) {
+    const e = err instanceof ExecutorError ? err : new ExecutorError("internal", (err as Error).message, { cause: err });
+    process.stderr.write(`==> error: ${e.message}\n`);
+    return e.exitCode;
+  } finally {
+    for (const s of signals) process.off(s, stop);
+  }
+}

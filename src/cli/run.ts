@@ -1,0 +1,104 @@
+import { randomBytes } from "node:crypto";
+import { homedir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { executeBuild, type BuildPlan } from "../executor/build.js";
+import { colourVars, readRuntimeSettings } from "../executor/env.js";
+import { ExecutorError } from "../executor/errors.js";
+import { git } from "../executor/git.js";
+import { cacheLayout, redactUrl, repoNameFromUrl, repoSlug } from "../executor/layout.js";
+
+const USAGE = `usage: petrel run [--flavor F] [--debug]
+
+Builds the current git working tree with the same executor as the builder job: the tree is the read-only lower
+layer of an overlay, so the build never changes your files. --debug opens a shell in the build directory, with
+the build's environment, when the build fails. See docs/executor.md.
+`;
+
+type Env = Record<string, string | undefined>;
+
+/** `petrel run [--flavor F] [--debug]`: builds the working tree locally; resolves to the process exit code. */
+export async function runLocalCommand(argv: readonly string[], env: Env): Promise<number> {
+  let values: { flavor?: string | undefined; debug?: boolean | undefined; help?: boolean | undefined };
+  try {
+    ({ values } = parseArgs({
+      args: [...argv],
+      options: {
+        flavor: { type: "string", short: "f" },
+        debug: { type: "boolean" },
+        help: { type: "boolean", short: "h" },
+      },
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (err) {
+    process.stderr.write(`petrel run: ${(err as Error).message}\n${USAGE}`);
+    return 64;
+  }
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const controller = new AbortController();
+  const stop = () => controller.abort();
+  // Ctrl-C reaches the build (same process group) and, in --debug, the shell; petrel waits for them to finish.
+  const ignore = () => undefined;
+  process.on("SIGTERM", stop);
+  process.on("SIGHUP", stop);
+  process.on("SIGINT", ignore);
+  try {
+    const plan = await planFromWorkingTree(process.cwd(), env, values.flavor ?? "default", values.debug ?? false);
+    return await executeBuild(plan, { stderr: process.stderr }, controller.signal);
+  } catch (err) {
+    const e = err instanceof ExecutorError ? err : new ExecutorError("internal", (err as Error).message, { cause: err });
+    process.stderr.write(`==> error: ${e.message}\n`);
+    return e.exitCode;
+  } finally {
+    process.off("SIGTERM", stop);
+    process.off("SIGHUP", stop);
+    process.off("SIGINT", ignore);
+  }
+}
+
+/** The build `petrel run` describes: the git toplevel of `cwd` as the lower layer, mounted over itself. */
+export async function planFromWorkingTree(cwd: string, env: Env, flavor: string, debug: boolean): Promise<BuildPlan> {
+  const top = await git(["rev-parse", "--show-toplevel"], { cwd });
+  if (top.code !== 0) throw new ExecutorError("bad_environment", `not inside a git working tree: ${cwd}`);
+  const dir = top.stdout.trim();
+  const head = await git(["rev-parse", "-q", "--verify", "HEAD"], { cwd: dir });
+  const commit = head.code === 0 ? head.stdout.trim() : "0".repeat(40);
+  const branch = await git(["symbolic-ref", "-q", "--short", "HEAD"], { cwd: dir });
+  const origin = await git(["config", "--get", "remote.origin.url"], { cwd: dir });
+  const url = origin.code === 0 && origin.stdout.trim() ? origin.stdout.trim() : `file://${dir}`;
+  const runtime = readRuntimeSettings(env);
+  const cacheRoot = env.PETREL_CACHE_DIR || join(env.XDG_CACHE_HOME || join(env.HOME || homedir(), ".cache"), "petrel");
+  const id = `run/dispatch-${Math.floor(Date.now() / 1000)}-${randomBytes(4).toString("hex")}`;
+  return {
+    id,
+    layout: cacheLayout(cacheRoot),
+    label: `${repoNameFromUrl(url)}@${commit.slice(0, 7)}`,
+    repoSlug: repoSlug(url),
+    source: { kind: "worktree", dir },
+    baseEnv: env,
+    vars: {
+      COMMIT: commit,
+      BRANCH: branch.code === 0 ? branch.stdout.trim() : "",
+      REPO_URL: redactUrl(url),
+      FLAVOR: flavor,
+      CI: "true",
+      PETREL_BUILD_ID: id,
+      ...colourVars(env),
+    },
+    trusted: false,
+    secrets: {},
+    caches: {},
+    home: env.HOME || homedir(),
+    buildDir: dir,
+    buildDirIsLower: true,
+    hideCacheRoot: false,
+    isolation: runtime.isolation,
+    debug,
+    newSession: false,
+    killGraceMs: runtime.killGraceMs,
+  };
+}

@@ -1,0 +1,243 @@
+import { lstat, mkdir, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { isAbsolute, join, normalize, relative } from "node:path";
+import { checkoutCommit, diskFull, type CheckoutRequest } from "./checkout.js";
+import { ExecutorError, exitCodeOf, isDiskFull } from "./errors.js";
+import { evictCaches } from "./evict.js";
+import { randomSuffix, touch } from "./fsutil.js";
+import { buildSlug, type CacheLayout } from "./layout.js";
+import { lockFile, type FileLock } from "./lock.js";
+import { modesFor, runSandbox, type CacheMount, type Isolation, type IsolationMode, type SandboxSpec } from "./sandbox.js";
+import { writeSecretsFile, type SecretsFile } from "./secrets.js";
+import { formatMs, type EvictionSettings } from "./settings.js";
+
+/** Where the build's tree comes from: a commit checked out through the cache, or a developer's working tree. */
+export type BuildSource =
+  | { kind: "commit"; checkout: Omit<CheckoutRequest, "layout" | "label" | "signal"> }
+  | { kind: "worktree"; dir: string };
+
+/** One build, fully decided: what `petrel executor` and `petrel run` hand to `executeBuild`. */
+export interface BuildPlan {
+  id: string;
+  layout: CacheLayout;
+  /** `owner/name@short`, for headers. */
+  label: string;
+  /** Directory name of the repository under mirrors/, worktrees/ and caches/. */
+  repoSlug: string;
+  source: BuildSource;
+  /** The environment the build script inherits, before petrel's own variables. */
+  baseEnv: Record<string, string | undefined>;
+  /** COMMIT, BRANCH, REPO_URL, FLAVOR, CI, PETREL_BUILD_ID and the colour variables. */
+  vars: Record<string, string>;
+  trusted: boolean;
+  /** Written to the secrets file when `trusted`. */
+  secrets: Record<string, string>;
+  secretsDir?: string;
+  /** Cache name → path the build sees it at (`~/` = `home`, relative = inside the build directory). */
+  caches: Record<string, string>;
+  home: string;
+  /** Where the merged tree is mounted; a fresh directory under the temp dir when absent. */
+  buildDir?: string;
+  /** `buildDir` is the developer's working tree itself: mounted over, never created or removed. */
+  buildDirIsLower?: boolean;
+  /** Hide the cache root from the build (Nomad builds: other repositories' mirrors and trusted caches). */
+  hideCacheRoot: boolean;
+  isolation: Isolation;
+  debug: boolean;
+  newSession: boolean;
+  killGraceMs: number;
+  eviction?: EvictionSettings;
+}
+
+/** Where the executor writes its step headers. */
+export interface BuildIo {
+  stderr: { write(text: string): unknown };
+}
+
+const SCRIPTS = [".petrel", ".albatros"] as const;
+
+/**
+ * Runs one build in the order of SPEC §6 (checkout, overlay, caches, run, clean up) and returns the exit code:
+ * the script's, or the executor's own (docs/executor.md) when a step before it failed.
+ */
+export async function executeBuild(plan: BuildPlan, io: BuildIo, signal?: AbortSignal): Promise<number> {
+  const say = (line: string) => io.stderr.write(`==> ${line}\n`);
+  const held: FileLock[] = [];
+  let secretsFile: SecretsFile | undefined;
+  let exitCode: number;
+  let cancelled = false;
+  try {
+    const lower = await prepareSource(plan, say, held, signal);
+    const command = await findScript(lower, plan.label);
+    await mkdir(plan.layout.builds, { recursive: true });
+    const buildRoot = join(plan.layout.builds, `${buildSlug(plan.id)}-${randomSuffix()}`);
+    const buildLock = await lockFile(`${buildRoot}.lock`, signal ? { signal } : {});
+    if (buildLock) held.push(buildLock);
+    const buildDir = plan.buildDir ?? join(tmpdir(), `petrel-build-${randomSuffix()}`);
+    const caches = await prepareCaches(plan, buildDir, say, held, signal);
+    const env: NodeJS.ProcessEnv = { ...plan.baseEnv, ...plan.vars, HOME: plan.home };
+    delete env.PETREL_SECRETS;
+    if (plan.trusted) {
+      secretsFile = await writeSecretsFile(plan.secrets, plan.secretsDir, buildSlug(plan.id));
+      env.PETREL_SECRETS = secretsFile.path;
+    }
+    const ownsBuildDir = plan.buildDir === undefined || !plan.buildDirIsLower;
+    const spec: SandboxSpec = {
+      lower,
+      buildRoot,
+      buildDir,
+      ownsBuildDir,
+      caches,
+      hide: plan.hideCacheRoot ? [plan.layout.root] : [],
+      command: command.argv,
+      env,
+      debug: plan.debug,
+      newSession: plan.newSession,
+      killGraceMs: plan.killGraceMs,
+    };
+    let runStarted = 0;
+    const result = await runSandbox(
+      spec,
+      modesFor(plan.isolation, process.getuid?.() ?? 0),
+      {
+        fallback: ({ from, to, reason }) => say(`${from === "userns" ? "user-namespace overlay" : "overlay"} unavailable (${reason}); trying ${to}`),
+        ready: ({ mode, buildDir, setupMs }) => {
+          say(describeTree(mode, buildDir, setupMs));
+          if (caches.length) say(describeCaches(plan, caches, mode));
+          if (secretsFile) {
+            const skipped = secretsFile.skipped.length ? `; skipped ${secretsFile.skipped.map((s) => JSON.stringify(s)).join(", ")} (not shell names)` : "";
+            say(`secrets: ${secretsFile.count} in $PETREL_SECRETS${skipped}`);
+          }
+          say(`run ${command.name} (started ${formatMs(performance.now())} after the executor)`);
+          runStarted = performance.now();
+        },
+      },
+      signal,
+    );
+    cancelled = result.cancelled;
+    exitCode = cancelled ? exitCodeOf("cancelled") : result.exitCode;
+    const took = runStarted ? ` after ${formatMs(performance.now() - runStarted)}` : "";
+    say(cancelled ? `cancelled: build stopped${took}` : `exit ${exitCode}${took}`);
+  } catch (err) {
+    const failure = await asExecutorError(err, plan, signal);
+    cancelled = failure.failure === "cancelled";
+    say(cancelled ? "cancelled" : `error: ${failure.message}`);
+    exitCode = failure.exitCode;
+  } finally {
+    for (const lock of held.reverse()) lock.release();
+    if (secretsFile) await rm(secretsFile.ownDir ?? secretsFile.path, { recursive: true, force: true });
+  }
+  if (!cancelled && plan.eviction) await evict(plan, say);
+  return exitCode;
+}
+
+async function prepareSource(
+  plan: BuildPlan,
+  say: (line: string) => void,
+  held: FileLock[],
+  signal: AbortSignal | undefined,
+): Promise<string> {
+  if (plan.source.kind === "worktree") {
+    say(`checkout ${plan.label} (working tree ${plan.source.dir})`);
+    return plan.source.dir;
+  }
+  const started = performance.now();
+  const co = await checkoutCommit({ ...plan.source.checkout, layout: plan.layout, label: plan.label, ...(signal ? { signal } : {}) });
+  held.push(co.lock);
+  say(`checkout ${plan.label} (${co.detail}) ${formatMs(performance.now() - started)}`);
+  return co.dir;
+}
+
+async function findScript(lower: string, label: string): Promise<{ name: string; argv: string[] }> {
+  for (const name of SCRIPTS) {
+    let st;
+    try {
+      st = await lstat(join(lower, name));
+    } catch {
+      continue;
+    }
+    if (st.isDirectory()) continue;
+    // A script committed without its executable bit still runs, with sh, as Albatros builders did.
+    return { name, argv: st.isFile() && (st.mode & 0o111) === 0 ? ["/bin/sh", `./${name}`] : [`./${name}`] };
+  }
+  throw new ExecutorError("no_build_script", `no build script: neither .petrel nor .albatros at the root of ${label}`);
+}
+
+async function prepareCaches(
+  plan: BuildPlan,
+  buildDir: string,
+  say: (line: string) => void,
+  held: FileLock[],
+  signal: AbortSignal | undefined,
+): Promise<CacheMount[]> {
+  const names = Object.keys(plan.caches).sort();
+  if (names.length === 0) return [];
+  // Untrusted builds (forks, unknown senders) get their own set, so they can never poison trusted builds' caches.
+  const ns = plan.trusted ? "trusted" : "untrusted";
+  const nsDir = join(plan.layout.caches, plan.repoSlug, ns);
+  await mkdir(nsDir, { recursive: true });
+  const lock = await lockFile(`${nsDir}.lock`, { shared: true, ...(signal ? { signal } : {}) });
+  if (lock) held.push(lock);
+  const mounts: CacheMount[] = [];
+  const rejected: string[] = [];
+  for (const name of names) {
+    const target = cacheTarget(plan, buildDir, plan.caches[name] as string);
+    if (!/^[A-Za-z0-9._-]+$/.test(name) || name === "." || name === ".." || target === undefined) {
+      rejected.push(name);
+      continue;
+    }
+    const source = join(nsDir, name);
+    await mkdir(source, { recursive: true });
+    await touch(source);
+    mounts.push({ name, source, target });
+  }
+  if (rejected.length) say(`caches: ignored ${rejected.map((n) => JSON.stringify(n)).join(", ")} (bad name or path)`);
+  return mounts;
+}
+
+function cacheTarget(plan: BuildPlan, buildDir: string, path: string): string | undefined {
+  let target: string;
+  if (path === "~" || path.startsWith("~/")) target = join(plan.home, path.slice(1));
+  else if (isAbsolute(path)) target = normalize(path);
+  else target = join(buildDir, path);
+  if (!isAbsolute(target) || path.split("/").includes("..")) return undefined;
+  // A cache inside the cache root would be hidden from the build, or expose other repositories.
+  const rel = relative(plan.layout.root, target);
+  if (rel === "" || (!rel.startsWith("..") && !isAbsolute(rel))) return undefined;
+  return target;
+}
+
+function describeTree(mode: IsolationMode, buildDir: string, setupMs: number): string {
+  if (mode === "copy") return `copy of the tree at ${buildDir} (no mounts possible) ${formatMs(setupMs)}`;
+  const how = mode === "userns" ? "user + mount namespace" : "private mount namespace";
+  return `overlay at ${buildDir} (${how}) ${formatMs(setupMs)}`;
+}
+
+function describeCaches(plan: BuildPlan, caches: readonly CacheMount[], mode: IsolationMode): string {
+  const list = caches.map((c) => `${c.name}=${plan.caches[c.name] ?? c.target}`).join(", ");
+  if (mode === "copy") return `caches: not mounted without mount namespaces (${list})`;
+  return `caches ${list} (${plan.trusted ? "trusted" : "untrusted: separate from trusted builds"})`;
+}
+
+async function asExecutorError(err: unknown, plan: BuildPlan, signal: AbortSignal | undefined): Promise<ExecutorError> {
+  if (err instanceof ExecutorError) return err;
+  if (signal?.aborted || (err as Error | undefined)?.name === "AbortError") {
+    return new ExecutorError("cancelled", "cancelled", { cause: err });
+  }
+  if (isDiskFull(err)) return diskFull(plan.layout.root, err);
+  return new ExecutorError("internal", (err as Error | undefined)?.message ?? String(err), { cause: err });
+}
+
+async function evict(plan: BuildPlan, say: (line: string) => void): Promise<void> {
+  if (!plan.eviction) return;
+  const started = performance.now();
+  try {
+    const report = await evictCaches(plan.layout, plan.eviction);
+    if (report && (report.removed.length || report.inUse)) {
+      const busy = report.inUse ? `, ${report.inUse} in use kept` : "";
+      say(`evicted ${report.removed.length} (${(report.freedBytes / 1024 ** 2).toFixed(1)} MiB${busy}) ${formatMs(performance.now() - started)}`);
+    }
+  } catch (err) {
+    say(`eviction failed: ${(err as Error).message}`);
+  }
+}

@@ -1,0 +1,175 @@
+import { readFile, stat, unlink } from "node:fs/promises";
+import { homedir } from "node:os";
+import { isAbsolute, join } from "node:path";
+import type { BuildMeta, DispatchPayload } from "../builds/dispatch.js";
+import type { BuildPlan } from "./build.js";
+import { ExecutorError } from "./errors.js";
+import { cacheLayout, redactUrl, repoNameFromUrl, repoSlug } from "./layout.js";
+import { META_OPTIONAL, META_REQUIRED, validateBuildMeta, validateDispatchPayload } from "./meta.js";
+import type { Isolation } from "./sandbox.js";
+import { parseDuration, readEvictionSettings } from "./settings.js";
+
+type Env = Record<string, string | undefined>;
+
+/** Default of PETREL_CACHE_DIR (a Nomad host volume on clients). */
+export const DEFAULT_CACHE_DIR = "/var/cache/petrel";
+const DEFAULT_KILL_GRACE_MS = 10_000;
+const ISOLATIONS: readonly Isolation[] = ["auto", "mount", "userns", "copy"];
+
+/**
+ * The dispatch meta from the task environment. Nomad exports each key as written and upper-cased
+ * (`NOMAD_META_<KEY>`), and every declared optional key that was not sent as "" — so "" means absent here.
+ */
+export function readNomadMeta(env: Env): Record<string, string> {
+  const raw: Record<string, string> = {};
+  for (const key of META_REQUIRED) {
+    const value = env[`NOMAD_META_${key}`];
+    if (value === undefined) {
+      throw new ExecutorError(
+        "bad_environment",
+        `NOMAD_META_${key} is not set: petrel executor runs as the task of a dispatched builder job (use petrel run locally)`,
+      );
+    }
+    raw[key] = value;
+  }
+  for (const key of META_OPTIONAL) {
+    const value = env[`NOMAD_META_${key}`];
+    if (value !== undefined && value !== "") raw[key] = value;
+  }
+  return raw;
+}
+
+/** Reads `${NOMAD_TASK_DIR}/payload.json` when present, then deletes it so the build cannot read the deploy key. */
+export async function readPayload(taskDir: string | undefined): Promise<DispatchPayload | undefined> {
+  if (!taskDir) return undefined;
+  const path = join(taskDir, "payload.json");
+  let text: string;
+  try {
+    text = await readFile(path, "utf8");
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw new ExecutorError("bad_environment", `cannot read ${path}: ${(err as Error).message}`);
+  }
+  await unlink(path).catch(() => undefined);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    throw new ExecutorError("bad_environment", `${path} is not JSON (expected {"secrets": {...}, "deploy_key": "..."})`);
+  }
+  return validateDispatchPayload(raw);
+}
+
+/** The refs that should hold the build's commit, most specific first. */
+export function refsToFetch(meta: BuildMeta): string[] {
+  const refs: string[] = [];
+  if (meta.EVENT === "pull_request" && meta.PR && /^\d+$/.test(meta.PR)) refs.push(`refs/pull/${meta.PR}/head`);
+  if (meta.TAG) refs.push(meta.TAG.startsWith("refs/") ? meta.TAG : `refs/tags/${meta.TAG}`);
+  // A pull request's BRANCH names the head branch, which may live in a fork: only the PR ref is in the base repo.
+  if (meta.BRANCH && meta.EVENT !== "pull_request") {
+    const ref = meta.BRANCH.startsWith("refs/") ? meta.BRANCH : `refs/heads/${meta.BRANCH}`;
+    if (!refs.includes(ref)) refs.push(ref);
+  }
+  return refs;
+}
+
+/** TERM, FORCE_COLOR and CLICOLOR_FORCE: kept when set, else set so tools colour logs that browsers render. */
+export function colourVars(env: Env): Record<string, string> {
+  return {
+    TERM: env.TERM || "xterm-256color",
+    FORCE_COLOR: env.FORCE_COLOR ?? "1",
+    CLICOLOR_FORCE: env.CLICOLOR_FORCE ?? "1",
+  };
+}
+
+/** Shared settings of `petrel executor` and `petrel run` read from the environment. */
+export function readRuntimeSettings(env: Env): { isolation: Isolation; killGraceMs: number } {
+  const isolation = (env.PETREL_ISOLATION || "auto") as Isolation;
+  if (!ISOLATIONS.includes(isolation)) {
+    throw new ExecutorError("bad_environment", `PETREL_ISOLATION=${env.PETREL_ISOLATION}: expected one of ${ISOLATIONS.join(", ")}`);
+  }
+  let killGraceMs = DEFAULT_KILL_GRACE_MS;
+  if (env.PETREL_KILL_GRACE) {
+    const parsed = parseDuration(env.PETREL_KILL_GRACE);
+    if (parsed === undefined) throw new ExecutorError("bad_environment", `PETREL_KILL_GRACE=${env.PETREL_KILL_GRACE}: expected a duration such as 10s`);
+    killGraceMs = parsed;
+  }
+  return { isolation, killGraceMs };
+}
+
+/** The build a Nomad task environment describes (SPEC §6): meta, payload, cache and secrets directories. */
+export async function planFromNomadEnv(env: Env): Promise<BuildPlan> {
+  const id = env.NOMAD_JOB_ID;
+  if (!id) throw new ExecutorError("bad_environment", "NOMAD_JOB_ID is not set: petrel executor runs as a Nomad task (use petrel run locally)");
+  const meta = await validateBuildMeta(readNomadMeta(env));
+  const cacheRoot = env.PETREL_CACHE_DIR || DEFAULT_CACHE_DIR;
+  if (!isAbsolute(cacheRoot)) throw new ExecutorError("bad_environment", `PETREL_CACHE_DIR=${cacheRoot}: must be an absolute path`);
+  const eviction = readEvictionSettings(env);
+  if ("problem" in eviction) {
+    const p = eviction.problem;
+    throw new ExecutorError("bad_environment", `${p.variable}=${p.value}: expected ${p.expected}`);
+  }
+  const runtime = readRuntimeSettings(env);
+  const taskDir = env.NOMAD_TASK_DIR || undefined;
+  const payload = await readPayload(taskDir);
+  const trusted = meta.TRUSTED === "true";
+  const secretsDir = env.NOMAD_SECRETS_DIR && (await isDir(env.NOMAD_SECRETS_DIR)) ? env.NOMAD_SECRETS_DIR : undefined;
+  const name = meta.REPO || repoNameFromUrl(meta.REPO_URL);
+  const plan: BuildPlan = {
+    id,
+    layout: cacheLayout(cacheRoot),
+    label: `${name}@${meta.COMMIT.slice(0, 7)}`,
+    repoSlug: repoSlug(meta.REPO_URL),
+    source: {
+      kind: "commit",
+      checkout: {
+        url: meta.REPO_URL,
+        commit: meta.COMMIT,
+        refs: refsToFetch(meta),
+        ...(payload?.deploy_key ? { deployKey: payload.deploy_key } : {}),
+      },
+    },
+    baseEnv: env,
+    vars: {
+      COMMIT: meta.COMMIT,
+      BRANCH: meta.BRANCH,
+      REPO_URL: redactUrl(meta.REPO_URL),
+      FLAVOR: meta.FLAVOR,
+      CI: "true",
+      PETREL_BUILD_ID: id,
+      ...colourVars(env),
+    },
+    trusted,
+    secrets: trusted ? (payload?.secrets ?? {}) : {},
+    caches: parseCachesMeta(meta.CACHES),
+    home: env.HOME || homedir(),
+    hideCacheRoot: true,
+    isolation: runtime.isolation,
+    debug: false,
+    newSession: true,
+    killGraceMs: runtime.killGraceMs,
+    eviction: eviction.settings,
+  };
+  if (taskDir) plan.buildDir = join(taskDir, "build");
+  if (secretsDir) plan.secretsDir = secretsDir;
+  return plan;
+}
+
+/** `name=path,name=path` (the CACHES meta key) as a map; same rules as parseCaches in src/builds/dispatch.ts. */
+export function parseCachesMeta(value: string | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const part of (value ?? "").split(",")) {
+    const eq = part.indexOf("=");
+    if (eq <= 0) continue;
+    out[part.slice(0, eq).trim()] = part.slice(eq + 1).trim();
+  }
+  return out;
+}
+
+async function isDir(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isDirectory();
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,52 @@
+import { AppError, type ErrorCode } from "../errors.js";
+
+/** Why the executor stopped before or around the build script, as opposed to the script's own failure. */
+export type ExecutorFailure =
+  | "bad_environment"
+  | "no_build_script"
+  | "unreachable"
+  | "missing_commit"
+  | "disk_full"
+  | "mount_failed"
+  | "cancelled"
+  | "internal";
+
+// sysexits(3) codes, so a failing setup is told apart from the usual 1/2 of a failing build script.
+const FAILURES: Record<ExecutorFailure, { code: ErrorCode; status: number; exitCode: number }> = {
+  bad_environment: { code: "config_invalid", status: 400, exitCode: 64 },
+  missing_commit: { code: "not_found", status: 404, exitCode: 65 },
+  no_build_script: { code: "not_found", status: 404, exitCode: 66 },
+  unreachable: { code: "upstream_error", status: 502, exitCode: 69 },
+  internal: { code: "internal", status: 500, exitCode: 70 },
+  mount_failed: { code: "internal", status: 500, exitCode: 71 },
+  disk_full: { code: "internal", status: 507, exitCode: 74 },
+  cancelled: { code: "gone", status: 410, exitCode: 143 },
+};
+
+/** The exit code the executor ends with for each failure of its own. */
+export function exitCodeOf(failure: ExecutorFailure): number {
+  return FAILURES[failure].exitCode;
+}
+
+/** A failure of the executor itself; its message is the one line printed after `==> error:`. */
+export class ExecutorError extends AppError {
+  readonly failure: ExecutorFailure;
+  readonly exitCode: number;
+
+  constructor(failure: ExecutorFailure, message: string, options?: { cause?: unknown }) {
+    const f = FAILURES[failure];
+    super(f.code, f.status, message, options);
+    this.name = "ExecutorError";
+    this.failure = failure;
+    this.exitCode = f.exitCode;
+  }
+}
+
+/** True when an error (or its cause chain) is a full disk. */
+export function isDiskFull(err: unknown): boolean {
+  for (let e: unknown = err, depth = 0; e && depth < 5; depth++) {
+    if (typeof e === "object" && (e as { code?: unknown }).code === "ENOSPC") return true;
+    e = (e as { cause?: unknown }).cause;
+  }
+  return false;
+}

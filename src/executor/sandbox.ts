@@ -1,0 +1,236 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdir, rmdir, symlink } from "node:fs/promises";
+import { join } from "node:path";
+import { ExecutorError } from "./errors.js";
+import { removeTree } from "./fsutil.js";
+import { capture, exitCode, lastLine, shellQuote } from "./proc.js";
+
+/** How the build's tree is isolated: `auto` picks mount (root) or userns (not root) and falls back to copy. */
+export type Isolation = "auto" | "mount" | "userns" | "copy";
+/** What actually ran. */
+export type IsolationMode = "mount" | "userns" | "copy";
+
+/** A named cache directory bind-mounted at `target` for the build. */
+export interface CacheMount {
+  name: string;
+  source: string;
+  target: string;
+}
+
+/** Everything needed to run one build script in an isolated tree. */
+export interface SandboxSpec {
+  /** Read-only tree the build starts from (base worktree or a developer's working tree). */
+  lower: string;
+  /** Per-build scratch directory (overlay upper and work, or the copy); deleted afterwards. */
+  buildRoot: string;
+  /** Where the build sees its tree when mounts are possible. */
+  buildDir: string;
+  /** `buildDir` was created for this build and is removed afterwards (never true for a working tree). */
+  ownsBuildDir: boolean;
+  caches: readonly CacheMount[];
+  /** Directories covered by an empty tmpfs inside the build's mount namespace. */
+  hide: readonly string[];
+  /** The build command, run in the build directory. */
+  command: readonly string[];
+  env: NodeJS.ProcessEnv;
+  /** Open `$SHELL -i` in the build directory when the command fails. */
+  debug: boolean;
+  /** Run the build in its own session so the whole process group can be stopped. */
+  newSession: boolean;
+  killGraceMs: number;
+}
+
+/** Called once the tree is ready and before the build command starts; prints the step headers. */
+export interface SandboxHooks {
+  ready(info: { mode: IsolationMode; buildDir: string; setupMs: number; cachesMounted: boolean }): void;
+  fallback(info: { from: IsolationMode; to: IsolationMode; reason: string }): void;
+}
+
+/** How the build ended. */
+export interface SandboxResult {
+  exitCode: number;
+  mode: IsolationMode;
+  cancelled: boolean;
+}
+
+const READY = "@@petrel-ready@@";
+const SETUP_FAILED = 125;
+
+/** The modes `auto` tries, in order, for a process with this uid. */
+export function modesFor(isolation: Isolation, uid: number): IsolationMode[] {
+  if (isolation === "auto") return uid === 0 ? ["mount", "copy"] : ["userns", "copy"];
+  return [isolation];
+}
+
+/**
+ * Runs the build command on an overlay of `lower` inside a private mount namespace (`unshare`), so the mounts
+ * vanish with the build's last process; where mounting fails, the next mode is tried (finally a copy).
+ */
+export async function runSandbox(
+  spec: SandboxSpec,
+  modes: readonly IsolationMode[],
+  hooks: SandboxHooks,
+  signal?: AbortSignal,
+): Promise<SandboxResult> {
+  try {
+    for (let i = 0; i < modes.length; i++) {
+      const mode = modes[i] as IsolationMode;
+      const started = performance.now();
+      const buildDir = await prepare(spec, mode, signal);
+      const outcome = await launch(spec, mode, buildDir, started, hooks, signal);
+      if (outcome.kind === "ran") return { exitCode: outcome.exitCode, mode, cancelled: outcome.cancelled };
+      if (signal?.aborted) return { exitCode: 143, mode, cancelled: true };
+      await removeTree(spec.buildRoot);
+      const next = modes[i + 1];
+      if (next === undefined) throw new ExecutorError("mount_failed", `cannot set up the build tree (${mode}): ${outcome.reason}`);
+      hooks.fallback({ from: mode, to: next, reason: outcome.reason });
+    }
+    throw new ExecutorError("internal", "no isolation mode to try");
+  } finally {
+    await removeTree(spec.buildRoot).catch(() => undefined);
+    if (spec.ownsBuildDir) await rmdir(spec.buildDir).catch(() => undefined);
+  }
+}
+
+async function prepare(spec: SandboxSpec, mode: IsolationMode, signal?: AbortSignal): Promise<string> {
+  await mkdir(spec.buildRoot, { recursive: true });
+  if (mode === "copy") {
+    const tree = join(spec.buildRoot, "tree");
+    await mkdir(tree);
+    // --reflink=auto shares blocks on btrfs/xfs and degrades to a plain copy elsewhere.
+    const r = await capture("cp", ["-a", "--reflink=auto", "--", `${spec.lower}/.`, tree], signal ? { signal } : {});
+    if (r.code !== 0) {
+      const err = new Error(lastLine(r.stderr)) as NodeJS.ErrnoException;
+      if (r.stderr.includes("No space left on device")) err.code = "ENOSPC";
+      throw err;
+    }
+    return tree;
+  }
+  await mkdir(join(spec.buildRoot, "upper"));
+  await mkdir(join(spec.buildRoot, "work"));
+  // Mount options are relative to the build root, so no path needs escaping for overlayfs's option syntax.
+  await symlink(spec.lower, join(spec.buildRoot, "lower"));
+  if (spec.ownsBuildDir) await mkdir(spec.buildDir, { recursive: true });
+  return spec.buildDir;
+}
+
+/** The shell program run inside the namespace: mounts, handshake, then exec of the build command. */
+export function setupScript(spec: SandboxSpec, mode: IsolationMode, buildDir: string): string {
+  const q = shellQuote;
+  const lines: string[] = [];
+  if (mode !== "copy") {
+    lines.push(`cd -- ${q(spec.buildRoot)} || exit ${SETUP_FAILED}`);
+    lines.push(
+      `mount -t overlay petrel -o lowerdir=lower,upperdir=upper,workdir=work -- ${q(buildDir)} 2>&3 || exit ${SETUP_FAILED}`,
+    );
+    for (const c of spec.caches) {
+      lines.push(`mkdir -p -- ${q(c.target)} 2>&3 && mount --bind -- ${q(c.source)} ${q(c.target)} 2>&3 || exit ${SETUP_FAILED}`);
+    }
+    for (const dir of spec.hide) {
+      lines.push(`mount -t tmpfs -o size=16k,mode=0755 petrel-hidden -- ${q(dir)} 2>&3 || exit ${SETUP_FAILED}`);
+    }
+  }
+  lines.push(`cd -- ${q(buildDir)} 2>&3 || exit ${SETUP_FAILED}`);
+  lines.push(`printf '\\n%s\\n' ${q(READY)} >&3`);
+  lines.push(`read -r _ <&4 || exit ${SETUP_FAILED}`);
+  lines.push("exec 3>&- 4<&-");
+  const cmd = spec.command.map(q).join(" ");
+  if (spec.debug) {
+    lines.push(cmd, "rc=$?");
+    lines.push(
+      `if [ "$rc" -ne 0 ]; then printf '==> build failed (exit %s): debug shell in %s with the build environment; exit it to finish\\n' "$rc" "$PWD" >&2; "\${SHELL:-/bin/sh}" -i; fi`,
+    );
+    lines.push('exit "$rc"');
+  } else {
+    lines.push(`exec ${cmd}`);
+  }
+  return lines.join("\n");
+}
+
+function argvFor(mode: IsolationMode, script: string): string[] {
+  const sh = ["/bin/sh", "-c", script, "petrel-build"];
+  if (mode === "mount") return ["unshare", "--mount", "--propagation", "private", "--", ...sh];
+  if (mode === "userns") return ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private", "--", ...sh];
+  return sh;
+}
+
+type Outcome = { kind: "ran"; exitCode: number; cancelled: boolean } | { kind: "setup_failed"; reason: string };
+
+function launch(
+  spec: SandboxSpec,
+  mode: IsolationMode,
+  buildDir: string,
+  started: number,
+  hooks: SandboxHooks,
+  signal?: AbortSignal,
+): Promise<Outcome> {
+  const argv = argvFor(mode, setupScript(spec, mode, buildDir));
+  return new Promise((resolve, reject) => {
+    let child: ChildProcess;
+    try {
+      child = spawn(argv[0] as string, argv.slice(1), {
+        env: spec.env,
+        stdio: ["inherit", "inherit", "inherit", "pipe", "pipe"],
+        detached: spec.newSession,
+      });
+    } catch (err) {
+      reject(err);
+      return;
+    }
+    let ready = false;
+    let diag = "";
+    let cancelled = false;
+    let killTimer: NodeJS.Timeout | undefined;
+    const control = child.stdio[3] as NodeJS.ReadableStream | null;
+    const go = child.stdio[4] as NodeJS.WritableStream | null;
+    const kill = (sig: NodeJS.Signals) => {
+      if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
+      try {
+        process.kill(spec.newSession ? -child.pid : child.pid, sig);
+      } catch {
+        // Already gone.
+      }
+    };
+    const onAbort = () => {
+      cancelled = true;
+      kill("SIGTERM");
+      killTimer = setTimeout(() => kill("SIGKILL"), spec.killGraceMs);
+      killTimer.unref();
+    };
+    if (signal?.aborted) onAbort();
+    else signal?.addEventListener("abort", onAbort, { once: true });
+    control?.setEncoding("utf8");
+    control?.on("data", (d: string) => {
+      diag += d;
+      if (ready || !diag.includes(`\n${READY}\n`)) return;
+      ready = true;
+      try {
+        hooks.ready({ mode, buildDir, setupMs: performance.now() - started, cachesMounted: mode !== "copy" });
+      } finally {
+        go?.end("go\n");
+      }
+    });
+    control?.on("error", () => undefined);
+    go?.on("error", () => undefined);
+    child.on("error", (err: NodeJS.ErrnoException) => {
+      signal?.removeEventListener("abort", onAbort);
+      if (err.code === "ENOENT") resolve({ kind: "setup_failed", reason: `${argv[0]} not found` });
+      else reject(err);
+    });
+    child.on("exit", (code, sig) => {
+      signal?.removeEventListener("abort", onAbort);
+      if (killTimer) clearTimeout(killTimer);
+      // Processes the build left behind in its group die with it.
+      if (spec.newSession && child.pid !== undefined) {
+        try {
+          process.kill(-child.pid, "SIGKILL");
+        } catch {
+          // Nothing left.
+        }
+      }
+      const status = exitCode(code, sig);
+      if (ready || cancelled) resolve({ kind: "ran", exitCode: status, cancelled });
+      else resolve({ kind: "setup_failed", reason: lastLine(diag.replace(READY, "")) || `setup exited ${status}` });
+    });
+  });
+}
