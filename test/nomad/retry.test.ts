@@ -1,3 +1,4 @@
+import { pino } from "pino";
 import { Agent } from "undici";
 import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest";
 import { UpstreamError } from "../../src/errors.js";
@@ -162,6 +163,20 @@ describe("Nomad down", () => {
     const res = await client(3000).dispatch("builder", { meta: META, idempotencyToken: "a" });
     expect(res.duplicate).toBe(false);
     expect(fake.children("builder")).toEqual([res.id]);
+  });
+
+  it("logs each retry without the token, the meta or the payload", async () => {
+    const lines: string[] = [];
+    const log = pino({ level: "debug" }, { write: (line: string) => lines.push(line) });
+    const nomad = createNomadClient({ addr: fake.url, dispatcher, token: "tok-s3cret", log });
+    fake.failNext(2, 503, "No cluster leader", { path: /dispatch$/ });
+    await nomad.dispatch("builder", { meta: META, payload: Buffer.from("deploy-key-s3cret"), idempotencyToken: "a" });
+    expect(lines).toHaveLength(2);
+    expect(JSON.parse(lines[0] ?? "{}")).toMatchObject({ action: "dispatch", attempt: 1, status: 503 });
+    const all = lines.join("\n");
+    for (const secret of ["tok-s3cret", "deploy-key-s3cret", Buffer.from("deploy-key-s3cret").toString("base64"), META.REPO_URL]) {
+      expect(all).not.toContain(secret);
+    }
   });
 
   it("retries reads on 5xx too", async () => {
