@@ -106,17 +106,19 @@ export function createGiteaClient(opts: GiteaClientOptions): GiteaClient {
     if (status < 200 || status >= 300) {
       throw new UpstreamError("gitea", status, apiMessage(text), { action: call.action });
     }
+    // Older Gitea answers an empty combined status with no body at all (contracts D.3).
     let json: unknown = {};
-    if (text.trim() !== "") {
-      try {
-        json = JSON.parse(text);
-      } catch {
-        throw new UpstreamError("gitea", status, `answer is not JSON: ${text}`, { action: call.action });
-      }
+    let notJson = false;
+    try {
+      if (text.trim() !== "") json = JSON.parse(text);
+    } catch {
+      json = undefined;
+      notJson = true;
     }
     const parsed = call.schema.safeParse(json);
     if (!parsed.success) {
-      throw new UpstreamError("gitea", status, `unexpected answer: ${parsed.error.message}`, { action: call.action });
+      const detail = notJson ? `answer is not JSON: ${text}` : `unexpected answer: ${parsed.error.message}`;
+      throw new UpstreamError("gitea", status, detail, { action: call.action });
     }
     return parsed.data;
   }
