@@ -308,14 +308,17 @@ export function createNomadClient(opts: NomadClientOptions): NomadClient {
     },
 
     parameterized(jobId, { signal } = {}) {
+      signal?.throwIfAborted();
       const cached = specs.get(jobId);
-      if (cached && cached.expires > now()) return cached.spec;
-      const spec = readSpec(jobId, signal);
+      if (cached && cached.expires > now()) return untilAborted(cached.spec, signal);
+      // Shared by concurrent callers, so one caller's abort must not fail the others: the read runs on its
+      // own, bounded by the retry budget.
+      const spec = readSpec(jobId, undefined);
       specs.set(jobId, { expires: now() + ttlMs, spec });
       spec.catch(() => {
         if (specs.get(jobId)?.spec === spec) specs.delete(jobId);
       });
-      return spec;
+      return untilAborted(spec, signal);
     },
 
     async readJob(id, b = {}) {
@@ -424,14 +427,23 @@ interface SharedDispatch {
 function joinShared(shared: SharedDispatch, signal: AbortSignal | undefined): Promise<DispatchResult> {
   shared.waiters++;
   if (!signal) return shared.promise;
+  const leave = () => {
+    shared.waiters--;
+    if (shared.waiters === 0) shared.controller.abort(signal.reason);
+  };
+  signal.addEventListener("abort", leave, { once: true });
+  const done = () => signal.removeEventListener("abort", leave);
+  shared.promise.then(done, done);
+  return untilAborted(shared.promise, signal);
+}
+
+/** `promise`, or the signal's reason as soon as it aborts. */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return promise;
   return new Promise((resolve, reject) => {
-    const onAbort = () => {
-      shared.waiters--;
-      if (shared.waiters === 0) shared.controller.abort(signal.reason);
-      reject(signal.reason);
-    };
+    const onAbort = () => reject(signal.reason);
     signal.addEventListener("abort", onAbort, { once: true });
-    shared.promise.then(
+    promise.then(
       (v) => {
         signal.removeEventListener("abort", onAbort);
         resolve(v);

@@ -185,7 +185,7 @@ describe("Nomad down", () => {
   });
 });
 
-describe("single-flight", () => {
+describe("single-flight and shared reads", () => {
   it("shares one request between concurrent identical dispatches, so a racy Nomad creates one child", async () => {
     fake.setDispatchRace(true);
     const nomad = client();
@@ -225,6 +225,18 @@ describe("single-flight", () => {
     const again = await nomad.dispatch("builder", { meta: META, idempotencyToken: "same" });
     expect(again).toEqual({ id: first.id, evalId: "", duplicate: true });
     expect(dispatches()).toBe(2);
+  });
+
+  it("shares a builder's parameterized read too, and one caller's abort leaves the others their answer", async () => {
+    fake.setLatency(200);
+    const nomad = client();
+    const controller = new AbortController();
+    const quitter = nomad.parameterized("builder", { signal: controller.signal });
+    const stayer = nomad.parameterized("builder");
+    controller.abort(new Error("gone"));
+    await expect(quitter).rejects.toThrow("gone");
+    await expect(stayer).resolves.toMatchObject({ payload: "optional", metaRequired: ["REPO_URL", "COMMIT", "BRANCH", "FLAVOR"] });
+    expect(fake.requests.filter((r) => r.path === "/v1/job/builder")).toHaveLength(1);
   });
 
   it("keeps the shared request alive for the callers that did not abort", async () => {
