@@ -73,6 +73,8 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
   const byToken = new Map<string, string>();
   const queue: string[] = [];
   const running = new Map<string, Running>();
+  // Slots are taken synchronously in pump(): start() awaits before it registers the process.
+  let active = 0;
   const wakers = new Map<string, Set<() => void>>();
   let closed = false;
 
@@ -131,12 +133,14 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
   pump();
 
   function pump(): void {
-    while (!closed && running.size < options.concurrency && queue.length > 0) {
+    while (!closed && active < options.concurrency && queue.length > 0) {
       const id = queue.shift();
       const record = id === undefined ? undefined : records.get(id);
       if (record === undefined || record.state !== "queued") continue;
+      active++;
       void start(record).catch(async (err: unknown) => {
         log.error({ err, build: record.id }, "could not start the build");
+        active--;
         running.delete(record.id);
         await update({ ...record, state: "error", reason: `could not start the executor: ${(err as Error).message}`, finishedAt: new Date().toISOString() });
         pump();
@@ -179,13 +183,16 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
       log.error({ err: e, build: record.id }, "executor failed to start");
     });
     child.once("close", (code, signal) => {
-      void finish(record.id, entry, code, signal).finally(exited);
+      void finish(record.id, entry, code, signal)
+        .catch((e: unknown) => log.error({ err: e, build: record.id }, "could not record the end of a build"))
+        .finally(exited);
     });
     await update({ ...record, state: "running", startedAt: new Date().toISOString(), pid: entry.pid });
   }
 
   async function finish(id: string, entry: Running, code: number | null, signal: NodeJS.Signals | null): Promise<void> {
     running.delete(id);
+    active--;
     const record = known(id);
     const finishedAt = new Date().toISOString();
     const { pid: _pid, ...rest } = record;

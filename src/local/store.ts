@@ -1,4 +1,5 @@
 import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { z } from "zod";
 import { BUILD_STATES } from "../builds/backend.js";
@@ -42,7 +43,7 @@ export function createBuildStore(dataDir: string): BuildStore {
     async save(record) {
       const dir = dirOf(record.id);
       await mkdir(dir, { recursive: true });
-      const tmp = join(dir, `.build.json.${process.pid}.tmp`);
+      const tmp = join(dir, `.build.json.${randomBytes(6).toString("hex")}.tmp`);
       await writeFile(tmp, `${JSON.stringify(record, null, 2)}\n`);
       await rename(tmp, join(dir, "build.json"));
     },

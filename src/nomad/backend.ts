@@ -1,5 +1,6 @@
 import type { BuildBackend } from "../builds/backend.js";
-import { AppError, errorMessage } from "../errors.js";
+import { AppError, UpstreamError, errorMessage } from "../errors.js";
+import { isPermanentDispatchError } from "./client.js";
 import type { NomadClient } from "./client.js";
 
 /** Nomad refuses dispatch payloads over 16 KiB (contracts/nomad.md §1.2). */
@@ -24,12 +25,21 @@ export function createNomadBackend(options: { nomad: NomadClient }): BuildBacken
           );
         }
       }
-      const result = await nomad.dispatch(
-        request.builder,
-        { meta: request.meta, idempotencyToken: request.idempotencyToken, ...(payload === undefined ? {} : { payload }) },
-        signal === undefined ? {} : { signal },
-      );
-      return { id: result.id, duplicate: result.duplicate };
+      try {
+        const result = await nomad.dispatch(
+          request.builder,
+          { meta: request.meta, idempotencyToken: request.idempotencyToken, ...(payload === undefined ? {} : { payload }) },
+          signal === undefined ? {} : { signal },
+        );
+        return { id: result.id, duplicate: result.duplicate };
+      } catch (err) {
+        // Nomad answers 500 to requests it will never accept (contracts/nomad.md §1.6); a redelivery cannot
+        // cure those, so they must not read as an outage.
+        if (err instanceof UpstreamError && isPermanentDispatchError(err)) {
+          throw new AppError("upstream_error", 502, `Nomad refused to dispatch ${request.builder}: ${err.upstreamBody}`, { cause: err });
+        }
+        throw err;
+      }
     },
     async health(signal) {
       try {
