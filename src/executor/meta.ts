@@ -53,8 +53,10 @@ export function checkDispatchPayload(raw: unknown): DispatchPayload | undefined 
     if (!isPlainObject(secrets)) return undefined;
     out = {};
     for (const [k, v] of Object.entries(secrets)) {
+      // zod's records drop this key unchecked (prototype pollution); so do we.
+      if (k === "__proto__") continue;
       if (typeof v !== "string") return undefined;
-      Object.defineProperty(out, k, { value: v, enumerable: true, writable: true, configurable: true });
+      out[k] = v;
     }
   }
   if (deployKey !== undefined && typeof deployKey !== "string") return undefined;
