@@ -63,8 +63,9 @@ describe("petrel run", () => {
   afterAll(() => cleanup(dir));
 
   it.skipIf(!support.ok)("builds the working tree in place without changing a byte of it", async () => {
-    const before = treeDigest(repo.work);
+    // git status refreshes the index file; take it first so the digest is of a settled tree.
     const status = sh("git status --porcelain", repo.work);
+    const before = treeDigest(repo.work);
     const mounts = mountPoints();
     const r = await petrelRun(join(repo.work, "src"), ["--flavor", "nix"], env);
     expect(r.stderr).toContain(`==> checkout acme/widgets@${commit.slice(0, 7)} (working tree ${repo.work})`);
@@ -73,6 +74,7 @@ describe("petrel run", () => {
     expect(r.code).toBe(0);
     expect(treeDigest(repo.work)).toEqual(before);
     expect(sh("git status --porcelain", repo.work)).toBe(status);
+    expect(status).toContain(" M src/a.c");
     expect(sh("git branch --list", repo.work).trim()).toBe("* main");
     expect(mountPoints()).toEqual(mounts);
   });
