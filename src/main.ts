@@ -1,25 +1,33 @@
+import type { Server } from "node:http";
 import { serve } from "@hono/node-server";
-import type { ServerType } from "@hono/node-server";
 import { Agent } from "undici";
 import { createApp } from "./app.js";
-import type { BuildBackend } from "./builds/backend.js";
+import type { Build, BuildBackend, BuildReader } from "./builds/backend.js";
+import { createStatusNotifier } from "./builds/statuses.js";
 import { readConfig, ConfigError } from "./config.js";
 import type { Config } from "./config.js";
 import { consulAgentOptions, createConsulClient } from "./consul/client.js";
 import { createConsulRegistry } from "./consul/registry.js";
+import { AppError } from "./errors.js";
 import { createGiteaClient, createStatusReporter } from "./gitea/client.js";
 import { createLogger } from "./log.js";
 import type { Logger } from "./log.js";
 import { createMetrics } from "./metrics.js";
-import { createNomadBackend } from "./nomad/backend.js";
-import { createNomadClient, nomadAgentOptions } from "./nomad/client.js";
-import { createFileRegistry } from "./registry/file.js";
+import { flavorsOf } from "./registry/schema.js";
 import type { Registry } from "./registry/schema.js";
 
-/** How long SIGTERM waits for in-flight deliveries and status reports before exiting anyway. */
+/** How long SIGTERM waits for in-flight deliveries, log streams and status reports before exiting anyway. */
 const DRAIN_MS = 10_000;
 
-/** `petrel serve`: the composition root, the only place that reads process.env and listens. */
+type HealthCheck = (signal: AbortSignal) => Promise<{ ok: boolean; error?: string }>;
+
+/** A running petrel: its address and a way to stop it as SIGTERM does. */
+export interface RunningPetrel {
+  url: string;
+  stop(): Promise<void>;
+}
+
+/** `petrel serve`: reads the environment, listens, and stops cleanly on SIGTERM/SIGINT. */
 export async function serveCommand(env: NodeJS.ProcessEnv = process.env): Promise<number> {
   let config: Config;
   try {
@@ -32,17 +40,69 @@ export async function serveCommand(env: NodeJS.ProcessEnv = process.env): Promis
     throw err;
   }
   const log = createLogger({ level: config.logLevel });
+  let petrel: RunningPetrel;
+  try {
+    petrel = await startPetrel(config, log, env);
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    log.fatal({ err: message }, "petrel could not start");
+    log.flush();
+    process.stderr.write(`petrel: ${message}\n`);
+    return err instanceof ConfigError || err instanceof AppError ? 2 : 1;
+  }
+  return new Promise<number>((resolve) => {
+    const stop = (signal: string) => {
+      log.info({ signal }, "stopping: no new connections, finishing in-flight work");
+      const deadline = setTimeout(() => {
+        log.warn("drain took too long; exiting with work in flight");
+        log.flush();
+        resolve(1);
+      }, DRAIN_MS);
+      deadline.unref();
+      void petrel.stop().then(() => {
+        clearTimeout(deadline);
+        log.info("stopped");
+        log.flush();
+        resolve(0);
+      });
+    };
+    process.once("SIGTERM", () => stop("SIGTERM"));
+    process.once("SIGINT", () => stop("SIGINT"));
+  });
+}
+
+/** The composition root: builds every collaborator from the config, listens, and returns how to stop. */
+export async function startPetrel(config: Config, log: Logger, env: NodeJS.ProcessEnv): Promise<RunningPetrel> {
   const closers: Array<() => Promise<unknown>> = [];
-  let registry: Registry;
-  let backend: BuildBackend;
-  const extraHealth: Record<string, (s: AbortSignal) => Promise<{ ok: boolean; error?: string }>> = {};
+  const extraHealth: Record<string, HealthCheck> = {};
 
   const forgeAgent = new Agent({ connections: 16 });
   closers.push(() => forgeAgent.close());
+  let registry: Registry | undefined;
+  const metrics = createMetrics({
+    staleness: () => {
+      const h = registry?.health();
+      return { seconds: h?.stalenessSeconds ?? 0, ok: h?.ok ?? false };
+    },
+  });
+  const reporter = createStatusReporter({
+    client: createGiteaClient({ dispatcher: forgeAgent, log }),
+    log,
+    onResult: (state, ok) => metrics.statusesPosted.inc({ state, result: ok ? "ok" : "failed" }),
+  });
+
+  let backend: BuildBackend;
+  let reader: BuildReader;
+  // Builds report transitions through this; it is bound once the registry exists.
+  let notify: (build: Build) => void = () => undefined;
 
   if (config.mode === "cluster" && config.nomad !== undefined) {
+    const { createNomadClient, nomadAgentOptions } = await import("./nomad/client.js");
+    const { createNomadBackend } = await import("./nomad/backend.js");
+    const { createNomadBuildReader } = await import("./nomad/builds.js");
+    const { createNomadTracker } = await import("./nomad/tracker.js");
     const consulAgent = new Agent(consulAgentOptions(config.consul.tls));
-    const nomadAgent = new Agent(nomadAgentOptions(config.nomad.tls));
+    const nomadAgent = new Agent(nomadAgentOptions({ ...config.nomad.tls, skipVerify: !config.nomad.tls.verify }));
     closers.push(() => consulAgent.close(), () => nomadAgent.close());
     const consul = createConsulClient({
       addr: config.consul.addr,
@@ -50,7 +110,15 @@ export async function serveCommand(env: NodeJS.ProcessEnv = process.env): Promis
       log,
       ...(config.consul.token === undefined ? {} : { token: config.consul.token }),
     });
-    registry = createConsulRegistry({ consul, prefix: config.consulPrefix, defaultBuilder: config.builderJob, log });
+    registry = createConsulRegistry({
+      consul,
+      prefix: config.consulPrefix,
+      defaultBuilder: config.builderJob,
+      log,
+      // A webhook that arrives while Consul has never answered must fail inside Gitea's 5 s delivery timeout.
+      firstLoadTimeoutMs: 3000,
+      onStale: (h) => log.warn({ staleness: h.stalenessSeconds, err: h.lastError }, h.ok ? "registry current again" : "registry serving a stale view"),
+    });
     const nomad = createNomadClient({
       addr: config.nomad.addr,
       dispatcher: nomadAgent,
@@ -60,73 +128,98 @@ export async function serveCommand(env: NodeJS.ProcessEnv = process.env): Promis
       ...(config.nomad.region === undefined ? {} : { region: config.nomad.region }),
     });
     backend = createNomadBackend({ nomad });
+    const builders = builderSet(() => registry, config.builderJob);
+    reader = createNomadBuildReader({ nomad, builders, log });
+    const tracker = createNomadTracker({ nomad, builders, log, onBuild: (build: Build) => notify(build) });
+    closers.push(() => tracker.stop());
     extraHealth.consul = async (signal) => {
       await consul.leader(signal);
       return { ok: true };
     };
+    notify = createStatusNotifier({ registry, reporter, publicUrl: config.publicUrl, log });
+    tracker.start();
   } else {
-    registry = await createFileRegistry({ path: config.configPath, defaultBuilder: config.builderJob, log });
+    const { createFileRegistry } = await import("./registry/file.js");
     const { createLocalBackend } = await import("./local/backend.js");
-    backend = createLocalBackend({ config, log });
+    const fileRegistry = await createFileRegistry({ path: config.configPath, defaultBuilder: config.builderJob, log });
+    registry = fileRegistry;
+    notify = createStatusNotifier({ registry: fileRegistry, reporter, publicUrl: config.publicUrl, log });
+    const local = await createLocalBackend({
+      dataDir: config.dataDir,
+      concurrency: config.localConcurrency,
+      keep: config.localKeep,
+      maxAgeMs: config.localMaxAgeDays * 24 * 3600 * 1000,
+      log,
+      env,
+      onTransition: (build) => notify(build),
+    });
+    backend = local;
+    reader = local;
+    closers.push(() => local.close());
   }
-  closers.push(() => registry.close());
-
-  const metrics = createMetrics({
-    staleness: () => {
-      const h = registry.health();
-      return { seconds: h.stalenessSeconds, ok: h.ok };
-    },
-  });
-  const gitea = createGiteaClient({ dispatcher: forgeAgent, log });
-  const reporter = createStatusReporter({
-    client: gitea,
-    log,
-    onResult: (state, ok) => metrics.statusesPosted.inc({ state, result: ok ? "ok" : "failed" }),
-  });
+  const activeRegistry = registry;
+  closers.push(() => activeRegistry.close());
 
   const app = createApp({
     log,
     metrics,
-    registry,
+    registry: activeRegistry,
     backend,
+    reader,
     reporter,
     publicUrl: config.publicUrl,
     defaultBuilder: config.builderJob,
     extraHealth,
+    ...(config.adminToken === undefined ? {} : { adminToken: config.adminToken }),
   });
 
-  const server = await listen(app.fetch, config, log);
-  log.info({ mode: config.mode, listen: `${config.listen.host}:${config.listen.port}`, url: config.publicUrl }, "petrel listening");
+  const server = await listen(app.fetch, config);
+  const address = server.address();
+  const port = typeof address === "object" && address !== null ? address.port : config.listen.port;
+  const host = config.listen.host.includes(":") ? `[${config.listen.host}]` : config.listen.host;
+  log.info({ mode: config.mode, listen: `${host}:${port}`, url: config.publicUrl }, "petrel listening");
 
-  return new Promise<number>((resolve) => {
-    let stopping = false;
-    const stop = async (signal: string) => {
-      if (stopping) return;
-      stopping = true;
-      log.info({ signal }, "stopping: no new connections, finishing in-flight deliveries");
-      const deadline = setTimeout(() => {
-        log.warn("drain took too long; exiting with work in flight");
-        resolve(1);
-      }, DRAIN_MS);
-      deadline.unref();
-      await new Promise<void>((done) => server.close(() => done()));
-      await reporter.drain();
-      await Promise.allSettled(closers.map((close) => close()));
-      clearTimeout(deadline);
-      log.info("stopped");
-      log.flush();
-      resolve(0);
-    };
-    process.once("SIGTERM", () => void stop("SIGTERM"));
-    process.once("SIGINT", () => void stop("SIGINT"));
-  });
+  let stopped: Promise<void> | undefined;
+  return {
+    url: `http://${host}:${port}`,
+    stop() {
+      stopped ??= (async () => {
+        // Stop accepting first; in-flight deliveries finish, idle keep-alive sockets are closed now.
+        const closed = new Promise<void>((done) => server.close(() => done()));
+        server.closeIdleConnections();
+        await closed;
+        await reporter.drain();
+        await Promise.allSettled(closers.reverse().map((close) => close()));
+      })();
+      return stopped;
+    },
+  };
 }
 
-function listen(fetch: Parameters<typeof serve>[0]["fetch"], config: Config, log: Logger): Promise<ServerType> {
+/** The builder jobs whose children are petrel's builds: the default one and every flavor's. */
+function builderSet(registry: () => Registry | undefined, defaultBuilder: string): () => Set<string> {
+  // The Consul registry keeps its entries in memory; list() is cheap, but the reader wants it synchronously.
+  let cached = new Set([defaultBuilder]);
+  const refresh = () => {
+    void registry()
+      ?.list()
+      .then((entries) => {
+        const next = new Set([defaultBuilder]);
+        for (const e of entries) for (const f of Object.values(flavorsOf(e.config, defaultBuilder))) next.add(f.builder);
+        cached = next;
+      }, () => undefined);
+  };
+  refresh();
+  return () => {
+    refresh();
+    return cached;
+  };
+}
+
+function listen(fetch: Parameters<typeof serve>[0]["fetch"], config: Config): Promise<Server> {
   return new Promise((resolve, reject) => {
-    const server = serve({ fetch, hostname: config.listen.host, port: config.listen.port }, () => resolve(server));
+    const server = serve({ fetch, hostname: config.listen.host, port: config.listen.port }, () => resolve(server as Server));
     server.once("error", (err: NodeJS.ErrnoException) => {
-      log.fatal({ code: err.code }, `cannot listen on ${config.listen.host}:${config.listen.port}`);
       reject(new ConfigError("PETREL_LISTEN", `cannot listen on ${config.listen.host}:${config.listen.port} (${err.code ?? err.message})`));
     });
   });

@@ -1,4 +1,4 @@
-import type { BuildBackend } from "../builds/backend.js";
+import type { BuildBackend, DispatchResult } from "../builds/backend.js";
 import { AppError, UpstreamError, errorMessage } from "../errors.js";
 import { isPermanentDispatchError } from "./client.js";
 import type { NomadClient } from "./client.js";
@@ -9,6 +9,33 @@ export const NOMAD_PAYLOAD_LIMIT = 16 * 1024;
 /** Cluster mode: every build is a dispatched child of a parameterized Nomad batch job. */
 export function createNomadBackend(options: { nomad: NomadClient }): BuildBackend {
   const { nomad } = options;
+  // Concurrent identical deliveries share one dispatch; all but the first hear it as the duplicate it is.
+  const inFlight = new Map<string, Promise<DispatchResult>>();
+
+  async function send(
+    builder: string,
+    meta: Record<string, string>,
+    idempotencyToken: string,
+    payload: Buffer | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<DispatchResult> {
+    try {
+      const result = await nomad.dispatch(
+        builder,
+        { meta, idempotencyToken, ...(payload === undefined ? {} : { payload }) },
+        signal === undefined ? {} : { signal },
+      );
+      return { id: result.id, duplicate: result.duplicate };
+    } catch (err) {
+      // Nomad answers 500 to requests it will never accept (contracts/nomad.md §1.6); a redelivery cannot
+      // cure those, so they must not read as an outage.
+      if (err instanceof UpstreamError && isPermanentDispatchError(err)) {
+        throw new AppError("upstream_error", 502, `Nomad refused to dispatch ${builder}: ${err.upstreamBody}`, { cause: err });
+      }
+      throw err;
+    }
+  }
+
   return {
     kind: "nomad",
     parameterized: (builder, signal) => nomad.parameterized(builder, signal === undefined ? {} : { signal }),
@@ -25,20 +52,15 @@ export function createNomadBackend(options: { nomad: NomadClient }): BuildBacken
           );
         }
       }
+      const key = `${request.builder}\0${request.idempotencyToken}`;
+      const shared = inFlight.get(key);
+      if (shared !== undefined) return { id: (await shared).id, duplicate: true };
+      const attempt = send(request.builder, request.meta, request.idempotencyToken, payload, signal);
+      inFlight.set(key, attempt);
       try {
-        const result = await nomad.dispatch(
-          request.builder,
-          { meta: request.meta, idempotencyToken: request.idempotencyToken, ...(payload === undefined ? {} : { payload }) },
-          signal === undefined ? {} : { signal },
-        );
-        return { id: result.id, duplicate: result.duplicate };
-      } catch (err) {
-        // Nomad answers 500 to requests it will never accept (contracts/nomad.md §1.6); a redelivery cannot
-        // cure those, so they must not read as an outage.
-        if (err instanceof UpstreamError && isPermanentDispatchError(err)) {
-          throw new AppError("upstream_error", 502, `Nomad refused to dispatch ${request.builder}: ${err.upstreamBody}`, { cause: err });
-        }
-        throw err;
+        return await attempt;
+      } finally {
+        inFlight.delete(key);
       }
     },
     async health(signal) {
