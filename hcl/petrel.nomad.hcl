@@ -1,0 +1,80 @@
+# petrel itself as a Nomad service: stateless, so any number of replicas can run behind a load balancer.
+# Secrets (tokens) come from Nomad Variables at nomad/jobs/petrel (see hcl/README.md).
+
+variable "image" {
+  description = "The petrel image (builders/executor/Dockerfile also runs `petrel serve`); override with -var image=..."
+  type        = string
+  default     = "petrel-executor:latest"
+}
+
+job "petrel" {
+  type        = "service"
+  datacenters = ["*"]
+
+  group "petrel" {
+    count = 2
+
+    network {
+      port "http" {
+        to = 8080
+      }
+    }
+
+    service {
+      name     = "petrel"
+      port     = "http"
+      provider = "nomad"
+
+      check {
+        type     = "http"
+        path     = "/health"
+        interval = "10s"
+        timeout  = "2s"
+      }
+    }
+
+    update {
+      max_parallel     = 1
+      min_healthy_time = "10s"
+      auto_revert      = true
+    }
+
+    task "petrel" {
+      driver = "docker"
+
+      config {
+        image   = var.image
+        command = "petrel"
+        args    = ["serve"]
+        ports   = ["http"]
+      }
+
+      env {
+        PETREL_LISTEN      = "0.0.0.0:8080"
+        PETREL_BUILDER_JOB = "builder"
+        NOMAD_ADDR         = "http://${attr.unique.network.ip-address}:4646"
+        CONSUL_HTTP_ADDR   = "http://${attr.unique.network.ip-address}:8500"
+        LOG_LEVEL          = "info"
+      }
+
+      # PETREL_URL, PETREL_ADMIN_TOKEN, NOMAD_TOKEN and CONSUL_HTTP_TOKEN, kept out of the job spec.
+      template {
+        destination = "${NOMAD_SECRETS_DIR}/petrel.env"
+        env         = true
+        data        = <<EOT
+{{ with nomadVar "nomad/jobs/petrel" }}
+PETREL_URL={{ .PETREL_URL }}
+PETREL_ADMIN_TOKEN={{ .PETREL_ADMIN_TOKEN }}
+NOMAD_TOKEN={{ .NOMAD_TOKEN }}
+CONSUL_HTTP_TOKEN={{ .CONSUL_HTTP_TOKEN }}
+{{ end }}
+EOT
+      }
+
+      resources {
+        cpu    = 500
+        memory = 256
+      }
+    }
+  }
+}
