@@ -3,12 +3,11 @@ import { tmpdir } from "node:os";
 import { isAbsolute, join, normalize, relative } from "node:path";
 import { checkoutCommit, diskFull, type CheckoutRequest } from "./checkout.js";
 import { ExecutorError, exitCodeOf, isDiskFull } from "./errors.js";
-import { evictCaches } from "./evict.js";
 import { randomSuffix, touch } from "./fsutil.js";
 import { buildSlug, type CacheLayout } from "./layout.js";
 import { lockFile, type FileLock } from "./lock.js";
 import { modesFor, runSandbox, type CacheMount, type Isolation, type IsolationMode, type SandboxSpec } from "./sandbox.js";
-import { writeSecretsFile, type SecretsFile } from "./secrets.js";
+import type { SecretsFile } from "./secrets.js";
 import { formatMs, type EvictionSettings } from "./settings.js";
 
 /** Where the build's tree comes from: a commit checked out through the cache, or a developer's working tree. */
@@ -67,17 +66,21 @@ export async function executeBuild(plan: BuildPlan, io: BuildIo, signal?: AbortS
   let exitCode: number;
   let cancelled = false;
   try {
-    const lower = await prepareSource(plan, say, held, signal);
-    const command = await findScript(lower, plan.label);
     await mkdir(plan.layout.builds, { recursive: true });
     const buildRoot = join(plan.layout.builds, `${buildSlug(plan.id)}-${randomSuffix()}`);
-    const buildLock = await lockFile(`${buildRoot}.lock`, signal ? { signal } : {});
-    if (buildLock) held.push(buildLock);
+    // Taken alongside the checkout (each lock costs a process spawn); it marks the build's scratch dir as alive.
+    const buildLocked = lockFile(`${buildRoot}.lock`, signal ? { signal } : {}).then((lock) => {
+      if (lock) held.push(lock);
+    });
+    const lower = await prepareSource(plan, say, held, signal).finally(() => buildLocked.catch(() => undefined));
+    await buildLocked;
+    const command = await findScript(lower, plan.label);
     const buildDir = plan.buildDir ?? join(tmpdir(), `petrel-build-${randomSuffix()}`);
     const caches = await prepareCaches(plan, buildDir, say, held, signal);
     const env: NodeJS.ProcessEnv = { ...plan.baseEnv, ...plan.vars, HOME: plan.home };
     delete env.PETREL_SECRETS;
     if (plan.trusted) {
+      const { writeSecretsFile } = await import("./secrets.js");
       secretsFile = await writeSecretsFile(plan.secrets, plan.secretsDir, buildSlug(plan.id));
       env.PETREL_SECRETS = secretsFile.path;
     }
@@ -232,6 +235,7 @@ async function evict(plan: BuildPlan, say: (line: string) => void): Promise<void
   if (!plan.eviction) return;
   const started = performance.now();
   try {
+    const { evictCaches } = await import("./evict.js");
     const report = await evictCaches(plan.layout, plan.eviction);
     if (report && (report.removed.length || report.inUse)) {
       const busy = report.inUse ? `, ${report.inUse} in use kept` : "";
