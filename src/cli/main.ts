@@ -6,8 +6,17 @@ commands:
   serve                      run the petrel service (webhooks, builds, logs)
   executor                   run one build from the Nomad task environment
   run [--flavor F] [--debug] build the current working tree locally with the same executor
-  builds | logs | cancel | dispatch | repo | builder | replay
-                             operator commands (see README)
+  builds [--repo R] [--ref R] [--state S] [--limit N]
+                             list builds, newest first
+  logs [-f] [--stderr] <id>  a build's log; with -f follows it and exits with the build's result
+  cancel <id>                stop a build (admin token)
+  dispatch <repo> <ref>      start a build by hand (admin token); --follow streams its logs
+  repo add|show|list|rm      manage repositories in Consul (cluster mode) or PETREL_CONFIG (single machine)
+  builder register <file.nomad.hcl>
+                             check a builder job and register it with Nomad
+  replay <delivery.json>     sign a saved webhook delivery and POST it to petrel
+
+Every command takes --help; operator commands take --json. Exit codes: docs/cli.md.
 
 environment: see README "Configuration"`;
 
@@ -21,6 +30,13 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   },
   executor: async () => (await import("./executor.js")).runExecutorCommand,
   run: async () => (await import("./run.js")).runLocalCommand,
+  builds: async () => (await import("./builds.js")).buildsCommand,
+  logs: async () => (await import("./builds.js")).logsCommand,
+  cancel: async () => (await import("./builds.js")).cancelCommand,
+  dispatch: async () => (await import("./builds.js")).dispatchCommand,
+  repo: async () => (await import("./repo.js")).repoCommand,
+  builder: async () => (await import("./builder.js")).builderCommand,
+  replay: async () => (await import("./replay.js")).replayCommand,
 };
 
 /** Runs the CLI and returns its exit code. */

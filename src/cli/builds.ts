@@ -1,0 +1,345 @@
+import type { Writable } from "node:stream";
+import { setTimeout as sleep } from "node:timers/promises";
+import type { Build } from "../builds/backend.js";
+import {
+  CliError,
+  EXIT,
+  buildPath,
+  createPetrelApi,
+  expectPositionals,
+  parseCommandArgs,
+  petrelUrl,
+  processIo,
+  progressTo,
+  runCommand,
+  writeAll,
+} from "./ops.js";
+import type { CliIo, Env, PetrelApi, Progress } from "./ops.js";
+import { formatAge, formatDuration, formatTable } from "./table.js";
+
+/** A build as petrel's API answers it. */
+export type ApiBuild = Build & { links?: { self: string; logs: string } };
+
+const CONNECTION = {
+  url: { type: "string" },
+  token: { type: "string" },
+  quiet: { type: "boolean", short: "q" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+const CONNECTION_HELP = `  --url U        petrel's address (default PETREL_URL, else http://<PETREL_LISTEN>)
+  --token T      admin token (default PETREL_ADMIN_TOKEN; prefer the variable: argv shows in ps)
+  -q, --quiet    no progress lines on stderr`;
+
+const BUILDS_USAGE = `usage: petrel builds [--repo R] [--ref R] [--state S] [--limit N] [--json]
+
+Lists builds, newest first: ID, STATE, REPO, REF, COMMIT, STARTED, TOOK.
+  --repo R       owner/name
+  --ref R        branch, tag or pull request head ref
+  --state S      queued, running, success, failure, cancelled or error
+  --limit N      at most N builds (default 20, at most 500)
+  --json         petrel's JSON answer ({"builds": [...]}) instead of the table
+${CONNECTION_HELP}
+`;
+
+const LOGS_USAGE = `usage: petrel logs [-f] [--stderr | --all] <id>
+
+Writes the build's log to stdout byte for byte. With -f, follows it until the build ends.
+  -f, --follow   follow the log until the build ends (reconnects and resumes where it left off)
+  --stderr       the build's stderr log instead of its stdout
+  --all          both: stdout to stdout, stderr to stderr
+${CONNECTION_HELP}
+
+Exit code: 0 success; the build's exit code when it failed (1 if unknown); 3 error or cancelled;
+4 not found or not petrel's build; 5 petrel unreachable; 6 token missing or refused; 7 not finished (without -f).
+`;
+
+const CANCEL_USAGE = `usage: petrel cancel <id> [--json]
+
+Stops a build (needs the admin token); its state becomes cancelled.
+  --json         the build as petrel answers it
+${CONNECTION_HELP}
+`;
+
+const DISPATCH_USAGE = `usage: petrel dispatch <repo> <ref> [--commit C] [--flavor F] [--repo-url U] [--follow] [--json]
+
+Starts a build of <repo> (owner/name or <host>/<owner>/<name>) at <ref> (needs the admin token). Prints the
+build ID on the first line, then its links.
+  --commit C     the commit to build (default: petrel resolves <ref> with git ls-remote)
+  --flavor F     the flavor (default: default)
+  --repo-url U   clone from this URL instead of the registered repository's
+  --follow       then follow its logs (stdout to stdout, stderr to stderr) and exit like \`petrel logs -f\`
+  --json         petrel's JSON answer ({"build", "status", "logs"})
+${CONNECTION_HELP}
+`;
+
+type Connection = { url?: string | undefined; token?: string | undefined; quiet?: boolean | undefined };
+
+function connect(values: Connection, env: Env, io: CliIo): { api: PetrelApi; progress: Progress } {
+  const progress = progressTo(io, values.quiet);
+  const token = values.token ?? (env.PETREL_ADMIN_TOKEN?.trim() || undefined);
+  return { api: createPetrelApi({ url: petrelUrl(values.url, env), token, progress }), progress };
+}
+
+/** `petrel builds`: the builds table, or petrel's JSON with `--json`. */
+export async function buildsCommand(argv: string[], env: Env, io: CliIo = processIo()): Promise<number> {
+  return runCommand("builds", io, async () => {
+    const parsed = parseCommandArgs(
+      argv,
+      {
+        ...CONNECTION,
+        repo: { type: "string" },
+        ref: { type: "string" },
+        state: { type: "string" },
+        limit: { type: "string" },
+        json: { type: "boolean" },
+      },
+      BUILDS_USAGE,
+      io,
+    );
+    if (parsed === undefined) return EXIT.ok;
+    const { values, positionals } = parsed;
+    expectPositionals(positionals, 0, BUILDS_USAGE);
+    const query = new URLSearchParams();
+    if (values.repo !== undefined) query.set("repo", values.repo);
+    if (values.ref !== undefined) query.set("ref", values.ref);
+    if (values.state !== undefined) query.set("state", values.state);
+    query.set("limit", values.limit ?? "20");
+    const { api } = connect(values, env, io);
+    try {
+      const { body } = await api.json<{ builds: ApiBuild[] }>("GET", `/builds?${query}`);
+      if (values.json) {
+        io.stdout.write(`${JSON.stringify(body)}\n`);
+        return EXIT.ok;
+      }
+      const builds = body.builds ?? [];
+      if (builds.length === 0) {
+        io.stderr.write("no builds match\n");
+        return EXIT.ok;
+      }
+      io.stdout.write(buildsTable(builds, Date.now()));
+      return EXIT.ok;
+    } finally {
+      await api.close();
+    }
+  });
+}
+
+/** The human table of `petrel builds`. */
+export function buildsTable(builds: readonly ApiBuild[], now: number): string {
+  return formatTable(
+    ["ID", "STATE", "REPO", "REF", "COMMIT", "STARTED", "TOOK"],
+    builds.map((b) => [
+      b.id,
+      b.state === "failure" && b.exitCode !== undefined ? `failure(${b.exitCode})` : b.state,
+      b.repo,
+      b.pr ? `${b.ref} (#${b.pr})` : b.ref,
+      b.commit.slice(0, 7),
+      formatAge(b.startedAt ?? b.createdAt, now),
+      took(b, now),
+    ]),
+  );
+}
+
+function took(b: ApiBuild, now: number): string {
+  if (b.startedAt === undefined) return "-";
+  const end = b.finishedAt === undefined ? now : Date.parse(b.finishedAt);
+  const start = Date.parse(b.startedAt);
+  return Number.isNaN(start) || Number.isNaN(end) ? "-" : formatDuration((end - start) / 1000);
+}
+
+/** The exit code that reports a build's result (docs/cli.md). */
+export function exitForBuild(build: Pick<Build, "state" | "exitCode">): number {
+  switch (build.state) {
+    case "success":
+      return EXIT.ok;
+    case "failure":
+      return build.exitCode !== undefined && Number.isInteger(build.exitCode) && build.exitCode >= 1 && build.exitCode <= 255
+        ? build.exitCode
+        : EXIT.failure;
+    case "cancelled":
+    case "error":
+      return EXIT.buildError;
+    default:
+      return EXIT.unfinished;
+  }
+}
+
+function describeBuild(b: ApiBuild): string {
+  const parts = [`${b.repo}@${b.commit.slice(0, 7)}`, b.ref ? `(${b.ref})` : "", b.state];
+  if (b.reason) parts.push(`— ${b.reason}`);
+  else if (b.exitCode !== undefined && b.state === "failure") parts.push(`— exit code ${b.exitCode}`);
+  if (b.startedAt !== undefined && b.finishedAt !== undefined) {
+    parts.push(`after ${formatDuration((Date.parse(b.finishedAt) - Date.parse(b.startedAt)) / 1000)}`);
+  }
+  return parts.filter(Boolean).join(" ");
+}
+
+/** `petrel logs [-f] [--stderr|--all] <id>`: the log bytes, unmodified; exits with the build's result. */
+export async function logsCommand(argv: string[], env: Env, io: CliIo = processIo()): Promise<number> {
+  return runCommand("logs", io, async () => {
+    const parsed = parseCommandArgs(
+      argv,
+      { ...CONNECTION, follow: { type: "boolean", short: "f" }, stderr: { type: "boolean" }, all: { type: "boolean" } },
+      LOGS_USAGE,
+      io,
+    );
+    if (parsed === undefined) return EXIT.ok;
+    const { values, positionals } = parsed;
+    expectPositionals(positionals, 1, LOGS_USAGE);
+    if (values.stderr && values.all) throw new CliError(EXIT.usage, "--stderr and --all cannot be combined");
+    const id = positionals[0] as string;
+    const { api, progress } = connect(values, env, io);
+    try {
+      const streams: Array<{ type: "stdout" | "stderr"; out: Writable }> = values.all
+        ? [
+            { type: "stdout", out: io.stdout },
+            { type: "stderr", out: io.stderr },
+          ]
+        : [{ type: values.stderr ? "stderr" : "stdout", out: io.stdout }];
+      return await showLogs(api, id, streams, values.follow ?? false, progress);
+    } finally {
+      await api.close();
+    }
+  });
+}
+
+async function showLogs(
+  api: PetrelApi,
+  id: string,
+  streams: Array<{ type: "stdout" | "stderr"; out: Writable }>,
+  follow: boolean,
+  progress: Progress,
+): Promise<number> {
+  const first = (await api.json<ApiBuild>("GET", buildPath(id))).body;
+  progress(`build ${id}: ${describeBuild(first)}`);
+  await Promise.all(streams.map((s) => copyLog(api, id, s.type, s.out, follow, progress)));
+  const last = (await api.json<ApiBuild>("GET", buildPath(id))).body;
+  progress(`build ${id}: ${describeBuild(last)}`);
+  return exitForBuild(last);
+}
+
+/** How often a follow reconnects after losing petrel before it gives up. */
+const MAX_RECONNECTS = 5;
+
+/**
+ * Copies one log to `out`. With `follow`, a stream that ends while the build still runs (petrel restarted, a
+ * proxy timed out) or breaks mid-way is resumed at the byte offset reached, so every byte is written once.
+ */
+async function copyLog(api: PetrelApi, id: string, type: "stdout" | "stderr", out: Writable, follow: boolean, progress: Progress): Promise<void> {
+  let offset = 0;
+  let failures = 0;
+  let connected = false;
+  for (;;) {
+    const path = `${buildPath(id)}/logs?type=${type}&follow=${follow}${offset > 0 ? `&offset=${offset}` : ""}`;
+    progress(`GET ${api.url}${path}`);
+    let broken: unknown;
+    try {
+      const res = await api.stream(path);
+      connected = true;
+      try {
+        for await (const chunk of res.body) {
+          const bytes = chunk as Buffer;
+          await writeAll(out, bytes);
+          offset += bytes.byteLength;
+          failures = 0;
+        }
+      } catch (err) {
+        broken = err;
+      }
+    } catch (err) {
+      // Refusals (404, 401, 410) are final; only an unreachable petrel is worth another try.
+      if (!(err instanceof CliError) || err.exit !== EXIT.unreachable || !follow || !connected) throw err;
+      broken = err;
+    }
+    if (!follow) {
+      if (broken !== undefined) throw new CliError(EXIT.unreachable, `the ${type} log from ${api.url} broke off after ${offset} bytes: ${(broken as Error).message}`);
+      return;
+    }
+    if (broken === undefined) {
+      const build = (await api.json<ApiBuild>("GET", buildPath(id))).body;
+      if (build.state !== "queued" && build.state !== "running") return;
+      progress(`the ${type} log ended while the build is ${build.state}; resuming at byte ${offset}`);
+    } else {
+      failures++;
+      if (failures > MAX_RECONNECTS) {
+        throw new CliError(EXIT.unreachable, `lost the ${type} log from ${api.url} ${failures} times in a row: ${(broken as Error).message}`);
+      }
+      progress(`lost the ${type} log (${(broken as Error).message}); resuming at byte ${offset}`);
+    }
+    await sleep(Math.min(250 * 2 ** failures, 4000));
+  }
+}
+
+/** `petrel cancel <id>`: stops a build. */
+export async function cancelCommand(argv: string[], env: Env, io: CliIo = processIo()): Promise<number> {
+  return runCommand("cancel", io, async () => {
+    const parsed = parseCommandArgs(argv, { ...CONNECTION, json: { type: "boolean" } }, CANCEL_USAGE, io);
+    if (parsed === undefined) return EXIT.ok;
+    const { values, positionals } = parsed;
+    expectPositionals(positionals, 1, CANCEL_USAGE);
+    const id = positionals[0] as string;
+    const { api } = connect(values, env, io);
+    try {
+      const { body } = await api.json<ApiBuild>("DELETE", buildPath(id));
+      if (values.json) {
+        io.stdout.write(`${JSON.stringify(body)}\n`);
+      } else if (body.state === "cancelled") {
+        io.stdout.write(`cancelled ${id}\n`);
+      } else if (body.state === "queued" || body.state === "running") {
+        io.stdout.write(`cancel requested for ${id}; Nomad is stopping it (state still ${body.state})\n`);
+      } else {
+        io.stdout.write(`${id} had already ended: ${body.state}${body.reason ? ` (${body.reason})` : ""}\n`);
+      }
+      return EXIT.ok;
+    } finally {
+      await api.close();
+    }
+  });
+}
+
+/** `petrel dispatch <repo> <ref>`: a manual build; prints its ID and links, optionally follows it. */
+export async function dispatchCommand(argv: string[], env: Env, io: CliIo = processIo()): Promise<number> {
+  return runCommand("dispatch", io, async () => {
+    const parsed = parseCommandArgs(
+      argv,
+      {
+        ...CONNECTION,
+        commit: { type: "string" },
+        flavor: { type: "string" },
+        "repo-url": { type: "string" },
+        follow: { type: "boolean", short: "f" },
+        json: { type: "boolean" },
+      },
+      DISPATCH_USAGE,
+      io,
+    );
+    if (parsed === undefined) return EXIT.ok;
+    const { values, positionals } = parsed;
+    expectPositionals(positionals, 2, DISPATCH_USAGE);
+    const [repo, ref] = positionals as [string, string];
+    const body: Record<string, string> = { repo, ref };
+    if (values.commit !== undefined) body.commit = values.commit;
+    if (values.flavor !== undefined) body.flavor = values.flavor;
+    if (values["repo-url"] !== undefined) body.repo_url = values["repo-url"];
+    const { api, progress } = connect(values, env, io);
+    try {
+      const { body: answer } = await api.json<{ build: string; status: string; logs: string }>("POST", "/builds", body);
+      if (values.json) io.stdout.write(`${JSON.stringify(answer)}\n`);
+      else io.stdout.write(`${answer.build}\n  status: ${answer.status}\n  logs:   ${answer.logs}\n`);
+      if (!values.follow) return EXIT.ok;
+      return await showLogs(
+        api,
+        answer.build,
+        [
+          { type: "stdout", out: io.stdout },
+          { type: "stderr", out: io.stderr },
+        ],
+        true,
+        progress,
+      );
+    } finally {
+      await api.close();
+    }
+  });
+}

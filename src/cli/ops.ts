@@ -1,0 +1,325 @@
+import type { Readable, Writable } from "node:stream";
+import { parseArgs } from "node:util";
+import type { ParseArgsConfig } from "node:util";
+import { Agent, request } from "undici";
+import type { Dispatcher } from "undici";
+import { AppError, UpstreamError } from "../errors.js";
+
+/**
+ * Exit codes of the operator commands (docs/cli.md). `logs -f` and `dispatch --follow` also exit with a failed
+ * build's own exit code.
+ */
+export const EXIT = {
+  ok: 0,
+  /** A build failed without a known exit code, or petrel's CLI hit a bug. */
+  failure: 1,
+  /** The request or the input was refused: invalid arguments' values, a 4xx answer, a check that failed. */
+  refused: 2,
+  /** The build ended in error or was cancelled. */
+  buildError: 3,
+  /** The build, repository or key does not exist (or the build is not petrel's). */
+  notFound: 4,
+  /** petrel, Nomad or Consul could not be reached or answered 5xx. */
+  unreachable: 5,
+  /** A token is missing or wrong (401/403). */
+  unauthorized: 6,
+  /** The build has not finished (only `logs` without `-f`). */
+  unfinished: 7,
+  usage: 64,
+} as const;
+export type ExitCode = (typeof EXIT)[keyof typeof EXIT];
+
+/** Where a command reads and writes; tests pass their own streams. */
+export interface CliIo {
+  stdout: Writable;
+  stderr: Writable;
+  stdin: Readable;
+}
+
+/** The process's own streams. */
+export function processIo(): CliIo {
+  return { stdout: process.stdout, stderr: process.stderr, stdin: process.stdin };
+}
+
+/** A command's failure: a one-line message for stderr and the exit code scripts see. */
+export class CliError extends Error {
+  readonly exit: number;
+  constructor(exit: number, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "CliError";
+    this.exit = exit;
+  }
+}
+
+export type Env = Readonly<Record<string, string | undefined>>;
+
+type OptionsConfig = NonNullable<ParseArgsConfig["options"]>;
+type Parsed<O extends OptionsConfig> = ReturnType<typeof parseArgs<{ args: string[]; options: O; allowPositionals: true; strict: true }>>;
+
+/**
+ * `parseArgs` with usage errors turned into CliError 64; undefined after answering `--help` (the options must
+ * declare `help`).
+ */
+export function parseCommandArgs<const O extends OptionsConfig>(
+  argv: readonly string[],
+  options: O,
+  usage: string,
+  io: CliIo,
+): Parsed<O> | undefined {
+  let parsed: Parsed<O>;
+  try {
+    parsed = parseArgs({ args: [...argv], options, allowPositionals: true, strict: true });
+  } catch (err) {
+    throw new CliError(EXIT.usage, `${(err as Error).message}\n${usage.trimEnd()}`);
+  }
+  if ((parsed.values as { help?: boolean }).help) {
+    io.stdout.write(usage.endsWith("\n") ? usage : `${usage}\n`);
+    return undefined;
+  }
+  return parsed;
+}
+
+/** Throws the usage error unless exactly `count` positionals were given. */
+export function expectPositionals(positionals: string[], count: number, usage: string): void {
+  if (positionals.length !== count) {
+    const what = positionals.length < count ? "missing argument" : `unexpected argument ${JSON.stringify(positionals[count])}`;
+    throw new CliError(EXIT.usage, `${what}\n${usage.trimEnd()}`);
+  }
+}
+
+/** Writes progress to stderr unless `--quiet`. */
+export type Progress = (line: string) => void;
+
+export function progressTo(io: CliIo, quiet: boolean | undefined): Progress {
+  return quiet ? () => undefined : (line) => io.stderr.write(`petrel: ${line}\n`);
+}
+
+/**
+ * Runs a command body and turns what it throws into a message on stderr and an exit code, so every command
+ * fails the same way: `petrel <command>: <what failed>` on one line.
+ */
+export async function runCommand(name: string, io: CliIo, body: () => Promise<number>): Promise<number> {
+  try {
+    return await body();
+  } catch (err) {
+    if (err instanceof CliError) {
+      io.stderr.write(`petrel ${name}: ${err.message}\n`);
+      return err.exit;
+    }
+    if (err instanceof UpstreamError) {
+      io.stderr.write(`petrel ${name}: ${err.message}\n`);
+      return exitForUpstream(err);
+    }
+    if (err instanceof AppError) {
+      io.stderr.write(`petrel ${name}: ${err.message}\n`);
+      return err.code === "config_invalid" ? EXIT.refused : exitForStatus(err.status);
+    }
+    io.stderr.write(`petrel ${name}: unexpected error: ${err instanceof Error ? err.message : String(err)}\n`);
+    return EXIT.failure;
+  }
+}
+
+/** The exit code of a failed Nomad or Consul call. */
+export function exitForUpstream(err: UpstreamError): number {
+  if (err.unavailable) return EXIT.unreachable;
+  if (err.upstreamStatus === 401 || err.upstreamStatus === 403) return EXIT.unauthorized;
+  if (err.upstreamStatus === 404) return EXIT.notFound;
+  return EXIT.refused;
+}
+
+/** The exit code of an HTTP status from petrel. */
+export function exitForStatus(status: number): number {
+  if (status === 401 || status === 403) return EXIT.unauthorized;
+  if (status === 404 || status === 410) return EXIT.notFound;
+  if (status >= 500) return EXIT.unreachable;
+  return EXIT.refused;
+}
+
+/** petrel's address for the API commands: `--url`, else PETREL_URL, else `http://<PETREL_LISTEN>`. */
+export function petrelUrl(flag: string | undefined, env: Env): string {
+  const raw = flag?.trim() || env.PETREL_URL?.trim() || listenUrl(env.PETREL_LISTEN?.trim() || "127.0.0.1:8080");
+  const withScheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(raw) ? raw : `http://${raw}`;
+  let url: URL;
+  try {
+    url = new URL(withScheme);
+  } catch {
+    throw new CliError(EXIT.usage, `${JSON.stringify(raw)} is not petrel's address; use --url http://host:port`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw new CliError(EXIT.usage, `petrel's address must be http:// or https://, got ${url.protocol}`);
+  }
+  return withScheme.replace(/\/+$/, "");
+}
+
+function listenUrl(listen: string): string {
+  // A wildcard listen address is where petrel accepts connections, not where to send them.
+  const m = /^(?:\[([^\]]*)\]|([^:]*)):(\d+)$/.exec(listen);
+  if (!m) return `http://${listen}`;
+  const host = m[1] ?? m[2] ?? "";
+  if (host === "" || host === "0.0.0.0") return `http://127.0.0.1:${m[3]}`;
+  if (host === "::") return `http://[::1]:${m[3]}`;
+  return `http://${m[1] === undefined ? host : `[${host}]`}:${m[3]}`;
+}
+
+/** One answer from petrel's API: status, and the body as text. */
+export interface ApiAnswer {
+  status: number;
+  text: string;
+}
+
+/** petrel's HTTP API as the operator commands use it; every failure is a CliError naming the address. */
+export interface PetrelApi {
+  readonly url: string;
+  readonly hasToken: boolean;
+  /** A JSON call; throws CliError for network errors and non-2xx answers (with petrel's error message). */
+  json<T = unknown>(method: "GET" | "POST" | "DELETE", path: string, body?: unknown): Promise<{ status: number; body: T }>;
+  /** A raw call that never throws for a status, for replay; `shown` is the path messages print (no token). */
+  raw(method: "POST", path: string, headers: Record<string, string>, body: Buffer, shown?: string): Promise<ApiAnswer>;
+  /** Opens a streamed GET; resolves once the headers arrived; throws CliError for non-2xx. */
+  stream(path: string, signal?: AbortSignal): Promise<Dispatcher.ResponseData>;
+  close(): Promise<void>;
+}
+
+export interface PetrelApiOptions {
+  url: string;
+  token?: string | undefined;
+  progress: Progress;
+  dispatcher?: Dispatcher;
+}
+
+/** A client of petrel's own API for the operator commands. */
+export function createPetrelApi(opts: PetrelApiOptions): PetrelApi {
+  const owned = opts.dispatcher === undefined ? new Agent({ connections: 4 }) : undefined;
+  const dispatcher = opts.dispatcher ?? (owned as Agent);
+  const headers = (extra: Record<string, string> = {}): Record<string, string> => ({
+    accept: "application/json",
+    "user-agent": "petrel-cli",
+    ...(opts.token ? { authorization: `Bearer ${opts.token}` } : {}),
+    ...extra,
+  });
+
+  const fail = (method: string, path: string, err: unknown): CliError => {
+    const code = (err as { code?: unknown }).code;
+    const what = err instanceof Error ? err.message : String(err);
+    const detail = typeof code === "string" && !what.includes(code) ? `${code}: ${what}` : what;
+    return new CliError(
+      EXIT.unreachable,
+      `cannot reach petrel at ${opts.url} (${method} ${path}): ${detail}; is \`petrel serve\` running there? (--url or PETREL_URL)`,
+      { cause: err },
+    );
+  };
+
+  const refuse = (method: string, path: string, status: number, text: string): CliError => {
+    let message = text.trim().slice(0, 500);
+    try {
+      const parsed = JSON.parse(text) as { error?: { message?: unknown } };
+      if (typeof parsed.error?.message === "string") message = parsed.error.message;
+    } catch {
+      // Not petrel's JSON error body (a proxy in front, say): keep the text.
+    }
+    let hint = "";
+    if (status === 401 && !opts.token) hint = " (no token was sent: pass --token or set PETREL_ADMIN_TOKEN)";
+    else if (status === 401) hint = " (the token was refused: check --token / PETREL_ADMIN_TOKEN)";
+    return new CliError(exitForStatus(status), `petrel at ${opts.url} answered ${status} to ${method} ${path}: ${message || "(empty body)"}${hint}`);
+  };
+
+  return {
+    url: opts.url,
+    hasToken: Boolean(opts.token),
+    async json<T>(method: "GET" | "POST" | "DELETE", path: string, body?: unknown) {
+      opts.progress(`${method} ${opts.url}${path}`);
+      let res: Dispatcher.ResponseData;
+      let text: string;
+      try {
+        res = await request(`${opts.url}${path}`, {
+          method,
+          dispatcher,
+          headers: headers(body === undefined ? {} : { "content-type": "application/json" }),
+          headersTimeout: 30_000,
+          bodyTimeout: 30_000,
+          ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+        });
+        text = await res.body.text();
+      } catch (err) {
+        throw fail(method, path, err);
+      }
+      if (res.statusCode < 200 || res.statusCode >= 300) throw refuse(method, path, res.statusCode, text);
+      try {
+        return { status: res.statusCode, body: JSON.parse(text) as T };
+      } catch {
+        throw new CliError(EXIT.failure, `petrel at ${opts.url} answered ${method} ${path} with something that is not JSON (is that petrel?)`);
+      }
+    },
+    async raw(method, path, extra, body, shown = path) {
+      opts.progress(`${method} ${opts.url}${shown}`);
+      try {
+        const res = await request(`${opts.url}${path}`, {
+          method,
+          dispatcher,
+          headers: { "user-agent": "petrel-cli", ...extra },
+          body,
+          headersTimeout: 30_000,
+          bodyTimeout: 30_000,
+        });
+        return { status: res.statusCode, text: await res.body.text() };
+      } catch (err) {
+        throw fail(method, shown, err);
+      }
+    },
+    async stream(path, signal) {
+      let res: Dispatcher.ResponseData;
+      try {
+        res = await request(`${opts.url}${path}`, {
+          method: "GET",
+          dispatcher,
+          headers: headers({ accept: "text/plain" }),
+          headersTimeout: 60_000,
+          // A build may print nothing for a long time; the stream ends when the build does.
+          bodyTimeout: 0,
+          ...(signal === undefined ? {} : { signal }),
+        });
+      } catch (err) {
+        throw fail("GET", path, err);
+      }
+      if (res.statusCode < 200 || res.statusCode >= 300) {
+        const text = await res.body.text().catch(() => "");
+        throw refuse("GET", path, res.statusCode, text);
+      }
+      return res;
+    },
+    async close() {
+      await owned?.close();
+    },
+  };
+}
+
+/** Writes to a stream and waits when it is full, so a slow reader (a pipe to `less`) is not flooded. */
+export async function writeAll(out: Writable, chunk: Uint8Array | string): Promise<void> {
+  if (out.write(chunk)) return;
+  await new Promise<void>((resolve, reject) => {
+    const done = (err?: Error) => {
+      out.off("drain", onDrain);
+      out.off("error", done);
+      out.off("close", onClose);
+      if (err) reject(err);
+      else resolve();
+    };
+    const onDrain = () => done();
+    const onClose = () => done(new Error("output closed"));
+    out.once("drain", onDrain);
+    out.once("error", done);
+    out.once("close", onClose);
+  });
+}
+
+/** Percent-encodes a build ID for a path, as petrel expects (`builder%2Fdispatch-...`). */
+export function buildPath(id: string): string {
+  return `/builds/${encodeURIComponent(id)}`;
+}
+
+/** Reads a whole stream (stdin) as a string. */
+export async function readAllText(input: Readable): Promise<string> {
+  const parts: Buffer[] = [];
+  for await (const chunk of input) parts.push(typeof chunk === "string" ? Buffer.from(chunk) : (chunk as Buffer));
+  return Buffer.concat(parts).toString("utf8");
+}
