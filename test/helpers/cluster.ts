@@ -12,6 +12,7 @@ import type { Metrics } from "../../src/metrics.js";
 import { createNomadBackend } from "../../src/nomad/backend.js";
 import { createNomadClient } from "../../src/nomad/client.js";
 import type { Registry } from "../../src/registry/schema.js";
+import type { Logger } from "../../src/log.js";
 import { startConsulFake } from "../fakes/consul.js";
 import type { ConsulFake } from "../fakes/consul.js";
 import { startGiteaFake } from "../fakes/gitea.js";
@@ -52,27 +53,34 @@ const UNUSED_READER: BuildReader = {
   cancel: () => Promise.reject(new Error("this test cancels no builds")),
 };
 
-export async function startCluster(options: { nomad?: NomadFakeOptions; budgetMs?: number; repo?: Record<string, unknown> } = {}): Promise<Cluster> {
-  const consul = await startConsulFake();
-  const nomad = await startNomadFake(options.nomad);
-  const gitea = await startGiteaFake({ token: GITEA_TOKEN });
+/** Seeds the fakes with a builder job and the test repository's entry and secrets. */
+export function seedFakes(consul: ConsulFake, nomad: NomadFake, giteaUrl: string, repo?: Record<string, unknown>): void {
   nomad.registerJob(builderJob("builder"));
   consul.set(
     `petrel/repos/${REPO_KEY}`,
     JSON.stringify(
-      options.repo ?? {
+      repo ?? {
         hook: { secret: HOOK_SECRET },
-        gitea: { url: gitea.url, token: GITEA_TOKEN },
+        gitea: { url: giteaUrl, token: GITEA_TOKEN },
         trusted: { senders: ["dana"] },
         caches: { npm: "~/.npm" },
       },
     ),
   );
   consul.set(`petrel/secrets/${REPO_KEY}`, JSON.stringify({ DEPLOY_TOKEN, deploy_key: DEPLOY_KEY }));
+}
 
+/** petrel's app in cluster mode, wired to Consul and Nomad at the given addresses as main.ts wires it. */
+export function createClusterApp(options: { consulUrl: string; nomadUrl: string; log: Logger; budgetMs?: number }): {
+  app: Hono;
+  registry: Registry;
+  reporter: StatusReporter;
+  metrics: Metrics;
+  close(): Promise<void>;
+} {
+  const { log } = options;
   const agent = new Agent();
-  const { log, text } = captureLogs();
-  const consulClient = createConsulClient({ addr: consul.url, dispatcher: agent, log, retry: { retries: 0 } });
+  const consulClient = createConsulClient({ addr: options.consulUrl, dispatcher: agent, log, retry: { retries: 0 } });
   const registry = createConsulRegistry({
     consul: consulClient,
     defaultBuilder: "builder",
@@ -80,7 +88,7 @@ export async function startCluster(options: { nomad?: NomadFakeOptions; budgetMs
     firstLoadTimeoutMs: 1500,
     watch: { wait: "2s", minIntervalMs: 20, backoff: { minMs: 20, maxMs: 100 } },
   });
-  const nomadClient = createNomadClient({ addr: nomad.url, dispatcher: agent, log, retryBudgetMs: options.budgetMs ?? 1500 });
+  const nomadClient = createNomadClient({ addr: options.nomadUrl, dispatcher: agent, log, retryBudgetMs: options.budgetMs ?? 1500 });
   const metrics = createMetrics({
     staleness: () => {
       const h = registry.health();
@@ -102,6 +110,27 @@ export async function startCluster(options: { nomad?: NomadFakeOptions; budgetMs
     publicUrl: "https://ci.example.test",
     defaultBuilder: "builder",
   });
+  return {
+    app,
+    registry,
+    reporter,
+    metrics,
+    async close() {
+      await reporter.drain();
+      await registry.close();
+      await agent.close();
+    },
+  };
+}
+
+export async function startCluster(options: { nomad?: NomadFakeOptions; budgetMs?: number; repo?: Record<string, unknown> } = {}): Promise<Cluster> {
+  const consul = await startConsulFake();
+  const nomad = await startNomadFake(options.nomad);
+  const gitea = await startGiteaFake({ token: GITEA_TOKEN });
+  seedFakes(consul, nomad, gitea.url, options.repo);
+  const { log, text } = captureLogs();
+  const petrel = createClusterApp({ consulUrl: consul.url, nomadUrl: nomad.url, log, ...(options.budgetMs === undefined ? {} : { budgetMs: options.budgetMs }) });
+  const { app, registry, reporter, metrics } = petrel;
 
   return {
     app,
@@ -127,12 +156,10 @@ export async function startCluster(options: { nomad?: NomadFakeOptions; budgetMs
       // null removes a header; "" sends it empty, as Gitea does when no secret is set.
       const sent: Record<string, string> = {};
       for (const [k, v] of Object.entries(headers)) if (v !== null) sent[k] = v;
-      return app.request(`/hook${opts.query ?? ""}`, { method: "POST", headers: sent, body: bytes });
+      return app.request(`/hook${opts.query ?? ""}`, { method: "POST", headers: sent, body: new Uint8Array(bytes) });
     },
     async close() {
-      await reporter.drain();
-      await registry.close();
-      await agent.close();
+      await petrel.close();
       await Promise.all([consul.close(), nomad.close(), gitea.close()]);
     },
   };
