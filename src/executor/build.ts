@@ -1,3 +1,4 @@
+import { rmSync } from "node:fs";
 import { lstat, mkdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { isAbsolute, join, normalize, relative } from "node:path";
@@ -70,7 +71,9 @@ export async function executeBuild(plan: BuildPlan, io: BuildIo, signal?: AbortS
     const buildRoot = join(plan.layout.builds, `${buildSlug(plan.id)}-${randomSuffix()}`);
     // Taken alongside the checkout (each lock costs a process spawn); it marks the build's scratch dir as alive.
     const buildLocked = lockFile(`${buildRoot}.lock`, signal ? { signal } : {}).then((lock) => {
-      if (lock) held.push(lock);
+      if (!lock) return;
+      // Deleted while still held (the order lock.ts expects), so finished builds leave nothing in builds/.
+      held.push({ path: lock.path, release: () => (rmSync(lock.path, { force: true }), lock.release()) });
     });
     const lower = await prepareSource(plan, say, held, signal).finally(() => buildLocked.catch(() => undefined));
     await buildLocked;

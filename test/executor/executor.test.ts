@@ -1,3 +1,4 @@
+import { spawnSync } from "node:child_process";
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -19,6 +20,8 @@ import {
 
 const support = mountSupport();
 if (!support.ok) console.warn(`SKIPPED executor mount tests: this process may not mount overlayfs (${support.reason})`);
+const userns = spawnSync("unshare", ["--user", "--map-root-user", "--mount", "true"]).status === 0;
+if (!userns) console.warn("SKIPPED the user-namespace executor test: unshare --user is not permitted here");
 
 function worktreeDirs(cacheDir: string): string[] {
   const root = join(cacheDir, "worktrees");
@@ -66,6 +69,8 @@ describe.skipIf(!support.ok)("petrel executor (overlay in a private mount namesp
     expect(warm.stderr).toMatch(/==> overlay at .* \(private mount namespace\)/);
     expect(warm.stderr).toMatch(/==> exit 0 after/);
     expect(worktreeDirs(cacheDir)).toEqual([expect.stringMatching(new RegExp(`/${commit}$`))]);
+    // Scratch layers and their lock files go with the build.
+    expect(readdirSync(join(cacheDir, "builds"))).toEqual([]);
   });
 
   it("makes the build's exit code the executor's", async () => {
@@ -381,6 +386,14 @@ describe.skipIf(!support.ok)("petrel executor (overlay in a private mount namesp
     expect(c.stderr).toContain("==> caches: not mounted without mount namespaces");
     expect(c.stdout).toContain("alpha");
     expect(treeDigest(base as string)).toEqual(before);
+  });
+
+  it.skipIf(!userns)("runs in a user namespace when asked to, with the same isolation", async () => {
+    const r = await runExecutor({ meta: pushMeta(repo, commit), cacheDir, taskDir: join(dir, "un1"), env: { PETREL_ISOLATION: "userns" } });
+    expect(r.stderr).toMatch(/==> overlay at .* \(user \+ mount namespace\)/);
+    expect(r.stdout).toContain("alpha");
+    expect(r.code).toBe(0);
+    expect(readdirSync(join(cacheDir, "builds")).filter((n) => !n.endsWith(".lock"))).toEqual([]);
   });
 
   it("leaves no mount behind on the host", () => {
