@@ -213,8 +213,9 @@ async function showLogs(
 ): Promise<number> {
   const first = (await api.json<ApiBuild>("GET", buildPath(id))).body;
   progress(`build ${id}: ${describeBuild(first)}`);
-  await Promise.all(streams.map((s) => copyLog(api, id, s.type, s.out, follow, progress)));
-  const last = (await api.json<ApiBuild>("GET", buildPath(id))).body;
+  const ends = await Promise.all(streams.map((s) => copyLog(api, id, s.type, s.out, follow, progress)));
+  // A follow already read the terminal build; the last stream to end saw the latest state.
+  const last = ends[ends.length - 1] ?? (await api.json<ApiBuild>("GET", buildPath(id))).body;
   progress(`build ${id}: ${describeBuild(last)}`);
   return exitForBuild(last);
 }
@@ -226,7 +227,14 @@ const MAX_RECONNECTS = 5;
  * Copies one log to `out`. With `follow`, a stream that ends while the build still runs (petrel restarted, a
  * proxy timed out) or breaks mid-way is resumed at the byte offset reached, so every byte is written once.
  */
-async function copyLog(api: PetrelApi, id: string, type: "stdout" | "stderr", out: Writable, follow: boolean, progress: Progress): Promise<void> {
+async function copyLog(
+  api: PetrelApi,
+  id: string,
+  type: "stdout" | "stderr",
+  out: Writable,
+  follow: boolean,
+  progress: Progress,
+): Promise<ApiBuild | undefined> {
   let offset = 0;
   let failures = 0;
   let connected = false;
@@ -254,11 +262,11 @@ async function copyLog(api: PetrelApi, id: string, type: "stdout" | "stderr", ou
     }
     if (!follow) {
       if (broken !== undefined) throw new CliError(EXIT.unreachable, `the ${type} log from ${api.url} broke off after ${offset} bytes: ${(broken as Error).message}`);
-      return;
+      return undefined;
     }
     if (broken === undefined) {
       const build = (await api.json<ApiBuild>("GET", buildPath(id))).body;
-      if (build.state !== "queued" && build.state !== "running") return;
+      if (build.state !== "queued" && build.state !== "running") return build;
       progress(`the ${type} log ended while the build is ${build.state}; resuming at byte ${offset}`);
     } else {
       failures++;
