@@ -10,6 +10,7 @@ import {
   AllocationStub,
   DeregisterResponse,
   DispatchResponse,
+  Evaluation,
   Job,
   JobListStub,
   Leader,
@@ -53,6 +54,30 @@ export interface SignalOption {
   signal?: AbortSignal;
 }
 
+/** `GET /v1/client/fs/logs/:alloc` parameters (contracts/nomad.md §3.1). */
+export interface LogStreamOptions {
+  task: string;
+  type: "stdout" | "stderr";
+  follow: boolean;
+  /** Bytes to skip from `origin`, across rotated files. */
+  offset: number;
+  origin?: "start" | "end";
+  signal: AbortSignal;
+  /** Longest silence before the stream counts as dead; Nomad sends a heartbeat every second. */
+  idleTimeoutMs?: number;
+}
+
+/** `GET /v1/event/stream` parameters (contracts/nomad.md §4.1). */
+export interface EventStreamOptions {
+  /** First Raft index wanted (inclusive); 0 starts at the oldest buffered batch. */
+  index: number;
+  /** `Topic` or `Topic:FilterKey`, e.g. `Job:*`. */
+  topics: string[];
+  signal: AbortSignal;
+  /** Longest silence before the stream counts as dead; Nomad sends a heartbeat every 30 s. */
+  idleTimeoutMs?: number;
+}
+
 export interface NomadClientOptions {
   addr: string;
   token?: string;
@@ -79,6 +104,16 @@ export interface NomadClient {
   ): Promise<{ allocations: AllocationStub[]; index: number }>;
   allocation(allocId: string, opts?: BlockingOptions): Promise<{ allocation: Allocation; index: number } | undefined>;
   listJobs(opts: { prefix: string; signal?: AbortSignal }): Promise<JobListStub[]>;
+  /** `listJobs` with the answer's `X-Nomad-Index`, e.g. to start an event stream where the listing left off. */
+  listJobsIndexed(opts: { prefix: string; signal?: AbortSignal }): Promise<{ jobs: JobListStub[]; index: number }>;
+  jobEvaluations(id: string, opts?: BlockingOptions): Promise<{ evaluations: Evaluation[]; index: number }>;
+  /**
+   * Opens an allocation's log stream (framed JSON; never gzip, so frames arrive as Nomad writes them). Errors
+   * Nomad answers before the first byte throw UpstreamError with its status and text.
+   */
+  streamLogs(allocId: string, opts: LogStreamOptions): Promise<AsyncIterable<Uint8Array>>;
+  /** Opens the event stream (NDJSON); the body may be close-delimited (contracts/nomad.md §4.2). */
+  eventStream(opts: EventStreamOptions): Promise<AsyncIterable<Uint8Array>>;
   stopJob(id: string, opts?: { purge?: boolean; signal?: AbortSignal }): Promise<{ evalId: string; index: number }>;
   parseJob(hcl: string, opts?: { canonicalize?: boolean; signal?: AbortSignal }): Promise<ParsedJob>;
   registerJob(
@@ -95,6 +130,9 @@ const MAX_RETRY_DELAY_MS = 800;
 // Nomad adds up to wait/16 of jitter to a blocking query (contracts/nomad.md §2.5); allow that plus slack.
 const BLOCKING_SLACK_MS = 10_000;
 const DEFAULT_BLOCKING_WAIT_MS = 300_000;
+const STREAM_HEADERS_TIMEOUT_MS = 30_000;
+const DEFAULT_LOG_IDLE_MS = 30_000;
+const DEFAULT_EVENT_IDLE_MS = 95_000;
 
 // Uncoded dispatch validation errors come back as 500 (contracts/nomad.md §1.6); retrying cannot fix them.
 const PERMANENT_DISPATCH_ERRORS = [
@@ -244,6 +282,42 @@ export function createNomadClient(opts: NomadClientOptions): NomadClient {
     return once({ ...call, query }, b.signal, wait + wait / 16 + BLOCKING_SLACK_MS);
   }
 
+  /** Opens a streamed GET; anything but 200 is read whole and thrown as UpstreamError. */
+  async function openStream(
+    path: string,
+    query: [string, string][],
+    action: string,
+    signal: AbortSignal,
+    idleTimeoutMs: number,
+  ): Promise<AsyncIterable<Uint8Array>> {
+    const url = new URL(`${base}${path}`);
+    for (const [k, v] of query) url.searchParams.append(k, v);
+    if (opts.namespace) url.searchParams.set("namespace", opts.namespace);
+    if (opts.region) url.searchParams.set("region", opts.region);
+    // No Accept-Encoding: Nomad gzips whole streams on request (contracts/nomad.md §0.1).
+    const headers: Record<string, string> = { accept: "application/json" };
+    if (opts.token) headers["x-nomad-token"] = opts.token;
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await request(url, {
+        method: "GET",
+        headers,
+        dispatcher: opts.dispatcher,
+        signal,
+        headersTimeout: STREAM_HEADERS_TIMEOUT_MS,
+        bodyTimeout: idleTimeoutMs,
+      });
+    } catch (err) {
+      if (signal.aborted) throw signal.reason;
+      throw new UpstreamError("nomad", 0, describeNetworkError(err), { cause: err, action });
+    }
+    if (res.statusCode !== 200) {
+      const text = await res.body.text().catch(() => "");
+      throw new UpstreamError("nomad", res.statusCode, text, { action });
+    }
+    return res.body;
+  }
+
   async function dispatchOnce(jobId: string, req: DispatchRequest, signal: AbortSignal): Promise<DispatchResult> {
     const body: Record<string, unknown> = { JobID: jobId, Meta: req.meta };
     if (req.payload !== undefined) body.Payload = req.payload.toString("base64");
@@ -364,6 +438,47 @@ export function createNomadClient(opts: NomadClientOptions): NomadClient {
         signal,
       );
       return required(answer, "list jobs").value;
+    },
+
+    async listJobsIndexed({ prefix, signal }) {
+      const answer = await retried(
+        { method: "GET", path: "/v1/jobs", action: "list jobs", schema: JobListStub.array(), query: { prefix } },
+        signal,
+      );
+      const res = required(answer, "list jobs");
+      return { jobs: res.value, index: res.index };
+    },
+
+    async jobEvaluations(id, b = {}) {
+      const answer = await blocking(
+        { method: "GET", path: `${jobPath(id)}/evaluations`, action: "list evaluations", schema: Evaluation.array() },
+        b,
+      );
+      const res = required(answer, "list evaluations");
+      return { evaluations: res.value, index: res.index };
+    },
+
+    streamLogs(allocId, o) {
+      const query: [string, string][] = [
+        ["task", o.task],
+        ["type", o.type],
+        ["follow", String(o.follow)],
+        ["origin", o.origin ?? "start"],
+        ["offset", String(Math.max(0, Math.floor(o.offset)))],
+      ];
+      return openStream(
+        `/v1/client/fs/logs/${encodeURIComponent(allocId)}`,
+        query,
+        "stream logs",
+        o.signal,
+        o.idleTimeoutMs ?? DEFAULT_LOG_IDLE_MS,
+      );
+    },
+
+    eventStream(o) {
+      const query: [string, string][] = [["index", String(Math.max(0, Math.floor(o.index)))]];
+      for (const topic of o.topics) query.push(["topic", topic]);
+      return openStream("/v1/event/stream", query, "event stream", o.signal, o.idleTimeoutMs ?? DEFAULT_EVENT_IDLE_MS);
     },
 
     async stopJob(id, { purge, signal } = {}) {

@@ -148,6 +148,55 @@ export const Allocation = z.looseObject({
 });
 export type Allocation = z.infer<typeof Allocation>;
 
+/** Why the scheduler could not place a task group (`Evaluation.FailedTGAllocs[group]`, an `AllocMetric`). */
+export const AllocMetric = z.looseObject({
+  NodesEvaluated: num,
+  NodesFiltered: num,
+  NodesExhausted: num,
+  ConstraintFiltered: z.record(z.string(), z.number()).nullish().transform((v) => v ?? {}),
+  DimensionExhausted: z.record(z.string(), z.number()).nullish().transform((v) => v ?? {}),
+  ClassFiltered: z.record(z.string(), z.number()).nullish().transform((v) => v ?? {}),
+});
+export type AllocMetric = z.infer<typeof AllocMetric>;
+
+/** One element of `GET /v1/job/:id/evaluations`; fields may be omitted when zero (contracts/nomad.md §0.1). */
+export const Evaluation = z.looseObject({
+  ID: z.string(),
+  JobID: str,
+  Status: str,
+  StatusDescription: str,
+  TriggeredBy: str,
+  BlockedEval: str,
+  FailedTGAllocs: z.record(z.string(), AllocMetric).nullish().transform((v) => v ?? {}),
+  CreateIndex: num,
+  ModifyIndex: num,
+  CreateTime: num,
+  ModifyTime: num,
+});
+export type Evaluation = z.infer<typeof Evaluation>;
+
+/**
+ * One event of `/v1/event/stream` (contracts/nomad.md §4.2). The payload is left unparsed here: a consumer
+ * reads the few fields it needs from the topic's object.
+ */
+export const StreamEvent = z.looseObject({
+  Topic: z.string(),
+  Type: str,
+  Key: str,
+  Namespace: str,
+  FilterKeys: strings,
+  Index: num,
+  Payload: z.record(z.string(), z.unknown()).nullish().transform((v) => v ?? {}),
+});
+export type StreamEvent = z.infer<typeof StreamEvent>;
+
+/** One NDJSON line of the event stream: `{}` (a heartbeat) or a batch of one Raft index. */
+export const EventBatch = z.looseObject({
+  Index: z.number().optional(),
+  Events: z.array(StreamEvent).nullish().transform((v) => v ?? []),
+});
+export type EventBatch = z.infer<typeof EventBatch>;
+
 /** `POST /v1/job/:id/dispatch` response (contracts/nomad.md §1.3). */
 export const DispatchResponse = z.object({
   DispatchedJobID: z.string().min(1),

@@ -124,7 +124,21 @@ export interface NomadFakeOptions {
   dispatchRace?: boolean;
   /** How long a dispatch waits between its token check and its write when the race is emulated. */
   raceWindowMs?: number;
+  /** Log streams (§3.4): heartbeat period (Nomad: 1000 ms), batch window (200 ms), largest frame (64 KiB). */
+  logHeartbeatMs?: number;
+  logBatchMs?: number;
+  logFrameSize?: number;
+  /** Event stream (§4): heartbeat period (Nomad: 30 s) and batches kept for resuming (100). */
+  eventHeartbeatMs?: number;
+  eventBufferSize?: number;
+  /**
+   * `close` (default): a hand-built 200 on the raw connection with no length and no chunking, as v1.11.2+
+   * hijacking agents send; `chunked`: an ordinary streamed response, as earlier versions did (§4.2).
+   */
+  eventFraming?: "close" | "chunked";
 }
+
+export type FakeLogType = "stdout" | "stderr";
 
 export interface PlaceOptions {
   node?: string;
@@ -172,6 +186,26 @@ export interface NomadFake {
   failTaskSetup(jobId: string, message: string, opts?: TaskOptions): void;
   /** The node running the job's allocation goes away. */
   loseAlloc(jobId: string, opts?: { namespace?: string }): void;
+  /** Appends to the task's current log file `<task>.<type>.<N>` of the job's latest allocation. */
+  writeLog(jobId: string, type: FakeLogType, bytes: string | Uint8Array, opts?: TaskOptions): void;
+  /** logmon starts file N+1; with `maxFiles`, the oldest files beyond it are deleted (§3.7). */
+  rotateLog(jobId: string, type: FakeLogType, opts?: TaskOptions & { maxFiles?: number }): void;
+  /** The current log file shrinks to nothing (followers get `file truncated`). */
+  truncateLog(jobId: string, type: FakeLogType, opts?: TaskOptions): void;
+  /** The task's log files that still exist, oldest first. */
+  logFiles(jobId: string, type: FakeLogType, opts?: TaskOptions): { name: string; size: number }[];
+  /** Garbage-collects the job's latest allocation: it and its log files are gone. Returns its ID. */
+  gcAlloc(jobId: string, opts?: { namespace?: string }): string;
+  /** Drops every open log-stream connection mid-stream; returns how many. */
+  cutLogStreams(): number;
+  openLogStreams(): number;
+  /** Drops every open event-stream connection; returns how many. */
+  cutEventStreams(): number;
+  openEventStreams(): number;
+  /** The next `n` event-stream requests get a 200 that closes before the first `{}` (a v1.11.2+ auth failure). */
+  failEventStreams(n: number): void;
+  /** The current index (the last committed change). */
+  index(): number;
 }
 
 const DISPATCH_PAYLOAD_LIMIT = 16 * 1024;
@@ -207,6 +241,29 @@ interface AllocRecord {
   jobCreateIndex: number;
 }
 
+interface LogFile {
+  n: number;
+  buf: Buffer;
+  size: number;
+  deleted: boolean;
+  /** Bumped by each truncation, so a follower notices one even when new bytes came right after. */
+  truncations: number;
+}
+
+interface LogState {
+  task: string;
+  type: FakeLogType;
+  files: LogFile[];
+  /** The allocation was garbage-collected: followers get `file deleted` and an error tail. */
+  gone: boolean;
+  followers: Set<() => void>;
+}
+
+interface EventBatch {
+  Index: number;
+  Events: FakeEvent[];
+}
+
 interface State {
   index: number;
   tables: { jobs: number; evals: number; allocs: number };
@@ -217,6 +274,10 @@ interface State {
   /** `Submission` of the latest registration (source HCL), by job. */
   submissions: Map<string, unknown>;
   pending: FakeEvent[];
+  /** The last `eventBufferSize` batches, for `/v1/event/stream?index=` (§4.3). */
+  eventBuffer: EventBatch[];
+  /** Log files by allocation, then `<task>\0<type>`. */
+  logs: Map<string, Map<string, LogState>>;
   waiters: Set<() => void>;
   listeners: Set<(index: number, events: FakeEvent[]) => void>;
 }
@@ -235,6 +296,8 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
     nodes: new Map(),
     submissions: new Map(),
     pending: [],
+    eventBuffer: [],
+    logs: new Map(),
     waiters: new Set(),
     listeners: new Set(),
   };
@@ -245,6 +308,15 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
   let dispatchRace = opts.dispatchRace ?? false;
   let parseResult: Record<string, unknown> | undefined;
   let closing = false;
+  const logHeartbeatMs = opts.logHeartbeatMs ?? 1000;
+  const logBatchMs = opts.logBatchMs ?? 200;
+  const logFrameSize = opts.logFrameSize ?? 64 * 1024;
+  const eventHeartbeatMs = opts.eventHeartbeatMs ?? 30_000;
+  const eventBufferSize = opts.eventBufferSize ?? 100;
+  const eventFraming = opts.eventFraming ?? "close";
+  const logStreams = new Set<{ cut(): void }>();
+  const eventStreams = new Set<{ cut(): void }>();
+  let failingEventStreams = 0;
 
   // ---- state changes ----------------------------------------------------------------------------
 
@@ -262,6 +334,10 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
   function commit(): void {
     const events = state.pending;
     state.pending = [];
+    if (events.length > 0) {
+      state.eventBuffer.push({ Index: state.index, Events: events });
+      if (state.eventBuffer.length > eventBufferSize) state.eventBuffer.splice(0, state.eventBuffer.length - eventBufferSize);
+    }
     for (const listener of state.listeners) listener(state.index, events);
     for (const wake of [...state.waiters]) wake();
   }
@@ -922,6 +998,285 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
     return write(hclToJob(parsed, canonicalize));
   }
 
+  // ---- logs (§3) and the event stream (§4): streamed answers -------------------------------------
+
+  function logKey(task: string, type: FakeLogType): string {
+    return `${task}\u0000${type}`;
+  }
+
+  function logStateOf(allocId: string, task: string, type: FakeLogType, create: boolean): LogState | undefined {
+    let byTask = state.logs.get(allocId);
+    if (!byTask) {
+      if (!create) return undefined;
+      byTask = new Map();
+      state.logs.set(allocId, byTask);
+    }
+    let log = byTask.get(logKey(task, type));
+    if (!log && create) {
+      log = { task, type, files: [], gone: false, followers: new Set() };
+      byTask.set(logKey(task, type), log);
+    }
+    return log;
+  }
+
+  function liveFiles(log: LogState): LogFile[] {
+    return log.files.filter((f) => !f.deleted);
+  }
+
+  function wakeFollowers(log: LogState): void {
+    for (const wake of [...log.followers]) wake();
+  }
+
+  /** `origin`/`offset` to a position: forward from the lowest file or backward from the highest (§3.6). */
+  function startPosition(log: LogState, origin: string, offset: number): { n: number; pos: number } {
+    const files = liveFiles(log);
+    const first = files[0];
+    const last = files.at(-1);
+    if (!first || !last) return { n: 0, pos: 0 };
+    if (origin === "end") {
+      let back = Math.max(0, offset);
+      for (let i = files.length - 1; i >= 0; i--) {
+        const f = files[i] as LogFile;
+        if (back <= f.size) return { n: f.n, pos: f.size - back };
+        back -= f.size;
+      }
+      return { n: first.n, pos: 0 };
+    }
+    let skip = Math.max(0, offset);
+    for (const f of files) {
+      if (skip < f.size) return { n: f.n, pos: skip };
+      skip -= f.size;
+    }
+    return { n: last.n, pos: last.size };
+  }
+
+  function logFrame(fields: { Offset?: number; Data?: Buffer; File?: string; FileEvent?: string }): string {
+    // omitempty, in StreamFrame's field order; []byte as base64.
+    const parts: string[] = [];
+    if (fields.Offset) parts.push(`"Offset":${fields.Offset}`);
+    if (fields.Data && fields.Data.length > 0) parts.push(`"Data":"${fields.Data.toString("base64")}"`);
+    if (fields.File) parts.push(`"File":${JSON.stringify(fields.File)}`);
+    if (fields.FileEvent) parts.push(`"FileEvent":${JSON.stringify(fields.FileEvent)}`);
+    return `{${parts.join(",")}}`;
+  }
+
+  function goParseBool(raw: string | null, field: string): boolean {
+    if (raw === null || raw === "") return false;
+    if (["1", "t", "T", "TRUE", "true", "True"].includes(raw)) return true;
+    if (["0", "f", "F", "FALSE", "false", "False"].includes(raw)) return false;
+    throw new NomadHttpError(400, `failed to parse ${field} field to boolean: strconv.ParseBool: parsing ${JSON.stringify(raw)}: invalid syntax`);
+  }
+
+  async function logsRequest(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
+    const query = url.searchParams;
+    const allocId = decodeURIComponent(url.pathname.slice("/v1/client/fs/logs/".length));
+    if ((req.method ?? "GET") !== "GET") throw new NomadHttpError(405, "Invalid method");
+    if (allocId === "") throw new NomadHttpError(400, "must provide a valid alloc id");
+    const task = query.get("task") ?? "";
+    if (task === "") throw new NomadHttpError(400, "must provide task name");
+    const follow = goParseBool(query.get("follow"), "follow");
+    const plain = goParseBool(query.get("plain"), "plain");
+    const type = query.get("type");
+    if (type !== "stdout" && type !== "stderr") throw new NomadHttpError(400, "must provide log type (stdout/stderr)");
+    const rawOffset = query.get("offset") ?? "";
+    if (rawOffset !== "" && !/^[+-]?\d+$/.test(rawOffset)) {
+      throw new NomadHttpError(400, `error parsing offset: strconv.ParseInt: parsing ${JSON.stringify(rawOffset)}: invalid syntax`);
+    }
+    const offset = rawOffset === "" ? 0 : Number(rawOffset);
+    const origin = query.get("origin") || "start";
+    if (origin !== "start" && origin !== "end") throw new NomadHttpError(400, "origin must be start or end");
+    authorize(req);
+    const record = state.allocs.get(allocId);
+    if (!record) throw new NomadHttpError(404, `Unknown allocation "${allocId}"`);
+    const ts = record.alloc.TaskStates[task];
+    if (!ts) throw new NomadHttpError(400, `unknown task name "${task}"`);
+    if (ts.StartedAt === ZERO_TIME) throw new NomadHttpError(404, `task "${task}" not started yet. No logs available`);
+    const log = logStateOf(allocId, task, type, false);
+    if (!log || liveFiles(log).length === 0) {
+      throw new NomadHttpError(404, `log entry for task "${task}" and log type "${type}" not found`);
+    }
+    streamLog(res, log, { follow, plain, origin, offset, allocId });
+  }
+
+  function streamLog(
+    res: ServerResponse,
+    log: LogState,
+    o: { follow: boolean; plain: boolean; origin: string; offset: number; allocId: string },
+  ): void {
+    const fileName = (n: number) => `alloc/logs/${log.task}.${log.type}.${n}`;
+    let cur = startPosition(log, o.origin, o.offset);
+    let seenTruncations = log.files.find((f) => f.n === cur.n)?.truncations ?? 0;
+    // follow=false ends at the end of the highest file that existed when the request came in (§3.6).
+    const limit = o.follow ? Number.POSITIVE_INFINITY : (liveFiles(log).at(-1)?.n ?? 0);
+    let pendingEvent = "";
+    let pumping = false;
+    let again = false;
+    let done = false;
+    let batch: NodeJS.Timeout | undefined;
+    res.writeHead(200, { "content-type": o.plain ? "text/plain" : "application/json" });
+    res.flushHeaders();
+
+    const finish = () => {
+      if (done) return;
+      done = true;
+      clearInterval(heartbeat);
+      clearTimeout(batch);
+      log.followers.delete(onWrite);
+      logStreams.delete(handle);
+    };
+    const handle = { cut: () => res.socket?.destroy() };
+    const heartbeat = setInterval(() => {
+      if (!o.plain && !pumping) res.write("{}");
+    }, logHeartbeatMs);
+    const onWrite = () => {
+      if (done || batch) return;
+      if (logBatchMs <= 0) void pump();
+      else batch = setTimeout(() => ((batch = undefined), void pump()), logBatchMs);
+    };
+    logStreams.add(handle);
+    log.followers.add(onWrite);
+    res.on("close", finish);
+
+    const send = async (text: string | Buffer): Promise<void> => {
+      if (res.write(text)) return;
+      await new Promise<void>((resolve) => {
+        const go = () => {
+          res.off("drain", go);
+          res.off("close", go);
+          resolve();
+        };
+        res.on("drain", go);
+        res.on("close", go);
+      });
+    };
+
+    async function pump(): Promise<void> {
+      if (pumping) {
+        again = true;
+        return;
+      }
+      pumping = true;
+      try {
+        do {
+          again = false;
+          while (!done) {
+            const file = log.files.find((f) => f.n === cur.n);
+            const nextFile = log.files.find((f) => f.n > cur.n && !f.deleted);
+            if (!file || file.deleted) {
+              if (file?.deleted && !o.plain) await send(logFrame({ File: fileName(file.n), FileEvent: "file deleted" }));
+              if (log.gone || (!nextFile && file?.deleted)) {
+                // The agent's error path after a committed 200 can only append its message (§3.6).
+                res.end(log.gone ? `Unknown allocation "${o.allocId}"` : `log file ${fileName(cur.n)} deleted`);
+                finish();
+                return;
+              }
+              if (!nextFile) break;
+              cur = { n: nextFile.n, pos: 0 };
+              seenTruncations = nextFile.truncations;
+              continue;
+            }
+            if (cur.pos > file.size || file.truncations !== seenTruncations) {
+              cur.pos = 0;
+              seenTruncations = file.truncations;
+              pendingEvent = "file truncated";
+            }
+            if (cur.pos < file.size) {
+              const end = Math.min(file.size, cur.pos + logFrameSize);
+              const data = file.buf.subarray(cur.pos, end);
+              cur.pos = end;
+              await send(o.plain ? data : logFrame({ Offset: end, Data: data, File: fileName(file.n), FileEvent: pendingEvent }));
+              pendingEvent = "";
+              continue;
+            }
+            if (nextFile && nextFile.n <= limit) {
+              cur = { n: nextFile.n, pos: 0 };
+              seenTruncations = nextFile.truncations;
+              continue;
+            }
+            if (!o.follow) {
+              res.end();
+              finish();
+              return;
+            }
+            break;
+          }
+        } while (again && !done);
+      } finally {
+        pumping = false;
+      }
+    }
+    void pump();
+  }
+
+  function eventsRequest(req: IncomingMessage, res: ServerResponse, url: URL): void {
+    if ((req.method ?? "GET") !== "GET") throw new NomadHttpError(405, "Invalid method");
+    const query = url.searchParams;
+    const rawIndex = query.get("index") ?? "";
+    if (rawIndex !== "" && !/^[+-]?\d+$/.test(rawIndex)) {
+      throw new NomadHttpError(400, `Unable to parse index: strconv.Atoi: parsing ${JSON.stringify(rawIndex)}: invalid syntax`);
+    }
+    const from = rawIndex === "" ? 0 : Number(rawIndex);
+    const topics = new Map<string, string[]>();
+    for (const raw of query.getAll("topic")) {
+      const parts = raw.split(":");
+      if (parts.length > 2) throw new NomadHttpError(400, `Invalid topic query: Invalid key value pair for topic: ${raw}`);
+      const [topic = "", filter = "*"] = parts;
+      topics.set(topic, [...(topics.get(topic) ?? []), filter]);
+    }
+    if (topics.size === 0) topics.set("*", ["*"]);
+    const ns = query.get("namespace") || "default";
+    const socket = req.socket;
+    const raw = eventFraming === "close";
+    // Hijacking agents send the status line before they authorise the request (§4.2).
+    if (raw) {
+      socket.write("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n");
+    } else {
+      res.writeHead(200, { "content-type": "application/json", "cache-control": "no-cache" });
+      res.flushHeaders();
+    }
+    const end = () => (raw ? socket.end() : res.end());
+    let authorized = true;
+    try {
+      authorize(req);
+    } catch {
+      authorized = false;
+    }
+    if (!authorized || failingEventStreams > 0) {
+      if (authorized) failingEventStreams -= 1;
+      end();
+      return;
+    }
+    const write = (line: string) => (raw ? socket.write(line) : res.write(line));
+    const matches = (ev: FakeEvent): boolean => {
+      if (ns !== "*" && ev.Namespace !== ns) return false;
+      const keys = topics.get(ev.Topic) ?? topics.get("*");
+      if (!keys) return false;
+      return keys.includes("*") || keys.includes(ev.Key) || ev.FilterKeys.some((k) => keys.includes(k));
+    };
+    const deliver = (batch: EventBatch) => {
+      const events = batch.Events.filter(matches);
+      if (events.length > 0) write(`${JSON.stringify({ Index: batch.Index, Events: events })}\n`);
+    };
+    write("{}\n");
+    const buffer = state.eventBuffer;
+    // Inclusive start; too old starts at the oldest kept batch, too new re-delivers the newest (§4.3).
+    let start = from === 0 ? 0 : buffer.findIndex((b) => b.Index >= from);
+    if (start === -1) start = Math.max(0, buffer.length - 1);
+    for (const batch of buffer.slice(start)) deliver(batch);
+    const listener = (index: number, events: FakeEvent[]) => {
+      if (events.length > 0) deliver({ Index: index, Events: events });
+    };
+    state.listeners.add(listener);
+    const heartbeat = setInterval(() => write("{}\n"), eventHeartbeatMs);
+    const handle = { cut: () => socket.destroy() };
+    eventStreams.add(handle);
+    socket.once("close", () => {
+      clearInterval(heartbeat);
+      state.listeners.delete(listener);
+      eventStreams.delete(handle);
+    });
+  }
+
   const server = createServer((req, res) => {
     void handle(req, res);
   });
@@ -953,6 +1308,16 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       rule.remaining -= 1;
       if (rule.remaining === 0) failRules.splice(failRules.indexOf(rule), 1);
       sendText(res, rule.status, rule.text);
+      return;
+    }
+    if (url.pathname.startsWith("/v1/client/fs/logs/") || url.pathname === "/v1/event/stream") {
+      try {
+        if (url.pathname === "/v1/event/stream") eventsRequest(req, res, url);
+        else await logsRequest(req, res, url);
+      } catch (err) {
+        if (err instanceof NomadHttpError) sendText(res, err.status, err.message);
+        else sendText(res, 500, err instanceof Error ? err.message : String(err));
+      }
       return;
     }
     try {
@@ -1199,6 +1564,95 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
         ts.FinishedAt = new Date().toISOString();
       });
     },
+
+    writeLog(jobId, type, bytes, opts = {}) {
+      const record = latestAlloc(jobId, opts.namespace);
+      const [task] = taskOf(record, opts.task);
+      const log = logStateOf(record.alloc.ID, task, type, true) as LogState;
+      let file = liveFiles(log).at(-1);
+      if (!file) {
+        file = { n: (log.files.at(-1)?.n ?? -1) + 1, buf: Buffer.alloc(0), size: 0, deleted: false, truncations: 0 };
+        log.files.push(file);
+      }
+      const data = typeof bytes === "string" ? Buffer.from(bytes) : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      if (file.size + data.length > file.buf.length) {
+        const grown = Buffer.allocUnsafe(Math.max(file.buf.length * 2, file.size + data.length, 4096));
+        file.buf.copy(grown, 0, 0, file.size);
+        file.buf = grown;
+      }
+      data.copy(file.buf, file.size);
+      file.size += data.length;
+      wakeFollowers(log);
+    },
+
+    rotateLog(jobId, type, opts = {}) {
+      const record = latestAlloc(jobId, opts.namespace);
+      const [task] = taskOf(record, opts.task);
+      const log = logStateOf(record.alloc.ID, task, type, true) as LogState;
+      log.files.push({ n: (log.files.at(-1)?.n ?? -1) + 1, buf: Buffer.alloc(0), size: 0, deleted: false, truncations: 0 });
+      const live = liveFiles(log);
+      if (opts.maxFiles !== undefined) {
+        for (const old of live.slice(0, Math.max(0, live.length - opts.maxFiles))) {
+          old.deleted = true;
+          old.buf = Buffer.alloc(0);
+        }
+      }
+      wakeFollowers(log);
+    },
+
+    truncateLog(jobId, type, opts = {}) {
+      const record = latestAlloc(jobId, opts.namespace);
+      const [task] = taskOf(record, opts.task);
+      const log = logStateOf(record.alloc.ID, task, type, true) as LogState;
+      const file = liveFiles(log).at(-1);
+      if (file) {
+        file.size = 0;
+        file.truncations += 1;
+      }
+      wakeFollowers(log);
+    },
+
+    logFiles(jobId, type, opts = {}) {
+      const record = latestAlloc(jobId, opts.namespace);
+      const [task] = taskOf(record, opts.task);
+      const log = logStateOf(record.alloc.ID, task, type, false);
+      return log ? liveFiles(log).map((f) => ({ name: `${task}.${type}.${f.n}`, size: f.size })) : [];
+    },
+
+    gcAlloc(jobId, { namespace = "default" } = {}) {
+      const record = latestAlloc(jobId, namespace);
+      const id = record.alloc.ID;
+      state.allocs.delete(id);
+      for (const log of state.logs.get(id)?.values() ?? []) {
+        for (const f of log.files) {
+          f.deleted = true;
+          f.buf = Buffer.alloc(0);
+        }
+        log.gone = true;
+        wakeFollowers(log);
+      }
+      state.logs.delete(id);
+      state.tables.allocs = next();
+      commit();
+      return id;
+    },
+
+    cutLogStreams() {
+      const open = [...logStreams];
+      for (const s of open) s.cut();
+      return open.length;
+    },
+    openLogStreams: () => logStreams.size,
+    cutEventStreams() {
+      const open = [...eventStreams];
+      for (const s of open) s.cut();
+      return open.length;
+    },
+    openEventStreams: () => eventStreams.size,
+    failEventStreams(n) {
+      failingEventStreams += n;
+    },
+    index: () => state.index,
 
     loseAlloc(jobId, { namespace = "default" } = {}) {
       const record = latestAlloc(jobId, namespace);

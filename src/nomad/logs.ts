@@ -1,0 +1,262 @@
+import { setTimeout as sleep } from "node:timers/promises";
+import type { Build, LogRequest } from "../builds/backend.js";
+import { isTerminal } from "../builds/backend.js";
+import { AppError, UpstreamError, errorMessage } from "../errors.js";
+import type { Logger } from "../log.js";
+import type { NomadClient } from "./client.js";
+import { BUILD_TASK, isAllocationGone, isSetTime } from "./outcome.js";
+import { createFrameDecoder } from "./frames.js";
+import type { Allocation } from "./schema.js";
+
+export interface NomadLogsOptions {
+  nomad: NomadClient;
+  log: Logger;
+  /** The build as Nomad shows it; consulted while the build has no allocation yet. */
+  readBuild: (id: string, signal?: AbortSignal) => Promise<Build | undefined>;
+  /** Task whose logs are read (SPEC §5: `executor`). */
+  task?: string;
+  /** How long one blocking query may wait for a change. */
+  waitMs?: number;
+  /** Back-off between attempts after an upstream failure. */
+  retryMinMs?: number;
+  retryMaxMs?: number;
+  /** How long upstream may keep failing, with no frame in between, before the follow gives up. */
+  giveUpMs?: number;
+  /** Silence on a log stream after which it counts as dropped (Nomad sends a heartbeat every second). */
+  idleTimeoutMs?: number;
+  /** Shortest time between two looks at a queued build, however often Nomad's evaluation index moves. */
+  minPollMs?: number;
+}
+
+/** Follows build logs on Nomad. */
+export interface NomadLogs {
+  /**
+   * The raw bytes of the build's `type` log from `offset`, each byte once. Waits while the build is queued or
+   * its task has not started; with `follow`, ends within about a second of the task's end, after its last
+   * bytes; resumes from the last byte after an upstream drop. Throws AppError `gone` (410) once Nomad no longer
+   * has the allocation.
+   */
+  follow(id: string, request: LogRequest): AsyncIterable<Uint8Array>;
+}
+
+const DEFAULTS = {
+  task: BUILD_TASK,
+  waitMs: 60_000,
+  retryMinMs: 100,
+  retryMaxMs: 2000,
+  giveUpMs: 60_000,
+  idleTimeoutMs: 30_000,
+  minPollMs: 200,
+};
+
+type Ending = "eof" | "dropped" | "terminal";
+
+/** Creates the log follower; nothing is held between follows. */
+export function createNomadLogs(options: NomadLogsOptions): NomadLogs {
+  const { nomad, log } = options;
+  const o = {
+    task: options.task ?? DEFAULTS.task,
+    waitMs: options.waitMs ?? DEFAULTS.waitMs,
+    retryMinMs: options.retryMinMs ?? DEFAULTS.retryMinMs,
+    retryMaxMs: options.retryMaxMs ?? DEFAULTS.retryMaxMs,
+    giveUpMs: options.giveUpMs ?? DEFAULTS.giveUpMs,
+    idleTimeoutMs: options.idleTimeoutMs ?? DEFAULTS.idleTimeoutMs,
+    minPollMs: options.minPollMs ?? DEFAULTS.minPollMs,
+  };
+
+  const gone = (id: string, allocId?: string) =>
+    new AppError(
+      "gone",
+      410,
+      allocId === undefined
+        ? `the logs of build ${id} are gone: Nomad garbage-collected its allocation or the job`
+        : `the logs of build ${id} are gone: Nomad garbage-collected its allocation ${allocId}`,
+    );
+
+  /** Retries `fn` on upstream outages with back-off until `giveUpMs` of failures in a row. */
+  async function patiently<T>(signal: AbortSignal, what: string, fn: () => Promise<T>): Promise<T> {
+    let delay = o.retryMinMs;
+    const since = Date.now();
+    for (;;) {
+      try {
+        return await fn();
+      } catch (err) {
+        if (signal.aborted) throw signal.reason;
+        if (!(err instanceof UpstreamError) || !err.unavailable || Date.now() - since > o.giveUpMs) throw err;
+        log.debug({ err: err.message, what }, "nomad unavailable while following logs; retrying");
+        await sleep(delay, undefined, { signal });
+        delay = Math.min(delay * 2, o.retryMaxMs);
+      }
+    }
+  }
+
+  /** Waits until the build has an allocation; undefined when it ended (or, without follow, has none yet). */
+  async function allocationOf(id: string, follow: boolean, signal: AbortSignal): Promise<string | undefined> {
+    let index = (await patiently(signal, "evaluations", () => nomad.jobEvaluations(id, { signal }))).index;
+    for (;;) {
+      const started = Date.now();
+      const build = await patiently(signal, "build", () => options.readBuild(id, signal));
+      if (build === undefined || isAllocationGone(build)) throw gone(id);
+      if (build.allocId !== undefined) return build.allocId;
+      if (!follow || isTerminal(build.state)) return undefined;
+      // Placement, a placement failure and a stop all write an evaluation (contracts/nomad.md §2.1, §2.6).
+      const at = index;
+      index = (await patiently(signal, "evaluations", () => nomad.jobEvaluations(id, { index: at, wait: o.waitMs, signal }))).index;
+      const spent = Date.now() - started;
+      if (spent < o.minPollMs) await sleep(o.minPollMs - spent, undefined, { signal });
+    }
+  }
+
+  /** The allocation once the task has started; undefined when it ended without starting. */
+  async function started(id: string, allocId: string, follow: boolean, signal: AbortSignal): Promise<Allocation | undefined> {
+    let index = 0;
+    for (;;) {
+      const at = index;
+      const answer = await patiently(signal, "allocation", () =>
+        nomad.allocation(allocId, at === 0 ? { signal } : { index: at, wait: o.waitMs, signal }),
+      );
+      if (answer === undefined) throw gone(id, allocId);
+      const alloc = answer.allocation;
+      const task = alloc.TaskStates[o.task];
+      if (isSetTime(task?.StartedAt)) return alloc;
+      if (!follow || isDone(alloc, o.task)) return undefined;
+      index = Math.max(answer.index, at + 1);
+    }
+  }
+
+  /** Resolves once the allocation is finished for logging purposes (the task is dead or the alloc is over). */
+  function watchEnd(allocId: string, first: Allocation, signal: AbortSignal): Promise<void> {
+    if (isDone(first, o.task)) return Promise.resolve();
+    return (async () => {
+      let index = first.ModifyIndex;
+      let delay = o.retryMinMs;
+      for (;;) {
+        try {
+          const answer = await nomad.allocation(allocId, { index, wait: o.waitMs, signal });
+          if (answer === undefined || isDone(answer.allocation, o.task)) return;
+          index = Math.max(answer.index, index);
+          delay = o.retryMinMs;
+        } catch (err) {
+          if (signal.aborted) throw signal.reason;
+          log.debug({ err: errorMessage(err), alloc: allocId }, "watching an allocation failed; retrying");
+          await sleep(delay, undefined, { signal });
+          delay = Math.min(delay * 2, o.retryMaxMs);
+        }
+      }
+    })();
+  }
+
+  async function* follow(id: string, request: LogRequest): AsyncGenerator<Uint8Array> {
+    const { signal } = request;
+    const allocId = await allocationOf(id, request.follow, signal);
+    if (allocId === undefined) return;
+    const alloc = await started(id, allocId, request.follow, signal);
+    if (alloc === undefined) return;
+
+    const watcher = new AbortController();
+    const watchSignal = AbortSignal.any([signal, watcher.signal]);
+    let ended = !request.follow || isDone(alloc, o.task);
+    let upstream: AbortController | undefined;
+    let following = false;
+    const end = watchEnd(allocId, alloc, watchSignal).then(
+      () => {
+        ended = true;
+        // Nomad's follow never closes, even after the task died (hashicorp/nomad#18369): cut it and read the
+        // rest without follow, which ends at the end of the last file.
+        if (following) upstream?.abort();
+      },
+      () => undefined,
+    );
+
+    let delivered = 0;
+    let delay = o.retryMinMs;
+    let failingSince: number | undefined;
+    try {
+      for (;;) {
+        following = !ended;
+        upstream = new AbortController();
+        const streamSignal = AbortSignal.any([signal, upstream.signal]);
+        let ending: Ending;
+        let failure: unknown;
+        let framesSeen = false;
+        try {
+          const body = await nomad.streamLogs(allocId, {
+            task: o.task,
+            type: request.type,
+            follow: following,
+            offset: request.offset + delivered,
+            signal: streamSignal,
+            idleTimeoutMs: o.idleTimeoutMs,
+          });
+          const decoder = createFrameDecoder();
+          for await (const chunk of body) {
+            for (const frame of decoder.push(chunk)) {
+              framesSeen = true;
+              if (frame.fileEvent !== "") log.debug({ build: id, file: frame.file, event: frame.fileEvent }, "log file event");
+              if (frame.data.length === 0) continue;
+              delivered += frame.data.length;
+              yield frame.data;
+            }
+            if (framesSeen) {
+              failingSince = undefined;
+              delay = o.retryMinMs;
+            }
+          }
+          decoder.end();
+          ending = following ? "dropped" : "eof";
+        } catch (err) {
+          if (signal.aborted) return;
+          if (upstream.signal.aborted && ended) {
+            ending = "terminal";
+          } else {
+            ending = "dropped";
+            failure = err;
+            if (err instanceof UpstreamError && err.upstreamStatus === 404) {
+              if ((await explain404(id, allocId, err, signal)) === "none") return;
+            } else if (err instanceof UpstreamError && err.upstreamStatus >= 400 && err.upstreamStatus < 500 && err.upstreamStatus !== 429) throw err;
+          }
+        }
+        if (ending === "eof") return;
+        if (ending === "terminal" || (ended && failure === undefined)) continue;
+        failingSince ??= Date.now();
+        if (Date.now() - failingSince > o.giveUpMs) {
+          throw failure instanceof Error ? failure : new UpstreamError("nomad", 0, "log stream keeps dropping", { action: "stream logs" });
+        }
+        log.debug({ build: id, alloc: allocId, delivered, err: failure === undefined ? undefined : errorMessage(failure) }, "log stream dropped; resuming");
+        await sleep(delay, undefined, { signal });
+        delay = Math.min(delay * 2, o.retryMaxMs);
+      }
+    } finally {
+      watcher.abort();
+      upstream?.abort();
+      await end;
+    }
+  }
+
+  /**
+   * A 404 from the log endpoint: the allocation was garbage-collected (410), or a passing state — the client
+   * has not caught up, or the log file is not created yet — worth another try.
+   */
+  async function explain404(id: string, allocId: string, err: UpstreamError, signal: AbortSignal): Promise<"retry" | "none"> {
+    const answer = await patiently(signal, "allocation", () => nomad.allocation(allocId, { signal }));
+    if (answer === undefined) throw gone(id, allocId);
+    const done = isDone(answer.allocation, o.task);
+    const body = err.upstreamBody;
+    if (body.startsWith("Unknown allocation") || body.includes("not found on client")) {
+      if (done) throw gone(id, allocId);
+    }
+    // A finished task that never wrote this log type (or runs with `logs { disabled = true }`) has none.
+    if (body.startsWith("log entry for task") && done) return "none";
+    return "retry";
+  }
+
+  return {
+    follow: (id, request) => follow(id, request),
+  };
+}
+
+/** No more log bytes can come: the task is dead, or the allocation is over on its node. */
+function isDone(alloc: Allocation, task: string): boolean {
+  if (alloc.TaskStates[task]?.State === "dead") return true;
+  return alloc.ClientStatus === "complete" || alloc.ClientStatus === "failed" || alloc.ClientStatus === "lost";
+}

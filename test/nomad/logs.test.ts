@@ -1,0 +1,384 @@
+import { randomBytes, randomUUID } from "node:crypto";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { LogType } from "../../src/builds/backend.js";
+import { AppError } from "../../src/errors.js";
+import { createNomadBuildReader, type NomadBuildReader } from "../../src/nomad/builds.js";
+import { createNomadClient, type NomadClient } from "../../src/nomad/client.js";
+import { createFrameDecoder } from "../../src/nomad/frames.js";
+import { captureLogs } from "../helpers/log-capture.js";
+import { realNomad, startTarget, type NomadTarget } from "./target.js";
+
+// Following build logs through src/nomad/logs.ts (via the build reader) against the fake, whose log files,
+// rotation and connection cuts the tests drive; the first block also runs against a real Nomad.
+
+const META = { REPO_URL: "https://git.example.test/acme/widgets", COMMIT: "4c1d7e0", BRANCH: "main", FLAVOR: "default" };
+
+let t: NomadTarget;
+let nomad: NomadClient;
+let reader: NomadBuildReader;
+let builder: string;
+
+beforeAll(async () => {
+  t = await startTarget({ logHeartbeatMs: 50, logBatchMs: 20, logFrameSize: 1000 });
+  builder = t.jobId("builder");
+  await t.registerBuilder(builder);
+  nomad = createNomadClient({ addr: t.addr, dispatcher: t.dispatcher, ...(t.token ? { token: t.token } : {}) });
+  reader = createNomadBuildReader({
+    nomad,
+    builders: () => new Set([builder]),
+    log: captureLogs().log,
+    logs: { retryMinMs: 10, retryMaxMs: 100, giveUpMs: 5000 },
+  });
+});
+afterAll(() => t.close());
+
+async function dispatch(): Promise<string> {
+  const res = await nomad.dispatch(builder, { meta: META, idempotencyToken: randomUUID() });
+  return res.id;
+}
+
+interface Follow {
+  /** Everything received so far. */
+  bytes(): Buffer;
+  /** Resolves with all bytes when the follow ends; rejects with its error. */
+  done: Promise<Buffer>;
+  /** When the follow ended (performance.now()). */
+  endedAt(): number | undefined;
+  abort(): void;
+  /** Resolves once the received bytes include `text`. */
+  until(text: string, ms?: number): Promise<void>;
+}
+
+function follow(id: string, opts: { type?: LogType; follow?: boolean; offset?: number } = {}): Follow {
+  const controller = new AbortController();
+  const chunks: Buffer[] = [];
+  let endedAt: number | undefined;
+  const done = (async () => {
+    try {
+      for await (const chunk of reader.logs(id, {
+        type: opts.type ?? "stdout",
+        follow: opts.follow ?? true,
+        offset: opts.offset ?? 0,
+        signal: controller.signal,
+      })) {
+        chunks.push(Buffer.from(chunk));
+      }
+      return Buffer.concat(chunks);
+    } finally {
+      endedAt = performance.now();
+    }
+  })();
+  done.catch(() => undefined);
+  return {
+    bytes: () => Buffer.concat(chunks),
+    done,
+    endedAt: () => endedAt,
+    abort: () => controller.abort(),
+    async until(text, ms = 5000) {
+      const deadline = Date.now() + ms;
+      while (!Buffer.concat(chunks).includes(text)) {
+        if (endedAt !== undefined) throw new Error(`follow ended before "${text}"; got ${JSON.stringify(Buffer.concat(chunks).toString())}`);
+        if (Date.now() > deadline) throw new Error(`no "${text}" within ${ms} ms; got ${JSON.stringify(Buffer.concat(chunks).toString())}`);
+        await sleep(5);
+      }
+    },
+  };
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+async function eventually(check: () => boolean, ms = 3000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error("condition not met in time");
+    await sleep(10);
+  }
+}
+
+async function rejection(promise: Promise<unknown>): Promise<unknown> {
+  try {
+    await promise;
+  } catch (err) {
+    return err;
+  }
+  throw new Error("expected a rejection");
+}
+
+describe("following a build's log (fake or real Nomad)", () => {
+  it("streams a finished build's stdout and ends", async () => {
+    const id = await dispatch();
+    if (t.fake) {
+      t.fake.placeAlloc(id);
+      t.fake.startTask(id);
+      t.fake.writeLog(id, "stdout", "built\n");
+      t.fake.finishTask(id, 0);
+    }
+    const out = await follow(id).done;
+    expect(out.toString()).toBe("built\n");
+  });
+
+  it("answers the log endpoint's pre-stream errors as plain text (§3.1, §3.3)", async () => {
+    const unknown = randomUUID();
+    const res = await t.http("GET", `/v1/client/fs/logs/${unknown}?task=executor&type=stdout`);
+    expect(res).toMatchObject({ status: 404, text: `Unknown allocation "${unknown}"` });
+    expect(await t.http("GET", `/v1/client/fs/logs/${unknown}?type=stdout`)).toMatchObject({ status: 400, text: "must provide task name" });
+    expect(await t.http("GET", `/v1/client/fs/logs/${unknown}?task=executor&type=both`)).toMatchObject({
+      status: 400,
+      text: "must provide log type (stdout/stderr)",
+    });
+    expect(await t.http("GET", `/v1/client/fs/logs/${unknown}?task=executor&type=stdout&origin=middle`)).toMatchObject({
+      status: 400,
+      text: "origin must be start or end",
+    });
+  });
+
+  it("serves a finished allocation's log as concatenated frames with per-file offsets (§3.4)", async () => {
+    const id = await dispatch();
+    if (t.fake) {
+      t.fake.placeAlloc(id);
+      t.fake.startTask(id);
+      t.fake.writeLog(id, "stdout", "built\n");
+      t.fake.finishTask(id, 0);
+    }
+    await follow(id).done;
+    const allocId = (await reader.getBuild(id))?.allocId ?? "";
+    const res = await t.http("GET", `/v1/client/fs/logs/${allocId}?task=executor&type=stdout&follow=false`);
+    expect(res.status).toBe(200);
+    expect(res.headers["content-type"]).toBe("application/json");
+    const decoder = createFrameDecoder();
+    const frames = decoder.push(Buffer.from(res.text));
+    decoder.end();
+    const data = frames.filter((f) => f.data.length > 0);
+    expect(Buffer.concat(data.map((f) => f.data)).toString()).toBe("built\n");
+    expect(data[0]?.file).toBe("alloc/logs/executor.stdout.0");
+    expect(data.at(-1)?.offset).toBe(6);
+  });
+});
+
+describe.skipIf(realNomad)("following a build's log (fake-driven lifecycles)", () => {
+  it("shows a running build's output live and ends within 2 s of the task's end, after its last bytes", async () => {
+    const fake = t.fake!;
+    const id = await dispatch();
+    fake.placeAlloc(id);
+    fake.startTask(id);
+    fake.writeLog(id, "stderr", "==> checkout\n");
+    const f = follow(id, { type: "stderr" });
+    await f.until("==> checkout\n");
+    fake.writeLog(id, "stderr", "\u001b[31mred\u001b[0m\n");
+    await f.until("red");
+    // Written inside the batch window right before the end: only a read to the end of the file can see it.
+    fake.writeLog(id, "stderr", "last line\n");
+    const finished = performance.now();
+    fake.finishTask(id, 0);
+    const out = await f.done;
+    expect(out.toString()).toBe("==> checkout\n\u001b[31mred\u001b[0m\nlast line\n");
+    expect((f.endedAt() ?? Infinity) - finished).toBeLessThan(2000);
+    // Nomad's follow never ends by itself; ours must have closed it.
+    await eventually(() => fake.openLogStreams() === 0);
+  });
+
+  it("waits while queued and while Nomad answers 404 not started yet, then streams", async () => {
+    const fake = t.fake!;
+    const id = await dispatch();
+    const f = follow(id);
+    await sleep(100);
+    expect(f.endedAt()).toBeUndefined();
+    fake.placeAlloc(id);
+    await sleep(50);
+    fake.failNext(2, 404, 'task "executor" not started yet. No logs available', { path: /\/v1\/client\/fs\/logs\// });
+    fake.startTask(id);
+    fake.writeLog(id, "stdout", "first\n");
+    await f.until("first\n");
+    fake.writeLog(id, "stdout", "second\n");
+    fake.finishTask(id, 1);
+    expect((await f.done).toString()).toBe("first\nsecond\n");
+  });
+
+  it("follows rotation from executor.stdout.0 to .1 and resumes across files after a cut", async () => {
+    const fake = t.fake!;
+    const id = await dispatch();
+    fake.placeAlloc(id);
+    fake.startTask(id);
+    fake.writeLog(id, "stdout", "a".repeat(2500));
+    const f = follow(id);
+    await f.until("a".repeat(2500));
+    fake.rotateLog(id, "stdout");
+    fake.writeLog(id, "stdout", "b".repeat(1500));
+    await f.until("b".repeat(1500));
+    expect(fake.cutLogStreams()).toBeGreaterThan(0);
+    fake.writeLog(id, "stdout", "c".repeat(700));
+    fake.rotateLog(id, "stdout");
+    fake.writeLog(id, "stdout", "d");
+    fake.finishTask(id, 0);
+    const out = (await f.done).toString();
+    expect(out).toBe(`${"a".repeat(2500)}${"b".repeat(1500)}${"c".repeat(700)}d`);
+    expect(fake.logFiles(id, "stdout").map((l) => l.name)).toEqual(["executor.stdout.0", "executor.stdout.1", "executor.stdout.2"]);
+  });
+
+  it("delivers every byte exactly once while upstream keeps being cut mid-stream", async () => {
+    const fake = t.fake!;
+    const id = await dispatch();
+    fake.placeAlloc(id);
+    fake.startTask(id);
+    const f = follow(id);
+    const written: Buffer[] = [];
+    for (let i = 0; i < 60; i++) {
+      const chunk = randomBytes(50 + ((i * 733) % 3000));
+      written.push(chunk);
+      fake.writeLog(id, "stdout", chunk);
+      if (i % 15 === 7) fake.rotateLog(id, "stdout");
+      if (i % 6 === 5) {
+        await sleep(30);
+        fake.cutLogStreams();
+      }
+      await sleep(3);
+    }
+    fake.finishTask(id, 0);
+    const out = await f.done;
+    expect(out.length).toBe(Buffer.concat(written).length);
+    expect(out.equals(Buffer.concat(written))).toBe(true);
+  });
+
+  it("starts at the client's offset, counted across rotated files", async () => {
+    const fake = t.fake!;
+    const id = await dispatch();
+    fake.placeAlloc(id);
+    fake.startTask(id);
+    fake.writeLog(id, "stdout", "0123456789");
+    fake.rotateLog(id, "stdout");
+    fake.writeLog(id, "stdout", "abcdefghij");
+    fake.finishTask(id, 0);
+    expect((await follow(id, { offset: 13 }).done).toString()).toBe("defghij");
+    expect((await follow(id, { offset: 4 }).done).toString()).toBe("456789abcdefghij");
+  });
+
+  it("returns what exists and ends at once without follow, even while the build runs", async () => {
+    const fake = t.fake!;
+    const id = await dispatch();
+    fake.placeAlloc(id);
+    fake.startTask(id);
+    fake.writeLog(id, "stdout", "so far\n");
+    expect((await follow(id, { follow: false }).done).toString()).toBe("so far\n");
+    fake.finishTask(id, 0);
+  });
+
+  it("answers 410 gone for a build whose allocation was garbage-collected", async () => {
+    const fake = t.fake!;
+    const id = await dispatch();
+    fake.placeAlloc(id);
+    fake.startTask(id);
+    fake.writeLog(id, "stdout", "old\n");
+    fake.finishTask(id, 0);
+    fake.gcAlloc(id);
+    const err = await rejection(follow(id).done);
+    expect(err).toBeInstanceOf(AppError);
+    expect(err).toMatchObject({ code: "gone", status: 410 });
+    expect((err as Error).message).toMatch(/garbage-collected/);
+  });
+
+  it("fails with 410 when the allocation is garbage-collected mid-follow, after the bytes it had", async () => {
+    const fake = t.fake!;
+    const id = await dispatch();
+    fake.placeAlloc(id);
+    fake.startTask(id);
+    fake.writeLog(id, "stdout", "partial\n");
+    const f = follow(id);
+    await f.until("partial\n");
+    fake.gcAlloc(id);
+    const err = await rejection(f.done);
+    expect(err).toMatchObject({ code: "gone", status: 410 });
+    expect(f.bytes().toString()).toBe("partial\n");
+  });
+
+  it("cancels the upstream request when the client goes away", async () => {
+    const fake = t.fake!;
+    const id = await dispatch();
+    fake.placeAlloc(id);
+    fake.startTask(id);
+    fake.writeLog(id, "stdout", "hi\n");
+    const before = fake.openLogStreams();
+    const f = follow(id);
+    await f.until("hi\n");
+    expect(fake.openLogStreams()).toBe(before + 1);
+    f.abort();
+    await f.done.catch(() => undefined);
+    await eventually(() => fake.openLogStreams() === before);
+    fake.finishTask(id, 0);
+  });
+
+  it("ends without output when the build is cancelled before it starts", async () => {
+    const id = await dispatch();
+    const f = follow(id);
+    await sleep(50);
+    await reader.cancel(id);
+    expect((await f.done).length).toBe(0);
+  });
+
+  it("ends when the build cannot be placed", async () => {
+    const fake = t.fake!;
+    const id = await dispatch();
+    const f = follow(id);
+    await sleep(50);
+    fake.failPlacement(id);
+    expect((await f.done).length).toBe(0);
+  });
+
+  it("ends when the allocation is lost, with the bytes it had", async () => {
+    const fake = t.fake!;
+    const id = await dispatch();
+    fake.placeAlloc(id);
+    fake.startTask(id);
+    fake.writeLog(id, "stdout", "before the node died\n");
+    const f = follow(id);
+    await f.until("node died");
+    fake.loseAlloc(id);
+    expect((await f.done).toString()).toBe("before the node died\n");
+  });
+
+  it("keeps going after a truncated or deleted file", async () => {
+    const fake = t.fake!;
+    const id = await dispatch();
+    fake.placeAlloc(id);
+    fake.startTask(id);
+    fake.writeLog(id, "stdout", "one\n");
+    const f = follow(id);
+    await f.until("one\n");
+    fake.rotateLog(id, "stdout", { maxFiles: 1 });
+    fake.writeLog(id, "stdout", "two\n");
+    await f.until("two\n");
+    fake.truncateLog(id, "stdout");
+    fake.writeLog(id, "stdout", "three\n");
+    await f.until("three\n");
+    fake.finishTask(id, 0);
+    expect((await f.done).toString()).toBe("one\ntwo\nthree\n");
+  });
+
+  it("asks for the executor task's framed log from the start, never gzip", async () => {
+    const fake = t.fake!;
+    const id = await dispatch();
+    const allocId = fake.placeAlloc(id);
+    fake.startTask(id);
+    fake.writeLog(id, "stderr", "x");
+    fake.finishTask(id, 0);
+    await follow(id, { type: "stderr", offset: 0 }).done;
+    const calls = fake.requests.filter((r) => r.path === `/v1/client/fs/logs/${allocId}`);
+    expect(calls.length).toBeGreaterThan(0);
+    for (const call of calls) {
+      expect(call.query).toMatchObject({ task: "executor", type: "stderr", origin: "start", offset: "0" });
+      expect(call.query.plain).toBeUndefined();
+      expect(String(call.headers["accept-encoding"] ?? "")).not.toMatch(/gzip/);
+    }
+  });
+
+  it("refuses a job that is not a child of a configured builder before any Nomad call", async () => {
+    const fake = t.fake!;
+    const before = fake.requests.length;
+    for (const id of ["other/dispatch-1700000000-1a2b3c4d", builder, `${builder}/periodic-1700000000`]) {
+      const err = await rejection(follow(id).done);
+      expect(err).toMatchObject({ code: "not_found", status: 404 });
+    }
+    expect(fake.requests.length).toBe(before);
+  });
+});
