@@ -140,13 +140,14 @@ function consulStore(config: Config, progress: Progress): RepoStore {
       return repo;
     },
     async list() {
-      const [repos, secrets] = await Promise.all([
-        step(`GET ${base("repos")}?recurse`, () => consul.get(base("repos"), { recurse: true })),
-        step(`GET ${base("secrets")}?recurse`, () => consul.get(base("secrets"), { recurse: true })).catch((err: unknown) => {
+      const repos = await step(`GET ${base("repos")}?recurse`, () => consul.get(base("repos"), { recurse: true }));
+      const secrets = await step(`GET ${base("secrets")}?recurse`, () => consul.get(base("secrets"), { recurse: true })).catch(
+        (err: unknown) => {
+          // A token may list configs without reading secrets; the list then shows no secret names.
           if (err instanceof CliError && err.exit === EXIT.unauthorized) return { entries: null };
           throw err;
-        }),
-      ]);
+        },
+      );
       const secretsByKey = new Map<string, Record<string, string>>();
       for (const e of secrets.entries ?? []) {
         const parsed = e.value === null ? undefined : parseStoredValue(e.value.toString("utf8"));

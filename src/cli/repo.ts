@@ -116,12 +116,16 @@ async function withStore<T>(env: Env, io: CliIo, quiet: boolean | undefined, fn:
   }
 }
 
-function pairs(values: string[] | undefined, flag: string): Record<string, string> {
+function pairs(values: string[] | undefined, flag: string, what: string): Record<string, string> {
   const out: Record<string, string> = {};
   for (const raw of values ?? []) {
     const eq = raw.indexOf("=");
     if (eq <= 0 || eq === raw.length - 1) throw new CliError(EXIT.usage, `${flag} wants name=value, got ${JSON.stringify(raw)}`);
-    out[raw.slice(0, eq)] = raw.slice(eq + 1);
+    const name = raw.slice(0, eq);
+    if (!/^[A-Za-z0-9._-]+$/.test(name)) {
+      throw new CliError(EXIT.usage, `${flag}: ${what} names are letters, digits, '.', '_' and '-', got ${JSON.stringify(name)}`);
+    }
+    out[name] = raw.slice(eq + 1);
   }
   return out;
 }
@@ -214,11 +218,11 @@ async function repoAdd(argv: string[], env: Env, io: CliIo): Promise<number> {
   if (values.trusted !== undefined) {
     config.trusted = { senders: values.trusted.split(",").map((s) => s.trim()).filter(Boolean) };
   }
-  const flavors = pairs(values.flavor, "--flavor");
+  const flavors = pairs(values.flavor, "--flavor", "flavor");
   if (Object.keys(flavors).length > 0) {
     config.flavors = Object.fromEntries(Object.entries(flavors).map(([name, builder]) => [name, { builder }]));
   }
-  const caches = pairs(values.cache, "--cache");
+  const caches = pairs(values.cache, "--cache", "cache");
   if (Object.keys(caches).length > 0) config.caches = caches;
   if (values.logs !== undefined) config.logs = values.logs as "public" | "token";
   const checked = RepoConfig.safeParse(config);
@@ -265,7 +269,7 @@ async function repoAdd(argv: string[], env: Env, io: CliIo): Promise<number> {
     lines.push(
       "",
       secretFile === undefined || hookToken !== undefined
-        ? `This is the only time the ${secretFile === undefined ? "secret" : "token"} is shown; \`petrel repo show ${key}\` masks it.`
+        ? `This is the only time the ${[secretFile === undefined ? "secret" : "", hookToken === undefined ? "" : "token"].filter(Boolean).join(" and the ")} ${secretFile === undefined && hookToken !== undefined ? "are" : "is"} shown; \`petrel repo show ${key}\` masks ${secretFile === undefined && hookToken !== undefined ? "them" : "it"}.`
         : `\`petrel repo show ${key}\` shows the entry with its secrets masked.`,
     );
     if (existing !== undefined && secretFile === undefined) lines.push("The webhook secret changed: update it in Gitea too.");
