@@ -74,7 +74,9 @@ export function createNomadBuildReader(options: NomadBuildReaderOptions): NomadB
         ? (await nomad.jobEvaluations(id, signalOpt(signal))).evaluations
         : undefined;
     const build = buildOf(job, allocations, evaluations);
-    if (isTerminal(build.state) && job.Status === "dead") remember(finished, id, { modifyIndex: job.ModifyIndex, build });
+    // Any later change that could alter a finished build (a placement after a blocked evaluation, a stop)
+    // moves the job's status and so its ModifyIndex.
+    if (isTerminal(build.state)) remember(finished, id, { modifyIndex: job.ModifyIndex, build });
     return build;
   }
 

@@ -1,0 +1,326 @@
+import { randomUUID } from "node:crypto";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { Build } from "../../src/builds/backend.js";
+import { createNomadBuildReader, type NomadBuildReader } from "../../src/nomad/builds.js";
+import { createNomadClient, type NomadClient } from "../../src/nomad/client.js";
+import { buildOf } from "../../src/nomad/outcome.js";
+import { AllocationStub, Evaluation, Job } from "../../src/nomad/schema.js";
+import { captureLogs } from "../helpers/log-capture.js";
+import { builderJob, realNomad, startTarget, type NomadTarget } from "./target.js";
+
+// The Nomad build reader: state derivation (contracts/nomad.md §2.4), listing, cancel, and the refusal of
+// anything that is not a dispatched child of a configured builder.
+
+const META = {
+  REPO_URL: "https://git.example.test/acme/widgets.git",
+  COMMIT: "4c1d7e0",
+  BRANCH: "main",
+  FLAVOR: "default",
+  REPO: "acme/widgets",
+  EVENT: "push",
+  TRUSTED: "true",
+};
+
+let t: NomadTarget;
+let nomad: NomadClient;
+let reader: NomadBuildReader;
+let builder: string;
+
+beforeAll(async () => {
+  t = await startTarget();
+  builder = t.jobId("builder");
+  await t.registerBuilder(builder);
+  nomad = createNomadClient({ addr: t.addr, dispatcher: t.dispatcher, ...(t.token ? { token: t.token } : {}) });
+  reader = createNomadBuildReader({ nomad, builders: () => new Set([builder]), log: captureLogs().log });
+});
+afterAll(() => t.close());
+
+async function dispatch(meta: Record<string, string> = META, parent = builder): Promise<string> {
+  return (await nomad.dispatch(parent, { meta, idempotencyToken: randomUUID() })).id;
+}
+
+async function build(id: string): Promise<Build> {
+  const b = await reader.getBuild(id);
+  if (b === undefined) throw new Error(`no build ${id}`);
+  return b;
+}
+
+async function rejection(promise: Promise<unknown>): Promise<unknown> {
+  try {
+    await promise;
+  } catch (err) {
+    return err;
+  }
+  throw new Error("expected a rejection");
+}
+
+describe("a build from Nomad (fake or real Nomad)", () => {
+  it("reads the build's meta and reaches success", async () => {
+    const id = await dispatch();
+    if (t.fake) {
+      t.fake.placeAlloc(id, { node: "client-7" });
+      t.fake.startTask(id);
+      t.fake.finishTask(id, 0);
+    }
+    let b = await build(id);
+    for (let i = 0; i < 600 && (b.state === "queued" || b.state === "running"); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      b = await build(id);
+    }
+    expect(b).toMatchObject({
+      id,
+      builder,
+      repo: "acme/widgets",
+      repoUrl: META.REPO_URL,
+      commit: "4c1d7e0",
+      ref: "main",
+      flavor: "default",
+      event: "push",
+      trusted: true,
+      private: false,
+      state: "success",
+      exitCode: 0,
+    });
+    expect(b.allocId).toMatch(/^[0-9a-f-]{36}$/);
+    expect(Date.parse(b.createdAt)).toBeGreaterThan(Date.now() - 600_000);
+    expect(Date.parse(b.startedAt ?? "")).toBeGreaterThanOrEqual(Date.parse(b.createdAt) - 1000);
+    expect(Date.parse(b.finishedAt ?? "")).toBeGreaterThanOrEqual(Date.parse(b.startedAt ?? ""));
+    if (t.fake) expect(b.node).toBe("client-7");
+    else expect(b.node).toBeTruthy();
+  });
+
+  it("cancels with a stop, not a purge: the job stays readable and the build reads cancelled", async () => {
+    const id = await dispatch();
+    await reader.cancel(id);
+    expect(await build(id)).toMatchObject({ state: "cancelled" });
+    expect((await nomad.readJob(id))?.job.Stop).toBe(true);
+  });
+});
+
+describe.skipIf(realNomad)("build states (fake-driven lifecycles)", () => {
+  it("is queued before placement and while the task has not started, running once it has", async () => {
+    const fake = t.fake!;
+    const id = await dispatch();
+    expect(await build(id)).toMatchObject({ state: "queued" });
+    expect((await build(id)).allocId).toBeUndefined();
+    fake.placeAlloc(id, { node: "client-1" });
+    expect(await build(id)).toMatchObject({ state: "queued", node: "client-1" });
+    fake.startTask(id);
+    const running = await build(id);
+    expect(running).toMatchObject({ state: "running", node: "client-1" });
+    expect(running.startedAt).toBeDefined();
+    expect(running.finishedAt).toBeUndefined();
+  });
+
+  it("reports a non-zero exit as failure with the exit code", async () => {
+    const fake = t.fake!;
+    const id = await dispatch();
+    fake.placeAlloc(id);
+    fake.finishTask(id, 3);
+    expect(await build(id)).toMatchObject({ state: "failure", exitCode: 3, reason: "exit code 3" });
+  });
+
+  it("reports a stopped running build as cancelled, not success, although its allocation is complete", async () => {
+    const fake = t.fake!;
+    const id = await dispatch();
+    fake.placeAlloc(id);
+    fake.startTask(id);
+    await reader.cancel(id);
+    expect(fake.allocations(id)[0]).toMatchObject({ ClientStatus: "complete", DesiredStatus: "stop" });
+    expect(await build(id)).toMatchObject({ state: "cancelled" });
+    expect(fake.job(id)).toBeDefined();
+  });
+
+  it("keeps a build that succeeded before it was stopped a success", async () => {
+    const fake = t.fake!;
+    const id = await dispatch();
+    fake.placeAlloc(id);
+    fake.finishTask(id, 0);
+    await reader.cancel(id);
+    expect(await build(id)).toMatchObject({ state: "success", exitCode: 0 });
+  });
+
+  it("reports a placement failure as error with the scheduler's reason", async () => {
+    const fake = t.fake!;
+    const id = await dispatch();
+    fake.failPlacement(id, { reason: "missing compatible host volumes" });
+    expect(await build(id)).toMatchObject({ state: "error", reason: "could not be placed: missing compatible host volumes" });
+  });
+
+  it("reports a lost allocation as error", async () => {
+    const fake = t.fake!;
+    const id = await dispatch();
+    fake.placeAlloc(id);
+    fake.startTask(id);
+    fake.loseAlloc(id);
+    const b = await build(id);
+    expect(b.state).toBe("error");
+    expect(b.reason).toMatch(/^lost: /);
+  });
+
+  it("reports a task that could not start as error with the driver's message", async () => {
+    const fake = t.fake!;
+    const id = await dispatch();
+    fake.placeAlloc(id);
+    fake.failTaskSetup(id, "Failed to pull `petrel/builder:nope`: not found");
+    expect(await build(id)).toMatchObject({ state: "error", reason: "Driver Failure: Failed to pull `petrel/builder:nope`: not found" });
+  });
+
+  it("does not take a job registered under a child-like ID for a build", async () => {
+    const fake = t.fake!;
+    const id = `${builder}/dispatch-1700000000-0badc0de`;
+    fake.registerJob({ ...builderJob(id), ParameterizedJob: null, Meta: META });
+    expect(await reader.getBuild(id)).toBeUndefined();
+    expect((await reader.listBuilds({ limit: 500 })).map((b) => b.id)).not.toContain(id);
+  });
+});
+
+describe.skipIf(realNomad)("listing builds", () => {
+  let other: string;
+  const ids: Record<string, string> = {};
+
+  beforeAll(async () => {
+    const fake = t.fake!;
+    other = t.jobId("builder-nix");
+    await t.registerBuilder(other);
+    const at = (n: number) => ({ ...META, COMMIT: `${n}`.padStart(7, "a"), BRANCH: n % 2 ? "main" : "dev" });
+    for (const [name, n] of [["ok", 1], ["failed", 2], ["running", 3], ["queued", 4]] as const) {
+      ids[name] = await dispatch(at(n));
+      // SubmitTime orders the listing; the fake's clock has millisecond steps.
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    ids.nix = await dispatch({ ...META, REPO: "acme/gadgets", REPO_URL: "https://git.example.test/acme/gadgets.git" }, other);
+    fake.placeAlloc(ids.ok as string);
+    fake.finishTask(ids.ok as string, 0);
+    fake.placeAlloc(ids.failed as string);
+    fake.finishTask(ids.failed as string, 1);
+    fake.placeAlloc(ids.running as string);
+    fake.startTask(ids.running as string);
+  });
+
+  const reader2 = () => createNomadBuildReader({ nomad, builders: () => new Set([builder, other]), log: captureLogs().log });
+
+  it("lists only children of the configured builders, newest first", async () => {
+    const list = await reader.listBuilds({ limit: 500 });
+    expect(list.map((b) => b.builder).every((b) => b === builder)).toBe(true);
+    const mine = list.map((b) => b.id).filter((id) => Object.values(ids).includes(id));
+    expect(mine).toEqual([ids.queued, ids.running, ids.failed, ids.ok]);
+    const both = await reader2().listBuilds({ limit: 500 });
+    expect(both.map((b) => b.id)).toContain(ids.nix);
+    const times = both.map((b) => Date.parse(b.createdAt));
+    expect([...times].sort((a, b) => b - a)).toEqual(times);
+  });
+
+  it("filters by state, ref and repo, and stops at the limit", async () => {
+    const r = reader2();
+    expect((await r.listBuilds({ limit: 500, state: "failure" })).map((b) => b.id)).toContain(ids.failed);
+    expect((await r.listBuilds({ limit: 500, state: "failure" })).every((b) => b.state === "failure")).toBe(true);
+    expect((await r.listBuilds({ limit: 500, state: "running" })).map((b) => b.id)).toEqual(
+      expect.arrayContaining([ids.running]),
+    );
+    const dev = await r.listBuilds({ limit: 500, ref: "dev" });
+    expect(dev.map((b) => b.id)).toEqual(expect.arrayContaining([ids.failed, ids.queued]));
+    expect(dev.every((b) => b.ref === "dev")).toBe(true);
+    expect((await r.listBuilds({ limit: 500, repo: "ACME/gadgets" })).map((b) => b.id)).toEqual([ids.nix]);
+    expect(await r.listBuilds({ limit: 2 })).toHaveLength(2);
+  });
+
+  it("reads finished builds once: a second listing costs one call per builder plus the builds in progress", async () => {
+    const fake = t.fake!;
+    const r = createNomadBuildReader({ nomad, builders: () => new Set([builder]), log: captureLogs().log });
+    await r.listBuilds({ limit: 500 });
+    const before = fake.requests.length;
+    const list = await r.listBuilds({ limit: 500 });
+    const calls = fake.requests.slice(before);
+    const inProgress = list.filter((b) => b.state === "queued" || b.state === "running");
+    const withoutAlloc = inProgress.filter((b) => b.allocId === undefined).length;
+    expect(calls.filter((c) => c.path === "/v1/jobs")).toHaveLength(1);
+    expect(calls.length).toBe(1 + 2 * inProgress.length + withoutAlloc);
+  });
+
+  it("bounds the calls of a listing by maxScan", async () => {
+    const fake = t.fake!;
+    const r = createNomadBuildReader({ nomad, builders: () => new Set([builder]), log: captureLogs().log, maxScan: 3 });
+    const before = fake.requests.length;
+    const list = await r.listBuilds({ limit: 500 });
+    expect(list.length).toBeLessThanOrEqual(3);
+    expect(fake.requests.length - before).toBeLessThanOrEqual(1 + 3 * 3);
+  });
+});
+
+describe.skipIf(realNomad)("foreign IDs", () => {
+  it("refuses anything that is not a dispatched child of a configured builder before any Nomad call", async () => {
+    const fake = t.fake!;
+    const before = fake.requests.length;
+    for (const id of [builder, "other/dispatch-1700000000-1a2b3c4d", `${builder}-x/dispatch-1700000000-1a2b3c4d`, "../v1/jobs"]) {
+      expect(await rejection(reader.getBuild(id))).toMatchObject({ code: "not_found", status: 404 });
+      expect(await rejection(reader.cancel(id))).toMatchObject({ code: "not_found", status: 404 });
+      expect(() => reader.logs(id, { type: "stdout", follow: true, offset: 0, signal: new AbortController().signal })).toThrow(
+        /not a petrel build/,
+      );
+    }
+    expect(fake.requests.length).toBe(before);
+  });
+});
+
+describe("the outcome rule (table)", () => {
+  const job = (over: Record<string, unknown> = {}) =>
+    Job.parse({ ID: "b/dispatch-1700000000-1a2b3c4d", ParentID: "b", Dispatched: true, Meta: META, Status: "running", SubmitTime: 1.7e18, ...over });
+  const task = (state: string, events: [string, Record<string, string>?][], failed = false) => ({
+    State: state,
+    Failed: failed,
+    StartedAt: state === "pending" ? "0001-01-01T00:00:00Z" : "2026-01-01T00:00:00Z",
+    FinishedAt: state === "dead" ? "2026-01-01T00:01:00Z" : "0001-01-01T00:00:00Z",
+    Events: events.map(([Type, Details = {}]) => ({ Type, Time: 1, Details })),
+  });
+  const alloc = (over: Record<string, unknown>, executor: unknown) =>
+    AllocationStub.parse({ ID: "a", TaskGroup: "runner", NodeName: "n1", DesiredStatus: "run", CreateIndex: 5, ...over, TaskStates: { executor } });
+  const evals = (...list: Record<string, unknown>[]) => list.map((e, i) => Evaluation.parse({ ID: `e${i}`, ...e }));
+
+  const dead = (code: string, failed = false) => task("dead", [["Started"], ["Terminated", { exit_code: code }]], failed);
+  const killed = task("dead", [["Killing"], ["Terminated", { exit_code: "130" }], ["Killed"]]);
+  const placementFailed = evals(
+    { Status: "complete", FailedTGAllocs: { runner: { NodesEvaluated: 0 } } },
+    { Status: "blocked" },
+  );
+
+  it.each([
+    { name: "exit 0", j: job(), allocs: [alloc({ ClientStatus: "complete" }, dead("0"))], state: "success", exitCode: 0 },
+    { name: "exit 2", j: job(), allocs: [alloc({ ClientStatus: "failed" }, dead("2", true))], state: "failure", exitCode: 2 },
+    {
+      name: "killed by a stop",
+      j: job({ Stop: true }),
+      allocs: [alloc({ ClientStatus: "complete", DesiredStatus: "stop" }, killed)],
+      state: "cancelled",
+    },
+    {
+      name: "stop requested, task still shutting down",
+      j: job({ Stop: true }),
+      allocs: [alloc({ ClientStatus: "running", DesiredStatus: "stop" }, task("running", [["Killing"]]))],
+      state: "cancelled",
+    },
+    { name: "lost", j: job(), allocs: [alloc({ ClientStatus: "lost" }, task("running", []))], state: "error" },
+    { name: "no alloc, pending eval", j: job({ Status: "pending" }), allocs: [], evs: evals({ Status: "pending" }), state: "queued" },
+    { name: "no alloc, placement failed", j: job({ Status: "pending" }), allocs: [], evs: placementFailed, state: "error" },
+    { name: "stopped before placement", j: job({ Stop: true, Status: "dead" }), allocs: [], evs: evals({ Status: "canceled" }), state: "cancelled" },
+    {
+      name: "prestart failed, executor never started",
+      j: job(),
+      allocs: [alloc({ ClientStatus: "failed" }, task("pending", []))],
+      state: "error",
+    },
+  ] as { name: string; j: Job; allocs: AllocationStub[]; evs?: Evaluation[]; state: string; exitCode?: number }[])(
+    "$name → $state",
+    ({ j, allocs, evs, state, exitCode }) => {
+      const b = buildOf(j, allocs, evs);
+      expect(b.state).toBe(state);
+      expect(b.exitCode).toBe(exitCode);
+    },
+  );
+
+  it("follows the newest allocation of the runner group", () => {
+    const old = alloc({ ID: "old", CreateIndex: 5, ClientStatus: "failed" }, task("dead", [["Terminated", { exit_code: "1" }]], true));
+    const fresh = alloc({ ID: "new", CreateIndex: 9, ClientStatus: "running" }, task("running", []));
+    expect(buildOf(job(), [fresh, old])).toMatchObject({ state: "running", allocId: "new" });
+  });
+});
