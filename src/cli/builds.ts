@@ -223,6 +223,13 @@ async function showLogs(
 /** How often a follow reconnects after losing petrel before it gives up. */
 const MAX_RECONNECTS = 5;
 
+/** Our own output went away (`petrel logs -f id | head`): stop quietly, as a program killed by SIGPIPE would. */
+class OutputClosed extends CliError {
+  constructor() {
+    super(EXIT.outputClosed, "output closed");
+  }
+}
+
 /**
  * Copies one log to `out`. With `follow`, a stream that ends while the build still runs (petrel restarted, a
  * proxy timed out) or breaks mid-way is resumed at the byte offset reached, so every byte is written once.
@@ -234,6 +241,28 @@ async function copyLog(
   out: Writable,
   follow: boolean,
   progress: Progress,
+): Promise<ApiBuild | undefined> {
+  let outError: Error | undefined;
+  // EPIPE arrives as an 'error' event; without a listener it would crash the process.
+  const onOutError = (err: Error) => {
+    outError = err;
+  };
+  out.on("error", onOutError);
+  try {
+    return await copyLogLoop(api, id, type, out, follow, progress, () => outError);
+  } finally {
+    out.off("error", onOutError);
+  }
+}
+
+async function copyLogLoop(
+  api: PetrelApi,
+  id: string,
+  type: "stdout" | "stderr",
+  out: Writable,
+  follow: boolean,
+  progress: Progress,
+  outError: () => Error | undefined,
 ): Promise<ApiBuild | undefined> {
   let offset = 0;
   let failures = 0;
@@ -248,16 +277,23 @@ async function copyLog(
       try {
         for await (const chunk of res.body) {
           const bytes = chunk as Buffer;
-          await writeAll(out, bytes);
+          try {
+            if (outError() !== undefined) throw outError();
+            await writeAll(out, bytes);
+          } catch {
+            res.body.destroy();
+            throw new OutputClosed();
+          }
           offset += bytes.byteLength;
           failures = 0;
         }
       } catch (err) {
+        if (err instanceof OutputClosed) throw err;
         broken = err;
       }
     } catch (err) {
       // Refusals (404, 401, 410) are final; only an unreachable petrel is worth another try.
-      if (!(err instanceof CliError) || err.exit !== EXIT.unreachable || !follow || !connected) throw err;
+      if (!(err instanceof CliError) || err instanceof OutputClosed || err.exit !== EXIT.unreachable || !follow || !connected) throw err;
       broken = err;
     }
     if (!follow) {

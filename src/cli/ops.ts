@@ -26,6 +26,8 @@ export const EXIT = {
   /** The build has not finished (only `logs` without `-f`). */
   unfinished: 7,
   usage: 64,
+  /** Our stdout was closed by its reader (`| head`), as SIGPIPE would end a C program: 128 + 13. */
+  outputClosed: 141,
 } as const;
 export type ExitCode = (typeof EXIT)[keyof typeof EXIT];
 
@@ -103,7 +105,7 @@ export async function runCommand(name: string, io: CliIo, body: () => Promise<nu
     return await body();
   } catch (err) {
     if (err instanceof CliError) {
-      io.stderr.write(`petrel ${name}: ${err.message}\n`);
+      if (err.exit !== EXIT.outputClosed) io.stderr.write(`petrel ${name}: ${err.message}\n`);
       return err.exit;
     }
     if (err instanceof UpstreamError) {

@@ -1,7 +1,9 @@
+import { spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildsCommand, buildsTable, cancelCommand, dispatchCommand, exitForBuild, logsCommand } from "../../src/cli/builds.js";
 import type { ApiBuild } from "../../src/cli/builds.js";
@@ -255,6 +257,23 @@ describe("exit codes", () => {
     expect(exitForBuild({ state: "error" })).toBe(3);
     expect(exitForBuild({ state: "cancelled" })).toBe(3);
     expect(exitForBuild({ state: "running" })).toBe(7);
+  });
+
+  it("ends quietly with 141 when its reader closes the pipe mid-follow", async () => {
+    const { id } = await petrel.backend.dispatch({ builder: "builder", meta: meta("chatty", OTHER), idempotencyToken: "pipe" });
+    const child = spawn(process.execPath, [fileURLToPath(new URL("../../bin/petrel.js", import.meta.url)), "logs", "-f", "-q", id], {
+      env: { PATH: process.env.PATH, PETREL_URL: petrel.url },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const stderr: Buffer[] = [];
+    child.stderr.on("data", (c: Buffer) => stderr.push(c));
+    // Like `| head -c 1`: read the first bytes, then close the pipe while the build still runs.
+    child.stdout.once("data", () => child.stdout.destroy());
+    const code = await new Promise<number | null>((resolve) => child.once("close", resolve));
+    expect(code).toBe(EXIT.outputClosed);
+    expect(Buffer.concat(stderr).toString()).toBe("");
+    expect((await petrel.backend.getBuild(id))?.state).toBe("running");
+    await petrel.backend.cancel(id);
   });
 
   it("are those of the compiled CLI too", async () => {

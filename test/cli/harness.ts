@@ -71,7 +71,7 @@ export interface LocalPetrel {
 
 /**
  * The stand-in executor behaves by branch: `fail-N` exits N, `slow` waits for `<dir>/gate`, `sleep` runs until
- * cancelled, anything else prints to both logs and succeeds. Its stdout carries ANSI colour and a non-UTF-8 byte.
+ * cancelled, `chatty` prints a line every 50 ms until cancelled, anything else prints to both logs and succeeds. Its stdout carries ANSI colour and a non-UTF-8 byte.
  */
 export async function startLocalPetrel(): Promise<LocalPetrel> {
   const dir = mkdtempSync(join(tmpdir(), "petrel-cli-"));
@@ -85,6 +85,7 @@ case "$NOMAD_META_BRANCH" in
   fail-*) exit "\${NOMAD_META_BRANCH#fail-}" ;;
   slow) while [ ! -e "${dir}/gate" ]; do sleep 0.05; done; echo "after gate" ;;
   sleep) exec sleep 30 ;;
+  chatty) while :; do echo tick; sleep 0.05; done ;;
 esac
 echo done
 `,
