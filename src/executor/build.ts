@@ -66,20 +66,15 @@ export async function executeBuild(plan: BuildPlan, io: BuildIo, signal?: AbortS
   let secretsFile: SecretsFile | undefined;
   let exitCode: number;
   let cancelled = false;
+  let buildLockPath: string | undefined;
   try {
+    const lower = await prepareSource(plan, say, held, signal);
+    const command = await findScript(lower, plan.label);
     await mkdir(plan.layout.builds, { recursive: true });
     const buildRoot = join(plan.layout.builds, `${buildSlug(plan.id)}-${randomSuffix()}`);
-    // Taken alongside the checkout (each lock costs a process spawn); it marks the build's scratch dir as alive.
-    const buildLocked = lockFile(`${buildRoot}.lock`, signal ? { signal } : {}).then((lock) => {
-      if (!lock) return;
-      // Deleted while still held (the order lock.ts expects), so finished builds leave nothing in builds/.
-      held.push({ path: lock.path, release: () => (rmSync(lock.path, { force: true }), lock.release()) });
-    });
-    const lower = await prepareSource(plan, say, held, signal).finally(() => buildLocked.catch(() => undefined));
-    await buildLocked;
-    const command = await findScript(lower, plan.label);
+    buildLockPath = `${buildRoot}.lock`;
     const buildDir = plan.buildDir ?? join(tmpdir(), `petrel-build-${randomSuffix()}`);
-    const caches = await prepareCaches(plan, buildDir, say, held, signal);
+    const { mounts: caches, lock: cachesLock } = await prepareCaches(plan, buildDir, say);
     const env: NodeJS.ProcessEnv = { ...plan.baseEnv, ...plan.vars, HOME: plan.home };
     delete env.PETREL_SECRETS;
     if (plan.trusted) {
@@ -100,6 +95,8 @@ export async function executeBuild(plan: BuildPlan, io: BuildIo, signal?: AbortS
       debug: plan.debug,
       newSession: plan.newSession,
       killGraceMs: plan.killGraceMs,
+      // Marks the scratch directory as alive for eviction; held by the build's shell, see SandboxSpec.locks.
+      locks: [{ path: buildLockPath, shared: false }, ...(cachesLock ? [{ path: cachesLock, shared: true }] : [])],
     };
     let runStarted = 0;
     const result = await runSandbox(
@@ -131,6 +128,8 @@ export async function executeBuild(plan: BuildPlan, io: BuildIo, signal?: AbortS
     exitCode = failure.exitCode;
   } finally {
     for (const lock of held.reverse()) lock.release();
+    // The build is over and its scratch directory gone: nothing is left for the lock to guard.
+    if (buildLockPath) rmSync(buildLockPath, { force: true });
     if (secretsFile) await rm(secretsFile.ownDir ?? secretsFile.path, { recursive: true, force: true });
   }
   if (!cancelled && plan.eviction) await evict(plan, say);
@@ -173,17 +172,13 @@ async function prepareCaches(
   plan: BuildPlan,
   buildDir: string,
   say: (line: string) => void,
-  held: FileLock[],
-  signal: AbortSignal | undefined,
-): Promise<CacheMount[]> {
+): Promise<{ mounts: CacheMount[]; lock?: string }> {
   const names = Object.keys(plan.caches).sort();
-  if (names.length === 0) return [];
+  if (names.length === 0) return { mounts: [] };
   // Untrusted builds (forks, unknown senders) get their own set, so they can never poison trusted builds' caches.
   const ns = plan.trusted ? "trusted" : "untrusted";
   const nsDir = join(plan.layout.caches, plan.repoSlug, ns);
   await mkdir(nsDir, { recursive: true });
-  const lock = await lockFile(`${nsDir}.lock`, { shared: true, ...(signal ? { signal } : {}) });
-  if (lock) held.push(lock);
   const mounts: CacheMount[] = [];
   const rejected: string[] = [];
   for (const name of names) {
@@ -198,7 +193,8 @@ async function prepareCaches(
     mounts.push({ name, source, target });
   }
   if (rejected.length) say(`caches: ignored ${rejected.map((n) => JSON.stringify(n)).join(", ")} (bad name or path)`);
-  return mounts;
+  // Held (shared) by the build's shell for as long as the build runs; eviction needs it exclusively.
+  return { mounts, lock: `${nsDir}.lock` };
 }
 
 function cacheTarget(plan: BuildPlan, buildDir: string, path: string): string | undefined {

@@ -25,6 +25,7 @@ interface Candidate {
 }
 
 const STALE_BUILD_MS = 60 * 60_000;
+const STARTING_BUILD_MS = 60_000;
 
 /**
  * Removes old base worktrees, caches and mirrors, by age and then by total size (least recently used first),
@@ -87,6 +88,9 @@ async function sweepBuilds(layout: CacheLayout, now: number, report: EvictionRep
   for (const name of entries) {
     const path = join(layout.builds, name);
     if (name.endsWith(".lock")) {
+      // A starting build creates its scratch directory a moment before its shell takes this lock.
+      const age = now - ((await mtimeOf(path)) ?? now);
+      if (age < STARTING_BUILD_MS) continue;
       const held = await lockFile(path, { wait: false });
       if (!held) continue;
       try {

@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
+import { closeSync, constants, openSync } from "node:fs";
 import { mkdir, rmdir, symlink } from "node:fs/promises";
 import { join } from "node:path";
 import { ExecutorError } from "./errors.js";
@@ -38,6 +39,12 @@ export interface SandboxSpec {
   /** Run the build in its own session so the whole process group can be stopped. */
   newSession: boolean;
   killGraceMs: number;
+  /**
+   * Files locked (flock) by the build's own shell before anything else, on descriptors the executor keeps open
+   * until the build has been cleaned up: the lock lives exactly as long as the build, at no extra process
+   * spawn for the executor.
+   */
+  locks: readonly { path: string; shared: boolean }[];
 }
 
 /** Called once the tree is ready and before the build command starts; prints the step headers. */
@@ -55,6 +62,7 @@ export interface SandboxResult {
 
 const READY = "@@petrel-ready@@";
 const SETUP_FAILED = 125;
+const FIRST_LOCK_FD = 5;
 
 /** The modes `auto` tries, in order, for a process with this uid. */
 export function modesFor(isolation: Isolation, uid: number): IsolationMode[] {
@@ -72,12 +80,13 @@ export async function runSandbox(
   hooks: SandboxHooks,
   signal?: AbortSignal,
 ): Promise<SandboxResult> {
+  const lockFds = spec.locks.map((l) => openSync(l.path, constants.O_RDWR | constants.O_CREAT, 0o644));
   try {
     for (let i = 0; i < modes.length; i++) {
       const mode = modes[i] as IsolationMode;
       const started = performance.now();
       const buildDir = await prepare(spec, mode, signal);
-      const outcome = await launch(spec, mode, buildDir, started, hooks, signal);
+      const outcome = await launch(spec, mode, buildDir, started, hooks, lockFds, signal);
       if (outcome.kind === "ran") return { exitCode: outcome.exitCode, mode, cancelled: outcome.cancelled };
       if (signal?.aborted) return { exitCode: 143, mode, cancelled: true };
       await removeTree(spec.buildRoot);
@@ -89,6 +98,7 @@ export async function runSandbox(
   } finally {
     await removeTree(spec.buildRoot).catch(() => undefined);
     if (spec.ownsBuildDir) await rmdir(spec.buildDir).catch(() => undefined);
+    for (const fd of lockFds) closeSync(fd);
   }
 }
 
@@ -118,13 +128,19 @@ async function prepare(spec: SandboxSpec, mode: IsolationMode, signal?: AbortSig
 export function setupScript(spec: SandboxSpec, mode: IsolationMode, buildDir: string): string {
   const q = shellQuote;
   const lines: string[] = [];
+  spec.locks.forEach((lock, i) => {
+    lines.push(`flock ${lock.shared ? "-s" : "-x"} ${FIRST_LOCK_FD + i} 2>&3 || exit ${SETUP_FAILED}`);
+  });
   if (mode !== "copy") {
     lines.push(`cd -- ${q(spec.buildRoot)} || exit ${SETUP_FAILED}`);
     lines.push(
       `mount -t overlay petrel -o lowerdir=lower,upperdir=upper,workdir=work -- ${q(buildDir)} 2>&3 || exit ${SETUP_FAILED}`,
     );
     for (const c of spec.caches) {
-      lines.push(`mkdir -p -- ${q(c.target)} 2>&3 && mount --bind -- ${q(c.source)} ${q(c.target)} 2>&3 || exit ${SETUP_FAILED}`);
+      // The source is re-created under the lock in case eviction took it between the executor's check and now.
+      lines.push(
+        `mkdir -p -- ${q(c.source)} ${q(c.target)} 2>&3 && mount --bind -- ${q(c.source)} ${q(c.target)} 2>&3 || exit ${SETUP_FAILED}`,
+      );
     }
     for (const dir of spec.hide) {
       lines.push(`mount -t tmpfs -o size=16k,mode=0755 petrel-hidden -- ${q(dir)} 2>&3 || exit ${SETUP_FAILED}`);
@@ -133,7 +149,7 @@ export function setupScript(spec: SandboxSpec, mode: IsolationMode, buildDir: st
   lines.push(`cd -- ${q(buildDir)} 2>&3 || exit ${SETUP_FAILED}`);
   lines.push(`printf '\\n%s\\n' ${q(READY)} >&3`);
   lines.push(`read -r _ <&4 || exit ${SETUP_FAILED}`);
-  lines.push("exec 3>&- 4<&-");
+  lines.push(["exec 3>&- 4<&-", ...spec.locks.map((_, i) => `${FIRST_LOCK_FD + i}<&-`)].join(" "));
   const cmd = spec.command.map(q).join(" ");
   if (spec.debug) {
     lines.push(cmd, "rc=$?");
@@ -162,6 +178,7 @@ function launch(
   buildDir: string,
   started: number,
   hooks: SandboxHooks,
+  lockFds: readonly number[],
   signal?: AbortSignal,
 ): Promise<Outcome> {
   const argv = argvFor(mode, setupScript(spec, mode, buildDir));
@@ -170,7 +187,7 @@ function launch(
     try {
       child = spawn(argv[0] as string, argv.slice(1), {
         env: spec.env,
-        stdio: ["inherit", "inherit", "inherit", "pipe", "pipe"],
+        stdio: ["inherit", "inherit", "inherit", "pipe", "pipe", ...lockFds],
         detached: spec.newSession,
       });
     } catch (err) {

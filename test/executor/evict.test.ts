@@ -97,6 +97,11 @@ describe("eviction", () => {
     const dead = join(layout.builds, "b1-aaaa");
     mkdirSync(join(dead, "upper"), { recursive: true });
     writeFileSync(`${dead}.lock`, "");
+    ageBy(`${dead}.lock`, 2 * 3_600_000);
+    // One that is just starting: its shell has not taken the lock yet.
+    const starting = join(layout.builds, "b3-cccc");
+    mkdirSync(join(starting, "upper"), { recursive: true });
+    writeFileSync(`${starting}.lock`, "");
     const live = join(layout.builds, "b2-bbbb");
     mkdirSync(join(live, "upper"), { recursive: true });
     const liveLock = await lockFile(`${live}.lock`);
@@ -109,6 +114,7 @@ describe("eviction", () => {
     expect(existsSync(dead)).toBe(false);
     expect(existsSync(`${dead}.lock`)).toBe(false);
     expect(existsSync(live)).toBe(true);
+    expect(existsSync(starting)).toBe(true);
     expect(readdirSync(repoDir).filter((n) => n.startsWith(".tmp-"))).toEqual([`.tmp-${"e".repeat(40)}-01020304`]);
     liveLock?.release();
     checkoutLock?.release();

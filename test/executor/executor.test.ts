@@ -2,6 +2,7 @@ import { spawnSync } from "node:child_process";
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { lockFile } from "../../src/executor/lock.js";
 import {
   cleanup,
   createRepo,
@@ -386,6 +387,39 @@ describe.skipIf(!support.ok)("petrel executor (overlay in a private mount namesp
     expect(c.stderr).toContain("==> caches: not mounted without mount namespaces");
     expect(c.stdout).toContain("alpha");
     expect(treeDigest(base as string)).toEqual(before);
+  });
+
+  it("holds its worktree, scratch directory and caches against eviction while it runs", async () => {
+    const c = repo.commit(script('echo started; while [ ! -e "$RELEASE" ]; do sleep 0.05; done'), { executable: [".petrel"] });
+    const release = join(dir, "release-locks");
+    let probed: (boolean | undefined)[] = [];
+    const r = await runExecutor({
+      meta: pushMeta(repo, c, { CACHES: "tool=~/.tool", TRUSTED: "true" }),
+      cacheDir,
+      taskDir: join(dir, "lk"),
+      env: { RELEASE: release, HOME: join(dir, "home-lk") },
+      onStdout: (text) => {
+        if (!text.includes("started") || probed.length) return;
+        probed = [undefined];
+        void (async () => {
+          const builds = readdirSync(join(cacheDir, "builds")).filter((n) => n.endsWith(".lock"));
+          const mine = builds.map((n) => join(cacheDir, "builds", n));
+          const wt = worktreeDirs(cacheDir).find((p) => p.endsWith(c)) as string;
+          const cachesLock = join(cacheDir, "caches", readdirSync(join(cacheDir, "caches"))[0] as string, "trusted.lock");
+          const results: boolean[] = [];
+          for (const path of [...mine, `${wt}.lock`, cachesLock]) {
+            const l = await lockFile(path, { wait: false });
+            results.push(l === undefined);
+            l?.release();
+          }
+          probed = results;
+          writeFileSync(release, "");
+        })();
+      },
+    });
+    expect(r.code).toBe(0);
+    expect(probed.length).toBeGreaterThanOrEqual(3);
+    expect(probed.every((busy) => busy === true)).toBe(true);
   });
 
   it.skipIf(!userns)("runs in a user namespace when asked to, with the same isolation", async () => {

@@ -22,8 +22,8 @@ function petrelRun(cwd: string, args: string[], env: NodeJS.ProcessEnv, input?: 
     });
     let stdout = "";
     let stderr = "";
-    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    child.stdout?.on("data", (d: Buffer) => (stdout += d.toString()));
+    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
     if (input !== undefined) child.stdin?.end(input);
     child.on("error", reject);
     child.on("close", (code) => resolve({ code, stdout, stderr }));
