@@ -88,7 +88,7 @@ export async function startPetrel(config: Config, log: Logger, env: NodeJS.Proce
   const reporter = createStatusReporter({
     client: createGiteaClient({ dispatcher: forgeAgent, log }),
     log,
-    onResult: (state, ok) => metrics.statusesPosted.inc({ state, result: ok ? "ok" : "failed" }),
+    onResult: (state, _ok, outcome) => metrics.statusesPosted.inc({ state, result: outcome }),
   });
 
   let backend: BuildBackend;

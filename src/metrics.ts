@@ -53,7 +53,7 @@ export function createMetrics(options: { staleness: () => { seconds: number; ok:
   });
   const statusesPosted = new Counter({
     name: "petrel_commit_statuses_total",
-    help: "Commit statuses sent to the forge by state and result (ok, failed).",
+    help: "Commit statuses for the forge by state and result (ok, failed, superseded by a newer one).",
     labelNames: ["state", "result"] as const,
     registers: [registry],
   });

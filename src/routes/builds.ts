@@ -208,8 +208,9 @@ export function createBuildsRoute(deps: AppDeps): Hono {
           finish();
           if (abort.signal.aborted) return controller.close();
           deps.log.warn({ build: id, err: (err as Error).message }, "log stream failed");
-          controller.enqueue(new TextEncoder().encode(`\n[petrel] log stream failed: ${(err as Error).message}\n`));
-          controller.close();
+          // Ending with an error (not with text of our own) keeps the body the build's bytes only, so a client
+          // sees a broken transfer and resumes with ?offset= at exactly the bytes it has.
+          controller.error(err);
         }
       },
       async cancel() {

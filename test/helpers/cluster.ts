@@ -98,7 +98,7 @@ export function createClusterApp(options: { consulUrl: string; nomadUrl: string;
   const reporter = createStatusReporter({
     client: createGiteaClient({ dispatcher: agent, log, retries: { retries: 2, minDelayMs: 10, maxDelayMs: 40 } }),
     log,
-    onResult: (state, ok) => metrics.statusesPosted.inc({ state, result: ok ? "ok" : "failed" }),
+    onResult: (state, _ok, outcome) => metrics.statusesPosted.inc({ state, result: outcome }),
   });
   const app = createApp({
     log,
