@@ -99,7 +99,7 @@ async function main(): Promise<number> {
 
   const follow = async (type: string) => {
     const logs = await fetch(`${url}/builds/${encodeURIComponent(answer.build ?? "")}/logs?type=${type}&follow=true`);
-    for await (const chunk of logs.body ?? []) (type === "stdout" ? process.stdout : process.stderr).write(chunk);
+    for await (const chunk of (logs.body ?? []) as unknown as AsyncIterable<Uint8Array>) (type === "stdout" ? process.stdout : process.stderr).write(chunk);
   };
   await Promise.all([follow("stderr"), follow("stdout")]);
   const build = (await (await fetch(`${url}/builds/${encodeURIComponent(answer.build)}`)).json()) as { state: string; exitCode?: number };

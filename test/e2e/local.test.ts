@@ -126,7 +126,7 @@ describe("single-machine mode, end to end through the compiled CLI", () => {
     expect(res.headers.get("content-type")).toMatch(/^text\/plain/);
     const arrivals: Array<{ at: number; text: string }> = [];
     const decoder = new TextDecoder();
-    for await (const chunk of (res.body ?? []) as AsyncIterable<Uint8Array>) arrivals.push({ at: Date.now(), text: decoder.decode(chunk) });
+    for await (const chunk of (res.body ?? []) as unknown as AsyncIterable<Uint8Array>) arrivals.push({ at: Date.now(), text: decoder.decode(chunk) });
     const text = arrivals.map((a) => a.text).join("");
     expect(text).toBe("step one\nstep two\n");
     // Live, not buffered: the first line arrived well before the last, across the script's sleep.
