@@ -1,0 +1,111 @@
+import { setTimeout as sleep } from "node:timers/promises";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { readConfig } from "../src/config.js";
+import { sign } from "../src/gitea/signature.js";
+import { startPetrel } from "../src/main.js";
+import type { RunningPetrel } from "../src/main.js";
+import { startConsulFake } from "./fakes/consul.js";
+import type { ConsulFake } from "./fakes/consul.js";
+import { startGiteaFake } from "./fakes/gitea.js";
+import type { GiteaFake } from "./fakes/gitea.js";
+import { startNomadFake } from "./fakes/nomad.js";
+import type { NomadFake } from "./fakes/nomad.js";
+import { fixtureBytes } from "./gitea/fixtures.js";
+import { GITEA_TOKEN, HOOK_SECRET, seedFakes } from "./helpers/cluster.js";
+import { captureLogs } from "./helpers/log-capture.js";
+
+const PUSH = fixtureBytes("push.json");
+const COMMIT = "4c1d7e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d";
+
+function deliver(url: string, body: Buffer): Promise<Response> {
+  return fetch(`${url}/hook`, {
+    method: "POST",
+    headers: { "content-type": "application/json", "x-gitea-event": "push", "x-gitea-signature": sign(HOOK_SECRET, body) },
+    body: new Uint8Array(body),
+  });
+}
+
+describe("petrel serve in cluster mode (composition root against the fakes)", () => {
+  let consul: ConsulFake;
+  let nomad: NomadFake;
+  let gitea: GiteaFake;
+  let petrel: RunningPetrel;
+  const logs = captureLogs("info");
+
+  beforeAll(async () => {
+    consul = await startConsulFake();
+    nomad = await startNomadFake();
+    gitea = await startGiteaFake({ token: GITEA_TOKEN });
+    seedFakes(consul, nomad, gitea.url);
+    const env = {
+      NOMAD_ADDR: nomad.url,
+      CONSUL_HTTP_ADDR: consul.url,
+      PETREL_LISTEN: "127.0.0.1:0",
+      PETREL_URL: "https://ci.example.test",
+      PETREL_ADMIN_TOKEN: "admin-token-0123456789abcdef",
+    };
+    petrel = await startPetrel(readConfig(env), logs.log, env);
+  });
+
+  afterAll(async () => {
+    await petrel.stop();
+    await Promise.all([consul.close(), nomad.close(), gitea.close()]);
+  });
+
+  it("reports Nomad, Consul and the registry in /health", async () => {
+    const res = await fetch(`${petrel.url}/health`);
+    const body = (await res.json()) as { status: string; mode: string; checks: Record<string, { ok: boolean }> };
+    expect(res.status).toBe(200);
+    expect(body.mode).toBe("cluster");
+    expect(body.checks.nomad?.ok).toBe(true);
+    expect(body.checks.consul?.ok).toBe(true);
+    expect(body.checks.registry).toMatchObject({ ok: true, source: "consul" });
+  });
+
+  it("says degraded, and 503 with ?ready, while Nomad is down", async () => {
+    nomad.setDown(true);
+    try {
+      const live = await fetch(`${petrel.url}/health`);
+      expect(live.status).toBe(200);
+      expect(((await live.json()) as { status: string }).status).toBe("degraded");
+      expect((await fetch(`${petrel.url}/health?ready`)).status).toBe(503);
+    } finally {
+      nomad.setDown(false);
+    }
+  });
+
+  it("dispatches a signed push and sends the pending status", async () => {
+    const res = await deliver(petrel.url, PUSH);
+    expect(res.status).toBe(201);
+    const { build } = (await res.json()) as { build: string };
+    expect(nomad.job(build)?.Meta?.COMMIT).toBe(COMMIT);
+    for (let i = 0; i < 100 && gitea.statuses.length === 0; i++) await sleep(20);
+    expect(gitea.statuses[0]).toMatchObject({ sha: COMMIT, status: "pending", context: "petrel/default" });
+  });
+
+  it("refuses a foreign Nomad job on every builds endpoint without asking Nomad", async () => {
+    nomad.registerJob({ ID: "payroll", Type: "batch", TaskGroups: [] });
+    const before = nomad.requests.length;
+    for (const path of ["/builds/payroll", "/builds/payroll%2Fdispatch-1700000000-1a2b3c4d/logs", "/build?job=payroll/dispatch-1700000000-1a2b3c4d&log=stdout"]) {
+      const res = await fetch(`${petrel.url}${path}`, { headers: { authorization: "Bearer admin-token-0123456789abcdef" } });
+      expect(res.status).toBe(404);
+      expect(((await res.json()) as { error: { message: string } }).error.message).toMatch(/not a petrel build/);
+    }
+    expect(nomad.requests.slice(before).filter((r) => !r.path.startsWith("/v1/event/stream"))).toHaveLength(0);
+  });
+
+  it("finishes an in-flight delivery on SIGTERM-style stop, then refuses new connections", async () => {
+    nomad.setLatency(600);
+    const body = Buffer.from(PUSH.toString("utf8").replaceAll(COMMIT, "9".repeat(40)));
+    const inFlight = deliver(petrel.url, body);
+    await sleep(150);
+    const stopping = petrel.stop();
+    const res = await inFlight;
+    expect(res.status).toBe(201);
+    await stopping;
+    nomad.setLatency(0);
+    await expect(fetch(`${petrel.url}/health`)).rejects.toThrow();
+    expect(logs.text()).not.toContain(HOOK_SECRET);
+    expect(logs.text()).not.toContain(GITEA_TOKEN);
+  });
+});
