@@ -6,8 +6,16 @@ import { checkoutCommit, diskFull, type CheckoutRequest } from "./checkout.js";
 import { ExecutorError, exitCodeOf, isDiskFull } from "./errors.js";
 import { randomSuffix, touch } from "./fsutil.js";
 import { buildSlug, type CacheLayout } from "./layout.js";
-import { lockFile, type FileLock } from "./lock.js";
-import { modesFor, runSandbox, type CacheMount, type Isolation, type IsolationMode, type SandboxSpec } from "./sandbox.js";
+import type { FileLock } from "./lock.js";
+import {
+  modesFor,
+  runSandbox,
+  type CacheMount,
+  type Isolation,
+  type IsolationMode,
+  type SandboxResult,
+  type SandboxSpec,
+} from "./sandbox.js";
 import type { SecretsFile } from "./secrets.js";
 import { formatMs, type EvictionSettings } from "./settings.js";
 
@@ -55,6 +63,7 @@ export interface BuildIo {
 }
 
 const SCRIPTS = [".petrel", ".albatros"] as const;
+const MAX_ATTEMPTS = 3;
 
 /**
  * Runs one build in the order of SPEC §6 (checkout, overlay, caches, run, clean up) and returns the exit code:
@@ -66,13 +75,8 @@ export async function executeBuild(plan: BuildPlan, io: BuildIo, signal?: AbortS
   let secretsFile: SecretsFile | undefined;
   let exitCode: number;
   let cancelled = false;
-  let buildLockPath: string | undefined;
+  const buildLocks: string[] = [];
   try {
-    const lower = await prepareSource(plan, say, held, signal);
-    const command = await findScript(lower, plan.label);
-    await mkdir(plan.layout.builds, { recursive: true });
-    const buildRoot = join(plan.layout.builds, `${buildSlug(plan.id)}-${randomSuffix()}`);
-    buildLockPath = `${buildRoot}.lock`;
     const buildDir = plan.buildDir ?? join(tmpdir(), `petrel-build-${randomSuffix()}`);
     const { mounts: caches, lock: cachesLock } = await prepareCaches(plan, buildDir, say);
     const env: NodeJS.ProcessEnv = { ...plan.baseEnv, ...plan.vars, HOME: plan.home };
@@ -82,41 +86,56 @@ export async function executeBuild(plan: BuildPlan, io: BuildIo, signal?: AbortS
       secretsFile = await writeSecretsFile(plan.secrets, plan.secretsDir, buildSlug(plan.id));
       env.PETREL_SECRETS = secretsFile.path;
     }
-    const ownsBuildDir = plan.buildDir === undefined || !plan.buildDirIsLower;
-    const spec: SandboxSpec = {
-      lower,
-      buildRoot,
-      buildDir,
-      ownsBuildDir,
-      caches,
-      hide: plan.hideCacheRoot ? [plan.layout.root] : [],
-      command: command.argv,
-      env,
-      debug: plan.debug,
-      newSession: plan.newSession,
-      killGraceMs: plan.killGraceMs,
-      // Marks the scratch directory as alive for eviction; held by the build's shell, see SandboxSpec.locks.
-      locks: [{ path: buildLockPath, shared: false }, ...(cachesLock ? [{ path: cachesLock, shared: true }] : [])],
-    };
+    await mkdir(plan.layout.builds, { recursive: true });
+    let result: SandboxResult = { kind: "lower_gone" };
+    let command = { name: "", argv: [] as string[] };
     let runStarted = 0;
-    const result = await runSandbox(
-      spec,
-      modesFor(plan.isolation, process.getuid?.() ?? 0),
-      {
-        fallback: ({ from, to, reason }) => say(`${from === "userns" ? "user-namespace overlay" : "overlay"} unavailable (${reason}); trying ${to}`),
-        ready: ({ mode, buildDir, setupMs }) => {
-          say(describeTree(mode, buildDir, setupMs));
-          if (caches.length) say(describeCaches(plan, caches, mode));
-          if (secretsFile) {
-            const skipped = secretsFile.skipped.length ? `; skipped ${secretsFile.skipped.map((s) => JSON.stringify(s)).join(", ")} (not shell names)` : "";
-            say(`secrets: ${secretsFile.count} in $PETREL_SECRETS${skipped}`);
-          }
-          say(`run ${command.name} (started ${formatMs(performance.now())} after the executor)`);
-          runStarted = performance.now();
+    for (let attempt = 0; attempt < MAX_ATTEMPTS && result.kind === "lower_gone"; attempt++) {
+      const source = await prepareSource(plan, say, held, signal);
+      command = await findScript(source.dir, plan.label);
+      const buildRoot = join(plan.layout.builds, `${buildSlug(plan.id)}-${randomSuffix()}`);
+      buildLocks.push(`${buildRoot}.lock`);
+      const spec: SandboxSpec = {
+        lower: source.dir,
+        buildRoot,
+        buildDir,
+        ownsBuildDir: plan.buildDir === undefined || !plan.buildDirIsLower,
+        caches,
+        hide: plan.hideCacheRoot ? [plan.layout.root] : [],
+        command: command.argv,
+        env,
+        debug: plan.debug,
+        newSession: plan.newSession,
+        killGraceMs: plan.killGraceMs,
+        // Held by the build's shell, see SandboxSpec.locks: the worktree and caches in use (shared) and the
+        // scratch directory (exclusive), which eviction must leave alone.
+        locks: [
+          ...(source.lockPath ? [{ path: source.lockPath, shared: true }] : []),
+          { path: `${buildRoot}.lock`, shared: false },
+          ...(cachesLock ? [{ path: cachesLock, shared: true }] : []),
+        ],
+      };
+      const name = command.name;
+      result = await runSandbox(
+        spec,
+        modesFor(plan.isolation, process.getuid?.() ?? 0),
+        {
+          fallback: ({ from, to, reason }) => say(`${from === "userns" ? "user-namespace overlay" : "overlay"} unavailable (${reason}); trying ${to}`),
+          ready: ({ mode, buildDir: dir, setupMs }) => {
+            say(describeTree(mode, dir, setupMs));
+            if (caches.length) say(describeCaches(plan, caches, mode));
+            if (secretsFile) {
+              const skipped = secretsFile.skipped.length ? `; skipped ${secretsFile.skipped.map((s) => JSON.stringify(s)).join(", ")} (not shell names)` : "";
+              say(`secrets: ${secretsFile.count} in $PETREL_SECRETS${skipped}`);
+            }
+            say(`run ${name} (started ${formatMs(performance.now())} after the executor)`);
+            runStarted = performance.now();
+          },
         },
-      },
-      signal,
-    );
+        signal,
+      );
+    }
+    if (result.kind === "lower_gone") throw new ExecutorError("internal", `the worktree of ${plan.label} was evicted while the build started, ${MAX_ATTEMPTS} times`);
     cancelled = result.cancelled;
     exitCode = cancelled ? exitCodeOf("cancelled") : result.exitCode;
     const took = runStarted ? ` after ${formatMs(performance.now() - runStarted)}` : "";
@@ -129,7 +148,7 @@ export async function executeBuild(plan: BuildPlan, io: BuildIo, signal?: AbortS
   } finally {
     for (const lock of held.reverse()) lock.release();
     // The build is over and its scratch directory gone: nothing is left for the lock to guard.
-    if (buildLockPath) rmSync(buildLockPath, { force: true });
+    for (const path of buildLocks) rmSync(path, { force: true });
     if (secretsFile) await rm(secretsFile.ownDir ?? secretsFile.path, { recursive: true, force: true });
   }
   if (!cancelled && plan.eviction) await evict(plan, say);
@@ -141,16 +160,16 @@ async function prepareSource(
   say: (line: string) => void,
   held: FileLock[],
   signal: AbortSignal | undefined,
-): Promise<string> {
+): Promise<{ dir: string; lockPath?: string }> {
   if (plan.source.kind === "worktree") {
     say(`checkout ${plan.label} (working tree ${plan.source.dir})`);
-    return plan.source.dir;
+    return { dir: plan.source.dir };
   }
   const started = performance.now();
   const co = await checkoutCommit({ ...plan.source.checkout, layout: plan.layout, label: plan.label, ...(signal ? { signal } : {}) });
-  held.push(co.lock);
+  if (co.lock) held.push(co.lock);
   say(`checkout ${plan.label} (${co.detail}) ${formatMs(performance.now() - started)}`);
-  return co.dir;
+  return { dir: co.dir, lockPath: co.lockPath };
 }
 
 async function findScript(lower: string, label: string): Promise<{ name: string; argv: string[] }> {

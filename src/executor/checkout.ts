@@ -18,14 +18,19 @@ export interface CheckoutRequest {
   signal?: AbortSignal;
 }
 
-/** A base worktree ready to be used read-only; `lock` (shared) keeps eviction away until released. */
+/**
+ * A base worktree to use read-only. Whoever uses it must hold `lockPath` shared (eviction needs it exclusively):
+ * a fresh checkout comes with that lock held (`lock`); a cached one is returned unlocked, for the build's shell
+ * to lock without the cost of a process spawn here, and to re-check for existence once locked.
+ */
 export interface Checkout {
   dir: string;
+  lockPath: string;
   /** True when the worktree already existed. */
   cached: boolean;
   /** How it was obtained: `cached`, `from mirror` or `fetched <ref>`. */
   detail: string;
-  lock: FileLock;
+  lock?: FileLock;
 }
 
 const MAX_ROUNDS = 5;
@@ -42,13 +47,17 @@ export async function checkoutCommit(req: CheckoutRequest): Promise<Checkout> {
   await mkdir(dir, { recursive: true });
   const final = join(dir, req.commit);
   const lockPath = `${final}.lock`;
+  if (await exists(final)) {
+    await touch(lockPath);
+    return { dir: final, lockPath, cached: true, detail: "cached" };
+  }
   let detail: string | undefined;
   for (let round = 0; round < MAX_ROUNDS; round++) {
     const shared = await lockFile(lockPath, { shared: true, ...signalOf(req) });
     if (!shared) throw new ExecutorError("internal", `cannot lock ${lockPath}`);
     if (await exists(final)) {
       await touch(lockPath);
-      return { dir: final, cached: detail === undefined, detail: detail ?? "cached", lock: shared };
+      return { dir: final, lockPath, cached: detail === undefined, detail: detail ?? "cached", lock: shared };
     }
     shared.release();
     const exclusive = await lockFile(lockPath, signalOf(req));

@@ -4,7 +4,7 @@ import { mkdir, rmdir, symlink } from "node:fs/promises";
 import { join } from "node:path";
 import { ExecutorError } from "./errors.js";
 import { removeTree } from "./fsutil.js";
-import { capture, exitCode, lastLine, shellQuote } from "./proc.js";
+import { exitCode, lastLine, shellQuote } from "./proc.js";
 
 /** How the build's tree is isolated: `auto` picks mount (root) or userns (not root) and falls back to copy. */
 export type Isolation = "auto" | "mount" | "userns" | "copy";
@@ -53,15 +53,16 @@ export interface SandboxHooks {
   fallback(info: { from: IsolationMode; to: IsolationMode; reason: string }): void;
 }
 
-/** How the build ended. */
-export interface SandboxResult {
-  exitCode: number;
-  mode: IsolationMode;
-  cancelled: boolean;
-}
+/** How the build ended; `lower_gone`: the tree to build vanished before it could be locked (retry). */
+export type SandboxResult =
+  | { kind: "ran"; exitCode: number; mode: IsolationMode; cancelled: boolean }
+  | { kind: "lower_gone" };
 
 const READY = "@@petrel-ready@@";
 const SETUP_FAILED = 125;
+const LOWER_GONE = 124;
+// strerror(ENOSPC): what cp and mount print on a full disk.
+const ENOSPC_TEXT = "No space left on device";
 const FIRST_LOCK_FD = 5;
 
 /** The modes `auto` tries, in order, for a process with this uid. */
@@ -85,11 +86,15 @@ export async function runSandbox(
     for (let i = 0; i < modes.length; i++) {
       const mode = modes[i] as IsolationMode;
       const started = performance.now();
-      const buildDir = await prepare(spec, mode, signal);
+      const buildDir = await prepare(spec, mode);
       const outcome = await launch(spec, mode, buildDir, started, hooks, lockFds, signal);
-      if (outcome.kind === "ran") return { exitCode: outcome.exitCode, mode, cancelled: outcome.cancelled };
-      if (signal?.aborted) return { exitCode: 143, mode, cancelled: true };
+      if (outcome.kind === "ran") return { kind: "ran", exitCode: outcome.exitCode, mode, cancelled: outcome.cancelled };
+      if (signal?.aborted) return { kind: "ran", exitCode: 143, mode, cancelled: true };
+      if (outcome.kind === "lower_gone") return { kind: "lower_gone" };
       await removeTree(spec.buildRoot);
+      if (outcome.reason.includes(ENOSPC_TEXT)) {
+        throw new ExecutorError("disk_full", `disk full: ${outcome.reason}`);
+      }
       const next = modes[i + 1];
       if (next === undefined) throw new ExecutorError("mount_failed", `cannot set up the build tree (${mode}): ${outcome.reason}`);
       hooks.fallback({ from: mode, to: next, reason: outcome.reason });
@@ -102,24 +107,17 @@ export async function runSandbox(
   }
 }
 
-async function prepare(spec: SandboxSpec, mode: IsolationMode, signal?: AbortSignal): Promise<string> {
+async function prepare(spec: SandboxSpec, mode: IsolationMode): Promise<string> {
   await mkdir(spec.buildRoot, { recursive: true });
+  // Mount options and the copy are relative to the build root, so no path needs escaping for overlayfs.
+  await symlink(spec.lower, join(spec.buildRoot, "lower"));
   if (mode === "copy") {
     const tree = join(spec.buildRoot, "tree");
     await mkdir(tree);
-    // --reflink=auto shares blocks on btrfs/xfs and degrades to a plain copy elsewhere.
-    const r = await capture("cp", ["-a", "--reflink=auto", "--", `${spec.lower}/.`, tree], signal ? { signal } : {});
-    if (r.code !== 0) {
-      const err = new Error(lastLine(r.stderr)) as NodeJS.ErrnoException;
-      if (r.stderr.includes("No space left on device")) err.code = "ENOSPC";
-      throw err;
-    }
     return tree;
   }
   await mkdir(join(spec.buildRoot, "upper"));
   await mkdir(join(spec.buildRoot, "work"));
-  // Mount options are relative to the build root, so no path needs escaping for overlayfs's option syntax.
-  await symlink(spec.lower, join(spec.buildRoot, "lower"));
   if (spec.ownsBuildDir) await mkdir(spec.buildDir, { recursive: true });
   return spec.buildDir;
 }
@@ -131,8 +129,13 @@ export function setupScript(spec: SandboxSpec, mode: IsolationMode, buildDir: st
   spec.locks.forEach((lock, i) => {
     lines.push(`flock ${lock.shared ? "-s" : "-x"} ${FIRST_LOCK_FD + i} 2>&3 || exit ${SETUP_FAILED}`);
   });
-  if (mode !== "copy") {
-    lines.push(`cd -- ${q(spec.buildRoot)} || exit ${SETUP_FAILED}`);
+  lines.push(`cd -- ${q(spec.buildRoot)} 2>&3 || exit ${SETUP_FAILED}`);
+  // Checked under the locks: eviction may have taken an unlocked worktree after the executor saw it.
+  lines.push(`[ -d lower/ ] || exit ${LOWER_GONE}`);
+  if (mode === "copy") {
+    // --reflink=auto shares blocks on btrfs/xfs and degrades to a plain copy elsewhere.
+    lines.push(`cp -a --reflink=auto -- lower/. tree 2>&3 || exit ${SETUP_FAILED}`);
+  } else {
     lines.push(
       `mount -t overlay petrel -o lowerdir=lower,upperdir=upper,workdir=work -- ${q(buildDir)} 2>&3 || exit ${SETUP_FAILED}`,
     );
@@ -170,7 +173,10 @@ function argvFor(mode: IsolationMode, script: string): string[] {
   return sh;
 }
 
-type Outcome = { kind: "ran"; exitCode: number; cancelled: boolean } | { kind: "setup_failed"; reason: string };
+type Outcome =
+  | { kind: "ran"; exitCode: number; cancelled: boolean }
+  | { kind: "setup_failed"; reason: string }
+  | { kind: "lower_gone" };
 
 function launch(
   spec: SandboxSpec,
@@ -247,6 +253,7 @@ function launch(
       }
       const status = exitCode(code, sig);
       if (ready || cancelled) resolve({ kind: "ran", exitCode: status, cancelled });
+      else if (status === LOWER_GONE) resolve({ kind: "lower_gone" });
       else resolve({ kind: "setup_failed", reason: lastLine(diag.replace(READY, "")) || `setup exited ${status}` });
     });
   });

@@ -422,6 +422,28 @@ describe.skipIf(!support.ok)("petrel executor (overlay in a private mount namesp
     expect(probed.every((busy) => busy === true)).toBe(true);
   });
 
+  it("checks out again when the cached worktree is evicted between the executor's look and the build's lock", async () => {
+    const c = repo.commit(script("cat data/a.txt"), { executable: [".petrel"] });
+    await runExecutor({ meta: pushMeta(repo, c), cacheDir, taskDir: join(dir, "ev0") });
+    const wt = worktreeDirs(cacheDir).find((p) => p.endsWith(c)) as string;
+    const bin = join(dir, "evicting-flock");
+    const mark = join(dir, "evicted-once");
+    mkdirSync(bin, { recursive: true });
+    const realFlock = sh("command -v flock").trim();
+    // The build's shell takes the worktree lock on descriptor 5: remove the worktree just before, once.
+    writeFileSync(join(bin, "flock"), `#!/bin/sh
+if [ "$2" = 5 ] && [ ! -e ${mark} ]; then touch ${mark}; rm -rf ${wt}; fi
+exec ${realFlock} "$@"
+`);
+    chmodSync(join(bin, "flock"), 0o755);
+    const r = await runExecutor({ meta: pushMeta(repo, c), cacheDir, taskDir: join(dir, "ev1"), env: { PATH: `${bin}:${process.env.PATH}` } });
+    expect(existsSync(mark)).toBe(true);
+    expect(r.stderr).toContain("(cached)");
+    expect(r.stderr).toContain("(from mirror)");
+    expect(r.stdout).toContain("alpha");
+    expect(r.code).toBe(0);
+  });
+
   it.skipIf(!userns)("runs in a user namespace when asked to, with the same isolation", async () => {
     const r = await runExecutor({ meta: pushMeta(repo, commit), cacheDir, taskDir: join(dir, "un1"), env: { PETREL_ISOLATION: "userns" } });
     expect(r.stderr).toMatch(/==> overlay at .* \(user \+ mount namespace\)/);
