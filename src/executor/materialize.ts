@@ -25,7 +25,9 @@ export async function createWorktree(req: CheckoutRequest, slug: string, dir: st
     await mkdir(tmp);
     await run(req, ["init", "--quiet", "--template=", tmp], "init");
     await run(req, ["-C", tmp, "fetch", "--quiet", "--no-tags", "--depth=1", "--", mirror, sha], "fetch from mirror");
-    await run(req, ["-C", tmp, "-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", sha], "checkout");
+    // Writing thousands of small files is latency-bound: parallel checkout (git 2.32+) is several times faster
+    // even on two cores.
+    await run(req, ["-C", tmp, "-c", "advice.detachedHead=false", "-c", "checkout.workers=8", "checkout", "--quiet", "--detach", sha], "checkout");
     await run(req, ["-C", tmp, "remote", "add", "origin", redactUrl(req.url)], "remote add");
     await rename(tmp, final);
     return detail;
