@@ -64,6 +64,7 @@ const LOWER_GONE = 124;
 // strerror(ENOSPC): what cp and mount print on a full disk.
 const ENOSPC_TEXT = "No space left on device";
 const FIRST_LOCK_FD = 5;
+const DROPPED_CAPS = ["sys_admin", "sys_ptrace", "sys_module", "sys_rawio", "sys_boot", "mac_admin", "mac_override"] as const;
 
 /** The modes `auto` tries, in order, for a process with this uid. */
 export function modesFor(isolation: Isolation, uid: number): IsolationMode[] {
@@ -150,10 +151,16 @@ export function setupScript(spec: SandboxSpec, mode: IsolationMode, buildDir: st
     }
   }
   lines.push(`cd -- ${q(buildDir)} 2>&3 || exit ${SETUP_FAILED}`);
+  if (mode !== "copy") {
+    lines.push(`command -v setpriv >/dev/null || { echo "setpriv (util-linux) not found" >&3; exit ${SETUP_FAILED}; }`);
+  }
   lines.push(`printf '\\n%s\\n' ${q(READY)} >&3`);
   lines.push(`read -r _ <&4 || exit ${SETUP_FAILED}`);
   lines.push(["exec 3>&- 4<&-", ...spec.locks.map((_, i) => `${FIRST_LOCK_FD + i}<&-`)].join(" "));
-  const cmd = spec.command.map(q).join(" ");
+  // Without CAP_SYS_ADMIN the build cannot unmount what hides the cache directory or mount anything else,
+  // and without CAP_SYS_PTRACE it cannot read the executor's memory.
+  const drop = mode === "copy" ? [] : ["setpriv", `--bounding-set=${DROPPED_CAPS.map((c) => `-${c}`).join(",")}`, "--"];
+  const cmd = [...drop, ...spec.command].map(q).join(" ");
   if (spec.debug) {
     lines.push(cmd, "rc=$?");
     lines.push(

@@ -313,6 +313,22 @@ describe.skipIf(!support.ok)("petrel executor (overlay in a private mount namesp
     expect(readdirSync(tmp)).toEqual([]);
   });
 
+  it("does not let the build unmount what hides the cache directory", async () => {
+    const c = repo.commit(
+      script(
+        [
+          'umount "$PETREL_CACHE_DIR" 2>/dev/null; echo "visible after umount: $(ls -A "$PETREL_CACHE_DIR" | wc -l)"',
+          'mkdir -p sub && mount -t tmpfs probe sub 2>/dev/null && echo "mount allowed" || echo "mount refused"',
+        ].join("\n"),
+      ),
+      { executable: [".petrel"] },
+    );
+    const r = await runExecutor({ meta: pushMeta(repo, c), cacheDir, taskDir: join(dir, "um") });
+    expect(r.stdout).toContain("visible after umount: 0");
+    expect(r.stdout).toContain("mount refused");
+    expect(r.code).toBe(0);
+  });
+
   it("fetches a pull request's head from the base repository's refs/pull/<n>/head", async () => {
     const base = sh("git rev-parse HEAD", repo.work).trim();
     const pr = repo.commit({ ...script("echo pr build"), "pr.txt": "from a fork\n" }, { executable: [".petrel"], push: "refs/pull/7/head" });
