@@ -181,6 +181,28 @@ describe.skipIf(!support.ok)("petrel executor (overlay in a private mount namesp
     expect(existsSync(join(dir, "s1", "build"))).toBe(false);
   });
 
+  it("stops a checkout in progress on SIGTERM and leaves no half worktree", async () => {
+    const c = repo.commit({ ...script("echo never"), "late.txt": "late\n" }, { executable: [".petrel"] });
+    const bin = join(dir, "slowgit2");
+    const mark = join(dir, "checkout-started-2");
+    mkdirSync(bin, { recursive: true });
+    const realGit = sh("command -v git").trim();
+    writeFileSync(join(bin, "git"), `#!/bin/sh\ncase " $* " in *" checkout "*) touch ${mark}; sleep 30;; esac\nexec ${realGit} "$@"\n`);
+    chmodSync(join(bin, "git"), 0o755);
+    let pid = 0;
+    const started = Date.now();
+    const run = runExecutor({ meta: pushMeta(repo, c), cacheDir, taskDir: join(dir, "tc"), env: { PATH: `${bin}:${process.env.PATH}` }, onSpawn: (p) => (pid = p) });
+    expect(await waitFor(() => existsSync(mark), 15_000)).toBe(true);
+    process.kill(pid, "SIGTERM");
+    const r = await run;
+    expect(r.code).toBe(143);
+    expect(r.stderr).toContain("==> cancelled");
+    expect(r.stdout).not.toContain("never");
+    expect(Date.now() - started).toBeLessThan(10_000);
+    const repoDir = join(cacheDir, "worktrees", readdirSync(join(cacheDir, "worktrees"))[0] as string);
+    expect(readdirSync(repoDir).filter((n) => n.includes(c) && !n.endsWith(".lock"))).toEqual([]);
+  });
+
   it("kills a build that ignores SIGTERM once the grace period is over", async () => {
     const c = repo.commit(script("trap '' TERM; echo started; while :; do sleep 1; done"), { executable: [".petrel"] });
     let signalledAt = 0;
