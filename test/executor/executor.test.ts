@@ -129,7 +129,7 @@ describe.skipIf(!support.ok)("petrel executor (overlay in a private mount namesp
     const mark = join(dir, "checkout-started");
     mkdirSync(bin, { recursive: true });
     const realGit = sh("command -v git").trim();
-    writeFileSync(join(bin, "git"), `#!/bin/sh\ncase " $* " in *" checkout "*) touch ${mark}; sleep 30;; esac\nexec ${realGit} "$@"\n`);
+    writeFileSync(join(bin, "git"), `#!/bin/sh\ncase " $* " in *" checkout "*) echo $$ > ${mark}; sleep 30;; esac\nexec ${realGit} "$@"\n`);
     chmodSync(join(bin, "git"), 0o755);
     let pid = 0;
     const killed = runExecutor({
@@ -139,8 +139,10 @@ describe.skipIf(!support.ok)("petrel executor (overlay in a private mount namesp
       env: { PATH: `${bin}:${process.env.PATH}` },
       onSpawn: (p) => (pid = p),
     });
-    expect(await waitFor(() => existsSync(mark), 15_000)).toBe(true);
+    expect(await waitFor(() => existsSync(mark) && readFileSync(mark, "utf8").endsWith("\n"), 15_000)).toBe(true);
     process.kill(-pid, "SIGKILL");
+    // git runs in a process group of its own: as under Nomad, where the whole task dies, kill it too.
+    process.kill(-Number(readFileSync(mark, "utf8")), "SIGKILL");
     const k = await killed;
     expect(k.signal).toBe("SIGKILL");
     const repoDir = join(cacheDir, "worktrees", readdirSync(join(cacheDir, "worktrees"))[0] as string);
