@@ -120,14 +120,13 @@ export async function executeBuild(plan: BuildPlan, io: BuildIo, signal?: AbortS
         spec,
         modesFor(plan.isolation, process.getuid?.() ?? 0),
         {
-          fallback: ({ from, to, reason }) => say(`${from === "userns" ? "user-namespace overlay" : "overlay"} unavailable (${reason}); trying ${to}`),
+          fallback: ({ from, to, reason }) => {
+            say(`${from === "userns" ? "user-namespace overlay" : "overlay"} unavailable (${reason}); trying ${to}`);
+          },
           ready: ({ mode, buildDir: dir, setupMs }) => {
             say(describeTree(mode, dir, setupMs));
             if (caches.length) say(describeCaches(plan, caches, mode));
-            if (secretsFile) {
-              const skipped = secretsFile.skipped.length ? `; skipped ${secretsFile.skipped.map((s) => JSON.stringify(s)).join(", ")} (not shell names)` : "";
-              say(`secrets: ${secretsFile.count} in $PETREL_SECRETS${skipped}`);
-            }
+            if (secretsFile) say(describeSecrets(secretsFile));
             say(`run ${name} (started ${formatMs(performance.now())} after the executor)`);
             runStarted = performance.now();
           },
@@ -135,7 +134,9 @@ export async function executeBuild(plan: BuildPlan, io: BuildIo, signal?: AbortS
         signal,
       );
     }
-    if (result.kind === "lower_gone") throw new ExecutorError("internal", `the worktree of ${plan.label} was evicted while the build started, ${MAX_ATTEMPTS} times`);
+    if (result.kind === "lower_gone") {
+      throw new ExecutorError("internal", `the worktree of ${plan.label} was evicted as the build started, ${MAX_ATTEMPTS} times`);
+    }
     cancelled = result.cancelled;
     exitCode = cancelled ? exitCodeOf("cancelled") : result.exitCode;
     const took = runStarted ? ` after ${formatMs(performance.now() - runStarted)}` : "";
@@ -166,7 +167,8 @@ async function prepareSource(
     return { dir: plan.source.dir };
   }
   const started = performance.now();
-  const co = await checkoutCommit({ ...plan.source.checkout, layout: plan.layout, label: plan.label, ...(signal ? { signal } : {}) });
+  const request = { ...plan.source.checkout, layout: plan.layout, label: plan.label, ...(signal ? { signal } : {}) };
+  const co = await checkoutCommit(request);
   if (co.lock) held.push(co.lock);
   say(`checkout ${plan.label} (${co.detail}) ${formatMs(performance.now() - started)}`);
   return { dir: co.dir, lockPath: co.lockPath };
@@ -240,6 +242,11 @@ function describeCaches(plan: BuildPlan, caches: readonly CacheMount[], mode: Is
   return `caches ${list} (${plan.trusted ? "trusted" : "untrusted: separate from trusted builds"})`;
 }
 
+function describeSecrets(file: SecretsFile): string {
+  const skipped = file.skipped.map((s) => JSON.stringify(s)).join(", ");
+  return `secrets: ${file.count} in $PETREL_SECRETS${skipped ? `; skipped ${skipped} (not shell names)` : ""}`;
+}
+
 async function asExecutorError(err: unknown, plan: BuildPlan, signal: AbortSignal | undefined): Promise<ExecutorError> {
   if (err instanceof ExecutorError) return err;
   if (signal?.aborted || (err as Error | undefined)?.name === "AbortError") {
@@ -257,7 +264,8 @@ async function evict(plan: BuildPlan, say: (line: string) => void): Promise<void
     const report = await evictCaches(plan.layout, plan.eviction);
     if (report && (report.removed.length || report.inUse)) {
       const busy = report.inUse ? `, ${report.inUse} in use kept` : "";
-      say(`evicted ${report.removed.length} (${(report.freedBytes / 1024 ** 2).toFixed(1)} MiB${busy}) ${formatMs(performance.now() - started)}`);
+      const freed = (report.freedBytes / 1024 ** 2).toFixed(1);
+      say(`evicted ${report.removed.length} (${freed} MiB${busy}) ${formatMs(performance.now() - started)}`);
     }
   } catch (err) {
     say(`eviction failed: ${(err as Error).message}`);

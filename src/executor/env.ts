@@ -86,12 +86,15 @@ export function colourVars(env: Env): Record<string, string> {
 export function readRuntimeSettings(env: Env): { isolation: Isolation; killGraceMs: number } {
   const isolation = (env.PETREL_ISOLATION || "auto") as Isolation;
   if (!ISOLATIONS.includes(isolation)) {
-    throw new ExecutorError("bad_environment", `PETREL_ISOLATION=${env.PETREL_ISOLATION}: expected one of ${ISOLATIONS.join(", ")}`);
+    const expected = ISOLATIONS.join(", ");
+    throw new ExecutorError("bad_environment", `PETREL_ISOLATION=${env.PETREL_ISOLATION}: expected one of ${expected}`);
   }
   let killGraceMs = DEFAULT_KILL_GRACE_MS;
   if (env.PETREL_KILL_GRACE) {
     const parsed = parseDuration(env.PETREL_KILL_GRACE);
-    if (parsed === undefined) throw new ExecutorError("bad_environment", `PETREL_KILL_GRACE=${env.PETREL_KILL_GRACE}: expected a duration such as 10s`);
+    if (parsed === undefined) {
+      throw new ExecutorError("bad_environment", `PETREL_KILL_GRACE=${env.PETREL_KILL_GRACE}: expected a duration such as 10s`);
+    }
     killGraceMs = parsed;
   }
   return { isolation, killGraceMs };
@@ -100,10 +103,14 @@ export function readRuntimeSettings(env: Env): { isolation: Isolation; killGrace
 /** The build a Nomad task environment describes (SPEC §6): meta, payload, cache and secrets directories. */
 export async function planFromNomadEnv(env: Env): Promise<BuildPlan> {
   const id = env.NOMAD_JOB_ID;
-  if (!id) throw new ExecutorError("bad_environment", "NOMAD_JOB_ID is not set: petrel executor runs as a Nomad task (use petrel run locally)");
+  if (!id) {
+    throw new ExecutorError("bad_environment", "NOMAD_JOB_ID is not set: petrel executor runs as a Nomad task (use petrel run locally)");
+  }
   const meta = await validateBuildMeta(readNomadMeta(env));
   const cacheRoot = env.PETREL_CACHE_DIR || DEFAULT_CACHE_DIR;
-  if (!isAbsolute(cacheRoot)) throw new ExecutorError("bad_environment", `PETREL_CACHE_DIR=${cacheRoot}: must be an absolute path`);
+  if (!isAbsolute(cacheRoot)) {
+    throw new ExecutorError("bad_environment", `PETREL_CACHE_DIR=${cacheRoot}: must be an absolute path`);
+  }
   const eviction = readEvictionSettings(env);
   if ("problem" in eviction) {
     const p = eviction.problem;

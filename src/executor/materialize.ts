@@ -20,14 +20,16 @@ export async function createWorktree(req: CheckoutRequest, slug: string, dir: st
     await touch(`${mirror}.lock`);
     await ensureMirror(req, mirror);
     const detail = (await hasCommit(mirror, req.commit, req.signal)) ? "from mirror" : await fetchCommit(req, mirror);
-    const full = await run(req, ["--git-dir", mirror, "rev-parse", "--verify", "--end-of-options", `${req.commit}^{commit}`], "rev-parse");
+    const revParse = ["--git-dir", mirror, "rev-parse", "--verify", "--end-of-options", `${req.commit}^{commit}`];
+    const full = await run(req, revParse, "rev-parse");
     const sha = full.stdout.trim();
     await mkdir(tmp);
     await run(req, ["init", "--quiet", "--template=", tmp], "init");
     await run(req, ["-C", tmp, "fetch", "--quiet", "--no-tags", "--depth=1", "--", mirror, sha], "fetch from mirror");
     // Writing thousands of small files is latency-bound: parallel checkout (git 2.32+) is several times faster
     // even on two cores.
-    await run(req, ["-C", tmp, "-c", "advice.detachedHead=false", "-c", "checkout.workers=8", "checkout", "--quiet", "--detach", sha], "checkout");
+    const config = ["-c", "advice.detachedHead=false", "-c", "checkout.workers=8"];
+    await run(req, ["-C", tmp, ...config, "checkout", "--quiet", "--detach", sha], "checkout");
     await run(req, ["-C", tmp, "remote", "add", "origin", redactUrl(req.url)], "remote add");
     await rename(tmp, final);
     return detail;
@@ -69,7 +71,8 @@ async function fetchCommit(req: CheckoutRequest, mirror: string): Promise<string
       attempts.push({ what: "commit", spec: `${req.commit}:refs/petrel/commits/${req.commit}` });
     }
     for (const a of attempts) {
-      const r = await git(["--git-dir", mirror, "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--", req.url, a.spec], opts);
+      const fetch = ["--git-dir", mirror, "fetch", "--quiet", "--no-tags", "--no-write-fetch-head"];
+      const r = await git([...fetch, "--", req.url, a.spec], opts);
       if (r.code !== 0) {
         if (isDiskFullText(r.stderr)) throw await diskFull(req.layout.root, new Error(lastLine(r.stderr)));
         lastError = lastLine(r.stderr);
@@ -79,7 +82,8 @@ async function fetchCommit(req: CheckoutRequest, mirror: string): Promise<string
     }
     const probe = await git(["ls-remote", "--quiet", "--", req.url, "HEAD"], opts);
     if (probe.code !== 0) {
-      throw new ExecutorError("unreachable", `repository unreachable: ${redactUrl(req.url)}: ${lastLine(probe.stderr) || lastError}`);
+      const why = lastLine(probe.stderr) || lastError;
+      throw new ExecutorError("unreachable", `repository unreachable: ${redactUrl(req.url)}: ${why}`);
     }
     const tried = req.refs.length ? ` (looked in ${req.refs.join(", ")})` : "";
     throw new ExecutorError("missing_commit", `commit ${req.commit} not found in ${redactUrl(req.url)}${tried}`);

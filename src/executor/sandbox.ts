@@ -97,7 +97,9 @@ export async function runSandbox(
         throw new ExecutorError("disk_full", `disk full: ${outcome.reason}`);
       }
       const next = modes[i + 1];
-      if (next === undefined) throw new ExecutorError("mount_failed", `cannot set up the build tree (${mode}): ${outcome.reason}`);
+      if (next === undefined) {
+        throw new ExecutorError("mount_failed", `cannot set up the build tree (${mode}): ${outcome.reason}`);
+      }
       hooks.fallback({ from: mode, to: next, reason: outcome.reason });
     }
     throw new ExecutorError("internal", "no isolation mode to try");
@@ -142,9 +144,8 @@ export function setupScript(spec: SandboxSpec, mode: IsolationMode, buildDir: st
     );
     for (const c of spec.caches) {
       // The source is re-created under the lock in case eviction took it between the executor's check and now.
-      lines.push(
-        `mkdir -p -- ${q(c.source)} ${q(c.target)} 2>&3 && mount --bind -- ${q(c.source)} ${q(c.target)} 2>&3 || exit ${SETUP_FAILED}`,
-      );
+      const [source, target] = [q(c.source), q(c.target)];
+      lines.push(`mkdir -p -- ${source} ${target} 2>&3 && mount --bind -- ${source} ${target} 2>&3 || exit ${SETUP_FAILED}`);
     }
     for (const dir of spec.hide) {
       lines.push(`mount -t tmpfs -o size=16k,mode=0755 petrel-hidden -- ${q(dir)} 2>&3 || exit ${SETUP_FAILED}`);
@@ -163,9 +164,8 @@ export function setupScript(spec: SandboxSpec, mode: IsolationMode, buildDir: st
   const cmd = [...drop, ...spec.command].map(q).join(" ");
   if (spec.debug) {
     lines.push(cmd, "rc=$?");
-    lines.push(
-      `if [ "$rc" -ne 0 ]; then printf '==> build failed (exit %s): debug shell in %s with the build environment; exit it to finish\\n' "$rc" "$PWD" >&2; "\${SHELL:-/bin/sh}" -i; fi`,
-    );
+    const notice = "==> build failed (exit %s): debug shell in %s with the build environment; exit it to finish\\n";
+    lines.push(`if [ "$rc" -ne 0 ]; then printf '${notice}' "$rc" "$PWD" >&2; "\${SHELL:-/bin/sh}" -i; fi`);
     lines.push('exit "$rc"');
   } else {
     lines.push(`exec ${cmd}`);
