@@ -26,6 +26,8 @@ job "builder" {
 
     task "executor" {
       driver       = "raw_exec"
+      # raw_exec's default is SIGINT; the executor treats both alike, SIGTERM keeps the two builders the same.
+      kill_signal  = "SIGTERM"
       kill_timeout = "20s"
 
       dispatch_payload {

@@ -42,6 +42,7 @@ job "builder" {
 
       # Nomad sends SIGTERM first; the executor stops the build's process group and cleans up
       # within PETREL_KILL_GRACE (10s), well inside this timeout.
+      kill_signal  = "SIGTERM"
       kill_timeout = "20s"
 
       dispatch_payload {

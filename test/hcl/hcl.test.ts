@@ -61,6 +61,7 @@ describe("hcl/", () => {
       expect(config.command).toBe("petrel");
       expect(config.args).toEqual(["executor"]);
       expect(one(task.env, "env").PETREL_CACHE_DIR).toBe("/var/cache/petrel");
+      expect(task.kill_signal).toBe("SIGTERM");
       // Enough time after SIGTERM for the executor's own grace period (10 s) plus cleanup.
       expect(Number.parseInt(String(task.kill_timeout), 10)).toBeGreaterThan(10);
     });
