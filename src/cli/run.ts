@@ -1,10 +1,10 @@
-import { randomBytes } from "node:crypto";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { executeBuild, type BuildPlan } from "../executor/build.js";
 import { colourVars, readRuntimeSettings } from "../executor/env.js";
 import { ExecutorError } from "../executor/errors.js";
+import { randomSuffix } from "../executor/fsutil.js";
 import { git } from "../executor/git.js";
 import { cacheLayout, redactUrl, repoNameFromUrl, repoSlug } from "../executor/layout.js";
 
@@ -72,7 +72,7 @@ export async function planFromWorkingTree(cwd: string, env: Env, flavor: string,
   const url = origin.code === 0 && origin.stdout.trim() ? origin.stdout.trim() : `file://${dir}`;
   const runtime = readRuntimeSettings(env);
   const cacheRoot = env.PETREL_CACHE_DIR || join(env.XDG_CACHE_HOME || join(env.HOME || homedir(), ".cache"), "petrel");
-  const id = `run/dispatch-${Math.floor(Date.now() / 1000)}-${randomBytes(4).toString("hex")}`;
+  const id = `run/dispatch-${Math.floor(Date.now() / 1000)}-${randomSuffix()}`;
   return {
     id,
     layout: cacheLayout(cacheRoot),

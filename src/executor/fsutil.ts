@@ -1,6 +1,5 @@
 import { chmod, readdir, rename, rm, stat, statfs, utimes } from "node:fs/promises";
 import { join } from "node:path";
-import { randomBytes } from "node:crypto";
 
 /** True when `path` exists (any type). */
 export async function exists(path: string): Promise<boolean> {
@@ -12,9 +11,9 @@ export async function exists(path: string): Promise<boolean> {
   }
 }
 
-/** A short random suffix for temporary names. */
+/** A short random suffix for temporary names (not a secret: node:crypto would cost milliseconds of start-up). */
 export function randomSuffix(): string {
-  return randomBytes(4).toString("hex");
+  return Math.floor(Math.random() * 0x100000000).toString(16).padStart(8, "0");
 }
 
 /**

@@ -1,0 +1,47 @@
+import { readFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { describe, expect, it } from "vitest";
+import { ROOT } from "./helpers.js";
+
+/** Specifiers of the static imports (not `import()`) of a compiled ES module. */
+function staticImports(file: string): string[] {
+  const text = readFileSync(file, "utf8");
+  const out: string[] = [];
+  for (const m of text.matchAll(/^\s*(?:import|export)\s+(?:[^"'();]*?\sfrom\s+)?["']([^"']+)["'];?\s*$/gm)) out.push(m[1] as string);
+  return out;
+}
+
+/** Every module loaded eagerly from `entry`: the closure over static imports. */
+function eagerGraph(entry: string): { files: string[]; external: string[] } {
+  const seen = new Set<string>();
+  const external = new Set<string>();
+  const visit = (file: string) => {
+    if (seen.has(file)) return;
+    seen.add(file);
+    for (const spec of staticImports(file)) {
+      if (spec.startsWith(".")) visit(resolve(dirname(file), spec));
+      else external.add(spec);
+    }
+  };
+  visit(entry);
+  return { files: [...seen].map((f) => f.slice(ROOT.length)), external: [...external].sort() };
+}
+
+describe("executor start-up", () => {
+  it("loads only Node built-ins and its own modules before the build starts", () => {
+    const { files, external } = eagerGraph(join(ROOT, "dist/cli/executor.js"));
+    expect(external.every((s) => s.startsWith("node:")), external.join(", ")).toBe(true);
+    // zod, git and eviction are loaded on demand only (an invalid meta, a cold checkout, after the build).
+    expect(files).not.toContain("dist/builds/dispatch.js");
+    expect(files).not.toContain("dist/executor/materialize.js");
+    expect(files).not.toContain("dist/executor/evict.js");
+    expect(external).not.toContain("node:crypto");
+    expect(files).toContain("dist/executor/sandbox.js");
+  });
+
+  it("keeps `petrel run` as light", () => {
+    const { external } = eagerGraph(join(ROOT, "dist/cli/run.js"));
+    expect(external.every((s) => s.startsWith("node:")), external.join(", ")).toBe(true);
+    expect(external).not.toContain("node:crypto");
+  });
+});
