@@ -1,5 +1,5 @@
 import { homedir } from "node:os";
-import { join } from "node:path";
+import { isAbsolute, join, relative } from "node:path";
 import { parseArgs } from "node:util";
 import { executeBuild, type BuildPlan } from "../executor/build.js";
 import { colourVars, readRuntimeSettings } from "../executor/env.js";
@@ -71,6 +71,12 @@ export async function planFromWorkingTree(cwd: string, env: Env, flavor: string,
   const origin = await git(["config", "--get", "remote.origin.url"], { cwd: dir });
   const url = origin.code === 0 && origin.stdout.trim() ? origin.stdout.trim() : `file://${dir}`;
   const runtime = readRuntimeSettings(env);
+  // A linked worktree (or a submodule) keeps its git directory outside the tree: the overlay does not cover it.
+  const gitDirs = await git(["rev-parse", "--path-format=absolute", "--git-dir", "--git-common-dir"], { cwd: dir });
+  const outside = [...new Set(gitDirs.stdout.split("\n").filter(Boolean))].filter((p) => {
+    const rel = relative(dir, p);
+    return rel.startsWith("..") || isAbsolute(rel);
+  });
   const cacheRoot = env.PETREL_CACHE_DIR || join(env.XDG_CACHE_HOME || join(env.HOME || homedir(), ".cache"), "petrel");
   const id = `run/dispatch-${Math.floor(Date.now() / 1000)}-${randomSuffix()}`;
   return {
@@ -96,6 +102,7 @@ export async function planFromWorkingTree(cwd: string, env: Env, flavor: string,
     buildDir: dir,
     buildDirIsLower: true,
     hideCacheRoot: false,
+    readOnly: outside,
     isolation: runtime.isolation,
     debug,
     newSession: false,

@@ -50,6 +50,8 @@ export interface BuildPlan {
   buildDirIsLower?: boolean;
   /** Hide the cache root from the build (Nomad builds: other repositories' mirrors and trusted caches). */
   hideCacheRoot: boolean;
+  /** Paths outside the tree the build must not write: a linked worktree's git directories (`petrel run`). */
+  readOnly?: readonly string[];
   isolation: Isolation;
   debug: boolean;
   newSession: boolean;
@@ -102,6 +104,7 @@ export async function executeBuild(plan: BuildPlan, io: BuildIo, signal?: AbortS
         ownsBuildDir: plan.buildDir === undefined || !plan.buildDirIsLower,
         caches,
         hide: plan.hideCacheRoot ? [plan.layout.root] : [],
+        readOnly: plan.readOnly ?? [],
         command: command.argv,
         env,
         debug: plan.debug,
@@ -125,6 +128,9 @@ export async function executeBuild(plan: BuildPlan, io: BuildIo, signal?: AbortS
           },
           ready: ({ mode, buildDir: dir, setupMs }) => {
             say(describeTree(mode, dir, setupMs));
+            if (mode === "copy" && plan.readOnly?.length) {
+              say(`warning: without mounts, git writes reach ${plan.readOnly.join(", ")} (outside the working tree)`);
+            }
             if (caches.length) say(describeCaches(plan, caches, mode));
             if (secretsFile) say(describeSecrets(secretsFile));
             say(`run ${name} (started ${formatMs(performance.now())} after the executor)`);

@@ -31,6 +31,8 @@ export interface SandboxSpec {
   caches: readonly CacheMount[];
   /** Directories covered by an empty tmpfs inside the build's mount namespace. */
   hide: readonly string[];
+  /** Paths made read-only inside the build's mount namespace. */
+  readOnly: readonly string[];
   /** The build command, run in the build directory. */
   command: readonly string[];
   env: NodeJS.ProcessEnv;
@@ -146,6 +148,10 @@ export function setupScript(spec: SandboxSpec, mode: IsolationMode, buildDir: st
       // The source is re-created under the lock in case eviction took it between the executor's check and now.
       const [source, target] = [q(c.source), q(c.target)];
       lines.push(`mkdir -p -- ${source} ${target} 2>&3 && mount --bind -- ${source} ${target} 2>&3 || exit ${SETUP_FAILED}`);
+    }
+    for (const path of spec.readOnly) {
+      const p = q(path);
+      lines.push(`mount --bind -- ${p} ${p} 2>&3 && mount -o remount,bind,ro -- ${p} 2>&3 || exit ${SETUP_FAILED}`);
     }
     for (const dir of spec.hide) {
       lines.push(`mount -t tmpfs -o size=16k,mode=0755 petrel-hidden -- ${q(dir)} 2>&3 || exit ${SETUP_FAILED}`);

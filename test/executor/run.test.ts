@@ -79,6 +79,19 @@ describe("petrel run", () => {
     expect(mountPoints()).toEqual(mounts);
   });
 
+  it.skipIf(!support.ok)("keeps a linked worktree's git directory, outside the tree, read-only for the build", async () => {
+    const linked = join(dir, "linked");
+    sh(`git worktree add -q ${linked} -b linked-branch`, repo.work);
+    writeFileSync(join(linked, ".petrel"), '#!/bin/sh\ngit -c user.email=b@x -c user.name=b commit -q --allow-empty -m "from the build" 2>/dev/null; echo "commit rc=$?"\n');
+    sh("git status --porcelain", repo.work);
+    const before = treeDigest(join(repo.work, ".git"));
+    const r = await petrelRun(linked, [], env);
+    expect(r.stdout).toMatch(/commit rc=[1-9]/);
+    expect(r.code).toBe(0);
+    expect(treeDigest(join(repo.work, ".git"))).toEqual(before);
+    expect(sh("git log -1 --format=%s linked-branch", repo.work).trim()).toBe("change");
+  });
+
   it("leaves the working tree untouched in copy mode too, and passes the build's exit code on", async () => {
     const before = treeDigest(repo.work);
     const r = await petrelRun(repo.work, [], { ...env, PETREL_ISOLATION: "copy", EXIT_WITH: "5" });
