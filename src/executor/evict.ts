@@ -54,6 +54,7 @@ export async function evictCaches(
     await sweepTrash(layout, now);
     const worktrees = await listWorktrees(layout);
     await sweepTemps(layout);
+    await sweepMirrorTemps(layout);
     const caches = await listCaches(layout);
     const mirrors = await listMirrors(layout);
     await measure([...worktrees, ...caches, ...mirrors]);
@@ -151,6 +152,21 @@ async function sweepTemps(layout: CacheLayout): Promise<void> {
       } finally {
         held.release();
       }
+    }
+  }
+}
+
+async function sweepMirrorTemps(layout: CacheLayout): Promise<void> {
+  for (const name of await names(layout.mirrors)) {
+    const m = /^(.+\.git)\.tmp-[0-9a-f]+$/.exec(name);
+    if (!m) continue;
+    // Created under the mirror's lock: free means its creator died.
+    const held = await lockFile(join(layout.mirrors, `${m[1]}.lock`), { wait: false });
+    if (!held) continue;
+    try {
+      await removeTree(join(layout.mirrors, name));
+    } finally {
+      held.release();
     }
   }
 }

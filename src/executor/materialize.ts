@@ -49,6 +49,8 @@ async function ensureMirror(req: CheckoutRequest, mirror: string): Promise<void>
     await run(req, ["init", "--quiet", "--bare", "--template=", tmp], "init mirror");
     // Lets the per-commit worktrees fetch exactly one commit by its id from the mirror.
     await run(req, ["--git-dir", tmp, "config", "uploadpack.allowAnySHA1InWant", "true"], "config");
+    // Automatic gc runs inside the fetch, under the mirror's lock, not as a detached process the task outlives.
+    await run(req, ["--git-dir", tmp, "config", "gc.autoDetach", "false"], "config");
     await rename(tmp, mirror);
   } catch (err) {
     await removeTree(tmp).catch(() => undefined);

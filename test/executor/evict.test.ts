@@ -110,7 +110,10 @@ describe("eviction", () => {
     const busyTmp = join(repoDir, `.tmp-${"e".repeat(40)}-01020304`);
     mkdirSync(busyTmp);
     const checkoutLock = await lockFile(join(repoDir, `${"e".repeat(40)}.lock`));
+    const halfMirror = join(layout.mirrors, "git.example.test+acme+w.git.tmp-0badf00d");
+    mkdirSync(halfMirror, { recursive: true });
     await evictCaches(layout, settings({}), { now, force: true });
+    expect(existsSync(halfMirror)).toBe(false);
     expect(existsSync(dead)).toBe(false);
     expect(existsSync(`${dead}.lock`)).toBe(false);
     expect(existsSync(live)).toBe(true);
