@@ -120,6 +120,7 @@ describe("secrets file", () => {
     expect(own.ownDir).toBeDefined();
     expect(statSync(own.ownDir as string).mode & 0o777).toBe(0o700);
     expect(statSync(own.path).mode & 0o777).toBe(0o600);
+    cleanup(own.ownDir as string);
   });
 });
 
