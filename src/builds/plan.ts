@@ -342,7 +342,8 @@ function sameName(a: string, b: string): boolean {
 }
 
 /** Clone URL of a repository known only by its entry: `gitea.url` when set, else https on the key's host. */
-function cloneUrlOf(entry: RepoEntry): string {
+/** The clone URL of a registered repository: its Gitea URL when configured, else https on its registry host. */
+export function cloneUrlOf(entry: RepoEntry): string {
   const [host = "", owner = "", name = ""] = entry.key.split("/");
   const base = entry.config.gitea?.url.replace(/\/+$/, "") ?? `https://${host.replace(/_(\d+)$/, ":$1")}`;
   return `${base}/${owner}/${name}.git`;

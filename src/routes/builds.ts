@@ -9,7 +9,7 @@ import { isAdmin } from "../auth.js";
 import { BUILD_STATES, isTerminal } from "../builds/backend.js";
 import type { Build, BuildFilter, BuildState, LogType } from "../builds/backend.js";
 import { isBuildOf } from "../builds/dispatch.js";
-import { metaForBuilder, planManual } from "../builds/plan.js";
+import { cloneUrlOf, metaForBuilder, planManual } from "../builds/plan.js";
 import { entryOfBuild } from "../builds/statuses.js";
 import { AppError } from "../errors.js";
 import { flavorsOf, isRepoKey } from "../registry/schema.js";
@@ -110,7 +110,7 @@ export function createBuildsRoute(deps: AppDeps): Hono {
     }
     const entry = await findEntry(deps.registry, body.repo);
     const repoUrl = body.repo_url;
-    const commit = body.commit ?? (await resolveRef(repoUrl ?? cloneUrl(entry), body.ref));
+    const commit = body.commit ?? (await resolveRef(repoUrl ?? cloneUrlOf(entry), body.ref));
     const plan = planManual({
       entry,
       ref: body.ref,
@@ -324,12 +324,6 @@ async function findEntry(registry: AppDeps["registry"], repo: string): Promise<R
   if (matches.length === 1 && matches[0] !== undefined) return matches[0];
   if (matches.length > 1) throw new AppError("bad_request", 400, `${repo} matches ${matches.length} repositories; give <host>/<owner>/<name>`);
   throw new AppError("not_registered", 404, `repository ${repo} is not registered with petrel`);
-}
-
-function cloneUrl(entry: RepoEntry): string {
-  const [host = "", owner = "", name = ""] = entry.key.split("/");
-  const base = entry.config.gitea?.url.replace(/\/+$/, "") ?? `https://${host.replace(/_(\d+)$/, ":$1")}`;
-  return `${base}/${owner}/${name}.git`;
 }
 
 async function resolveRef(url: string, ref: string): Promise<string> {
