@@ -13,7 +13,6 @@ import { createGiteaClient, createStatusReporter } from "./gitea/client.js";
 import { createLogger } from "./log.js";
 import type { Logger } from "./log.js";
 import { createMetrics } from "./metrics.js";
-import { flavorsOf } from "./registry/schema.js";
 import type { Registry } from "./registry/schema.js";
 
 /** How long SIGTERM waits for in-flight deliveries, log streams and status reports before exiting anyway. */
@@ -128,7 +127,8 @@ export async function startPetrel(config: Config, log: Logger, env: NodeJS.Proce
       ...(config.nomad.region === undefined ? {} : { region: config.nomad.region }),
     });
     backend = createNomadBackend({ nomad });
-    const builders = builderSet(() => registry, config.builderJob);
+    const consulRegistry = registry;
+    const builders = () => consulRegistry.builders();
     reader = createNomadBuildReader({ nomad, builders, log });
     const tracker = createNomadTracker({ nomad, builders, log, onBuild: (build: Build) => notify(build) });
     closers.push(() => tracker.stop());
@@ -193,26 +193,6 @@ export async function startPetrel(config: Config, log: Logger, env: NodeJS.Proce
       })();
       return stopped;
     },
-  };
-}
-
-/** The builder jobs whose children are petrel's builds: the default one and every flavor's. */
-function builderSet(registry: () => Registry | undefined, defaultBuilder: string): () => Set<string> {
-  // The Consul registry keeps its entries in memory; list() is cheap, but the reader wants it synchronously.
-  let cached = new Set([defaultBuilder]);
-  const refresh = () => {
-    void registry()
-      ?.list()
-      .then((entries) => {
-        const next = new Set([defaultBuilder]);
-        for (const e of entries) for (const f of Object.values(flavorsOf(e.config, defaultBuilder))) next.add(f.builder);
-        cached = next;
-      }, () => undefined);
-  };
-  refresh();
-  return () => {
-    refresh();
-    return cached;
   };
 }
 

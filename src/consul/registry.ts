@@ -5,6 +5,7 @@ import { AppError, UpstreamError, errorMessage } from "../errors.js";
 import {
   RepoConfig,
   RepoSecrets,
+  buildersOf,
   describeIssues,
   flavorsOf,
   isRepoKey,
@@ -262,6 +263,7 @@ export function createConsulRegistry(opts: ConsulRegistryOptions): Registry {
       await whenReady();
       return [...entries.values()].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
     },
+    builders: () => buildersOf(entries.values(), opts.defaultBuilder),
     health,
     async close() {
       closed = true;

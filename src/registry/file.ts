@@ -7,7 +7,7 @@ import yaml from "js-yaml";
 import type { Logger } from "pino";
 import { z } from "zod";
 import { AppError, errorMessage } from "../errors.js";
-import { RepoConfig, RepoSecrets, describeIssues, flavorsOf, isRepoKey, splitSecrets } from "./schema.js";
+import { RepoConfig, RepoSecrets, buildersOf, describeIssues, flavorsOf, isRepoKey, splitSecrets } from "./schema.js";
 import type { Registry, RegistryHealth, RepoEntry, RepoKey } from "./schema.js";
 
 export interface FileRegistryOptions {
@@ -177,6 +177,7 @@ export async function createFileRegistry(opts: FileRegistryOptions): Promise<Reg
   return {
     get: async (key) => entries.get(key),
     list: async () => [...entries.values()].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0)),
+    builders: () => buildersOf(entries.values(), opts.defaultBuilder),
     health(): RegistryHealth {
       const h: RegistryHealth = {
         ok: error === undefined,

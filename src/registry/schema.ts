@@ -83,6 +83,13 @@ export function flavorsOf(config: RepoConfig, defaultBuilder: string): Record<st
   return config.flavors ?? { default: { builder: defaultBuilder } };
 }
 
+/** The builder jobs of a set of entries, the default one included. */
+export function buildersOf(entries: Iterable<RepoEntry>, defaultBuilder: string): Set<string> {
+  const set = new Set([defaultBuilder]);
+  for (const entry of entries) for (const flavor of Object.values(flavorsOf(entry.config, defaultBuilder))) set.add(flavor.builder);
+  return set;
+}
+
 /** Formats a zod error as `field: problem; field: problem`, for messages that name the key and the field. */
 export function describeIssues(error: z.ZodError): string {
   return error.issues
@@ -104,6 +111,11 @@ export interface RegistryHealth {
 export interface Registry {
   get(key: RepoKey): Promise<RepoEntry | undefined>;
   list(): Promise<RepoEntry[]>;
+  /**
+   * The builder jobs of every entry's flavors plus the default one, from memory: whose children are petrel's
+   * builds. Synchronous, so checks of foreign IDs never wait on (or go around) a registry still loading.
+   */
+  builders(): ReadonlySet<string>;
   health(): RegistryHealth;
   close(): Promise<void>;
 }

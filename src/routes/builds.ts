@@ -12,7 +12,7 @@ import { isBuildOf } from "../builds/dispatch.js";
 import { cloneUrlOf, metaForBuilder, planManual } from "../builds/plan.js";
 import { entryOfBuild } from "../builds/statuses.js";
 import { AppError } from "../errors.js";
-import { flavorsOf, isRepoKey } from "../registry/schema.js";
+import { isRepoKey } from "../registry/schema.js";
 import type { RepoEntry } from "../registry/schema.js";
 import { buildLinks } from "./hook.js";
 
@@ -37,13 +37,6 @@ export function createBuildsRoute(deps: AppDeps): Hono {
   const app = new Hono();
   const { reader } = deps;
 
-  const builders = async (): Promise<Set<string>> => {
-    const set = new Set([deps.defaultBuilder]);
-    for (const entry of await deps.registry.list()) {
-      for (const flavor of Object.values(flavorsOf(entry.config, deps.defaultBuilder))) set.add(flavor.builder);
-    }
-    return set;
-  };
 
   const admin = (c: Context) => isAdmin(c.req.header("authorization"), deps.adminToken);
 
@@ -64,7 +57,7 @@ export function createBuildsRoute(deps: AppDeps): Hono {
 
   /** Refuses anything that is not a dispatched child of a configured builder, before any backend call. */
   const ourBuild = async (c: Context, id: string): Promise<Build> => {
-    if (!isBuildOf(id, await builders())) {
+    if (!isBuildOf(id, deps.registry.builders())) {
       throw new AppError("not_found", 404, `${id} is not a petrel build (not a dispatched child of a configured builder job)`);
     }
     const build = await reader.getBuild(id, c.req.raw.signal);
