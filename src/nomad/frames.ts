@@ -14,7 +14,10 @@ export interface LogFrame {
   fileEvent: string;
 }
 
-/** Incremental decoder of concatenated JSON frames; chunks may split a frame anywhere. */
+/**
+ * Incremental decoder of concatenated JSON frames; chunks may split a frame anywhere. Like any stream consumer
+ * it keeps references to the chunks it was given until their frames complete: do not reuse them.
+ */
 export interface FrameDecoder {
   /** The frames `chunk` completes, in order. Throws UpstreamError once the stream is not framed JSON. */
   push(chunk: Uint8Array): LogFrame[];
@@ -40,6 +43,7 @@ const DATA_KEY = Buffer.from('"Data":"');
 const DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024;
 /** How much of a non-JSON tail (the agent's error text, §3.6) is kept for the error message. */
 const MAX_TAIL = 512;
+const SLAB_BYTES = 512 * 1024;
 
 /**
  * Creates a decoder for `/v1/client/fs/logs` bodies. It scans every byte once: string contents are skipped
@@ -53,8 +57,26 @@ export function createFrameDecoder(options: { maxFrameBytes?: number } = {}): Fr
   // Backslashes ending the string content scanned so far: whether the next quote is escaped can depend on
   // bytes of an earlier chunk.
   let backslashes = 0;
-  let parts: Uint8Array[] = [];
+  let parts: Buffer[] = [];
   let partsLength = 0;
+  // Where frames split across chunks are put together: reused, and dropped while no frame is split, so an
+  // idle stream holds no more than its pending bytes.
+  let scratch: Buffer | undefined;
+  // Decoded data is cut from a larger buffer: one allocation for many frames while data flows. Dropped by a
+  // push without frames, so a quiet stream keeps none.
+  let slab: Buffer | undefined;
+  let slabUsed = 0;
+  const allocate = (size: number): Buffer => {
+    if (size > SLAB_BYTES / 4) return Buffer.allocUnsafeSlow(size);
+    if (slab === undefined || slab.length - slabUsed < size) {
+      slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
+      slabUsed = 0;
+    }
+    const out = slab.subarray(slabUsed, slabUsed + size);
+    // Keep each piece 8-byte aligned, as Node's own pool does.
+    slabUsed += (size + 7) & ~7;
+    return out;
+  };
   let tail: string | undefined;
 
   const fail = (detail: string): never => {
@@ -119,18 +141,19 @@ export function createFrameDecoder(options: { maxFrameBytes?: number } = {}): Fr
         } else if (c === CLOSE) {
           depth--;
           if (depth === 0) {
-            out.push(parseFrame(take(chunk.subarray(start, i + 1))));
+            out.push(parseFrame(take(chunk.subarray(start, i + 1)), true, allocate));
             start = -1;
           }
         }
         i++;
       }
+      if (depth === 0) scratch = undefined;
+      if (out.length === 0) slab = undefined;
       if (depth > 0) {
         const rest = chunk.subarray(start);
         partsLength += rest.length;
         if (partsLength > maxFrameBytes) fail(`log frame larger than ${maxFrameBytes} bytes`);
-        // Copied: the caller may reuse its chunk buffers.
-        parts.push(Buffer.from(rest));
+        parts.push(rest);
       }
       return out;
     },
@@ -144,15 +167,19 @@ export function createFrameDecoder(options: { maxFrameBytes?: number } = {}): Fr
   /** The whole frame: `last` alone, or joined with the parts held back from earlier chunks. */
   function take(last: Buffer): Buffer {
     if (parts.length === 0) return last;
-    const whole = Buffer.concat([...parts, last], partsLength + last.length);
+    const size = partsLength + last.length;
+    if (scratch === undefined || scratch.length < size) scratch = Buffer.allocUnsafeSlow(Math.max(size, 128 * 1024));
+    let at = 0;
+    for (const part of parts) at += part.copy(scratch, at);
+    last.copy(scratch, at);
     parts = [];
     partsLength = 0;
-    return whole;
+    return scratch.subarray(0, size);
   }
 }
 
-/** Decodes one complete frame object. */
-function parseFrame(bytes: Buffer, fast = true): LogFrame {
+/** Decodes one complete frame object; the result shares no memory with `bytes`. */
+function parseFrame(bytes: Buffer, fast: boolean, allocate: (size: number) => Buffer): LogFrame {
   if (bytes.length === 2) return HEARTBEAT;
   let data: Buffer | undefined;
   let text: string;
@@ -163,7 +190,7 @@ function parseFrame(bytes: Buffer, fast = true): LogFrame {
   const to = at === -1 ? -1 : bytes.indexOf(QUOTE, from);
   const escaped = to !== -1 && bytes.subarray(from, to).includes(BACKSLASH);
   if (to !== -1 && !escaped) {
-    data = Buffer.from(bytes.toString("latin1", from, to), "base64");
+    data = fromBase64(bytes.toString("latin1", from, to), allocate);
     text = bytes.toString("utf8", 0, from) + bytes.toString("utf8", to);
   } else {
     text = bytes.toString("utf8");
@@ -179,12 +206,21 @@ function parseFrame(bytes: Buffer, fast = true): LogFrame {
   }
   const frame = obj as Record<string, unknown>;
   // The cut-out key was nested (not a top-level Data): read the object the slow way.
-  if (data !== undefined && frame.Data !== "") return parseFrame(bytes, false);
-  if (data === undefined) data = typeof frame.Data === "string" ? Buffer.from(frame.Data, "base64") : EMPTY;
+  if (data !== undefined && frame.Data !== "") return parseFrame(bytes, false, allocate);
+  if (data === undefined) data = typeof frame.Data === "string" ? fromBase64(frame.Data, allocate) : EMPTY;
   return {
     offset: typeof frame.Offset === "number" ? frame.Offset : 0,
     data,
     file: typeof frame.File === "string" ? frame.File : "",
     fileEvent: typeof frame.FileEvent === "string" ? frame.FileEvent : "",
   };
+}
+
+/** Standard base64 to bytes, written into a buffer of the exact size (cheaper than `Buffer.from`). */
+function fromBase64(text: string, allocate: (size: number) => Buffer): Buffer {
+  if (text.length === 0) return EMPTY;
+  const padding = text.endsWith("==") ? 2 : text.endsWith("=") ? 1 : 0;
+  const out = allocate(Math.max(0, Math.floor((text.length * 3) / 4) - padding));
+  const written = out.write(text, "base64");
+  return written === out.length ? out : out.subarray(0, written);
 }

@@ -51,7 +51,10 @@ const DEFAULTS = {
 
 type Ending = "eof" | "dropped" | "terminal";
 
-/** Creates the log follower; nothing is held between follows. */
+/**
+ * Creates the log follower. Concurrent follows of one build share their reads and their watch of its
+ * allocation, so a thousand browsers on one build cost Nomad one blocking query instead of a thousand.
+ */
 export function createNomadLogs(options: NomadLogsOptions): NomadLogs {
   const { nomad, log } = options;
   const o = {
@@ -73,6 +76,54 @@ export function createNomadLogs(options: NomadLogsOptions): NomadLogs {
         : `the logs of build ${id} are gone: Nomad garbage-collected its allocation ${allocId}`,
     );
 
+  const calls = new Map<string, { promise: Promise<unknown>; refs: number; controller: AbortController }>();
+
+  /** `fn` run once for every concurrent caller with the same key; aborted only once all of them left. */
+  function shared<T>(key: string, signal: AbortSignal, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    let entry = calls.get(key);
+    if (entry === undefined) {
+      const controller = new AbortController();
+      const created = { promise: fn(controller.signal) as Promise<unknown>, refs: 0, controller };
+      const clear = () => {
+        if (calls.get(key) === created) calls.delete(key);
+      };
+      created.promise.then(clear, clear);
+      calls.set(key, created);
+      entry = created;
+    }
+    const e = entry;
+    e.refs++;
+    return new Promise<T>((resolve, reject) => {
+      let left = false;
+      const leave = () => {
+        if (left) return;
+        left = true;
+        e.refs--;
+        signal.removeEventListener("abort", onAbort);
+        if (e.refs === 0) {
+          e.controller.abort();
+          if (calls.get(key) === e) calls.delete(key);
+        }
+      };
+      const onAbort = () => {
+        leave();
+        reject(signal.reason);
+      };
+      if (signal.aborted) return onAbort();
+      signal.addEventListener("abort", onAbort, { once: true });
+      (e.promise as Promise<T>).then(
+        (value) => {
+          leave();
+          resolve(value);
+        },
+        (err: unknown) => {
+          leave();
+          reject(err);
+        },
+      );
+    });
+  }
+
   /** Retries `fn` on upstream outages with back-off until `giveUpMs` of failures in a row. */
   async function patiently<T>(signal: AbortSignal, what: string, fn: () => Promise<T>): Promise<T> {
     let delay = o.retryMinMs;
@@ -92,16 +143,21 @@ export function createNomadLogs(options: NomadLogsOptions): NomadLogs {
 
   /** Waits until the build has an allocation; undefined when it ended (or, without follow, has none yet). */
   async function allocationOf(id: string, follow: boolean, signal: AbortSignal): Promise<string | undefined> {
-    let index = (await patiently(signal, "evaluations", () => nomad.jobEvaluations(id, { signal }))).index;
+    const evaluations = (at: number) =>
+      patiently(signal, "evaluations", () =>
+        shared(`evals\0${id}\0${at}`, signal, (s) =>
+          nomad.jobEvaluations(id, at === 0 ? { signal: s } : { index: at, wait: o.waitMs, signal: s }),
+        ),
+      );
+    let index = (await evaluations(0)).index;
     for (;;) {
       const started = Date.now();
-      const build = await patiently(signal, "build", () => options.readBuild(id, signal));
+      const build = await patiently(signal, "build", () => shared(`build\0${id}`, signal, (s) => options.readBuild(id, s)));
       if (build === undefined || isAllocationGone(build)) throw gone(id);
       if (build.allocId !== undefined) return build.allocId;
       if (!follow || isTerminal(build.state)) return undefined;
       // Placement, a placement failure and a stop all write an evaluation (contracts/nomad.md §2.1, §2.6).
-      const at = index;
-      index = (await patiently(signal, "evaluations", () => nomad.jobEvaluations(id, { index: at, wait: o.waitMs, signal }))).index;
+      index = (await evaluations(index)).index;
       const spent = Date.now() - started;
       if (spent < o.minPollMs) await sleep(o.minPollMs - spent, undefined, { signal });
     }
@@ -113,7 +169,9 @@ export function createNomadLogs(options: NomadLogsOptions): NomadLogs {
     for (;;) {
       const at = index;
       const answer = await patiently(signal, "allocation", () =>
-        nomad.allocation(allocId, at === 0 ? { signal } : { index: at, wait: o.waitMs, signal }),
+        shared(`alloc\0${allocId}\0${at}`, signal, (s) =>
+          nomad.allocation(allocId, at === 0 ? { signal: s } : { index: at, wait: o.waitMs, signal: s }),
+        ),
       );
       if (answer === undefined) throw gone(id, allocId);
       const alloc = answer.allocation;
@@ -127,8 +185,12 @@ export function createNomadLogs(options: NomadLogsOptions): NomadLogs {
   /** Resolves once the allocation is finished for logging purposes (the task is dead or the alloc is over). */
   function watchEnd(allocId: string, first: Allocation, signal: AbortSignal): Promise<void> {
     if (isDone(first, o.task)) return Promise.resolve();
+    return shared(`end\0${allocId}`, signal, (s) => watchLoop(allocId, first.ModifyIndex, s));
+  }
+
+  function watchLoop(allocId: string, from: number, signal: AbortSignal): Promise<void> {
     return (async () => {
-      let index = first.ModifyIndex;
+      let index = from;
       let delay = o.retryMinMs;
       for (;;) {
         try {

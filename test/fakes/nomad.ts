@@ -1396,6 +1396,13 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
     const [name, ts] = taskOf(record, opts.task);
     const idx = next();
     change(ts, name);
+    // logmon creates `<task>.stdout.0` and `<task>.stderr.0` before the task runs (§3.7).
+    if (ts.StartedAt !== ZERO_TIME) {
+      for (const type of ["stdout", "stderr"] as const) {
+        const log = logStateOf(record.alloc.ID, name, type, true) as LogState;
+        if (log.files.length === 0) log.files.push({ n: 0, buf: Buffer.alloc(0), size: 0, deleted: false, truncations: 0 });
+      }
+    }
     rollUp(record.alloc);
     putAlloc(record, idx);
     commit();

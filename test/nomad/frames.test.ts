@@ -173,12 +173,15 @@ describe("frame decoder", () => {
     expect(failure(() => decoder.push(Buffer.from("A".repeat(600)))).message).toMatch(/larger than 1000/);
   });
 
-  it("does not keep a reference to the caller's chunk buffer", () => {
+  it("hands out data that later split frames do not overwrite", () => {
     const decoder = createFrameDecoder();
-    const chunk = Buffer.from('{"Data":"aGVs');
-    decoder.push(chunk);
-    chunk.fill(0x41);
-    const frames = decoder.push(Buffer.from('bG8="}'));
-    expect(frames[0]?.data.toString()).toBe("hello");
+    const first = encode({ data: Buffer.from("first frame's bytes") });
+    const second = encode({ data: Buffer.from("SECOND FRAME, LONGER ONE") });
+    const got = [
+      ...decoder.push(Buffer.from(first.slice(0, 10))),
+      ...decoder.push(Buffer.from(first.slice(10) + second.slice(0, 7))),
+      ...decoder.push(Buffer.from(second.slice(7))),
+    ];
+    expect(got.map((f) => f.data.toString())).toEqual(["first frame's bytes", "SECOND FRAME, LONGER ONE"]);
   });
 });

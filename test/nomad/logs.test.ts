@@ -372,6 +372,42 @@ describe.skipIf(realNomad)("following a build's log (fake-driven lifecycles)", (
     }
   });
 
+  it("lets concurrent followers of one build share their reads and one watch of its allocation", async () => {
+    const fake = t.fake!;
+    const id = await dispatch();
+    const allocId = fake.placeAlloc(id);
+    fake.startTask(id);
+    fake.writeLog(id, "stdout", "shared\n");
+    const before = fake.requests.length;
+    const followers = Array.from({ length: 20 }, () => follow(id));
+    for (const f of followers) await f.until("shared\n");
+    fake.finishTask(id, 0);
+    for (const f of followers) expect((await f.done).toString()).toBe("shared\n");
+    const calls = fake.requests.slice(before);
+    const watches = calls.filter((c) => c.path === `/v1/allocation/${allocId}` && c.query.index !== undefined);
+    expect(watches.length).toBeLessThanOrEqual(2);
+    expect(calls.filter((c) => c.path === `/v1/client/fs/logs/${allocId}`).length).toBeGreaterThanOrEqual(20);
+  });
+
+  it("keeps a shared watch for the followers that stay when one leaves", async () => {
+    const fake = t.fake!;
+    const id = await dispatch();
+    fake.placeAlloc(id);
+    fake.startTask(id);
+    fake.writeLog(id, "stdout", "a\n");
+    const leaving = follow(id);
+    const staying = follow(id);
+    await leaving.until("a\n");
+    await staying.until("a\n");
+    leaving.abort();
+    await leaving.done.catch(() => undefined);
+    fake.writeLog(id, "stdout", "b\n");
+    const finished = performance.now();
+    fake.finishTask(id, 0);
+    expect((await staying.done).toString()).toBe("a\nb\n");
+    expect((staying.endedAt() ?? Infinity) - finished).toBeLessThan(2000);
+  });
+
   it("refuses a job that is not a child of a configured builder before any Nomad call", async () => {
     const fake = t.fake!;
     const before = fake.requests.length;
