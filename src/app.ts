@@ -19,6 +19,8 @@ export interface AppDeps {
   backend: BuildBackend;
   reader: BuildReader;
   adminToken?: string;
+  /** Aborted when petrel stops: log streams end so the server can close. */
+  shutdown?: AbortSignal;
   reporter: StatusReporter;
   publicUrl: string;
   defaultBuilder: string;

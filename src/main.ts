@@ -160,7 +160,9 @@ export async function startPetrel(config: Config, log: Logger, env: NodeJS.Proce
   const activeRegistry = registry;
   closers.push(() => activeRegistry.close());
 
+  const shutdown = new AbortController();
   const app = createApp({
+    shutdown: shutdown.signal,
     log,
     metrics,
     registry: activeRegistry,
@@ -184,10 +186,14 @@ export async function startPetrel(config: Config, log: Logger, env: NodeJS.Proce
     url: `http://${host}:${port}`,
     stop() {
       stopped ??= (async () => {
-        // Stop accepting first; in-flight deliveries finish, idle keep-alive sockets are closed now.
+        // Stop accepting first; in-flight requests finish. A keep-alive socket turns idle only after its last
+        // response, and would otherwise hold close() until the keep-alive timeout: sweep until all are gone.
         const closed = new Promise<void>((done) => server.close(() => done()));
+        shutdown.abort();
         server.closeIdleConnections();
+        const sweep = setInterval(() => server.closeIdleConnections(), 50);
         await closed;
+        clearInterval(sweep);
         await reporter.drain();
         await Promise.allSettled(closers.reverse().map((close) => close()));
       })();

@@ -94,15 +94,88 @@ describe("petrel serve in cluster mode (composition root against the fakes)", ()
     expect(nomad.requests.slice(before).filter((r) => !r.path.startsWith("/v1/event/stream"))).toHaveLength(0);
   });
 
+  it("shows a build as Nomad runs it: state, live logs that end with the build, and statuses to Gitea", async () => {
+    const body = Buffer.from(PUSH.toString("utf8").replaceAll(COMMIT, "a".repeat(40)));
+    const res = await deliver(petrel.url, body);
+    const { build } = (await res.json()) as { build: string };
+    const path = `${petrel.url}/builds/${encodeURIComponent(build)}`;
+    const admin = { authorization: "Bearer admin-token-0123456789abcdef" };
+    // The fixture's repository is private: reading its builds needs the token.
+    expect((await fetch(path)).status).toBe(401);
+    expect(((await (await fetch(path, { headers: admin })).json()) as { state: string }).state).toBe("queued");
+
+    nomad.placeAlloc(build, { node: "worker-7" });
+    nomad.startTask(build);
+    const sha = "a".repeat(40);
+    // The tracker reads a build back when Nomad reports a change; give it the running state to see.
+    for (let i = 0; i < 200 && !gitea.statuses.some((s) => s.sha === sha && s.description === "running on worker-7"); i++) await sleep(25);
+    nomad.writeLog(build, "stdout", "first line\n");
+    const logs = await fetch(`${path}/logs?type=stdout&follow=true`, { headers: admin });
+    expect(logs.status).toBe(200);
+    const reader = (logs.body as ReadableStream<Uint8Array>).getReader();
+    const decoder = new TextDecoder();
+    let text = "";
+    while (!text.includes("first line")) text += decoder.decode((await reader.read()).value);
+    nomad.writeLog(build, "stdout", "second line\n");
+    nomad.finishTask(build, 3);
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += decoder.decode(value);
+    }
+    expect(text).toBe("first line\nsecond line\n");
+    const shown = (await (await fetch(path, { headers: admin })).json()) as { state: string; exitCode: number; node: string };
+    expect(shown).toMatchObject({ state: "failure", exitCode: 3 });
+
+    for (let i = 0; i < 200 && !gitea.statuses.some((s) => s.sha === sha && s.status === "failure"); i++) await sleep(25);
+    const states = gitea.statuses.filter((s) => s.sha === sha).map((s) => [s.status, s.description]);
+    expect(states[0]).toEqual(["pending", expect.any(String)]);
+    expect(states).toContainEqual(["pending", "running on worker-7"]);
+    expect(states.at(-1)).toEqual(["failure", "build failed with exit code 3"]);
+    expect(gitea.statuses.find((s) => s.sha === sha && s.status === "failure")?.target_url).toBe(`https://ci.example.test/builds/${encodeURIComponent(build)}`);
+  });
+
+  it("cancels a running build through DELETE and reports it as an error status", async () => {
+    const sha = "b".repeat(40);
+    const res = await deliver(petrel.url, Buffer.from(PUSH.toString("utf8").replaceAll(COMMIT, sha)));
+    const { build } = (await res.json()) as { build: string };
+    nomad.placeAlloc(build);
+    nomad.startTask(build);
+    const path = `${petrel.url}/builds/${encodeURIComponent(build)}`;
+    expect((await fetch(path, { method: "DELETE" })).status).toBe(401);
+    const cancel = await fetch(path, { method: "DELETE", headers: { authorization: "Bearer admin-token-0123456789abcdef" } });
+    expect(cancel.status).toBe(202);
+    expect(nomad.job(build)?.Stop).toBe(true);
+    for (let i = 0; i < 200 && !gitea.statuses.some((s) => s.sha === sha && s.status === "error"); i++) await sleep(25);
+    expect(gitea.statuses.filter((s) => s.sha === sha).at(-1)).toMatchObject({ status: "error", description: "build cancelled" });
+  });
+
   it("finishes an in-flight delivery on SIGTERM-style stop, then refuses new connections", async () => {
+    // A follower of a build that never ends must not hold the stop: its stream ends as a broken transfer.
+    const running = await deliver(petrel.url, Buffer.from(PUSH.toString("utf8").replaceAll(COMMIT, "c".repeat(40))));
+    const { build } = (await running.json()) as { build: string };
+    nomad.placeAlloc(build);
+    nomad.startTask(build);
+    nomad.writeLog(build, "stdout", "still going\n");
+    const follower = await fetch(`${petrel.url}/builds/${encodeURIComponent(build)}/logs?type=stdout`, {
+      headers: { authorization: "Bearer admin-token-0123456789abcdef" },
+    });
+    const followed = follower.text().then(
+      () => "ended cleanly",
+      (err: unknown) => err,
+    );
+
     nomad.setLatency(600);
     const body = Buffer.from(PUSH.toString("utf8").replaceAll(COMMIT, "9".repeat(40)));
     const inFlight = deliver(petrel.url, body);
     await sleep(150);
+    const started = Date.now();
     const stopping = petrel.stop();
     const res = await inFlight;
     expect(res.status).toBe(201);
     await stopping;
+    expect(Date.now() - started).toBeLessThan(3000);
+    expect(await followed).toBeInstanceOf(Error);
     nomad.setLatency(0);
     await expect(fetch(`${petrel.url}/health`)).rejects.toThrow();
     expect(logs.text()).not.toContain(HOOK_SECRET);

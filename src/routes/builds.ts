@@ -164,9 +164,16 @@ export function createBuildsRoute(deps: AppDeps): Hono {
     return streamText(c, id, type, follow, offset);
   });
 
+  /** Ties a stream's upstream work to the client's connection and to petrel's shutdown. */
+  function tieToClient(c: Context, abort: AbortController): void {
+    c.req.raw.signal.addEventListener("abort", () => abort.abort(), { once: true });
+    if (deps.shutdown?.aborted) abort.abort();
+    deps.shutdown?.addEventListener("abort", () => abort.abort(), { once: true });
+  }
+
   async function streamText(c: Context, id: string, type: LogType, follow: boolean, offset: number): Promise<Response> {
     const abort = new AbortController();
-    c.req.raw.signal.addEventListener("abort", () => abort.abort(), { once: true });
+    tieToClient(c, abort);
     const iterator = reader.logs(id, { type, follow, offset, signal: abort.signal })[Symbol.asyncIterator]();
     // Errors known up front (logs gone, unknown allocation) get their status; a queued build answers at once.
     let pending: Promise<IteratorResult<Uint8Array>> | undefined = iterator.next();
@@ -192,14 +199,17 @@ export function createBuildsRoute(deps: AppDeps): Hono {
           pending = undefined;
           if (result.done) {
             finish();
-            controller.close();
+            // Cut short by shutdown, not ended by the build: say so with a broken transfer.
+            if (deps.shutdown?.aborted) controller.error(new Error("petrel is shutting down"));
+            else controller.close();
             return;
           }
           deps.metrics.logBytes.inc(result.value.byteLength);
           controller.enqueue(result.value);
         } catch (err) {
           finish();
-          if (abort.signal.aborted) return controller.close();
+          // A client that left needs nothing; one cut off by shutdown sees a broken transfer and resumes elsewhere.
+          if (abort.signal.aborted) return deps.shutdown?.aborted ? controller.error(err) : controller.close();
           deps.log.warn({ build: id, err: (err as Error).message }, "log stream failed");
           // Ending with an error (not with text of our own) keeps the body the build's bytes only, so a client
           // sees a broken transfer and resumes with ?offset= at exactly the bytes it has.
@@ -225,7 +235,7 @@ export function createBuildsRoute(deps: AppDeps): Hono {
 
   async function streamSse(c: Context, build: Build, type: LogType, offset: number): Promise<Response> {
     const abort = new AbortController();
-    c.req.raw.signal.addEventListener("abort", () => abort.abort(), { once: true });
+    tieToClient(c, abort);
     const encoder = new TextEncoder();
     const decoder = new TextDecoder("utf-8");
     let position = offset;
@@ -266,7 +276,7 @@ export function createBuildsRoute(deps: AppDeps): Hono {
             clearInterval(heartbeat);
             clearInterval(poll);
             deps.metrics.logFollowers.dec();
-            if (!abort.signal.aborted) controller.close();
+            if (!abort.signal.aborted || deps.shutdown?.aborted) controller.close();
           }
         })();
       },
