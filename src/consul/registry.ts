@@ -1,3 +1,4 @@
+import { setMaxListeners } from "node:events";
 import yaml from "js-yaml";
 import type { Logger } from "pino";
 import type { z } from "zod";
@@ -101,6 +102,8 @@ export function createConsulRegistry(opts: ConsulRegistryOptions): Registry {
   const deadline = createdAt + (opts.firstLoadTimeoutMs ?? 10_000);
   const log = opts.log.child({ component: "registry", source: "consul" });
   const controller = new AbortController();
+  // Every lookup made before the first load waits on this signal: a burst of webhooks at start-up is normal.
+  setMaxListeners(0, controller.signal);
   const cache: Record<Kind, Map<string, Cached>> = { repos: new Map(), secrets: new Map() };
   const state: Record<Kind, WatchState> = {
     repos: { loaded: false, confirmedAt: createdAt },
