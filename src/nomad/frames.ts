@@ -47,8 +47,8 @@ const SLAB_BYTES = 512 * 1024;
 
 /**
  * Creates a decoder for `/v1/client/fs/logs` bodies. It scans every byte once: string contents are skipped
- * with `indexOf` (memchr), braces are counted only outside strings, and a frame split across chunks is
- * joined once when it completes.
+ * with `indexOf` (memchr) and braces are counted only outside strings. A frame split across chunks is not
+ * joined: its base64 is decoded piece by piece straight from the chunks.
  */
 export function createFrameDecoder(options: { maxFrameBytes?: number } = {}): FrameDecoder {
   const maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
@@ -59,9 +59,6 @@ export function createFrameDecoder(options: { maxFrameBytes?: number } = {}): Fr
   let backslashes = 0;
   let parts: Buffer[] = [];
   let partsLength = 0;
-  // Where frames split across chunks are put together: reused, and dropped while no frame is split, so an
-  // idle stream holds no more than its pending bytes.
-  let scratch: Buffer | undefined;
   // Decoded data is cut from a larger buffer: one allocation for many frames while data flows. Dropped by a
   // push without frames, so a quiet stream keeps none.
   let slab: Buffer | undefined;
@@ -141,13 +138,16 @@ export function createFrameDecoder(options: { maxFrameBytes?: number } = {}): Fr
         } else if (c === CLOSE) {
           depth--;
           if (depth === 0) {
-            out.push(parseFrame(take(chunk.subarray(start, i + 1)), true, allocate));
+            const last = chunk.subarray(start, i + 1);
+            const pieces = parts.length === 0 ? [last] : [...parts, last];
+            parts = [];
+            partsLength = 0;
+            out.push(parseFrame(pieces, allocate));
             start = -1;
           }
         }
         i++;
       }
-      if (depth === 0) scratch = undefined;
       if (out.length === 0) slab = undefined;
       if (depth > 0) {
         const rest = chunk.subarray(start);
@@ -163,38 +163,49 @@ export function createFrameDecoder(options: { maxFrameBytes?: number } = {}): Fr
       if (depth > 0) fail(`log stream ended inside a frame (${partsLength} bytes)`);
     },
   };
-
-  /** The whole frame: `last` alone, or joined with the parts held back from earlier chunks. */
-  function take(last: Buffer): Buffer {
-    if (parts.length === 0) return last;
-    const size = partsLength + last.length;
-    if (scratch === undefined || scratch.length < size) scratch = Buffer.allocUnsafeSlow(Math.max(size, 128 * 1024));
-    let at = 0;
-    for (const part of parts) at += part.copy(scratch, at);
-    last.copy(scratch, at);
-    parts = [];
-    partsLength = 0;
-    return scratch.subarray(0, size);
-  }
 }
 
-/** Decodes one complete frame object; the result shares no memory with `bytes`. */
-function parseFrame(bytes: Buffer, fast: boolean, allocate: (size: number) => Buffer): LogFrame {
-  if (bytes.length === 2) return HEARTBEAT;
-  let data: Buffer | undefined;
-  let text: string;
-  // Fast path: Go writes []byte as bare base64 (no escapes), so the Data value is cut out of the bytes and
-  // decoded directly instead of travelling through a JS string twice.
-  const at = fast ? bytes.indexOf(DATA_KEY) : -1;
-  const from = at + DATA_KEY.length;
-  const to = at === -1 ? -1 : bytes.indexOf(QUOTE, from);
-  const escaped = to !== -1 && bytes.subarray(from, to).includes(BACKSLASH);
-  if (to !== -1 && !escaped) {
-    data = fromBase64(bytes.toString("latin1", from, to), allocate);
-    text = bytes.toString("utf8", 0, from) + bytes.toString("utf8", to);
-  } else {
-    text = bytes.toString("utf8");
+/** Decodes one complete frame, given as the pieces of the chunks it lies in; shares no memory with them. */
+function parseFrame(pieces: readonly Buffer[], allocate: (size: number) => Buffer): LogFrame {
+  if (pieces.length === 1 && pieces[0]?.length === 2) return HEARTBEAT;
+  const cut = cutData(pieces);
+  if (cut !== undefined) {
+    const frame = parseObject(cut.rest);
+    // The cut-out key was nested, not the frame's own Data: read the object the slow way below.
+    if (frame.Data === "") return toFrame(frame, decodeBase64(cut.data, allocate));
   }
+  const frame = parseObject((pieces.length === 1 ? (pieces[0] as Buffer) : Buffer.concat(pieces)).toString("utf8"));
+  const data = typeof frame.Data === "string" && frame.Data !== "" ? decodeBase64([Buffer.from(frame.Data, "latin1")], allocate) : EMPTY;
+  return toFrame(frame, data);
+}
+
+/**
+ * Go writes []byte as bare base64 (no escapes, so no quote inside), which lets the Data value be cut out of
+ * the raw bytes and decoded directly, instead of travelling through JSON.parse and a JS string twice.
+ * Returns the value's bytes (in pieces, where they lie) and the frame's text with an empty Data; undefined
+ * when the frame does not have that shape.
+ */
+function cutData(pieces: readonly Buffer[]): { data: Buffer[]; rest: string } | undefined {
+  const head = pieces[0] as Buffer;
+  const at = head.indexOf(DATA_KEY);
+  if (at === -1) return undefined;
+  const from = at + DATA_KEY.length;
+  let last = 0;
+  let to = head.indexOf(QUOTE, from);
+  while (to === -1) {
+    last += 1;
+    const piece = pieces[last];
+    if (piece === undefined) return undefined;
+    to = piece.indexOf(QUOTE);
+  }
+  const end = pieces[last] as Buffer;
+  const data = last === 0 ? [head.subarray(from, to)] : [head.subarray(from), ...pieces.slice(1, last), end.subarray(0, to)];
+  if (data.some((d) => d.includes(BACKSLASH))) return undefined;
+  const after = last + 1 < pieces.length ? Buffer.concat([end.subarray(to), ...pieces.slice(last + 1)]) : end.subarray(to);
+  return { data, rest: head.toString("latin1", 0, from) + after.toString("utf8") };
+}
+
+function parseObject(text: string): Record<string, unknown> {
   let obj: unknown;
   try {
     obj = JSON.parse(text);
@@ -204,10 +215,10 @@ function parseFrame(bytes: Buffer, fast: boolean, allocate: (size: number) => Bu
   if (obj === null || typeof obj !== "object" || Array.isArray(obj)) {
     throw new UpstreamError("nomad", 200, `log frame is not an object: ${text.slice(0, 200)}`, { action: "log stream" });
   }
-  const frame = obj as Record<string, unknown>;
-  // The cut-out key was nested (not a top-level Data): read the object the slow way.
-  if (data !== undefined && frame.Data !== "") return parseFrame(bytes, false, allocate);
-  if (data === undefined) data = typeof frame.Data === "string" ? fromBase64(frame.Data, allocate) : EMPTY;
+  return obj as Record<string, unknown>;
+}
+
+function toFrame(frame: Record<string, unknown>, data: Buffer): LogFrame {
   return {
     offset: typeof frame.Offset === "number" ? frame.Offset : 0,
     data,
@@ -216,11 +227,43 @@ function parseFrame(bytes: Buffer, fast: boolean, allocate: (size: number) => Bu
   };
 }
 
-/** Standard base64 to bytes, written into a buffer of the exact size (cheaper than `Buffer.from`). */
-function fromBase64(text: string, allocate: (size: number) => Buffer): Buffer {
-  if (text.length === 0) return EMPTY;
-  const padding = text.endsWith("==") ? 2 : text.endsWith("=") ? 1 : 0;
-  const out = allocate(Math.max(0, Math.floor((text.length * 3) / 4) - padding));
-  const written = out.write(text, "base64");
+/**
+ * Standard base64, given in pieces, to bytes in a buffer of the exact size. Each piece is decoded where it
+ * lies; only the (at most 3) characters of a quad split between two pieces are put together.
+ */
+function decodeBase64(pieces: readonly Buffer[], allocate: (size: number) => Buffer): Buffer {
+  let total = 0;
+  for (const p of pieces) total += p.length;
+  if (total === 0) return EMPTY;
+  const out = allocate(Math.max(0, Math.floor((total * 3) / 4) - padding(pieces)));
+  let written = 0;
+  let carry = "";
+  for (const piece of pieces) {
+    let from = 0;
+    if (carry !== "") {
+      from = Math.min(4 - carry.length, piece.length);
+      carry += piece.toString("latin1", 0, from);
+      if (carry.length < 4) continue;
+      written += out.write(carry, written, out.length - written, "base64");
+      carry = "";
+    }
+    const whole = from + Math.floor((piece.length - from) / 4) * 4;
+    if (whole > from) written += out.write(piece.toString("latin1", from, whole), written, out.length - written, "base64");
+    if (whole < piece.length) carry = piece.toString("latin1", whole);
+  }
+  if (carry !== "") written += out.write(carry, written, out.length - written, "base64");
   return written === out.length ? out : out.subarray(0, written);
+}
+
+/** How many `=` end the base64 text spread over `pieces`. */
+function padding(pieces: readonly Buffer[]): number {
+  let count = 0;
+  for (let i = pieces.length - 1; i >= 0 && count < 2; i--) {
+    const p = pieces[i] as Buffer;
+    for (let k = p.length - 1; k >= 0 && count < 2; k--) {
+      if (p[k] !== 0x3d) return count;
+      count++;
+    }
+  }
+  return count;
 }

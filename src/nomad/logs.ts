@@ -4,9 +4,9 @@ import { isTerminal } from "../builds/backend.js";
 import { AppError, UpstreamError, errorMessage } from "../errors.js";
 import type { Logger } from "../log.js";
 import type { NomadClient } from "./client.js";
-import { BUILD_TASK, isAllocationGone, isSetTime } from "./outcome.js";
+import { BUILD_TASK, buildAllocation, isAllocationGone, isSetTime } from "./outcome.js";
 import { createFrameDecoder } from "./frames.js";
-import type { Allocation } from "./schema.js";
+import type { Allocation, AllocationStub } from "./schema.js";
 
 export interface NomadLogsOptions {
   nomad: NomadClient;
@@ -141,25 +141,40 @@ export function createNomadLogs(options: NomadLogsOptions): NomadLogs {
     }
   }
 
-  /** Waits until the build has an allocation; undefined when it ended (or, without follow, has none yet). */
-  async function allocationOf(id: string, follow: boolean, signal: AbortSignal): Promise<string | undefined> {
+  /**
+   * Waits until the build has an allocation; undefined when it ended (or, without follow, has none yet).
+   * The allocation list alone answers for a placed build; the whole build is read only while there is none.
+   */
+  async function placed(id: string, follow: boolean, signal: AbortSignal): Promise<Placed | undefined> {
+    const allocations = await patiently(signal, "allocations", () =>
+      shared(`allocs\0${id}`, signal, (s) => nomad.jobAllocations(id, { signal: s })),
+    );
+    const stub = buildAllocation(allocations.allocations);
+    if (stub !== undefined) return placedOf(stub);
+    const read = () => patiently(signal, "build", () => shared(`build\0${id}`, signal, (s) => options.readBuild(id, s)));
     const evaluations = (at: number) =>
       patiently(signal, "evaluations", () =>
         shared(`evals\0${id}\0${at}`, signal, (s) =>
           nomad.jobEvaluations(id, at === 0 ? { signal: s } : { index: at, wait: o.waitMs, signal: s }),
         ),
       );
-    let index = (await evaluations(0)).index;
+    let build = await read();
+    let index = 0;
     for (;;) {
-      const started = Date.now();
-      const build = await patiently(signal, "build", () => shared(`build\0${id}`, signal, (s) => options.readBuild(id, s)));
       if (build === undefined || isAllocationGone(build)) throw gone(id);
-      if (build.allocId !== undefined) return build.allocId;
+      if (build.allocId !== undefined) {
+        return { allocId: build.allocId, started: build.startedAt !== undefined, done: build.finishedAt !== undefined, index: 0 };
+      }
       if (!follow || isTerminal(build.state)) return undefined;
       // Placement, a placement failure and a stop all write an evaluation (contracts/nomad.md §2.1, §2.6).
+      // The index is taken before the build is read again, so a change in between ends the wait at once.
+      const started = Date.now();
       index = (await evaluations(index)).index;
-      const spent = Date.now() - started;
-      if (spent < o.minPollMs) await sleep(o.minPollMs - spent, undefined, { signal });
+      if (index !== 0) {
+        const spent = Date.now() - started;
+        if (spent < o.minPollMs) await sleep(o.minPollMs - spent, undefined, { signal });
+      }
+      build = await read();
     }
   }
 
@@ -182,10 +197,12 @@ export function createNomadLogs(options: NomadLogsOptions): NomadLogs {
     }
   }
 
-  /** Resolves once the allocation is finished for logging purposes (the task is dead or the alloc is over). */
-  function watchEnd(allocId: string, first: Allocation, signal: AbortSignal): Promise<void> {
-    if (isDone(first, o.task)) return Promise.resolve();
-    return shared(`end\0${allocId}`, signal, (s) => watchLoop(allocId, first.ModifyIndex, s));
+  /**
+   * Resolves once the allocation is finished for logging purposes (the task is dead or the alloc is over).
+   * One watch per allocation, whatever the number of followers.
+   */
+  function watchEnd(allocId: string, from: number, signal: AbortSignal): Promise<void> {
+    return shared(`end\0${allocId}`, signal, (s) => watchLoop(allocId, from, s));
   }
 
   function watchLoop(allocId: string, from: number, signal: AbortSignal): Promise<void> {
@@ -194,7 +211,7 @@ export function createNomadLogs(options: NomadLogsOptions): NomadLogs {
       let delay = o.retryMinMs;
       for (;;) {
         try {
-          const answer = await nomad.allocation(allocId, { index, wait: o.waitMs, signal });
+          const answer = await nomad.allocation(allocId, index === 0 ? { signal } : { index, wait: o.waitMs, signal });
           if (answer === undefined || isDone(answer.allocation, o.task)) return;
           index = Math.max(answer.index, index);
           delay = o.retryMinMs;
@@ -210,17 +227,23 @@ export function createNomadLogs(options: NomadLogsOptions): NomadLogs {
 
   async function* follow(id: string, request: LogRequest): AsyncGenerator<Uint8Array> {
     const { signal } = request;
-    const allocId = await allocationOf(id, request.follow, signal);
-    if (allocId === undefined) return;
-    const alloc = await started(id, allocId, request.follow, signal);
-    if (alloc === undefined) return;
+    const build = await placed(id, request.follow, signal);
+    if (build === undefined) return;
+    const { allocId } = build;
+    let from = build.index;
+    let ended = !request.follow || build.done;
+    if (!build.started) {
+      const alloc = await started(id, allocId, request.follow, signal);
+      if (alloc === undefined) return;
+      from = alloc.ModifyIndex;
+      ended ||= isDone(alloc, o.task);
+    }
 
     const watcher = new AbortController();
     const watchSignal = AbortSignal.any([signal, watcher.signal]);
-    let ended = !request.follow || isDone(alloc, o.task);
     let upstream: AbortController | undefined;
     let following = false;
-    const end = watchEnd(allocId, alloc, watchSignal).then(
+    const end = (ended ? Promise.resolve() : watchEnd(allocId, from, watchSignal)).then(
       () => {
         ended = true;
         // Nomad's follow never closes, even after the task died (hashicorp/nomad#18369): cut it and read the
@@ -312,13 +335,32 @@ export function createNomadLogs(options: NomadLogsOptions): NomadLogs {
     return "retry";
   }
 
+  /** What following needs to know of a placed build's allocation. */
+  function placedOf(alloc: AllocationStub): Placed {
+    return {
+      allocId: alloc.ID,
+      started: isSetTime(alloc.TaskStates[o.task]?.StartedAt),
+      done: isDone(alloc, o.task),
+      index: alloc.ModifyIndex,
+    };
+  }
+
   return {
     follow: (id, request) => follow(id, request),
   };
 }
 
+interface Placed {
+  allocId: string;
+  started: boolean;
+  /** No more bytes can come. */
+  done: boolean;
+  /** The allocation's ModifyIndex when known, else 0. */
+  index: number;
+}
+
 /** No more log bytes can come: the task is dead, or the allocation is over on its node. */
-function isDone(alloc: Allocation, task: string): boolean {
+function isDone(alloc: AllocationStub, task: string): boolean {
   if (alloc.TaskStates[task]?.State === "dead") return true;
   return alloc.ClientStatus === "complete" || alloc.ClientStatus === "failed" || alloc.ClientStatus === "lost";
 }
