@@ -269,6 +269,8 @@ export function createNomadLogs(options: NomadLogsOptions): NomadLogs {
             task: o.task,
             type: request.type,
             follow: following,
+            // origin=start skips this many bytes across the rotated files that still exist (contracts/nomad.md
+            // §3.6): exact unless logmon deleted the oldest file (max_files) in between.
             offset: request.offset + delivered,
             signal: streamSignal,
             idleTimeoutMs: o.idleTimeoutMs,
@@ -278,9 +280,10 @@ export function createNomadLogs(options: NomadLogsOptions): NomadLogs {
             for (const frame of decoder.push(chunk)) {
               framesSeen = true;
               if (frame.fileEvent !== "") log.debug({ build: id, file: frame.file, event: frame.fileEvent }, "log file event");
-              if (frame.data.length === 0) continue;
-              delivered += frame.data.length;
-              yield frame.data;
+              for (const piece of frame.data) {
+                delivered += piece.length;
+                yield piece;
+              }
             }
             if (framesSeen) {
               failingSince = undefined;

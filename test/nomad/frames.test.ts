@@ -23,7 +23,7 @@ function encode(spec: Spec): string {
 }
 
 function plain(frames: LogFrame[]) {
-  return frames.map((f) => ({ offset: f.offset, data: f.data.toString("hex"), file: f.file, fileEvent: f.fileEvent }));
+  return frames.map((f) => ({ offset: f.offset, data: Buffer.concat(f.data).toString("hex"), file: f.file, fileEvent: f.fileEvent }));
 }
 
 function expected(specs: Spec[]) {
@@ -87,7 +87,8 @@ describe("frame decoder", () => {
     const bytes = Buffer.from(TRICKY.map(encode).join(""));
     const want = expected(TRICKY);
     for (let cut = 1; cut < bytes.length; cut++) {
-      expect(plain(decodeChunks(splitAt(bytes, [cut]))), `split at ${cut}`).toEqual(want);
+      // A fresh copy each time: the decoder decodes in place.
+      expect(plain(decodeChunks(splitAt(Buffer.from(bytes), [cut]))), `split at ${cut}`).toEqual(want);
     }
   });
 
@@ -173,6 +174,15 @@ describe("frame decoder", () => {
     expect(failure(() => decoder.push(Buffer.from("A".repeat(600)))).message).toMatch(/larger than 1000/);
   });
 
+  it("decodes into the chunks' own memory instead of allocating per frame", () => {
+    const data = Buffer.alloc(3000, 0x78);
+    const chunk = Buffer.from(encode({ offset: 3000, data, file: "f" }));
+    const [frame] = createFrameDecoder().push(chunk);
+    expect(frame?.data).toHaveLength(1);
+    expect(frame?.data[0]?.buffer).toBe(chunk.buffer);
+    expect(frame?.data[0]?.equals(data)).toBe(true);
+  });
+
   it("hands out data that later split frames do not overwrite", () => {
     const decoder = createFrameDecoder();
     const first = encode({ data: Buffer.from("first frame's bytes") });
@@ -182,6 +192,6 @@ describe("frame decoder", () => {
       ...decoder.push(Buffer.from(first.slice(10) + second.slice(0, 7))),
       ...decoder.push(Buffer.from(second.slice(7))),
     ];
-    expect(got.map((f) => f.data.toString())).toEqual(["first frame's bytes", "SECOND FRAME, LONGER ONE"]);
+    expect(got.map((f) => Buffer.concat(f.data).toString())).toEqual(["first frame's bytes", "SECOND FRAME, LONGER ONE"]);
   });
 });

@@ -151,7 +151,7 @@ describe("following a build's log (fake or real Nomad)", () => {
     const frames = decoder.push(Buffer.from(res.text));
     decoder.end();
     const data = frames.filter((f) => f.data.length > 0);
-    expect(Buffer.concat(data.map((f) => f.data)).toString()).toBe("built\n");
+    expect(Buffer.concat(data.flatMap((f) => f.data)).toString()).toBe("built\n");
     expect(data[0]?.file).toBe("alloc/logs/executor.stdout.0");
     expect(data.at(-1)?.offset).toBe(6);
   });
