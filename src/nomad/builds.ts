@@ -9,6 +9,7 @@ import { createNomadLogs, type NomadLogsOptions } from "./logs.js";
 import { buildAllocation, buildOf } from "./outcome.js";
 import type { Job, JobListStub } from "./schema.js";
 
+/** The Nomad build reader's collaborators and limits. */
 export interface NomadBuildReaderOptions {
   nomad: NomadClient;
   /** The builder jobs whose children are petrel's builds; read on every call. */

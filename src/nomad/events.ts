@@ -10,6 +10,7 @@ export interface EventStreamBatch {
   events: StreamEvent[];
 }
 
+/** Where to follow the event stream from, and what to do with what comes. */
 export interface EventFollowOptions {
   nomad: NomadClient;
   log: Logger;

@@ -37,19 +37,10 @@ export function isHeartbeat(frame: LogFrame): boolean {
   return frame.data.length === 0 && frame.offset === 0 && frame.file === "" && frame.fileEvent === "";
 }
 
-/** How many bytes a frame carries. */
-export function frameSize(frame: LogFrame): number {
-  let size = 0;
-  for (const piece of frame.data) size += piece.length;
-  return size;
-}
-
 const OPEN = 0x7b;
 const CLOSE = 0x7d;
 const QUOTE = 0x22;
 const BACKSLASH = 0x5c;
-const EMPTY = Buffer.alloc(0);
-const HEARTBEAT: LogFrame = Object.freeze({ offset: 0, data: Object.freeze([]) as unknown as Buffer[], file: "", fileEvent: "" });
 const DATA_KEY = Buffer.from('"Data":"');
 /** A frame carries at most 64 KiB of data (≈ 88 KiB as base64); anything far larger is not a Nomad frame. */
 const DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024;
@@ -164,7 +155,7 @@ export function createFrameDecoder(options: { maxFrameBytes?: number } = {}): Fr
 
 /** Decodes one complete frame, given as the pieces of the chunks it lies in. */
 function parseFrame(pieces: readonly Buffer[]): LogFrame {
-  if (pieces.length === 1 && pieces[0]?.length === 2) return HEARTBEAT;
+  if (pieces.length === 1 && pieces[0]?.length === 2) return { offset: 0, data: [], file: "", fileEvent: "" };
   const cut = cutData(pieces);
   if (cut !== undefined) {
     const frame = parseObject(cut.rest);

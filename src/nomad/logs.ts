@@ -8,6 +8,7 @@ import { BUILD_TASK, buildAllocation, isAllocationGone, isSetTime } from "./outc
 import { createFrameDecoder } from "./frames.js";
 import type { Allocation, AllocationStub } from "./schema.js";
 
+/** What the log follower needs: the Nomad client, a way to read a build, and timings. */
 export interface NomadLogsOptions {
   nomad: NomadClient;
   log: Logger;

@@ -3,8 +3,9 @@ import { isTerminal } from "../builds/backend.js";
 import { buildFromMeta } from "../builds/model.js";
 import type { AllocMetric, AllocationStub, Evaluation, Job, TaskEvent, TaskState } from "./schema.js";
 
-/** The task group and task every builder runs (SPEC §5); the logs endpoint reads this task. */
+/** The task group every builder runs (SPEC §5). */
 export const BUILD_GROUP = "runner";
+/** The task whose exit decides the build and whose logs are served (SPEC §5). */
 export const BUILD_TASK = "executor";
 
 const ZERO_TIME = "0001-01-01T00:00:00Z";

@@ -16,6 +16,7 @@ export interface TrackerMetrics {
   lagSeconds?: { set(value: number): void };
 }
 
+/** The tracker's collaborators, the reconciliation bounds and the event-stream timings. */
 export interface NomadTrackerOptions {
   nomad: NomadClient;
   /** The builder jobs whose children are petrel's builds; read on every event. */
@@ -38,6 +39,7 @@ export interface NomadTrackerOptions {
   now?: () => number;
 }
 
+/** Follows Nomad for build transitions; `start` once, `stop` at shutdown. */
 export interface NomadTracker {
   /** Reconciles recent builds, then follows the event stream. Resolves after the first reconciliation. */
   start(): Promise<void>;
