@@ -40,8 +40,8 @@ type Command =
 
 // ---- petrel's side (this process) ---------------------------------------------------------------
 
-/** Runs the benchmark, prints the figures and the ratios, and returns them. */
-export async function main(): Promise<Record<string, number>> {
+/** Runs the benchmark, prints the figures and the ratios; true when every target is met. */
+export async function main(): Promise<boolean> {
   const child = fork(fileURLToPath(import.meta.url), ["--child"], { execArgv: process.execArgv, stdio: "inherit" });
   const call = rpc(child);
   const figures: Record<string, number> = {};
@@ -147,8 +147,7 @@ export async function main(): Promise<Record<string, number>> {
     figures.petrelCpuMs = p.cpuMs ?? 0;
     figures.passthroughCpuMs = q.cpuMs ?? 0;
 
-    print(figures);
-    return figures;
+    return print(figures);
   } finally {
     child.send({ id: 0, cmd: "exit" });
     for (const s of servers) s.closeAllConnections();
@@ -237,21 +236,27 @@ async function timed(fn: () => Promise<Read>): Promise<Read> {
   return { ...read, cpuMs: (used.user + used.system) / 1000 };
 }
 
-function print(f: Record<string, number>): void {
+function print(f: Record<string, number>): boolean {
   const n = (v: number | undefined, d = 1) => (v ?? Number.NaN).toFixed(d);
-  const verdict = (ok: boolean) => (ok ? "meets target" : "MISSES target");
+  const met = {
+    throughput: (f.throughputRatio ?? 0) >= 0.9,
+    idle: (f.idleRssGrowthMB ?? Infinity) <= 100,
+    latency: (f.latencyP99Ms ?? Infinity) <= 20,
+  };
+  const verdict = (ok: boolean) => (ok ? "PASS" : "MISS");
   const lines = [
     `log proxy benchmark (${LOG_MIB} MiB log, ${FOLLOWERS} idle followers, ${LATENCY_LINES} latency samples)`,
     `throughput: petrel ${n(f.petrelLogMiBps)} MiB/s of log (${n(f.petrelMs, 0)} ms), passthrough ${n(f.passthroughFramedMiBps)} MiB/s of frames (${n(f.framedMiB, 0)} MiB in ${n(f.passthroughMs, 0)} ms)`,
-    `  ratio passthrough time / petrel time = ${n(f.throughputRatio, 2)}x (target >= 0.9x): ${verdict((f.throughputRatio ?? 0) >= 0.9)}`,
+    `  ratio passthrough time / petrel time = ${n(f.throughputRatio, 2)}x (target >= 0.9x): ${verdict(met.throughput)}`,
     `  CPU in the proxy process: petrel ${n(f.petrelCpuMs, 0)} ms, passthrough ${n(f.passthroughCpuMs, 0)} ms (${n((f.petrelCpuMs ?? 0) / Math.max(1, f.passthroughCpuMs ?? 1), 2)}x)`,
-    `idle followers, one build each: ${n(f.idleFollowers, 0)} upstream streams open, RSS growth ${n(f.idleRssGrowthMB)} MB after a full GC (${n(f.idleRssPerFollowerKB)} KB each; ${n(f.idleRssGrowthBeforeGcMB)} MB before it; target <= 100 MB): ${verdict((f.idleRssGrowthMB ?? Infinity) <= 100)}`,
+    `idle followers, one build each: ${n(f.idleFollowers, 0)} upstream streams open, RSS growth ${n(f.idleRssGrowthMB)} MB after a full GC (${n(f.idleRssPerFollowerKB)} KB each; ${n(f.idleRssGrowthBeforeGcMB)} MB before it; target <= 100 MB): ${verdict(met.idle)}`,
     `  all on one build: ${n(f.idleOneBuildFollowers, 0)} streams, RSS growth ${n(f.idleOneBuildRssGrowthMB)} MB after a full GC`,
     `  ratio growth / 100 MB = ${n((f.idleRssGrowthMB ?? Infinity) / 100, 2)}`,
     `latency frame -> client byte: petrel p50 ${n(f.latencyP50Ms, 2)} ms, p99 ${n(f.latencyP99Ms, 2)} ms; passthrough p99 ${n(f.passthroughLatencyP99Ms, 2)} ms; added p99 ${n(f.addedLatencyP99Ms, 2)} ms`,
-    `  ratio p99 / 20 ms = ${n((f.latencyP99Ms ?? Infinity) / 20, 2)} (target <= 1): ${verdict((f.latencyP99Ms ?? Infinity) <= 20)}`,
+    `  ratio p99 / 20 ms = ${n((f.latencyP99Ms ?? Infinity) / 20, 2)} (target <= 1): ${verdict(met.latency)}`,
   ];
   process.stdout.write(`${lines.join("\n")}\n`);
+  return met.throughput && met.idle && met.latency;
 }
 
 function percentile(values: number[], p: number): number {
@@ -432,7 +437,7 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     void petrelWorker();
   } else {
     main().then(
-      () => process.exit(0),
+      (ok) => process.exit(ok ? 0 : 1),
       (err: unknown) => {
         process.stderr.write(`${err instanceof Error ? err.stack : String(err)}\n`);
         process.exit(1);
