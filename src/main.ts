@@ -130,14 +130,20 @@ export async function startPetrel(config: Config, log: Logger, env: NodeJS.Proce
     const consulRegistry = registry;
     const builders = () => consulRegistry.builders();
     reader = createNomadBuildReader({ nomad, builders, log });
-    const tracker = createNomadTracker({ nomad, builders, log, onBuild: (build: Build) => notify(build) });
+    const tracker = createNomadTracker({
+      nomad,
+      builders,
+      log,
+      onBuild: (build: Build) => notify(build),
+      metrics: { reconnects: metrics.eventReconnects, lagSeconds: metrics.eventLagSeconds },
+    });
     closers.push(() => tracker.stop());
     extraHealth.consul = async (signal) => {
       await consul.leader(signal);
       return { ok: true };
     };
     notify = createStatusNotifier({ registry, reporter, publicUrl: config.publicUrl, log });
-    tracker.start();
+    void tracker.start().catch((err: unknown) => log.error({ err: (err as Error).message }, "first reconciliation of build statuses failed; the event stream goes on"));
   } else {
     const { createFileRegistry } = await import("./registry/file.js");
     const { createLocalBackend } = await import("./local/backend.js");

@@ -11,6 +11,8 @@ export interface Metrics {
   statusesPosted: Counter<"state" | "result">;
   logFollowers: Gauge;
   logBytes: Counter;
+  eventReconnects: Counter;
+  eventLagSeconds: Gauge;
 }
 
 /** Creates the metrics; `staleness` is read at scrape time. */
@@ -67,5 +69,15 @@ export function createMetrics(options: { staleness: () => { seconds: number; ok:
     help: "Build log bytes sent to clients.",
     registers: [registry],
   });
-  return { logFollowers, logBytes, registry, deliveries, dispatchSeconds, upstreamErrors, registryStaleness, registryUp, statusesPosted };
+  const eventReconnects = new Counter({
+    name: "petrel_nomad_event_stream_reconnects_total",
+    help: "Reconnects of the Nomad event stream that drives commit statuses.",
+    registers: [registry],
+  });
+  const eventLagSeconds = new Gauge({
+    name: "petrel_nomad_event_lag_seconds",
+    help: "Seconds between an allocation change in Nomad and petrel seeing it.",
+    registers: [registry],
+  });
+  return { eventReconnects, eventLagSeconds, logFollowers, logBytes, registry, deliveries, dispatchSeconds, upstreamErrors, registryStaleness, registryUp, statusesPosted };
 }
