@@ -7,6 +7,7 @@ import { buildOf } from "../../src/nomad/outcome.js";
 import { AllocationStub, Evaluation, Job } from "../../src/nomad/schema.js";
 import { captureLogs } from "../helpers/log-capture.js";
 import { builderJob, realNomad, startTarget, type NomadTarget } from "./target.js";
+import { rejection } from "../helpers/rejection.js";
 
 // The Nomad build reader: state derivation (contracts/nomad.md §2.4), listing, cancel, and the refusal of
 // anything that is not a dispatched child of a configured builder.
@@ -45,14 +46,6 @@ async function build(id: string): Promise<Build> {
   return b;
 }
 
-async function rejection(promise: Promise<unknown>): Promise<unknown> {
-  try {
-    await promise;
-  } catch (err) {
-    return err;
-  }
-  throw new Error("expected a rejection");
-}
 
 describe("a build from Nomad (fake or real Nomad)", () => {
   it("reads the build's meta and reaches success", async () => {

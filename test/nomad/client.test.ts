@@ -3,6 +3,7 @@ import { AppError, UpstreamError } from "../../src/errors.js";
 import { createNomadClient, type NomadClient } from "../../src/nomad/client.js";
 import { startNomadFake } from "../fakes/nomad.js";
 import { realNomad, startTarget, type NomadTarget } from "./target.js";
+import { rejection } from "../helpers/rejection.js";
 
 // Every client method against the fake, or against a real Nomad when NOMAD_ADDR is set; assertions that need
 // the fake's request log or its lifecycle hooks are skipped then.
@@ -36,14 +37,6 @@ function token(): string {
   return `client-test-${process.pid}-${Date.now()}-${tokens}`;
 }
 
-async function rejection(promise: Promise<unknown>): Promise<unknown> {
-  try {
-    await promise;
-  } catch (err) {
-    return err;
-  }
-  throw new Error("expected a rejection");
-}
 
 describe("dispatch", () => {
   it("dispatches a child and reports it as new", async () => {

@@ -7,6 +7,7 @@ import { createNomadClient, type NomadClient } from "../../src/nomad/client.js";
 import { createFrameDecoder } from "../../src/nomad/frames.js";
 import { captureLogs } from "../helpers/log-capture.js";
 import { realNomad, startTarget, type NomadTarget } from "./target.js";
+import { rejection } from "../helpers/rejection.js";
 
 // Following build logs through src/nomad/logs.ts (via the build reader) against the fake, whose log files,
 // rotation and connection cuts the tests drive; the first block also runs against a real Nomad.
@@ -97,14 +98,6 @@ async function eventually(check: () => boolean, ms = 3000): Promise<void> {
   }
 }
 
-async function rejection(promise: Promise<unknown>): Promise<unknown> {
-  try {
-    await promise;
-  } catch (err) {
-    return err;
-  }
-  throw new Error("expected a rejection");
-}
 
 describe("following a build's log (fake or real Nomad)", () => {
   it("streams a finished build's stdout and ends", async () => {

@@ -4,6 +4,7 @@ import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest";
 import { UpstreamError } from "../../src/errors.js";
 import { createNomadClient, isPermanentDispatchError, type NomadClient } from "../../src/nomad/client.js";
 import { startNomadFake, type NomadFake } from "../fakes/nomad.js";
+import { rejection } from "../helpers/rejection.js";
 
 // Retry policy, retry budget, outages and single-flight: these need the fake's failure hooks, so they never
 // run against a real Nomad.
@@ -32,14 +33,6 @@ function client(retryBudgetMs?: number, addr = fake.url): NomadClient {
 
 const dispatches = () => fake.requests.filter((r) => r.path.endsWith("/dispatch")).length;
 
-async function rejection(promise: Promise<unknown>): Promise<unknown> {
-  try {
-    await promise;
-  } catch (err) {
-    return err;
-  }
-  throw new Error("expected a rejection");
-}
 
 describe("dispatch retries", () => {
   it("retries a 500 that is not a validation error, then succeeds", async () => {
