@@ -50,7 +50,7 @@ describe.skipIf(!support.ok)("petrel executor (overlay in a private mount namesp
       },
       { executable: [".petrel"] },
     );
-    hostMounts = mountPoints();
+    hostMounts = mountPoints(dir);
   });
 
   afterAll(() => {
@@ -493,7 +493,7 @@ exec ${realFlock} "$@"
   });
 
   it("leaves no mount behind on the host", () => {
-    expect(mountPoints()).toEqual(hostMounts);
+    expect(mountPoints(dir)).toEqual(hostMounts);
   });
 });
 

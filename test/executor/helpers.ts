@@ -156,11 +156,18 @@ export function treeDigest(dir: string): Map<string, string> {
 }
 
 /** Mount points of this process's mount namespace (the host's, for the test process). */
-export function mountPoints(): string[] {
+/**
+ * Mounts on the host whose mount point lies under one of `roots` (the test's own directories, and where the
+ * executor puts build directories), so another program mounting elsewhere on the machine cannot fail a test.
+ */
+export function mountPoints(...roots: string[]): string[] {
+  const under = [...roots, join(tmpdir(), "petrel-build-")];
   return readFileSync("/proc/self/mountinfo", "utf8")
     .split("\n")
     .filter(Boolean)
-    .map((line) => line.split(" ").slice(3, 5).join(" "))
+    .map((line) => line.split(" ").slice(3, 5))
+    .filter(([, point]) => point !== undefined && under.some((root) => point.startsWith(root)))
+    .map((fields) => fields.join(" "))
     .sort();
 }
 

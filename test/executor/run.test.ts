@@ -66,7 +66,7 @@ describe("petrel run", () => {
     // git status refreshes the index file; take it first so the digest is of a settled tree.
     const status = sh("git status --porcelain", repo.work);
     const before = treeDigest(repo.work);
-    const mounts = mountPoints();
+    const mounts = mountPoints(dir);
     const r = await petrelRun(join(repo.work, "src"), ["--flavor", "nix"], env);
     expect(r.stderr).toContain(`==> checkout acme/widgets@${commit.slice(0, 7)} (working tree ${repo.work})`);
     expect(r.stderr).toMatch(/==> overlay at .* \(private mount namespace\)/);
@@ -76,7 +76,7 @@ describe("petrel run", () => {
     expect(sh("git status --porcelain", repo.work)).toBe(status);
     expect(status).toContain(" M src/a.c");
     expect(sh("git branch --list", repo.work).trim()).toBe("* main");
-    expect(mountPoints()).toEqual(mounts);
+    expect(mountPoints(dir)).toEqual(mounts);
   });
 
   it.skipIf(!support.ok)("keeps a linked worktree's git directory, outside the tree, read-only for the build", async () => {
