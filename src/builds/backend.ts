@@ -44,8 +44,11 @@ export interface Build {
   event: string;
   pr?: string;
   trusted: boolean;
-  /** From the PRIVATE meta key; private repositories' builds need the admin token by default. */
-  private: boolean;
+  /**
+   * From the PRIVATE meta key, which the forge's payload set at dispatch; absent when the builder does not
+   * carry it (or a manual build could not tell). Reading a build whose privacy is unknown needs the token.
+   */
+  private?: boolean;
   state: BuildState;
   /** Why the build ended as it did, in words (exit code, cancelled, could not be placed, ...). */
   reason?: string;
@@ -58,11 +61,45 @@ export interface Build {
   allocId?: string;
 }
 
+/** A build as its dispatch meta alone describes it: what a listing knows before reading any detail. */
+export type BuildSummary = Pick<Build, "id" | "builder" | "repo" | "repoUrl" | "commit" | "ref" | "flavor" | "event" | "trusted" | "private" | "pr">;
+
+/** Where a listing left off: the creation time (ms) and ID of the last build it looked at, newest first. */
+export interface BuildCursor {
+  time: number;
+  id: string;
+}
+
 export interface BuildFilter {
   repo?: string;
   ref?: string;
   state?: BuildState;
+  /** Most builds in the page; also bounds the backend's detail reads (about three per build in cluster mode). */
   limit: number;
+  /** Only builds after this point of an earlier page. */
+  after?: BuildCursor;
+  /** Whether the caller may see a build, from its meta alone; refused builds are counted, never read in detail. */
+  visible?: (build: BuildSummary) => boolean | Promise<boolean>;
+}
+
+/** One page of a listing. */
+export interface BuildPage {
+  builds: Build[];
+  /** Builds this page passed over because the caller may not read them (private repositories without the token). */
+  hidden: number;
+  /** Where the next page starts; absent when nothing older is left. */
+  next?: BuildCursor;
+}
+
+/** True when a build created at `time` with `id` sorts after (is older than) `cursor`, newest first. */
+export function isAfterCursor(time: number, id: string, cursor: BuildCursor | undefined): boolean {
+  if (cursor === undefined) return true;
+  return time < cursor.time || (time === cursor.time && id < cursor.id);
+}
+
+/** Newest first, ties broken by ID (descending), the order every listing and cursor uses. */
+export function newestFirst(a: { time: number; id: string }, b: { time: number; id: string }): number {
+  return b.time - a.time || (a.id < b.id ? 1 : a.id > b.id ? -1 : 0);
 }
 
 export type LogType = "stdout" | "stderr";
@@ -87,8 +124,8 @@ export interface LogRequest {
 
 /** Reading builds back: the same answers in both modes, from Nomad's state or the local runner's records. */
 export interface BuildReader {
-  /** Builds newest first. */
-  listBuilds(filter: BuildFilter, signal?: AbortSignal): Promise<Build[]>;
+  /** Builds newest first, one page at a time. */
+  listBuilds(filter: BuildFilter, signal?: AbortSignal): Promise<BuildPage>;
   /** One build, or undefined when it is not (or no longer) known. Foreign IDs are refused before any call. */
   getBuild(id: string, signal?: AbortSignal): Promise<Build | undefined>;
   /**

@@ -1,11 +1,7 @@
-import type { Build, BuildState } from "./backend.js";
+import type { Build, BuildState, BuildSummary } from "./backend.js";
 
 /** The fields of a build that come from its dispatch meta, the same in both modes. */
-export function buildFromMeta(
-  id: string,
-  builder: string,
-  meta: Readonly<Record<string, string | undefined>>,
-): Pick<Build, "id" | "builder" | "repo" | "repoUrl" | "commit" | "ref" | "flavor" | "event" | "trusted" | "private"> & { pr?: string } {
+export function buildFromMeta(id: string, builder: string, meta: Readonly<Record<string, string | undefined>>): BuildSummary {
   const repoUrl = meta.REPO_URL ?? "";
   const out = {
     id,
@@ -17,9 +13,9 @@ export function buildFromMeta(
     flavor: meta.FLAVOR || "default",
     event: meta.EVENT || (meta.TAG ? "tag" : meta.PR ? "pull_request" : "push"),
     trusted: meta.TRUSTED === "true",
-    private: meta.PRIVATE === "true",
   };
-  return meta.PR ? { ...out, pr: meta.PR } : out;
+  const privacy = meta.PRIVATE === "true" ? { private: true } : meta.PRIVATE === "false" ? { private: false } : {};
+  return { ...out, ...privacy, ...(meta.PR ? { pr: meta.PR } : {}) };
 }
 
 /** `owner/name` from a clone URL (https, ssh or file). */

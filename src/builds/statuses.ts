@@ -25,7 +25,7 @@ export function commitStatusOf(build: Build): { state: CommitState; description:
 }
 
 /** The registry entry a build belongs to: by its clone URL, else by a unique `owner/name` match. */
-export async function entryOfBuild(registry: Registry, build: Build): Promise<RepoEntry | undefined> {
+export async function entryOfBuild(registry: Registry, build: Pick<Build, "repo" | "repoUrl">): Promise<RepoEntry | undefined> {
   const key = repoKeyFromUrl(build.repoUrl);
   const direct = key === undefined ? undefined : await registry.get(key);
   if (direct !== undefined) return direct;

@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import type {
+  BuildPage,
   Build,
   BuildBackend,
   BuildFilter,
@@ -17,7 +18,7 @@ import type {
   DispatchResult,
   LogRequest,
 } from "../builds/backend.js";
-import { isTerminal } from "../builds/backend.js";
+import { isAfterCursor, isTerminal, newestFirst } from "../builds/backend.js";
 import { OPTIONAL_META, REQUIRED_META } from "../builds/dispatch.js";
 import { buildFromMeta, matchesFilter } from "../builds/model.js";
 import { AppError } from "../errors.js";
@@ -301,12 +302,21 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
       }
     },
 
-    async listBuilds(filter: BuildFilter): Promise<Build[]> {
-      return [...records.values()]
-        .map(toBuild)
-        .filter((b) => matchesFilter(b, filter))
-        .sort((a, b) => b.createdAt.localeCompare(a.createdAt) || b.id.localeCompare(a.id))
-        .slice(0, filter.limit);
+    async listBuilds(filter: BuildFilter): Promise<BuildPage> {
+      const sorted = [...records.values()]
+        .map((record) => ({ build: toBuild(record), time: Date.parse(record.createdAt), id: record.id }))
+        .filter((c) => isAfterCursor(c.time, c.id, filter.after) && matchesFilter(c.build, filter))
+        .sort(newestFirst);
+      const page: BuildPage = { builds: [], hidden: 0 };
+      let at = 0;
+      for (; at < sorted.length && page.builds.length < filter.limit; at += 1) {
+        const { build } = sorted[at] as { build: Build };
+        if (filter.visible !== undefined && !(await filter.visible(build))) page.hidden += 1;
+        else page.builds.push(build);
+      }
+      const last = sorted[at - 1];
+      if (at < sorted.length && last !== undefined) page.next = { time: last.time, id: last.id };
+      return page;
     },
 
     async getBuild(id) {

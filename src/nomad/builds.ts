@@ -1,5 +1,5 @@
-import type { Build, BuildFilter, BuildReader, BuildState } from "../builds/backend.js";
-import { isTerminal } from "../builds/backend.js";
+import type { Build, BuildPage, BuildReader, BuildState, BuildSummary } from "../builds/backend.js";
+import { isAfterCursor, isTerminal, newestFirst } from "../builds/backend.js";
 import { isBuildOf, parentOfBuildId } from "../builds/dispatch.js";
 import { buildFromMeta, matchesFilter } from "../builds/model.js";
 import { AppError } from "../errors.js";
@@ -17,8 +17,7 @@ export interface NomadBuildReaderOptions {
   log: Logger;
   /** Timings of the log follower (tests shorten them). */
   logs?: Omit<NomadLogsOptions, "nomad" | "log" | "readBuild">;
-  /** Most children one listing reads in detail; with `concurrency`, this bounds the Nomad calls per list. */
-  maxScan?: number;
+  /** Detail reads a listing runs at once. */
   concurrency?: number;
   /** Finished builds remembered, so listings do not read them again. */
   cacheSize?: number;
@@ -30,7 +29,6 @@ export type NomadBuildReader = BuildReader & {
   readBuild(id: string, signal?: AbortSignal): Promise<Build | undefined>;
 };
 
-const DEFAULT_MAX_SCAN = 500;
 const DEFAULT_CONCURRENCY = 8;
 const DEFAULT_CACHE = 4096;
 
@@ -38,14 +36,14 @@ const DEFAULT_CACHE = 4096;
  * Builds as Nomad sees them (cluster mode). Each answer comes from Nomad's current state; the only memory is
  * a bounded cache of finished builds keyed by the job's ModifyIndex, which any change to the job invalidates.
  *
- * Calls per `listBuilds`: one `GET /v1/jobs?prefix=<builder>/dispatch-` per builder, then, newest first and
- * at most `concurrency` at a time, `GET /v1/job/:id` + `/allocations` (+ `/evaluations` while a build has no
- * allocation) for each child that is not a cached finished build, stopping once `limit` builds matched or
- * `maxScan` children were read: at most builders + 3 × maxScan, usually builders + 2 × (builds in progress).
+ * Calls per `listBuilds`: one `GET /v1/jobs?prefix=<builder>/dispatch-&meta=true` per builder (shared by
+ * concurrent listings), then, newest first and at most `concurrency` at a time, `GET /v1/job/:id` +
+ * `/allocations` (+ `/evaluations` while a build has no allocation) for at most `limit` children that pass the
+ * repository, ref and visibility checks on their Meta and are not cached finished builds: at most
+ * builders + 3 × limit whoever asks, and builds the caller may not see are never read.
  */
 export function createNomadBuildReader(options: NomadBuildReaderOptions): NomadBuildReader {
   const { nomad, log } = options;
-  const maxScan = options.maxScan ?? DEFAULT_MAX_SCAN;
   const concurrency = options.concurrency ?? DEFAULT_CONCURRENCY;
   const cacheSize = options.cacheSize ?? DEFAULT_CACHE;
   const finished = new Map<string, { modifyIndex: number; build: Build }>();
@@ -84,14 +82,33 @@ export function createNomadBuildReader(options: NomadBuildReaderOptions): NomadB
   const follower = createNomadLogs({ ...options.logs, nomad, log, readBuild: (id, signal) => readBuild(id, signal) });
 
   /** A listed child as a build, from the cache when it finished and has not changed since. */
-  async function fromStub(stub: JobListStub, filter: BuildFilter, signal?: AbortSignal): Promise<Build | undefined> {
+  async function fromStub(stub: JobListStub, signal?: AbortSignal): Promise<Build | undefined> {
     const cached = finished.get(stub.ID);
     if (cached !== undefined && cached.modifyIndex === stub.ModifyIndex) return cached.build;
-    const meta = metas.get(stub.ID);
-    if (meta !== undefined && !matchesFilter(buildFromMeta(stub.ID, stub.ParentID, meta) as Build, withoutState(filter))) {
-      return undefined;
-    }
     return readBuild(stub.ID, signal);
+  }
+
+  const isCachedFinished = (stub: JobListStub): boolean => finished.get(stub.ID)?.modifyIndex === stub.ModifyIndex;
+
+  /** What the stub's Meta (`?meta=true`) or an earlier read says of the build, without a request. */
+  const summaryOf = (stub: JobListStub): BuildSummary | undefined => {
+    const meta = stub.Meta ?? metas.get(stub.ID);
+    return meta === undefined ? undefined : buildFromMeta(stub.ID, stub.ParentID, meta);
+  };
+
+  // Concurrent listings (a burst of anonymous readers) share one `GET /v1/jobs` per builder.
+  const inflight = new Map<string, Promise<JobListStub[]>>();
+  function children(builder: string, signal?: AbortSignal): Promise<JobListStub[]> {
+    let pending = inflight.get(builder);
+    if (pending === undefined) {
+      pending = nomad
+        .listJobs({ prefix: `${builder}/dispatch-`, meta: true })
+        // The prefix also matches children of a builder whose name extends this one's; ParentID decides.
+        .then((stubs) => stubs.filter((s) => s.ParentID === builder && isBuildOf(s.ID, new Set([builder]))))
+        .finally(() => inflight.delete(builder));
+      inflight.set(builder, pending);
+    }
+    return signal === undefined ? pending : abortable(pending, signal);
   }
 
   return {
@@ -104,27 +121,47 @@ export function createNomadBuildReader(options: NomadBuildReaderOptions): NomadB
 
     async listBuilds(filter, signal) {
       const builders = [...options.builders()];
-      const lists = await Promise.all(
-        builders.map(async (builder) => {
-          const stubs = await nomad.listJobs({ prefix: `${builder}/dispatch-`, ...signalOpt(signal) });
-          // The prefix also matches children of a builder whose name extends this one's; ParentID decides.
-          return stubs.filter((s) => s.ParentID === builder && isBuildOf(s.ID, new Set([builder])));
-        }),
-      );
+      const lists = await Promise.all(builders.map((builder) => children(builder, signal)));
       const candidates = lists
         .flat()
-        .filter((s) => mayHaveState(s, filter.state))
-        .sort((a, b) => b.SubmitTime - a.SubmitTime || (a.ID < b.ID ? 1 : a.ID > b.ID ? -1 : 0))
-        .slice(0, maxScan);
+        .map((stub) => ({ stub, time: Math.floor(stub.SubmitTime / 1e6), id: stub.ID }))
+        .filter((c) => isAfterCursor(c.time, c.id, filter.after) && mayHaveState(c.stub, filter.state))
+        .sort(newestFirst);
       const out: Build[] = [];
-      for (let at = 0; at < candidates.length && out.length < filter.limit; at += concurrency) {
+      let hidden = 0;
+      let reads = 0;
+      let at = 0;
+      // Detail reads are bounded by the page size: a page that ran out of its budget ends early with a cursor.
+      while (at < candidates.length && out.length < filter.limit && reads < filter.limit) {
         signal?.throwIfAborted();
-        const batch = await Promise.all(candidates.slice(at, at + concurrency).map((s) => fromStub(s, filter, signal)));
-        for (const build of batch) {
-          if (build !== undefined && matchesFilter(build, filter) && out.length < filter.limit) out.push(build);
+        const batch: { stub: JobListStub }[] = [];
+        while (at < candidates.length && batch.length < concurrency && reads + batch.length < filter.limit) {
+          const { stub } = candidates[at] as { stub: JobListStub };
+          at += 1;
+          const summary = summaryOf(stub);
+          if (summary !== undefined && !matchesFilter(summary as Build, withoutState(filter))) continue;
+          if (summary !== undefined && filter.visible !== undefined && !(await filter.visible(summary))) {
+            hidden += 1;
+            continue;
+          }
+          batch.push({ stub });
+        }
+        reads += batch.filter(({ stub }) => !isCachedFinished(stub)).length;
+        const builds = await Promise.all(batch.map(({ stub }) => fromStub(stub, signal)));
+        for (const build of builds) {
+          if (build === undefined || !matchesFilter(build, filter)) continue;
+          // Stubs without Meta (an older Nomad) are checked once the build is read.
+          if (filter.visible !== undefined && !(await filter.visible(build))) {
+            hidden += 1;
+            continue;
+          }
+          if (out.length < filter.limit) out.push(build);
         }
       }
-      return out;
+      const last = candidates[at - 1];
+      const page: BuildPage = { builds: out, hidden };
+      if (at < candidates.length && last !== undefined) page.next = { time: last.time, id: last.id };
+      return page;
     },
 
     logs(id, request) {
@@ -141,11 +178,21 @@ export function createNomadBuildReader(options: NomadBuildReaderOptions): NomadB
   };
 }
 
-function withoutState(filter: BuildFilter): { repo?: string; ref?: string } {
+function withoutState(filter: { repo?: string; ref?: string }): { repo?: string; ref?: string } {
   const out: { repo?: string; ref?: string } = {};
   if (filter.repo !== undefined) out.repo = filter.repo;
   if (filter.ref !== undefined) out.ref = filter.ref;
   return out;
+}
+
+/** `promise`, or the signal's reason as soon as it aborts; the shared work itself goes on for its other waiters. */
+function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
 }
 
 /** What a list stub alone rules out: a dead job is finished, and success or failure needs a dead job. */

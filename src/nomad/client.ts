@@ -104,7 +104,8 @@ export interface NomadClient {
     opts?: BlockingOptions & { all?: boolean },
   ): Promise<{ allocations: AllocationStub[]; index: number }>;
   allocation(allocId: string, opts?: BlockingOptions): Promise<{ allocation: Allocation; index: number } | undefined>;
-  listJobs(opts: { prefix: string; signal?: AbortSignal }): Promise<JobListStub[]>;
+  /** Job stubs by ID prefix; with `meta`, each stub carries the job's Meta (one request, no per-job reads). */
+  listJobs(opts: { prefix: string; meta?: boolean; signal?: AbortSignal }): Promise<JobListStub[]>;
   /** `listJobs` with the answer's `X-Nomad-Index`, e.g. to start an event stream where the listing left off. */
   listJobsIndexed(opts: { prefix: string; signal?: AbortSignal }): Promise<{ jobs: JobListStub[]; index: number }>;
   jobEvaluations(id: string, opts?: BlockingOptions): Promise<{ evaluations: Evaluation[]; index: number }>;
@@ -433,9 +434,10 @@ export function createNomadClient(opts: NomadClientOptions): NomadClient {
       return answer && { allocation: answer.value, index: answer.index };
     },
 
-    async listJobs({ prefix, signal }) {
+    async listJobs({ prefix, meta, signal }) {
+      const query = { prefix, meta: meta === true ? "true" : undefined };
       const answer = await retried(
-        { method: "GET", path: "/v1/jobs", action: "list jobs", schema: JobListStub.array(), query: { prefix } },
+        { method: "GET", path: "/v1/jobs", action: "list jobs", schema: JobListStub.array(), query },
         signal,
       );
       return required(answer, "list jobs").value;

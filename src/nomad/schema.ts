@@ -88,6 +88,8 @@ export const JobListStub = z.looseObject({
   // A bool in `JobListStub`; tolerate an object too, as filters treat it as a pointer.
   ParameterizedJob: z.unknown().transform((v) => v !== undefined && v !== null && v !== false),
   SubmitTime: num,
+  // Only with `?meta=true` (recorded in fixtures/nomad/jobs.list.meta); absent otherwise.
+  Meta: z.record(z.string(), z.string()).nullish().transform((v) => v ?? undefined),
   JobSummary: JobSummary.nullish().transform((v) => v ?? null),
   CreateIndex: num,
   ModifyIndex: num,

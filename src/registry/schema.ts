@@ -56,6 +56,11 @@ export const RepoConfig = z.object({
     .record(z.string().regex(/^[A-Za-z0-9._-]+$/, "cache names are letters, digits, '.', '_' and '-'"), z.string().min(1))
     .default({}),
   logs: z.enum(["public", "token"]).optional(),
+  /**
+   * Whether the repository is private, as the operator states it. Without it (and without `logs`), privacy
+   * comes from the PRIVATE meta the forge's payload set at dispatch; when neither tells, reading needs the token.
+   */
+  private: z.boolean().optional(),
 });
 export type RepoConfig = z.infer<typeof RepoConfig>;
 

@@ -7,7 +7,7 @@ import { z } from "zod";
 import type { AppDeps } from "../app.js";
 import { isAdmin } from "../auth.js";
 import { BUILD_STATES, isTerminal } from "../builds/backend.js";
-import type { Build, BuildFilter, BuildState, LogType } from "../builds/backend.js";
+import type { Build, BuildCursor, BuildFilter, BuildState, BuildSummary, LogType } from "../builds/backend.js";
 import { isBuildOf } from "../builds/dispatch.js";
 import { cloneUrlOf, metaForBuilder, planManual } from "../builds/plan.js";
 import { entryOfBuild } from "../builds/statuses.js";
@@ -32,6 +32,22 @@ const TriggerBody = z.object({
   repo_url: z.string().min(1).optional(),
 });
 
+/** A listing cursor as it travels in `?cursor=`: opaque to callers, `<ms>.<id>` in base64url. */
+export function formatCursor(cursor: BuildCursor): string {
+  return Buffer.from(`${cursor.time}.${cursor.id}`).toString("base64url");
+}
+
+function parseCursor(raw: string): BuildCursor {
+  const text = Buffer.from(raw, "base64url").toString();
+  const dot = text.indexOf(".");
+  const time = Number(text.slice(0, dot));
+  const id = text.slice(dot + 1);
+  if (dot < 1 || !Number.isSafeInteger(time) || id === "" || formatCursor({ time, id }) !== raw) {
+    throw new AppError("bad_request", 400, "cursor is not one this server gave out (use next_cursor from a listing)");
+  }
+  return { time, id };
+}
+
 /** The builds API: list, show, follow logs (text or SSE), cancel, trigger. Only petrel's own builds. */
 export function createBuildsRoute(deps: AppDeps): Hono {
   const app = new Hono();
@@ -47,13 +63,19 @@ export function createBuildsRoute(deps: AppDeps): Hono {
     if (!admin(c)) throw new AppError("unauthorized", 401, "this endpoint needs Authorization: Bearer <PETREL_ADMIN_TOKEN>");
   };
 
-  const readable = async (c: Context, build: Build): Promise<boolean> => {
-    if (admin(c)) return true;
+  /**
+   * Whether an anonymous caller may read a build. Privacy comes from the registry entry (`logs`, `private`)
+   * and the forge's payload (the PRIVATE meta set at dispatch); when neither tells, reading needs the token.
+   */
+  const publicBuild = async (build: BuildSummary): Promise<boolean> => {
     const entry = await entryOfBuild(deps.registry, build);
     if (entry === undefined) return false;
-    const mode = entry.config.logs ?? (build.private ? "token" : "public");
-    return mode === "public";
+    if (entry.config.logs !== undefined) return entry.config.logs === "public";
+    const isPrivate = entry.config.private ?? build.private;
+    return isPrivate === false;
   };
+
+  const readable = async (c: Context, build: BuildSummary): Promise<boolean> => admin(c) || publicBuild(build);
 
   /** Refuses anything that is not a dispatched child of a configured builder, before any backend call. */
   const ourBuild = async (c: Context, id: string): Promise<Build> => {
@@ -78,19 +100,22 @@ export function createBuildsRoute(deps: AppDeps): Hono {
     if (state !== undefined && !(BUILD_STATES as readonly string[]).includes(state)) {
       throw new AppError("bad_request", 400, `state must be one of ${BUILD_STATES.join(", ")}`);
     }
-    const filter: BuildFilter = { limit: admin(c) ? limit : MAX_LIMIT };
+    const filter: BuildFilter = { limit };
     const repo = c.req.query("repo");
     const ref = c.req.query("ref");
+    const cursor = c.req.query("cursor");
     if (repo !== undefined) filter.repo = repo;
     if (ref !== undefined) filter.ref = ref;
     if (state !== undefined) filter.state = state as BuildState;
-    const all = await reader.listBuilds(filter, c.req.raw.signal);
-    const visible: Build[] = [];
-    for (const build of all) {
-      if (visible.length >= limit) break;
-      if (await readable(c, build)) visible.push(build);
-    }
-    return c.json({ builds: visible.map((b) => withLinks(deps.publicUrl, b)) });
+    if (cursor !== undefined) filter.after = parseCursor(cursor);
+    if (!admin(c)) filter.visible = publicBuild;
+    const page = await reader.listBuilds(filter, c.req.raw.signal);
+    return c.json({
+      builds: page.builds.map((b) => withLinks(deps.publicUrl, b)),
+      // Builds left out for lack of the token, so a reader knows the listing is not the whole story.
+      hidden: page.hidden,
+      ...(page.next === undefined ? {} : { next_cursor: formatCursor(page.next) }),
+    });
   });
 
   app.post("/builds", async (c) => {

@@ -836,7 +836,9 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
         const jobs = [...state.jobs.values()]
           .filter((j) => (ns === "*" || j.Namespace === ns) && j.ID.startsWith(prefix))
           .sort((a, b) => (a.ID < b.ID ? -1 : a.ID > b.ID ? 1 : 0));
-        return read(jobs.map(stubOf), state.tables.jobs);
+        // `meta=true` adds each job's Meta to its stub (fixtures/nomad/jobs.list.meta).
+        const withMeta = query.get("meta") === "true";
+        return read(jobs.map((j) => (withMeta ? { ...stubOf(j), Meta: j.Meta } : stubOf(j))), state.tables.jobs);
       }
       if (method !== "PUT" && method !== "POST") throw new NomadHttpError(405, "Invalid method");
       return registerRequest(req, query, body, undefined);

@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Build } from "../../src/builds/backend.js";
+import type { Build, BuildCursor } from "../../src/builds/backend.js";
 import { createNomadBuildReader, type NomadBuildReader } from "../../src/nomad/builds.js";
 import { createNomadClient, type NomadClient } from "../../src/nomad/client.js";
 import { buildOf } from "../../src/nomad/outcome.js";
@@ -70,10 +70,11 @@ describe("a build from Nomad (fake or real Nomad)", () => {
       flavor: "default",
       event: "push",
       trusted: true,
-      private: false,
       state: "success",
       exitCode: 0,
     });
+    // META carries no PRIVATE: the build's privacy is unknown, not "public".
+    expect(b.private).toBeUndefined();
     expect(b.allocId).toMatch(/^[0-9a-f-]{36}$/);
     expect(Date.parse(b.createdAt)).toBeGreaterThan(Date.now() - 600_000);
     expect(Date.parse(b.startedAt ?? "")).toBeGreaterThanOrEqual(Date.parse(b.createdAt) - 1000);
@@ -164,7 +165,7 @@ describe.skipIf(realNomad)("build states (fake-driven lifecycles)", () => {
     const id = `${builder}/dispatch-1700000000-0badc0de`;
     fake.registerJob({ ...builderJob(id), ParameterizedJob: null, Meta: META });
     expect(await reader.getBuild(id)).toBeUndefined();
-    expect((await reader.listBuilds({ limit: 500 })).map((b) => b.id)).not.toContain(id);
+    expect((await reader.listBuilds({ limit: 500 })).builds.map((b) => b.id)).not.toContain(id);
   });
 });
 
@@ -194,11 +195,11 @@ describe.skipIf(realNomad)("listing builds", () => {
   const reader2 = () => createNomadBuildReader({ nomad, builders: () => new Set([builder, other]), log: captureLogs().log });
 
   it("lists only children of the configured builders, newest first", async () => {
-    const list = await reader.listBuilds({ limit: 500 });
+    const list = (await reader.listBuilds({ limit: 500 })).builds;
     expect(list.map((b) => b.builder).every((b) => b === builder)).toBe(true);
     const mine = list.map((b) => b.id).filter((id) => Object.values(ids).includes(id));
     expect(mine).toEqual([ids.queued, ids.running, ids.failed, ids.ok]);
-    const both = await reader2().listBuilds({ limit: 500 });
+    const both = (await reader2().listBuilds({ limit: 500 })).builds;
     expect(both.map((b) => b.id)).toContain(ids.nix);
     const times = both.map((b) => Date.parse(b.createdAt));
     expect([...times].sort((a, b) => b - a)).toEqual(times);
@@ -206,16 +207,16 @@ describe.skipIf(realNomad)("listing builds", () => {
 
   it("filters by state, ref and repo, and stops at the limit", async () => {
     const r = reader2();
-    expect((await r.listBuilds({ limit: 500, state: "failure" })).map((b) => b.id)).toContain(ids.failed);
-    expect((await r.listBuilds({ limit: 500, state: "failure" })).every((b) => b.state === "failure")).toBe(true);
-    expect((await r.listBuilds({ limit: 500, state: "running" })).map((b) => b.id)).toEqual(
+    expect((await r.listBuilds({ limit: 500, state: "failure" })).builds.map((b) => b.id)).toContain(ids.failed);
+    expect((await r.listBuilds({ limit: 500, state: "failure" })).builds.every((b) => b.state === "failure")).toBe(true);
+    expect((await r.listBuilds({ limit: 500, state: "running" })).builds.map((b) => b.id)).toEqual(
       expect.arrayContaining([ids.running]),
     );
-    const dev = await r.listBuilds({ limit: 500, ref: "dev" });
+    const dev = (await r.listBuilds({ limit: 500, ref: "dev" })).builds;
     expect(dev.map((b) => b.id)).toEqual(expect.arrayContaining([ids.failed, ids.queued]));
     expect(dev.every((b) => b.ref === "dev")).toBe(true);
-    expect((await r.listBuilds({ limit: 500, repo: "ACME/gadgets" })).map((b) => b.id)).toEqual([ids.nix]);
-    expect(await r.listBuilds({ limit: 2 })).toHaveLength(2);
+    expect((await r.listBuilds({ limit: 500, repo: "ACME/gadgets" })).builds.map((b) => b.id)).toEqual([ids.nix]);
+    expect((await r.listBuilds({ limit: 2 })).builds).toHaveLength(2);
   });
 
   it("reads finished builds once: a second listing costs one call per builder plus the builds in progress", async () => {
@@ -223,7 +224,7 @@ describe.skipIf(realNomad)("listing builds", () => {
     const r = createNomadBuildReader({ nomad, builders: () => new Set([builder]), log: captureLogs().log });
     await r.listBuilds({ limit: 500 });
     const before = fake.requests.length;
-    const list = await r.listBuilds({ limit: 500 });
+    const list = (await r.listBuilds({ limit: 500 })).builds;
     const calls = fake.requests.slice(before);
     const inProgress = list.filter((b) => b.state === "queued" || b.state === "running");
     const withoutAlloc = inProgress.filter((b) => b.allocId === undefined).length;
@@ -231,13 +232,33 @@ describe.skipIf(realNomad)("listing builds", () => {
     expect(calls.length).toBe(1 + 2 * inProgress.length + withoutAlloc);
   });
 
-  it("bounds the calls of a listing by maxScan", async () => {
+  it("bounds the Nomad calls of a page by its size and goes on from the cursor", async () => {
     const fake = t.fake!;
-    const r = createNomadBuildReader({ nomad, builders: () => new Set([builder]), log: captureLogs().log, maxScan: 3 });
+    const r = createNomadBuildReader({ nomad, builders: () => new Set([builder]), log: captureLogs().log });
+    const all = (await createNomadBuildReader({ nomad, builders: () => new Set([builder]), log: captureLogs().log }).listBuilds({ limit: 500 })).builds;
+    const seen: string[] = [];
+    let after: BuildCursor | undefined;
+    for (let pages = 0; pages < all.length + 1; pages += 1) {
+      const before = fake.requests.length;
+      const page = await r.listBuilds({ limit: 1, ...(after === undefined ? {} : { after }) });
+      // One list call, then at most job + allocations + evaluations for the one build of the page.
+      expect(fake.requests.length - before).toBeLessThanOrEqual(1 + 3);
+      seen.push(...page.builds.map((b) => b.id));
+      if (page.next === undefined) break;
+      after = page.next;
+    }
+    expect(seen).toEqual(all.map((b) => b.id));
+  });
+
+  it("never reads builds the caller may not see, and counts them", async () => {
+    const fake = t.fake!;
+    const r = createNomadBuildReader({ nomad, builders: () => new Set([builder, other]), log: captureLogs().log });
     const before = fake.requests.length;
-    const list = await r.listBuilds({ limit: 500 });
-    expect(list.length).toBeLessThanOrEqual(3);
-    expect(fake.requests.length - before).toBeLessThanOrEqual(1 + 3 * 3);
+    const page = await r.listBuilds({ limit: 500, visible: (b) => b.repo === "acme/gadgets" });
+    expect(page.builds.map((b) => b.id)).toEqual([ids.nix]);
+    expect(page.hidden).toBeGreaterThanOrEqual(4);
+    const reads = fake.requests.slice(before).filter((q) => q.path.startsWith("/v1/job/"));
+    expect(reads.every((q) => decodeURIComponent(q.path).includes(ids.nix as string))).toBe(true);
   });
 });
 
