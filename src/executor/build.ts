@@ -1,5 +1,5 @@
 import { rmSync } from "node:fs";
-import { chmod, chown, lstat, mkdir, realpath, rm, stat } from "node:fs/promises";
+import { chmod, chown, lstat, mkdir, readlink, realpath, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, dirname, isAbsolute, join, normalize, relative } from "node:path";
 import { checkoutCommit, diskFull, type CheckoutRequest } from "./checkout.js";
@@ -107,7 +107,10 @@ export async function executeBuild(plan: BuildPlan, io: BuildIo, signal?: AbortS
       command = await findScript(source.dir, plan.label);
       // Checked in the tree the build starts from, which nobody writes, before anything is mounted on it.
       await checkCachesInTree(planned, buildDir, source.dir);
-      const { mounts: caches, lock: cachesLock } = await prepareCaches(plan, planned);
+      // Copy mode mounts no cache: they are not created, locked or marked used either.
+      const { mounts: caches, lock: cachesLock } = modes.every((m) => m === "copy")
+        ? { mounts: planned.map(({ name, target }) => ({ name, source: "", target })), lock: undefined }
+        : await prepareCaches(plan, planned);
       if (copyAs && secretsFile) await handSecretsTo(secretsFile, copyAs);
       const buildRoot = join(plan.layout.builds, `${buildSlug(plan.id)}-${randomSuffix()}`);
       buildLocks.push(`${buildRoot}.lock`);
@@ -291,14 +294,17 @@ function within(dir: string, path: string): boolean {
   return rel === "" || (!rel.startsWith("..") && !isAbsolute(rel));
 }
 
-/** `realpath` of the longest existing prefix, with the rest appended. */
-async function realpathLoose(path: string): Promise<string> {
+/** `realpath` of the longest existing prefix, with the rest appended; dangling symlinks are followed too. */
+async function realpathLoose(path: string, depth = 0): Promise<string> {
   try {
     return await realpath(path);
   } catch {
     const parent = dirname(path);
-    if (parent === path) return path;
-    return join(await realpathLoose(parent), basename(path));
+    if (parent === path || depth > 40) return path;
+    const realParent = await realpathLoose(parent, depth + 1);
+    const link = await readlink(join(realParent, basename(path))).catch(() => undefined);
+    if (link === undefined) return join(realParent, basename(path));
+    return realpathLoose(isAbsolute(link) ? link : join(realParent, link), depth + 1);
   }
 }
 
