@@ -104,6 +104,8 @@ export async function planFromWorkingTree(cwd: string, env: Env, flavor: string,
     hideCacheRoot: false,
     readOnly: outside,
     isolation: runtime.isolation,
+    // The developer's own tree and code: where nothing can be mounted, a copy keeps their files unchanged.
+    copyFallback: true,
     debug,
     newSession: false,
     killGraceMs: runtime.killGraceMs,

@@ -1,7 +1,7 @@
 import { rmSync } from "node:fs";
-import { lstat, mkdir, rm } from "node:fs/promises";
+import { chmod, chown, lstat, mkdir, readlink, realpath, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { isAbsolute, join, normalize, relative } from "node:path";
+import { basename, dirname, isAbsolute, join, normalize, relative } from "node:path";
 import { checkoutCommit, diskFull, type CheckoutRequest } from "./checkout.js";
 import { ExecutorError, exitCodeOf, isDiskFull } from "./errors.js";
 import { randomSuffix, touch } from "./fsutil.js";
@@ -53,6 +53,11 @@ export interface BuildPlan {
   /** Paths outside the tree the build must not write: a linked worktree's git directories (`petrel run`). */
   readOnly?: readonly string[];
   isolation: Isolation;
+  /**
+   * `petrel run` only: where `auto` cannot mount, build a copy of the developer's own tree instead of failing.
+   * Builds of a commit never fall back (docs/executor.md, "Isolation").
+   */
+  copyFallback?: boolean;
   debug: boolean;
   newSession: boolean;
   killGraceMs: number;
@@ -66,6 +71,8 @@ export interface BuildIo {
 
 const SCRIPTS = [".petrel", ".albatros"] as const;
 const MAX_ATTEMPTS = 3;
+/** Who a copy-mode build of a commit runs as when the executor is root: the overflow uid/gid ("nobody"). */
+const COPY_BUILD_USER = { uid: 65534, gid: 65534 } as const;
 
 /**
  * Runs one build in the order of SPEC §6 (checkout, overlay, caches, run, clean up) and returns the exit code:
@@ -79,8 +86,11 @@ export async function executeBuild(plan: BuildPlan, io: BuildIo, signal?: AbortS
   let cancelled = false;
   const buildLocks: string[] = [];
   try {
+    const uid = process.getuid?.() ?? 0;
+    const modes = modesFor(plan.isolation, uid, plan.copyFallback === true);
+    const copyAs = await copyModeUser(plan, modes, uid);
     const buildDir = plan.buildDir ?? join(tmpdir(), `petrel-build-${randomSuffix()}`);
-    const { mounts: caches, lock: cachesLock } = await prepareCaches(plan, buildDir, say);
+    const planned = planCaches(plan, buildDir);
     const env: NodeJS.ProcessEnv = { ...plan.baseEnv, ...plan.vars, HOME: plan.home };
     delete env.PETREL_SECRETS;
     if (plan.trusted) {
@@ -95,6 +105,13 @@ export async function executeBuild(plan: BuildPlan, io: BuildIo, signal?: AbortS
     for (let attempt = 0; attempt < MAX_ATTEMPTS && result.kind === "lower_gone"; attempt++) {
       const source = await prepareSource(plan, say, held, signal);
       command = await findScript(source.dir, plan.label);
+      // Checked in the tree the build starts from, which nobody writes, before anything is mounted on it.
+      await checkCachesInTree(planned, buildDir, source.dir);
+      // Copy mode mounts no cache: they are not created, locked or marked used either.
+      const { mounts: caches, lock: cachesLock } = modes.every((m) => m === "copy")
+        ? { mounts: planned.map(({ name, target }) => ({ name, source: "", target })), lock: undefined }
+        : await prepareCaches(plan, planned);
+      if (copyAs && secretsFile) await handSecretsTo(secretsFile, copyAs);
       const buildRoot = join(plan.layout.builds, `${buildSlug(plan.id)}-${randomSuffix()}`);
       buildLocks.push(`${buildRoot}.lock`);
       const spec: SandboxSpec = {
@@ -103,6 +120,7 @@ export async function executeBuild(plan: BuildPlan, io: BuildIo, signal?: AbortS
         buildDir,
         ownsBuildDir: plan.buildDir === undefined || !plan.buildDirIsLower,
         caches,
+        ...(copyAs ? { copyAs } : {}),
         hide: plan.hideCacheRoot ? [plan.layout.root] : [],
         readOnly: plan.readOnly ?? [],
         command: command.argv,
@@ -121,13 +139,14 @@ export async function executeBuild(plan: BuildPlan, io: BuildIo, signal?: AbortS
       const name = command.name;
       result = await runSandbox(
         spec,
-        modesFor(plan.isolation, process.getuid?.() ?? 0),
+        modes,
         {
           fallback: ({ from, to, reason }) => {
             say(`${from === "userns" ? "user-namespace overlay" : "overlay"} unavailable (${reason}); trying ${to}`);
           },
-          ready: ({ mode, buildDir: dir, setupMs }) => {
+          ready: ({ mode, buildDir: dir, setupMs, home }) => {
             say(describeTree(mode, dir, setupMs));
+            if (home) say(`build runs as uid ${COPY_BUILD_USER.uid} with HOME=${home} (copy mode: the cache directory is out of its reach)`);
             if (mode === "copy" && plan.readOnly?.length) {
               say(`warning: without mounts, git writes reach ${plan.readOnly.join(", ")} (outside the working tree)`);
             }
@@ -195,45 +214,149 @@ async function findScript(lower: string, label: string): Promise<{ name: string;
   throw new ExecutorError("no_build_script", `no build script: neither .petrel nor .albatros at the root of ${label}`);
 }
 
-async function prepareCaches(
-  plan: BuildPlan,
-  buildDir: string,
-  say: (line: string) => void,
-): Promise<{ mounts: CacheMount[]; lock?: string }> {
-  const names = Object.keys(plan.caches).sort();
-  if (names.length === 0) return { mounts: [] };
+interface PlannedCache {
+  name: string;
+  /** As configured (`~/.npm`, `deps`), for messages. */
+  path: string;
+  target: string;
+}
+
+/** The caches' mount points, or a `cache_refused` error naming the first cache that cannot be mounted. */
+function planCaches(plan: BuildPlan, buildDir: string): PlannedCache[] {
+  const out: PlannedCache[] = [];
+  for (const name of Object.keys(plan.caches).sort()) {
+    const path = plan.caches[name] as string;
+    if (!/^[A-Za-z0-9._-]+$/.test(name) || name === "." || name === "..") throw refuseCache(name, path, "not a valid cache name");
+    if (path.split("/").includes("..")) throw refuseCache(name, path, "the path contains '..'");
+    let target: string;
+    if (path === "~" || path.startsWith("~/")) target = join(plan.home, path.slice(1));
+    else if (isAbsolute(path)) target = normalize(path);
+    else target = join(buildDir, path);
+    if (!isAbsolute(target)) throw refuseCache(name, path, "not an absolute path once resolved");
+    // A cache inside the cache root would be hidden from the build, or expose other repositories.
+    if (within(plan.layout.root, target)) throw refuseCache(name, path, `it lies inside the cache directory ${plan.layout.root}`);
+    if (target === buildDir) throw refuseCache(name, path, "it is the build directory itself");
+    out.push({ name, path, target });
+  }
+  for (const a of out) {
+    for (const b of out) {
+      if (a !== b && within(a.target, b.target)) throw refuseCache(b.name, b.path, `it lies inside cache "${a.name}"`);
+    }
+  }
+  return out;
+}
+
+/**
+ * Refuses a cache whose mount point inside the build tree is not a plain directory of the tree: a symlink
+ * (mount would follow it out of the tree) or a file where a directory must be. A mount point the tree lacks is
+ * created in the build's own layer. Absolute and `~/` targets are checked too when they lead into the tree.
+ */
+async function checkCachesInTree(caches: readonly PlannedCache[], buildDir: string, tree: string): Promise<void> {
+  const realBuildDir = await realpathLoose(buildDir);
+  for (const c of caches) {
+    let rel: string | undefined;
+    if (within(buildDir, c.target)) rel = relative(buildDir, c.target);
+    else {
+      const real = await realpathLoose(c.target);
+      if (real === realBuildDir) throw refuseCache(c.name, c.path, "it resolves to the build directory itself");
+      if (within(realBuildDir, real)) rel = relative(realBuildDir, real);
+    }
+    if (rel === undefined) continue;
+    let at = tree;
+    const parts = rel.split("/").filter((p) => p !== "" && p !== ".");
+    for (const [i, part] of parts.entries()) {
+      if (part === "..") throw refuseCache(c.name, c.path, "it escapes the build tree");
+      at = join(at, part);
+      const shown = parts.slice(0, i + 1).join("/");
+      let st;
+      try {
+        st = await lstat(at);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === "ENOENT" || (err as NodeJS.ErrnoException).code === "ENOTDIR") break;
+        throw err;
+      }
+      if (st.isSymbolicLink()) throw refuseCache(c.name, c.path, `"${shown}" in the tree is a symlink`);
+      if (!st.isDirectory()) {
+        const what = st.isFile() ? "a regular file" : "not a directory";
+        throw refuseCache(c.name, c.path, `"${shown}" in the tree is ${what}`);
+      }
+    }
+  }
+}
+
+function refuseCache(name: string, path: string, reason: string): ExecutorError {
+  return new ExecutorError("cache_refused", `cache "${name}" (${path}) refused: ${reason}; nothing was mounted`);
+}
+
+/** True when `path` is `dir` or inside it (lexically). */
+function within(dir: string, path: string): boolean {
+  const rel = relative(dir, path);
+  return rel === "" || (!rel.startsWith("..") && !isAbsolute(rel));
+}
+
+/** `realpath` of the longest existing prefix, with the rest appended; dangling symlinks are followed too. */
+async function realpathLoose(path: string, depth = 0): Promise<string> {
+  try {
+    return await realpath(path);
+  } catch {
+    const parent = dirname(path);
+    if (parent === path || depth > 40) return path;
+    const realParent = await realpathLoose(parent, depth + 1);
+    const link = await readlink(join(realParent, basename(path))).catch(() => undefined);
+    if (link === undefined) return join(realParent, basename(path));
+    return realpathLoose(isAbsolute(link) ? link : join(realParent, link), depth + 1);
+  }
+}
+
+async function prepareCaches(plan: BuildPlan, planned: readonly PlannedCache[]): Promise<{ mounts: CacheMount[]; lock?: string }> {
+  if (planned.length === 0) return { mounts: [] };
   // Untrusted builds (forks, unknown senders) get their own set, so they can never poison trusted builds' caches.
   const ns = plan.trusted ? "trusted" : "untrusted";
   const nsDir = join(plan.layout.caches, plan.repoSlug, ns);
   await mkdir(nsDir, { recursive: true });
   const mounts: CacheMount[] = [];
-  const rejected: string[] = [];
-  for (const name of names) {
-    const target = cacheTarget(plan, buildDir, plan.caches[name] as string);
-    if (!/^[A-Za-z0-9._-]+$/.test(name) || name === "." || name === ".." || target === undefined) {
-      rejected.push(name);
-      continue;
-    }
+  for (const { name, target } of planned) {
     const source = join(nsDir, name);
     await mkdir(source, { recursive: true });
     await touch(source);
     mounts.push({ name, source, target });
   }
-  if (rejected.length) say(`caches: ignored ${rejected.map((n) => JSON.stringify(n)).join(", ")} (bad name or path)`);
   // Held (shared) by the build's shell for as long as the build runs; eviction needs it exclusively.
   return { mounts, lock: `${nsDir}.lock` };
 }
 
-function cacheTarget(plan: BuildPlan, buildDir: string, path: string): string | undefined {
-  let target: string;
-  if (path === "~" || path.startsWith("~/")) target = join(plan.home, path.slice(1));
-  else if (isAbsolute(path)) target = normalize(path);
-  else target = join(buildDir, path);
-  if (!isAbsolute(target) || path.split("/").includes("..")) return undefined;
-  // A cache inside the cache root would be hidden from the build, or expose other repositories.
-  const rel = relative(plan.layout.root, target);
-  if (rel === "" || (!rel.startsWith("..") && !isAbsolute(rel))) return undefined;
-  return target;
+/**
+ * Copy mode gives the build no mount namespace to hide the cache root in. It is refused for a commit's build
+ * unless the build is trusted and the executor is root: the build then runs as an unprivileged user and the
+ * cache root is made private to root. Returns that user, or undefined when the build runs as the executor.
+ */
+async function copyModeUser(plan: BuildPlan, modes: readonly string[], uid: number): Promise<typeof COPY_BUILD_USER | undefined> {
+  if (!modes.includes("copy") || plan.source.kind !== "commit") return undefined;
+  if (!plan.trusted) {
+    throw new ExecutorError(
+      "isolation_refused",
+      "refusing to run an untrusted build (fork or unknown sender) with PETREL_ISOLATION=copy: copy mode cannot keep it away from the shared worktrees and caches; use mount or userns",
+    );
+  }
+  if (uid !== 0) {
+    throw new ExecutorError(
+      "isolation_refused",
+      "PETREL_ISOLATION=copy needs a root executor (the build runs as an unprivileged user, away from the cache directory); use userns or run the executor as root",
+    );
+  }
+  await mkdir(plan.layout.root, { recursive: true });
+  await chmod(plan.layout.root, 0o700);
+  const st = await stat(plan.layout.root);
+  if ((st.mode & 0o077) !== 0 || st.uid === COPY_BUILD_USER.uid) {
+    throw new ExecutorError("isolation_refused", `cannot make ${plan.layout.root} private to root (mode ${(st.mode & 0o777).toString(8)}): refusing copy mode`);
+  }
+  return COPY_BUILD_USER;
+}
+
+/** A copy-mode build runs as another user: it must still read its own secrets. */
+async function handSecretsTo(file: SecretsFile, user: { uid: number; gid: number }): Promise<void> {
+  await chown(file.path, user.uid, user.gid);
+  if (file.ownDir) await chmod(file.ownDir, 0o711);
 }
 
 function describeTree(mode: IsolationMode, buildDir: string, setupMs: number): string {

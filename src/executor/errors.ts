@@ -8,6 +8,8 @@ export type ExecutorFailure =
   | "missing_commit"
   | "disk_full"
   | "mount_failed"
+  | "isolation_refused"
+  | "cache_refused"
   | "cancelled"
   | "internal";
 
@@ -19,6 +21,8 @@ const FAILURES: Record<ExecutorFailure, { code: ErrorCode; status: number; exitC
   unreachable: { code: "upstream_error", status: 502, exitCode: 69 },
   internal: { code: "internal", status: 500, exitCode: 70 },
   mount_failed: { code: "internal", status: 500, exitCode: 71 },
+  isolation_refused: { code: "config_invalid", status: 400, exitCode: 77 },
+  cache_refused: { code: "config_invalid", status: 400, exitCode: 78 },
   disk_full: { code: "internal", status: 507, exitCode: 74 },
   cancelled: { code: "gone", status: 410, exitCode: 143 },
 };

@@ -1,12 +1,16 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, constants, openSync } from "node:fs";
-import { mkdir, rmdir, symlink } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, rmdir, symlink } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ExecutorError } from "./errors.js";
 import { removeTree } from "./fsutil.js";
 import { exitCode, lastLine, shellQuote } from "./proc.js";
 
-/** How the build's tree is isolated: `auto` picks mount (root) or userns (not root) and falls back to copy. */
+/**
+ * How the build's tree is isolated: `auto` picks mount (root) or userns (not root), never copy on its own; copy
+ * only where the operator asked for it (or `petrel run` falls back to it for the developer's own tree).
+ */
 export type Isolation = "auto" | "mount" | "userns" | "copy";
 /** What actually ran. */
 export type IsolationMode = "mount" | "userns" | "copy";
@@ -29,6 +33,11 @@ export interface SandboxSpec {
   /** `buildDir` was created for this build and is removed afterwards (never true for a working tree). */
   ownsBuildDir: boolean;
   caches: readonly CacheMount[];
+  /**
+   * Copy mode only: run the build as this unprivileged user, in a private copy outside the cache root, so it
+   * cannot reach the cache root or the shared worktrees (root executors; see build.ts).
+   */
+  copyAs?: { uid: number; gid: number };
   /** Directories covered by an empty tmpfs inside the build's mount namespace. */
   hide: readonly string[];
   /** Paths made read-only inside the build's mount namespace. */
@@ -51,7 +60,7 @@ export interface SandboxSpec {
 
 /** Called once the tree is ready and before the build command starts; prints the step headers. */
 export interface SandboxHooks {
-  ready(info: { mode: IsolationMode; buildDir: string; setupMs: number; cachesMounted: boolean }): void;
+  ready(info: { mode: IsolationMode; buildDir: string; setupMs: number; cachesMounted: boolean; home?: string }): void;
   fallback(info: { from: IsolationMode; to: IsolationMode; reason: string }): void;
 }
 
@@ -68,15 +77,19 @@ const ENOSPC_TEXT = "No space left on device";
 const FIRST_LOCK_FD = 5;
 const DROPPED_CAPS = ["sys_admin", "sys_ptrace", "sys_module", "sys_rawio", "sys_boot", "mac_admin", "mac_override"] as const;
 
-/** The modes `auto` tries, in order, for a process with this uid. */
-export function modesFor(isolation: Isolation, uid: number): IsolationMode[] {
-  if (isolation === "auto") return uid === 0 ? ["mount", "copy"] : ["userns", "copy"];
-  return [isolation];
+/**
+ * The modes to try, in order, for a process with this uid. `auto` never falls back to a copy unless
+ * `copyFallback` (`petrel run` building the developer's own tree): a build that cannot be isolated fails.
+ */
+export function modesFor(isolation: Isolation, uid: number, copyFallback = false): IsolationMode[] {
+  if (isolation !== "auto") return [isolation];
+  const first: IsolationMode = uid === 0 ? "mount" : "userns";
+  return copyFallback ? [first, "copy"] : [first];
 }
 
 /**
  * Runs the build command on an overlay of `lower` inside a private mount namespace (`unshare`), so the mounts
- * vanish with the build's last process; where mounting fails, the next mode is tried (finally a copy).
+ * vanish with the build's last process; where mounting fails, the next of `modes` is tried, if any.
  */
 export async function runSandbox(
   spec: SandboxSpec,
@@ -85,11 +98,13 @@ export async function runSandbox(
   signal?: AbortSignal,
 ): Promise<SandboxResult> {
   const lockFds = spec.locks.map((l) => openSync(l.path, constants.O_RDWR | constants.O_CREAT, 0o644));
+  const privateDirs: string[] = [];
   try {
     for (let i = 0; i < modes.length; i++) {
       const mode = modes[i] as IsolationMode;
       const started = performance.now();
-      const buildDir = await prepare(spec, mode);
+      const { buildDir, privateDir } = await prepare(spec, mode);
+      if (privateDir) privateDirs.push(privateDir);
       const outcome = await launch(spec, mode, buildDir, started, hooks, lockFds, signal);
       if (outcome.kind === "ran") return { kind: "ran", exitCode: outcome.exitCode, mode, cancelled: outcome.cancelled };
       if (signal?.aborted) return { kind: "ran", exitCode: 143, mode, cancelled: true };
@@ -107,24 +122,34 @@ export async function runSandbox(
     throw new ExecutorError("internal", "no isolation mode to try");
   } finally {
     await removeTree(spec.buildRoot).catch(() => undefined);
+    for (const d of privateDirs) await removeTree(d).catch(() => undefined);
     if (spec.ownsBuildDir) await rmdir(spec.buildDir).catch(() => undefined);
     for (const fd of lockFds) closeSync(fd);
   }
 }
 
-async function prepare(spec: SandboxSpec, mode: IsolationMode): Promise<string> {
+async function prepare(spec: SandboxSpec, mode: IsolationMode): Promise<{ buildDir: string; privateDir?: string }> {
   await mkdir(spec.buildRoot, { recursive: true });
   // Mount options and the copy are relative to the build root, so no path needs escaping for overlayfs.
   await symlink(spec.lower, join(spec.buildRoot, "lower"));
   if (mode === "copy") {
-    const tree = join(spec.buildRoot, "tree");
-    await mkdir(tree);
-    return tree;
+    // Outside the cache root: a build working inside it could walk from its tree to the shared worktrees.
+    const privateDir = await mkdtemp(join(tmpdir(), "petrel-copy-"));
+    // Only traversable: the tree and the home in it belong to the build user, the directory stays root's.
+    if (spec.copyAs) await chmod(privateDir, 0o711);
+    await mkdir(join(privateDir, "tree"));
+    if (spec.copyAs) await mkdir(join(privateDir, "home"));
+    return { buildDir: join(privateDir, "tree"), privateDir };
   }
   await mkdir(join(spec.buildRoot, "upper"));
   await mkdir(join(spec.buildRoot, "work"));
   if (spec.ownsBuildDir) await mkdir(spec.buildDir, { recursive: true });
-  return spec.buildDir;
+  return { buildDir: spec.buildDir };
+}
+
+/** The home a copy-mode build run as `copyAs` gets (its own HOME is root's, which it cannot write). */
+export function copyHome(buildDir: string): string {
+  return join(buildDir, "..", "home");
 }
 
 /** The shell program run inside the namespace: mounts, handshake, then exec of the build command. */
@@ -139,8 +164,15 @@ export function setupScript(spec: SandboxSpec, mode: IsolationMode, buildDir: st
   lines.push(`[ -d lower/ ] || exit ${LOWER_GONE}`);
   if (mode === "copy") {
     // --reflink=auto shares blocks on btrfs/xfs and degrades to a plain copy elsewhere.
-    lines.push(`cp -a --reflink=auto -- lower/. tree 2>&3 || exit ${SETUP_FAILED}`);
+    lines.push(`cp -a --reflink=auto -- lower/. ${q(buildDir)} 2>&3 || exit ${SETUP_FAILED}`);
+    if (spec.copyAs) {
+      const owner = `${spec.copyAs.uid}:${spec.copyAs.gid}`;
+      lines.push(`chown -R -- ${owner} ${q(buildDir)} ${q(copyHome(buildDir))} 2>&3 || exit ${SETUP_FAILED}`);
+      lines.push(`HOME=${q(copyHome(buildDir))}; export HOME`);
+    }
   } else {
+    // The worktree under the overlay is read-only in the build's namespace too, whatever else goes wrong.
+    lines.push(`mount --bind -o ro -- lower lower 2>&3 || exit ${SETUP_FAILED}`);
     lines.push(
       `mount -t overlay petrel -o lowerdir=lower,upperdir=upper,workdir=work -- ${q(buildDir)} 2>&3 || exit ${SETUP_FAILED}`,
     );
@@ -158,7 +190,7 @@ export function setupScript(spec: SandboxSpec, mode: IsolationMode, buildDir: st
     }
   }
   lines.push(`cd -- ${q(buildDir)} 2>&3 || exit ${SETUP_FAILED}`);
-  if (mode !== "copy") {
+  if (mode !== "copy" || spec.copyAs) {
     lines.push(`command -v setpriv >/dev/null || { echo "setpriv (util-linux) not found" >&3; exit ${SETUP_FAILED}; }`);
   }
   lines.push(`printf '\\n%s\\n' ${q(READY)} >&3`);
@@ -166,7 +198,7 @@ export function setupScript(spec: SandboxSpec, mode: IsolationMode, buildDir: st
   lines.push(["exec 3>&- 4<&-", ...spec.locks.map((_, i) => `${FIRST_LOCK_FD + i}<&-`)].join(" "));
   // Without CAP_SYS_ADMIN the build cannot unmount what hides the cache directory or mount anything else,
   // and without CAP_SYS_PTRACE it cannot read the executor's memory.
-  const drop = mode === "copy" ? [] : ["setpriv", `--bounding-set=${DROPPED_CAPS.map((c) => `-${c}`).join(",")}`, "--"];
+  const drop = dropPrivileges(spec, mode);
   const cmd = [...drop, ...spec.command].map(q).join(" ");
   if (spec.debug) {
     lines.push(cmd, "rc=$?");
@@ -177,6 +209,14 @@ export function setupScript(spec: SandboxSpec, mode: IsolationMode, buildDir: st
     lines.push(`exec ${cmd}`);
   }
   return lines.join("\n");
+}
+
+function dropPrivileges(spec: SandboxSpec, mode: IsolationMode): string[] {
+  if (mode !== "copy") return ["setpriv", `--bounding-set=${DROPPED_CAPS.map((c) => `-${c}`).join(",")}`, "--"];
+  if (!spec.copyAs) return [];
+  const { uid, gid } = spec.copyAs;
+  // No capabilities and no setuid way back: the cache root (0700, root's) is out of the build's reach.
+  return ["setpriv", `--reuid=${uid}`, `--regid=${gid}`, "--clear-groups", "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--"];
 }
 
 function argvFor(mode: IsolationMode, script: string): string[] {
@@ -241,7 +281,8 @@ function launch(
       if (ready || !diag.includes(`\n${READY}\n`)) return;
       ready = true;
       try {
-        hooks.ready({ mode, buildDir, setupMs: performance.now() - started, cachesMounted: mode !== "copy" });
+        const home = mode === "copy" && spec.copyAs ? { home: copyHome(buildDir) } : {};
+        hooks.ready({ mode, buildDir, setupMs: performance.now() - started, cachesMounted: mode !== "copy", ...home });
       } finally {
         go?.end("go\n");
       }

@@ -411,13 +411,14 @@ describe.skipIf(!support.ok)("petrel executor (overlay in a private mount namesp
     expect(r.code).toBe(74);
   });
 
-  it("falls back to a copy when asked to, leaving the base worktree untouched", async () => {
+  it("builds a copy only when copy mode is configured, for a trusted build, leaving the base worktree untouched", async () => {
     const r0 = await runExecutor({ meta: pushMeta(repo, commit), cacheDir, taskDir: join(dir, "cp0") });
     expect(r0.code).toBe(0);
     const [base] = worktreeDirs(cacheDir).filter((p) => p.endsWith(commit));
     const before = treeDigest(base as string);
+    // Untrusted builds are refused in copy mode (test/executor/isolation.test.ts performs the attacks).
     const c = await runExecutor({
-      meta: pushMeta(repo, commit, { CACHES: "x=~/.x" }),
+      meta: pushMeta(repo, commit, { CACHES: "x=~/.x", TRUSTED: "true" }),
       cacheDir,
       taskDir: join(dir, "cp1"),
       env: { PETREL_ISOLATION: "copy", EXIT_WITH: "0" },

@@ -101,6 +101,19 @@ describe("petrel run", () => {
     expect(treeDigest(repo.work)).toEqual(before);
   });
 
+  it("falls back to a copy of the developer's own tree where mounting fails (petrel run only)", async () => {
+    const bin = join(dir, "failing-mount");
+    mkdirSync(bin, { recursive: true });
+    writeFileSync(join(bin, "mount"), "#!/bin/sh\necho 'mount: permission denied (test)' >&2\nexit 32\n", { mode: 0o755 });
+    const before = treeDigest(repo.work);
+    const r = await petrelRun(repo.work, [], { ...env, PATH: `${bin}:${process.env.PATH}` });
+    expect(r.stderr).toMatch(/unavailable \(mount: permission denied \(test\)\); trying copy/);
+    expect(r.stderr).toMatch(/==> copy of the tree at /);
+    expect(r.stdout).toContain("flavor=default");
+    expect(r.code).toBe(0);
+    expect(treeDigest(repo.work)).toEqual(before);
+  });
+
   it.skipIf(!support.ok)("opens a shell in the build directory with the build's environment when --debug and the build fails", async () => {
     const before = treeDigest(repo.work);
     const r = await petrelRun(

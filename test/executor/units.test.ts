@@ -5,6 +5,7 @@ import fc from "fast-check";
 import { afterAll, describe, expect, it } from "vitest";
 import { buildSlug, normalizeRepoUrl, redactUrl, repoNameFromUrl, repoSlug } from "../../src/executor/layout.js";
 import { lockFile } from "../../src/executor/lock.js";
+import { modesFor } from "../../src/executor/sandbox.js";
 import { formatSecrets, writeSecretsFile } from "../../src/executor/secrets.js";
 import { DEFAULT_EVICTION, formatMs, parseDuration, parseSize, readEvictionSettings } from "../../src/executor/settings.js";
 import { cleanup, ENTRY, tempDir, waitFor } from "./helpers.js";
@@ -145,6 +146,17 @@ describe("settings", () => {
     expect(readEvictionSettings({ PETREL_EVICT_MIRRORS_AGE: "forever" })).toEqual({
       problem: { variable: "PETREL_EVICT_MIRRORS_AGE", value: "forever", expected: "a duration such as 30m, 12h or 7d" },
     });
+  });
+});
+
+describe("isolation modes", () => {
+  it("never falls back to a copy on its own; only petrel run may, and an explicit setting is taken as it is", () => {
+    expect(modesFor("auto", 0)).toEqual(["mount"]);
+    expect(modesFor("auto", 1000)).toEqual(["userns"]);
+    expect(modesFor("auto", 0, true)).toEqual(["mount", "copy"]);
+    expect(modesFor("auto", 1000, true)).toEqual(["userns", "copy"]);
+    expect(modesFor("mount", 0, true)).toEqual(["mount"]);
+    expect(modesFor("copy", 0)).toEqual(["copy"]);
   });
 });
 
