@@ -99,6 +99,8 @@ export function createBuildsRoute(deps: AppDeps): Hono {
     try {
       body = TriggerBody.parse(await c.req.json());
     } catch (err) {
+      // Neither bad JSON nor a bad field: reading the body failed, because the client hung up or timed out.
+      if (!(err instanceof z.ZodError) && !(err instanceof SyntaxError)) throw new AppError("aborted", 400, "the client closed the connection before the whole body arrived", { cause: err });
       throw new AppError("bad_request", 400, `body must be {"repo", "ref", "commit"?, "flavor"?}: ${err instanceof z.ZodError ? err.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ") : "not JSON"}`);
     }
     const entry = await findEntry(deps.registry, body.repo);
