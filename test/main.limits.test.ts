@@ -4,10 +4,16 @@ import type { Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { readConfig } from "../src/config.js";
+import { sign } from "../src/gitea/signature.js";
 import { startPetrel } from "../src/main.js";
 import type { RunningPetrel } from "../src/main.js";
+import { startConsulFake } from "./fakes/consul.js";
+import { startGiteaFake } from "./fakes/gitea.js";
+import { startNomadFake } from "./fakes/nomad.js";
+import { fixtureBytes } from "./gitea/fixtures.js";
+import { GITEA_TOKEN, HOOK_SECRET, seedFakes } from "./helpers/cluster.js";
 import { captureLogs } from "./helpers/log-capture.js";
 
 /** A single-machine petrel on a free port with the given extra settings, its logs captured at debug. */
@@ -133,5 +139,50 @@ describe("petrel's HTTP server under hostile clients", () => {
     await sleep(100);
     expect(await metric(petrel.url, /^petrel_http_connections_dropped_total /)).toBe(2);
     for (const s of held) s.destroy();
+  });
+});
+
+describe("stopping petrel while a client follows a build's log", () => {
+  it("breaks the transfer off with a plain log line and no stack trace anywhere", async () => {
+    const consul = await startConsulFake();
+    const nomad = await startNomadFake();
+    const gitea = await startGiteaFake({ token: GITEA_TOKEN });
+    seedFakes(consul, nomad, gitea.url);
+    const token = "admin-token-0123456789abcdef";
+    const env = { NOMAD_ADDR: nomad.url, CONSUL_HTTP_ADDR: consul.url, PETREL_LISTEN: "127.0.0.1:0", PETREL_ADMIN_TOKEN: token };
+    const logs = captureLogs("debug");
+    // @hono/node-server prints a failed response stream with console.error: watch the console too.
+    const printed: unknown[] = [];
+    const spies = (["error", "warn", "info", "log"] as const).map((m) => vi.spyOn(console, m).mockImplementation((...args) => void printed.push(...args)));
+    try {
+      const petrel = await startPetrel(readConfig(env), logs.log, env);
+      const body = fixtureBytes("push.json");
+      const res = await fetch(`${petrel.url}/hook`, {
+        method: "POST",
+        headers: { "content-type": "application/json", "x-gitea-event": "push", "x-gitea-signature": sign(HOOK_SECRET, body) },
+        body: new Uint8Array(body),
+      });
+      const { build } = (await res.json()) as { build: string };
+      nomad.placeAlloc(build);
+      nomad.startTask(build);
+      nomad.writeLog(build, "stdout", "still going\n");
+      const follower = await fetch(`${petrel.url}/builds/${encodeURIComponent(build)}/logs?type=stdout`, { headers: { authorization: `Bearer ${token}` } });
+      const reader = (follower.body as ReadableStream<Uint8Array>).getReader();
+      expect(new TextDecoder().decode((await reader.read()).value)).toBe("still going\n");
+      const rest = (async () => {
+        for (;;) if ((await reader.read()).done) return "ended cleanly";
+      })().catch((err: unknown) => err);
+
+      await petrel.stop();
+      // A broken transfer, not a clean end: the client knows to resume.
+      expect(await rest).toBeInstanceOf(Error);
+      expect(printed).toEqual([]);
+      expect(logs.text()).not.toMatch(/"stack"|\n\s+at /);
+      const cut = logs.lines.map((l) => JSON.parse(l) as { level: number; msg: string }).find((r) => r.msg.includes("shutting down"));
+      expect(cut).toMatchObject({ level: 30, msg: "log stream cut off: petrel is shutting down" });
+    } finally {
+      for (const spy of spies) spy.mockRestore();
+      await Promise.all([consul.close(), nomad.close(), gitea.close()]);
+    }
   });
 });
