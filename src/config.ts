@@ -1,4 +1,5 @@
 import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
 import { z } from "zod";
 
 /** TLS material for one HashiCorp client, in HashiCorp's own terms. */
@@ -41,6 +42,10 @@ export interface Config {
   /** Single-machine mode keeps this many finished builds, none older than localMaxAgeDays. */
   localKeep: number;
   localMaxAgeDays: number;
+  /** Seconds a client has to send a request's headers and body (PETREL_REQUEST_TIMEOUT). */
+  requestTimeoutSeconds: number;
+  /** Open connections accepted at once; more are dropped (PETREL_MAX_CONNECTIONS). */
+  maxConnections: number;
   nomad?: NomadConfig;
   consul: ConsulConfig;
 }
@@ -160,8 +165,12 @@ function wholeNumber(env: Env, name: string, fallback: number, min: number, max:
 const LOG_LEVEL = z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]);
 const JOB_ID = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
-/** Reads petrel's configuration from an environment record; pure apart from reading named files. */
-export function readConfig(env: Env): Config {
+/**
+ * Reads petrel's configuration from an environment record; pure apart from reading named files. Relative
+ * PETREL_CONFIG and PETREL_DATA_DIR are resolved against `cwd` (the working directory at start), because the
+ * executor runs elsewhere and refuses a relative cache directory.
+ */
+export function readConfig(env: Env, cwd: string = process.cwd()): Config {
   const listenRaw = value(env, "PETREL_LISTEN") ?? "127.0.0.1:8080";
   const listenAt = listen(listenRaw);
 
@@ -191,6 +200,9 @@ export function readConfig(env: Env): Config {
   const localKeep = wholeNumber(env, "PETREL_LOCAL_KEEP", 500, 1, 1_000_000);
   const localMaxAgeDays = wholeNumber(env, "PETREL_LOCAL_MAX_AGE_DAYS", 30, 1, 36_500);
 
+  const requestTimeoutSeconds = wholeNumber(env, "PETREL_REQUEST_TIMEOUT", 10, 1, 3600);
+  const maxConnections = wholeNumber(env, "PETREL_MAX_CONNECTIONS", 1024, 1, 1_000_000);
+
   const consulSsl = bool(env, "CONSUL_HTTP_SSL", false);
   const consul: ConsulConfig = {
     addr: url("CONSUL_HTTP_ADDR", value(env, "CONSUL_HTTP_ADDR") ?? "127.0.0.1:8500", consulSsl ? "https" : "http"),
@@ -207,12 +219,14 @@ export function readConfig(env: Env): Config {
     publicUrl,
     consulPrefix: prefix,
     builderJob,
-    configPath: value(env, "PETREL_CONFIG") ?? "./petrel.yaml",
-    dataDir: value(env, "PETREL_DATA_DIR") ?? "./.petrel",
+    configPath: resolve(cwd, value(env, "PETREL_CONFIG") ?? "petrel.yaml"),
+    dataDir: resolve(cwd, value(env, "PETREL_DATA_DIR") ?? ".petrel"),
     logLevel: level.data,
     localConcurrency,
     localKeep,
     localMaxAgeDays,
+    requestTimeoutSeconds,
+    maxConnections,
     consul,
   };
   if (adminToken !== undefined) config.adminToken = adminToken;

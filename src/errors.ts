@@ -14,6 +14,7 @@ export type ErrorCode =
   | "gitea_unavailable"
   | "upstream_error"
   | "config_invalid"
+  | "aborted"
   | "internal";
 
 /** An error petrel answers with on purpose: a literal code, an HTTP status and a message safe to show. */

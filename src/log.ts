@@ -1,5 +1,6 @@
 import pino from "pino";
 import type { DestinationStream, Logger } from "pino";
+import pretty from "pino-pretty";
 
 export type { Logger } from "pino";
 
@@ -36,15 +37,32 @@ export const REDACT_PATHS = [
   "req.headers.authorization",
 ];
 
-/** The root logger: JSON lines, redacted, to stdout unless a destination is given (tests pass a stream). */
-export function createLogger(options: { level: string; destination?: DestinationStream }): Logger {
-  return pino(
-    {
-      level: options.level,
-      base: { service: "petrel" },
-      redact: { paths: REDACT_PATHS, censor: "[redacted]" },
-      timestamp: pino.stdTimeFunctions.isoTime,
-    },
-    options.destination ?? pino.destination({ sync: false }),
-  );
+export interface LoggerOptions {
+  level: string;
+  /** Where lines go; stdout when unset (tests pass a stream). */
+  destination?: DestinationStream;
+  /** Human-readable lines instead of JSON: for a person at a terminal (main.ts passes stdout.isTTY). */
+  pretty?: boolean;
+}
+
+/** The root logger: JSON lines (or pretty ones for a terminal), redacted. */
+export function createLogger(options: LoggerOptions): Logger {
+  const settings = {
+    level: options.level,
+    base: { service: "petrel" },
+    redact: { paths: REDACT_PATHS, censor: "[redacted]" },
+    timestamp: pino.stdTimeFunctions.isoTime,
+  };
+  if (options.pretty) {
+    // In-process and synchronous (no worker thread): a terminal reader wants each line as it happens.
+    const out = pretty({
+      colorize: options.destination === undefined && process.stdout.isTTY === true,
+      ignore: "pid,hostname,service",
+      translateTime: "SYS:HH:MM:ss.l",
+      sync: true,
+      ...(options.destination === undefined ? {} : { destination: options.destination }),
+    });
+    return pino(settings, out);
+  }
+  return pino(settings, options.destination ?? pino.destination({ sync: false }));
 }

@@ -27,10 +27,10 @@ export interface RunningPetrel {
 }
 
 /** `petrel serve`: reads the environment, listens, and stops cleanly on SIGTERM/SIGINT. */
-export async function serveCommand(env: NodeJS.ProcessEnv = process.env): Promise<number> {
+export async function serveCommand(env: NodeJS.ProcessEnv = process.env, cwd: string = process.cwd()): Promise<number> {
   let config: Config;
   try {
-    config = readConfig(env);
+    config = readConfig(env, cwd);
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`petrel: ${err.message}\n`);
@@ -38,16 +38,15 @@ export async function serveCommand(env: NodeJS.ProcessEnv = process.env): Promis
     }
     throw err;
   }
-  const log = createLogger({ level: config.logLevel });
+  const log = createLogger({ level: config.logLevel, pretty: process.stdout.isTTY === true });
   let petrel: RunningPetrel;
   try {
     petrel = await startPetrel(config, log, env);
   } catch (err) {
-    const message = err instanceof Error ? err.message : String(err);
-    log.fatal({ err: message }, "petrel could not start");
+    // Once, in plain words, on stderr: a supervisor shows it and restarts on the exit code.
     log.flush();
-    process.stderr.write(`petrel: ${message}\n`);
-    return err instanceof ConfigError || err instanceof AppError ? 2 : 1;
+    process.stderr.write(`petrel: ${startFailure(err)}\n`);
+    return 2;
   }
   return new Promise<number>((resolve) => {
     const stop = (signal: string) => {
@@ -70,9 +69,27 @@ export async function serveCommand(env: NodeJS.ProcessEnv = process.env): Promis
   });
 }
 
+/** Why petrel could not start, as one line: the setting or file and what was wrong with it. */
+function startFailure(err: unknown): string {
+  if (err instanceof ConfigError || err instanceof AppError) return err.message.replace(/\s*\n\s*/g, " ");
+  const e = err as NodeJS.ErrnoException;
+  const message = e instanceof Error ? e.message : String(err);
+  return `could not start: ${message.replace(/\s*\n\s*/g, " ")}`;
+}
+
 /** The composition root: builds every collaborator from the config, listens, and returns how to stop. */
 export async function startPetrel(config: Config, log: Logger, env: NodeJS.ProcessEnv): Promise<RunningPetrel> {
   const closers: Array<() => Promise<unknown>> = [];
+  try {
+    return await compose(config, log, env, closers);
+  } catch (err) {
+    // A start that failed must not leave the registry watch or the event stream retrying in the background.
+    await Promise.allSettled(closers.reverse().map((close) => close()));
+    throw err;
+  }
+}
+
+async function compose(config: Config, log: Logger, env: NodeJS.ProcessEnv, closers: Array<() => Promise<unknown>>): Promise<RunningPetrel> {
   const extraHealth: Record<string, HealthCheck> = {};
 
   const forgeAgent = new Agent({ connections: 16 });
@@ -182,10 +199,19 @@ export async function startPetrel(config: Config, log: Logger, env: NodeJS.Proce
   });
 
   const server = await listen(app.fetch, config);
+  server.on("drop", () => metrics.connectionsDropped.inc());
   const address = server.address();
   const port = typeof address === "object" && address !== null ? address.port : config.listen.port;
   const host = config.listen.host.includes(":") ? `[${config.listen.host}]` : config.listen.host;
-  log.info({ mode: config.mode, listen: `${host}:${port}`, url: config.publicUrl }, "petrel listening");
+  log.info(
+    {
+      mode: config.mode,
+      listen: `${host}:${port}`,
+      url: config.publicUrl,
+      ...(config.mode === "local" ? { config: config.configPath, data: config.dataDir } : {}),
+    },
+    "petrel listening",
+  );
 
   let stopped: Promise<void> | undefined;
   return {
@@ -209,8 +235,25 @@ export async function startPetrel(config: Config, log: Logger, env: NodeJS.Proce
 }
 
 function listen(fetch: Parameters<typeof serve>[0]["fetch"], config: Config): Promise<Server> {
+  const timeoutMs = config.requestTimeoutSeconds * 1000;
   return new Promise((resolve, reject) => {
-    const server = serve({ fetch, hostname: config.listen.host, port: config.listen.port }, () => resolve(server as Server));
+    const server = serve(
+      {
+        fetch,
+        hostname: config.listen.host,
+        port: config.listen.port,
+        serverOptions: {
+          // A slow or stalled client may not hold a connection: headers and body must arrive within the timeout.
+          headersTimeout: timeoutMs,
+          requestTimeout: timeoutMs,
+          // Node checks those timeouts on this interval (30 s by default), which would stretch a short timeout.
+          connectionsCheckingInterval: Math.min(1000, Math.max(100, timeoutMs / 4)),
+        },
+      },
+      () => resolve(server as Server),
+    ) as Server;
+    // Beyond the cap Node closes new sockets at once and emits "drop".
+    server.maxConnections = config.maxConnections;
     server.once("error", (err: NodeJS.ErrnoException) => {
       reject(new ConfigError("PETREL_LISTEN", `cannot listen on ${config.listen.host}:${config.listen.port} (${err.code ?? err.message})`));
     });

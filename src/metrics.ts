@@ -13,6 +13,7 @@ export interface Metrics {
   logBytes: Counter;
   eventReconnects: Counter;
   eventLagSeconds: Gauge;
+  connectionsDropped: Counter;
 }
 
 /** Creates the metrics; `staleness` is read at scrape time. */
@@ -79,5 +80,10 @@ export function createMetrics(options: { staleness: () => { seconds: number; ok:
     help: "Seconds between an allocation change in Nomad and petrel seeing it.",
     registers: [registry],
   });
-  return { eventReconnects, eventLagSeconds, logFollowers, logBytes, registry, deliveries, dispatchSeconds, upstreamErrors, registryStaleness, registryUp, statusesPosted };
+  const connectionsDropped = new Counter({
+    name: "petrel_http_connections_dropped_total",
+    help: "Connections closed at once because PETREL_MAX_CONNECTIONS were already open.",
+    registers: [registry],
+  });
+  return { connectionsDropped, eventReconnects, eventLagSeconds, logFollowers, logBytes, registry, deliveries, dispatchSeconds, upstreamErrors, registryStaleness, registryUp, statusesPosted };
 }

@@ -22,8 +22,10 @@ describe("readConfig", () => {
     expect(c.publicUrl).toBe("http://127.0.0.1:8080");
     expect(c.consulPrefix).toBe("petrel");
     expect(c.builderJob).toBe("builder");
-    expect(c.configPath).toBe("./petrel.yaml");
-    expect(c.dataDir).toBe("./.petrel");
+    expect(c.configPath).toBe(join(process.cwd(), "petrel.yaml"));
+    expect(c.dataDir).toBe(join(process.cwd(), ".petrel"));
+    expect(c.requestTimeoutSeconds).toBe(10);
+    expect(c.maxConnections).toBe(1024);
     expect(c.consul.addr).toBe("http://127.0.0.1:8500");
     expect(c.consul.tls.verify).toBe(true);
     expect(c.nomad).toBeUndefined();
@@ -93,6 +95,10 @@ describe("readConfig", () => {
     ["PETREL_CONSUL_PREFIX", "/leading"],
     ["PETREL_ADMIN_TOKEN", "short"],
     ["PETREL_LOCAL_CONCURRENCY", "0"],
+    ["PETREL_REQUEST_TIMEOUT", "0"],
+    ["PETREL_REQUEST_TIMEOUT", "1.5"],
+    ["PETREL_MAX_CONNECTIONS", "0"],
+    ["PETREL_MAX_CONNECTIONS", "many"],
   ])("rejects %s=%s with one line naming it", (name, value) => {
     const err = fail({ [name]: value });
     expect(err.variable).toBe(name);
@@ -104,5 +110,26 @@ describe("readConfig", () => {
     const c = readConfig({ PETREL_LISTEN: "[::1]:9000" });
     expect(c.listen).toEqual({ host: "::1", port: 9000 });
     expect(c.publicUrl).toBe("http://[::1]:9000");
+  });
+
+  it("resolves relative PETREL_CONFIG and PETREL_DATA_DIR against the working directory it is given", () => {
+    const c = readConfig({ PETREL_CONFIG: "conf/petrel.yaml", PETREL_DATA_DIR: "./state/../data" }, "/srv/petrel");
+    expect(c.configPath).toBe("/srv/petrel/conf/petrel.yaml");
+    expect(c.dataDir).toBe("/srv/petrel/data");
+    const defaults = readConfig({}, "/srv/petrel");
+    expect(defaults.configPath).toBe("/srv/petrel/petrel.yaml");
+    expect(defaults.dataDir).toBe("/srv/petrel/.petrel");
+  });
+
+  it("keeps absolute PETREL_CONFIG and PETREL_DATA_DIR as they are", () => {
+    const c = readConfig({ PETREL_CONFIG: "/etc/petrel.yaml", PETREL_DATA_DIR: "/var/lib/petrel" }, "/srv/petrel");
+    expect(c.configPath).toBe("/etc/petrel.yaml");
+    expect(c.dataDir).toBe("/var/lib/petrel");
+  });
+
+  it("reads PETREL_REQUEST_TIMEOUT in seconds and PETREL_MAX_CONNECTIONS", () => {
+    const c = readConfig({ PETREL_REQUEST_TIMEOUT: "3", PETREL_MAX_CONNECTIONS: "64" });
+    expect(c.requestTimeoutSeconds).toBe(3);
+    expect(c.maxConnections).toBe(64);
   });
 });

@@ -96,7 +96,7 @@ export async function builderCommand(argv: string[], env: Env, io: CliIo = proce
     return EXIT.ok;
   }
   if (sub !== "register") {
-    io.stderr.write(`petrel builder: ${sub === undefined ? "missing subcommand" : `unknown subcommand ${JSON.stringify(sub)}`}\n${USAGE}`);
+    io.stderr.write(`petrel builder: ${sub === undefined ? "missing subcommand" : `unknown subcommand ${JSON.stringify(sub)}`}; see \`petrel builder --help\`\n`);
     return EXIT.usage;
   }
   return runCommand("builder register", io, () => register(rest, env, io));

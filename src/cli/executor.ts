@@ -1,6 +1,7 @@
 import { executeBuild } from "../executor/build.js";
 import { planFromNomadEnv } from "../executor/env.js";
 import { ExecutorError } from "../executor/errors.js";
+import { parseCommandArgs, UsageError } from "./args.js";
 
 const USAGE = `usage: petrel executor
 
@@ -10,13 +11,12 @@ NOMAD_SECRETS_DIR, PETREL_CACHE_DIR). Started by the builder job; see docs/execu
 
 /** `petrel executor`: one build from the Nomad task environment; resolves to the process exit code. */
 export async function runExecutorCommand(argv: readonly string[], env: Record<string, string | undefined>): Promise<number> {
-  if (argv.includes("--help") || argv.includes("-h")) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
-  if (argv.length > 0) {
-    process.stderr.write(`petrel executor: unexpected argument ${JSON.stringify(argv[0])}\n${USAGE}`);
-    return 64;
+  try {
+    if (parseCommandArgs(argv, {}, USAGE, process, { positionals: false }) === undefined) return 0;
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    process.stderr.write(`petrel executor: ${err.message}\n`);
+    return err.exit;
   }
   const controller = new AbortController();
   const stop = () => controller.abort();

@@ -1,6 +1,7 @@
-import { parseArgs } from "node:util";
+import { readFileSync } from "node:fs";
 
 const USAGE = `usage: petrel <command> [options]
+       petrel help <command> | --help | --version
 
 commands:
   serve                      run the petrel service (webhooks, builds, logs)
@@ -24,10 +25,7 @@ type Command = (argv: string[], env: NodeJS.ProcessEnv) => Promise<number>;
 
 // Each command is imported on demand so `petrel executor` starts without loading the HTTP service.
 const COMMANDS: Record<string, () => Promise<Command>> = {
-  serve: async () => {
-    const { serveCommand } = await import("../main.js");
-    return (_argv, env) => serveCommand(env);
-  },
+  serve: async () => (await import("./serve.js")).serveCliCommand,
   executor: async () => (await import("./executor.js")).runExecutorCommand,
   run: async () => (await import("./run.js")).runLocalCommand,
   builds: async () => (await import("./builds.js")).buildsCommand,
@@ -39,21 +37,44 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   replay: async () => (await import("./replay.js")).replayCommand,
 };
 
+/** petrel's version, from the package.json next to dist/ (and src/). */
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version?: string };
+  return pkg.version ?? "unknown";
+}
+
 /** Runs the CLI and returns its exit code. */
 export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
-  const { positionals } = parseArgs({ args: argv.slice(0, 1), allowPositionals: true, strict: false });
-  const name = positionals[0];
-  if (name === undefined || name === "help" || name === "--help" || name === "-h") {
-    process.stdout.write(`${USAGE}\n`);
-    return name === undefined ? 64 : 0;
+  const [first, ...rest] = argv;
+  if (first === undefined) {
+    process.stderr.write(`${USAGE}\n`);
+    return 64;
   }
-  const load = COMMANDS[name];
+  if (first === "--help" || first === "-h") {
+    process.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
+  if (first === "--version" || first === "-V" || first === "version") {
+    process.stdout.write(`petrel ${version()}\n`);
+    return 0;
+  }
+  // `petrel help <command>` is `petrel <command> --help`; subcommands (`help repo add`) pass through.
+  const [name, args] = first === "help" ? [rest[0], [...rest.slice(1), "--help"]] : [first, rest];
+  if (name === undefined) {
+    process.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
+  if (name.startsWith("-")) {
+    process.stderr.write(`petrel: unknown option ${name.split("=")[0]}; see \`petrel --help\`\n`);
+    return 64;
+  }
+  const load = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
   if (load === undefined) {
-    process.stderr.write(`petrel: unknown command ${JSON.stringify(name)}\n\n${USAGE}\n`);
+    process.stderr.write(`petrel: unknown command ${JSON.stringify(name)}; see \`petrel --help\`\n`);
     return 64;
   }
   const command = await load();
-  return command(argv.slice(1), env);
+  return command(args, env);
 }
 
 main(process.argv.slice(2), process.env).then(

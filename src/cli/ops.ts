@@ -1,9 +1,8 @@
 import type { Readable, Writable } from "node:stream";
-import { parseArgs } from "node:util";
-import type { ParseArgsConfig } from "node:util";
 import { Agent, request } from "undici";
 import type { Dispatcher } from "undici";
 import { AppError, UpstreamError } from "../errors.js";
+import { UsageError } from "./args.js";
 
 /**
  * Exit codes of the operator commands (docs/cli.md). `logs -f` and `dispatch --follow` also exit with a failed
@@ -55,39 +54,8 @@ export class CliError extends Error {
 
 export type Env = Readonly<Record<string, string | undefined>>;
 
-type OptionsConfig = NonNullable<ParseArgsConfig["options"]>;
-type Parsed<O extends OptionsConfig> = ReturnType<typeof parseArgs<{ args: string[]; options: O; allowPositionals: true; strict: true }>>;
-
-/**
- * `parseArgs` with usage errors turned into CliError 64; undefined after answering `--help` (the options must
- * declare `help`).
- */
-export function parseCommandArgs<const O extends OptionsConfig>(
-  argv: readonly string[],
-  options: O,
-  usage: string,
-  io: CliIo,
-): Parsed<O> | undefined {
-  let parsed: Parsed<O>;
-  try {
-    parsed = parseArgs({ args: [...argv], options, allowPositionals: true, strict: true });
-  } catch (err) {
-    throw new CliError(EXIT.usage, `${(err as Error).message}\n${usage.trimEnd()}`);
-  }
-  if ((parsed.values as { help?: boolean }).help) {
-    io.stdout.write(usage.endsWith("\n") ? usage : `${usage}\n`);
-    return undefined;
-  }
-  return parsed;
-}
-
-/** Throws the usage error unless exactly `count` positionals were given. */
-export function expectPositionals(positionals: string[], count: number, usage: string): void {
-  if (positionals.length !== count) {
-    const what = positionals.length < count ? "missing argument" : `unexpected argument ${JSON.stringify(positionals[count])}`;
-    throw new CliError(EXIT.usage, `${what}\n${usage.trimEnd()}`);
-  }
-}
+// Argument handling lives in args.ts, one place for every command; re-exported for the commands that import it here.
+export { expectPositionals, parseCommandArgs } from "./args.js";
 
 /** Writes progress to stderr unless `--quiet`. */
 export type Progress = (line: string) => void;
@@ -104,6 +72,10 @@ export async function runCommand(name: string, io: CliIo, body: () => Promise<nu
   try {
     return await body();
   } catch (err) {
+    if (err instanceof UsageError) {
+      io.stderr.write(`petrel ${name}: ${err.message}\n`);
+      return err.exit;
+    }
     if (err instanceof CliError) {
       if (err.exit !== EXIT.outputClosed) io.stderr.write(`petrel ${name}: ${err.message}\n`);
       return err.exit;

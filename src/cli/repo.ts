@@ -4,6 +4,7 @@ import yaml from "js-yaml";
 import type { z } from "zod";
 import { RepoConfig, describeIssues, isRepoKey, repoKeyFromUrl } from "../registry/schema.js";
 import type { RepoKey } from "../registry/schema.js";
+import { seeHelp } from "./args.js";
 import { CliError, EXIT, expectPositionals, parseCommandArgs, processIo, progressTo, readAllText, runCommand } from "./ops.js";
 import type { CliIo, Env } from "./ops.js";
 import { cliConfig, openRepoStore } from "./repo-store.js";
@@ -90,7 +91,7 @@ export async function repoCommand(argv: string[], env: Env, io: CliIo = processI
       io.stdout.write(REPO_USAGE);
       return EXIT.ok;
     default:
-      io.stderr.write(`petrel repo: ${sub === undefined ? "missing subcommand" : `unknown subcommand ${JSON.stringify(sub)}`}\n${REPO_USAGE}`);
+      io.stderr.write(`petrel repo: ${sub === undefined ? "missing subcommand" : `unknown subcommand ${JSON.stringify(sub)}`}; ${seeHelp(REPO_USAGE)}\n`);
       return EXIT.usage;
   }
 }

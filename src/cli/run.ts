@@ -1,11 +1,11 @@
 import { homedir } from "node:os";
 import { isAbsolute, join, relative } from "node:path";
-import { parseArgs } from "node:util";
 import { executeBuild, type BuildPlan } from "../executor/build.js";
 import { colourVars, readRuntimeSettings } from "../executor/env.js";
 import { ExecutorError } from "../executor/errors.js";
 import { randomSuffix } from "../executor/fsutil.js";
 import { git } from "../executor/git.js";
+import { parseCommandArgs, UsageError } from "./args.js";
 import { cacheLayout, redactUrl, repoNameFromUrl, repoSlug } from "../executor/layout.js";
 
 const USAGE = `usage: petrel run [--flavor F] [--debug]
@@ -19,26 +19,16 @@ type Env = Record<string, string | undefined>;
 
 /** `petrel run [--flavor F] [--debug]`: builds the working tree locally; resolves to the process exit code. */
 export async function runLocalCommand(argv: readonly string[], env: Env): Promise<number> {
-  let values: { flavor?: string | undefined; debug?: boolean | undefined; help?: boolean | undefined };
+  let parsed;
   try {
-    ({ values } = parseArgs({
-      args: [...argv],
-      options: {
-        flavor: { type: "string", short: "f" },
-        debug: { type: "boolean" },
-        help: { type: "boolean", short: "h" },
-      },
-      strict: true,
-      allowPositionals: false,
-    }));
+    parsed = parseCommandArgs(argv, { flavor: { type: "string", short: "f" }, debug: { type: "boolean" } }, USAGE, process, { positionals: false });
   } catch (err) {
-    process.stderr.write(`petrel run: ${(err as Error).message}\n${USAGE}`);
-    return 64;
+    if (!(err instanceof UsageError)) throw err;
+    process.stderr.write(`petrel run: ${err.message}\n`);
+    return err.exit;
   }
-  if (values.help) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
+  if (parsed === undefined) return 0;
+  const { values } = parsed;
   const controller = new AbortController();
   const stop = () => controller.abort();
   // Ctrl-C reaches the build (same process group) and, in --debug, the shell; petrel waits for them to finish.

@@ -124,6 +124,8 @@ export function createBuildsRoute(deps: AppDeps): Hono {
     try {
       body = TriggerBody.parse(await c.req.json());
     } catch (err) {
+      // Neither bad JSON nor a bad field: reading the body failed, because the client hung up or timed out.
+      if (!(err instanceof z.ZodError) && !(err instanceof SyntaxError)) throw new AppError("aborted", 400, "the client closed the connection before the whole body arrived", { cause: err });
       throw new AppError("bad_request", 400, `body must be {"repo", "ref", "commit"?, "flavor"?}: ${err instanceof z.ZodError ? err.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ") : "not JSON"}`);
     }
     const entry = await findEntry(deps.registry, body.repo);
@@ -189,6 +191,19 @@ export function createBuildsRoute(deps: AppDeps): Hono {
     return streamText(c, id, type, follow, offset);
   });
 
+  /**
+   * Ends a log transfer cut short by shutdown as a broken one (no final chunk), so the client resumes with
+   * ?offset= elsewhere. Closing the socket rather than erroring the stream keeps @hono/node-server from
+   * printing the error's stack to stderr on every shutdown with a follower.
+   */
+  function breakOff(c: Context, controller: ReadableStreamDefaultController<Uint8Array>, id: string): void {
+    deps.log.info({ build: id }, "log stream cut off: petrel is shutting down");
+    const outgoing = (c.env as { outgoing?: { destroy(): void } } | undefined)?.outgoing;
+    if (outgoing === undefined) return controller.error(new Error("petrel is shutting down"));
+    outgoing.destroy();
+    controller.close();
+  }
+
   /** Ties a stream's upstream work to the client's connection and to petrel's shutdown. */
   function tieToClient(c: Context, abort: AbortController): void {
     c.req.raw.signal.addEventListener("abort", () => abort.abort(), { once: true });
@@ -225,7 +240,7 @@ export function createBuildsRoute(deps: AppDeps): Hono {
           if (result.done) {
             finish();
             // Cut short by shutdown, not ended by the build: say so with a broken transfer.
-            if (deps.shutdown?.aborted) controller.error(new Error("petrel is shutting down"));
+            if (deps.shutdown?.aborted) breakOff(c, controller, id);
             else controller.close();
             return;
           }
@@ -234,7 +249,7 @@ export function createBuildsRoute(deps: AppDeps): Hono {
         } catch (err) {
           finish();
           // A client that left needs nothing; one cut off by shutdown sees a broken transfer and resumes elsewhere.
-          if (abort.signal.aborted) return deps.shutdown?.aborted ? controller.error(err) : controller.close();
+          if (abort.signal.aborted) return deps.shutdown?.aborted ? breakOff(c, controller, id) : controller.close();
           deps.log.warn({ build: id, err: (err as Error).message }, "log stream failed");
           // Ending with an error (not with text of our own) keeps the body the build's bytes only, so a client
           // sees a broken transfer and resumes with ?offset= at exactly the bytes it has.

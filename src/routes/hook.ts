@@ -147,13 +147,19 @@ async function readBody(c: Context, max: number): Promise<Buffer> {
   }
   const parts: Buffer[] = [];
   let size = 0;
-  for await (const chunk of incoming as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > max) {
-      incoming.resume();
-      throw tooLarge();
+  try {
+    for await (const chunk of incoming as AsyncIterable<Buffer>) {
+      size += chunk.length;
+      if (size > max) {
+        incoming.resume();
+        throw tooLarge();
+      }
+      parts.push(chunk);
     }
-    parts.push(chunk);
+  } catch (err) {
+    if (err instanceof AppError) throw err;
+    // Node ends the body with "aborted" (ECONNRESET) when the client hangs up or the request timeout cuts it off.
+    throw new AppError("aborted", 400, `the client closed the connection after ${size} bytes of the body`, { cause: err });
   }
   return Buffer.concat(parts, size);
 }

@@ -1,6 +1,6 @@
 import { execFileSync, spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
-import { chmodSync, mkdtempSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -17,12 +17,18 @@ const GIT_ENV = { GIT_AUTHOR_NAME: "t", GIT_AUTHOR_EMAIL: "t@example.test", GIT_
 
 interface Petrel {
   url: string;
+  /** The start-up line, as JSON. */
+  listening: Record<string, unknown>;
   child: ChildProcess;
   exited: Promise<number | null>;
 }
 
 /** Starts the compiled `petrel serve` in single-machine mode and waits for its "listening" line. */
-async function startPetrel(dir: string, root = ROOT): Promise<Petrel> {
+async function startPetrel(
+  dir: string,
+  root = ROOT,
+  options: { cwd?: string; env?: Record<string, string | undefined> } = {},
+): Promise<Petrel> {
   const child = spawn(process.execPath, [join(root, "bin/petrel.js"), "serve"], {
     env: {
       PATH: process.env.PATH,
@@ -31,19 +37,21 @@ async function startPetrel(dir: string, root = ROOT): Promise<Petrel> {
       PETREL_CONFIG: join(dir, "petrel.yaml"),
       PETREL_DATA_DIR: join(dir, "data"),
       PETREL_ADMIN_TOKEN: "e2e-admin-token-0123456789",
+      ...options.env,
     },
     stdio: ["ignore", "pipe", "inherit"],
+    ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
   });
   const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
   const lines = createInterface({ input: child.stdout! });
-  const url = await new Promise<string>((resolve, reject) => {
+  const started = await new Promise<{ url: string; listening: Record<string, unknown> }>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("petrel did not start")), 30_000);
     lines.on("line", (line) => {
       try {
         const rec = JSON.parse(line) as { msg?: string; listen?: string };
         if (rec.msg === "petrel listening" && rec.listen) {
           clearTimeout(timer);
-          resolve(`http://${rec.listen}`);
+          resolve({ url: `http://${rec.listen}`, listening: rec });
         }
       } catch {
         // not JSON: ignore
@@ -51,7 +59,7 @@ async function startPetrel(dir: string, root = ROOT): Promise<Petrel> {
     });
     void exited.then((code) => reject(new Error(`petrel exited with ${code} before listening`)));
   });
-  return { url, child, exited };
+  return { ...started, child, exited };
 }
 
 /** A bare repository with a `.petrel` build script, and its head commit. */
@@ -164,4 +172,41 @@ describe("single-machine mode, end to end through the compiled CLI", () => {
     petrel.child.kill("SIGTERM");
     expect(await petrel.exited).toBe(0);
   }, 20_000);
+});
+
+describe("single-machine mode started from a relative PETREL_DATA_DIR and PETREL_CONFIG", () => {
+  const dir = mkdtempSync(join(tmpdir(), "petrel-e2e-rel-"));
+  let petrel: Petrel;
+  let repo: { url: string; commit: string };
+
+  beforeAll(async () => {
+    repo = makeRepo(dir, 'echo "built from $PWD"');
+    await writeRepo(join(dir, "petrel.yaml"), KEY, { hook: { secret: SECRET }, trusted: { senders: ["dana"] } });
+    // Relative paths as a user types them, resolved against the directory petrel was started in.
+    petrel = await startPetrel(dir, ROOT, { cwd: dir, env: { PETREL_DATA_DIR: "./state", PETREL_CONFIG: "petrel.yaml" } });
+  }, 60_000);
+
+  afterAll(async () => {
+    petrel.child.kill("SIGTERM");
+    await petrel.exited;
+  });
+
+  it("shows the absolute paths in its start-up line", () => {
+    expect(petrel.listening).toMatchObject({ mode: "local", config: join(dir, "petrel.yaml"), data: join(dir, "state") });
+  });
+
+  it("builds a signed push green, its cache under the absolute data dir", async () => {
+    const id = await push(petrel.url, repo.url, repo.commit);
+    let build = await getBuild(petrel.url, id);
+    for (let i = 0; i < 600 && !["success", "failure", "error"].includes(build.state); i++) {
+      await sleep(50);
+      build = await getBuild(petrel.url, id);
+    }
+    const stderr = await (await fetch(`${petrel.url}/builds/${encodeURIComponent(id)}/logs?type=stderr&follow=false`)).text();
+    expect(stderr).not.toContain("must be an absolute path");
+    expect(build).toMatchObject({ state: "success", exitCode: 0 });
+    const stdout = await (await fetch(`${petrel.url}/builds/${encodeURIComponent(id)}/logs?type=stdout&follow=false`)).text();
+    expect(stdout).toMatch(/^built from \//);
+    expect(readdirSync(join(dir, "state"))).toContain("cache");
+  }, 60_000);
 });
