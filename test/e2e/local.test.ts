@@ -13,6 +13,8 @@ import { writeRepo } from "../../src/registry/file.js";
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const SECRET = "e2e-hook-secret-0b5d";
 const KEY = "git.e2e.test/acme/app";
+/** What Gitea would send as clone_url; the build clones the entry's clone_url (the local bare repository). */
+const PAYLOAD_CLONE_URL = "https://git.e2e.test/acme/app.git";
 const GIT_ENV = { GIT_AUTHOR_NAME: "t", GIT_AUTHOR_EMAIL: "t@example.test", GIT_COMMITTER_NAME: "t", GIT_COMMITTER_EMAIL: "t@example.test" };
 
 interface Petrel {
@@ -76,18 +78,22 @@ function commitTo(dir: string, script: string): string {
   return execFileSync("git", ["rev-parse", "HEAD"], { cwd: src, encoding: "utf8" }).trim();
 }
 
-async function push(url: string, repoUrl: string, commit: string): Promise<string> {
+async function push(url: string, commit: string, repoUrl = PAYLOAD_CLONE_URL): Promise<Response> {
   const body = JSON.stringify({
     ref: "refs/heads/main",
     after: commit,
     repository: { full_name: "acme/app", private: false, html_url: "https://git.e2e.test/acme/app", clone_url: repoUrl },
     sender: { login: "dana" },
   });
-  const res = await fetch(`${url}/hook`, {
+  return fetch(`${url}/hook`, {
     method: "POST",
     headers: { "content-type": "application/json", "x-gitea-event": "push", "x-gitea-signature": sign(SECRET, body) },
     body,
   });
+}
+
+async function pushBuild(url: string, commit: string): Promise<string> {
+  const res = await push(url, commit);
   const answer = (await res.json()) as { build: string };
   expect(res.status).toBe(201);
   return answer.build;
@@ -106,7 +112,7 @@ describe("single-machine mode, end to end through the compiled CLI", () => {
 
   beforeAll(async () => {
     repo = makeRepo(dir, 'echo "step one"; sleep 0.5; echo "step two"; echo "to stderr" >&2');
-    await writeRepo(join(dir, "petrel.yaml"), KEY, { hook: { secret: SECRET }, trusted: { senders: ["dana"] } });
+    await writeRepo(join(dir, "petrel.yaml"), KEY, { hook: { secret: SECRET }, trusted: { senders: ["dana"] }, clone_url: repo.url });
     petrel = await startPetrel(dir);
   }, 60_000);
 
@@ -121,7 +127,7 @@ describe("single-machine mode, end to end through the compiled CLI", () => {
   });
 
   it("runs a real build for a signed webhook and streams its output live until it ends", async () => {
-    const id = await push(petrel.url, repo.url, repo.commit);
+    const id = await pushBuild(petrel.url, repo.commit);
     const res = await fetch(`${petrel.url}/builds/${encodeURIComponent(id)}/logs?type=stdout&follow=true`);
     expect(res.headers.get("content-type")).toMatch(/^text\/plain/);
     const arrivals: Array<{ at: number; text: string }> = [];
@@ -139,13 +145,23 @@ describe("single-machine mode, end to end through the compiled CLI", () => {
     expect(stderr).toContain("==> run .petrel");
   }, 60_000);
 
+  it("refuses a signed delivery whose clone_url is a local path, and builds nothing", async () => {
+    const before = ((await (await fetch(`${petrel.url}/builds?limit=500`)).json()) as { builds: unknown[] }).builds.length;
+    for (const url of [repo.url, repo.url.slice("file://".length)]) {
+      const res = await push(petrel.url, repo.commit, url);
+      expect(res.status).toBe(400);
+      expect(((await res.json()) as { error: { code: string } }).error.code).toBe("repository_mismatch");
+    }
+    expect(((await (await fetch(`${petrel.url}/builds?limit=500`)).json()) as { builds: unknown[] }).builds.length).toBe(before);
+  });
+
   it("keeps builds and logs across a restart, and reports a build killed with petrel as error", async () => {
     const [done] = (await (await fetch(`${petrel.url}/builds?limit=1&state=success`)).json() as { builds: Array<{ id: string }> }).builds;
     expect(done).toBeDefined();
     const before = await (await fetch(`${petrel.url}/builds/${encodeURIComponent(done!.id)}/logs?type=stdout`)).text();
 
     const slow = commitTo(dir, 'echo "started"; sleep 30; echo "never"');
-    const interrupted = await push(petrel.url, repo.url, slow);
+    const interrupted = await pushBuild(petrel.url, slow);
     for (let i = 0; i < 200 && (await getBuild(petrel.url, interrupted)).state !== "running"; i++) await sleep(50);
     await sleep(500);
     petrel.child.kill("SIGKILL");
