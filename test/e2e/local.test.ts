@@ -3,6 +3,8 @@ import type { ChildProcess } from "node:child_process";
 import { chmodSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { createInterface } from "node:readline";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
@@ -78,11 +80,61 @@ function commitTo(dir: string, script: string): string {
   return execFileSync("git", ["rev-parse", "HEAD"], { cwd: src, encoding: "utf8" }).trim();
 }
 
-async function push(url: string, commit: string, repoUrl = PAYLOAD_CLONE_URL): Promise<Response> {
+/** Serves the bare repositories under `root` over git's smart HTTP protocol (`git http-backend`) on 127.0.0.1. */
+async function serveGit(root: string): Promise<{ host: string; requests: string[]; close(): Promise<void> }> {
+  const requests: string[] = [];
+  const server = createServer((req, res) => {
+    requests.push(`${req.method} ${req.url}`);
+    const url = new URL(req.url ?? "/", "http://127.0.0.1");
+    const env: NodeJS.ProcessEnv = {
+      PATH: process.env.PATH,
+      GIT_PROJECT_ROOT: root,
+      GIT_HTTP_EXPORT_ALL: "1",
+      PATH_INFO: url.pathname,
+      QUERY_STRING: url.search.slice(1),
+      REQUEST_METHOD: req.method ?? "GET",
+      CONTENT_TYPE: req.headers["content-type"] ?? "",
+      REMOTE_ADDR: "127.0.0.1",
+      HTTP_CONTENT_ENCODING: req.headers["content-encoding"] ?? "",
+      GIT_PROTOCOL: String(req.headers["git-protocol"] ?? ""),
+    };
+    if (req.headers["content-length"] !== undefined) env.CONTENT_LENGTH = req.headers["content-length"];
+    const cgi = spawn("git", ["http-backend"], { env, stdio: ["pipe", "pipe", "ignore"] });
+    req.pipe(cgi.stdin);
+    let head = Buffer.alloc(0);
+    let headersDone = false;
+    cgi.stdout.on("data", (chunk: Buffer) => {
+      if (headersDone) return void res.write(chunk);
+      head = Buffer.concat([head, chunk]);
+      const end = head.indexOf("\r\n\r\n");
+      if (end < 0) return;
+      headersDone = true;
+      let status = 200;
+      for (const line of head.subarray(0, end).toString("latin1").split("\r\n")) {
+        const colon = line.indexOf(":");
+        const name = line.slice(0, colon).trim();
+        const value = line.slice(colon + 1).trim();
+        if (name.toLowerCase() === "status") status = Number(value.split(" ")[0]);
+        else res.setHeader(name, value);
+      }
+      res.writeHead(status);
+      res.write(head.subarray(end + 4));
+    });
+    cgi.stdout.on("end", () => res.end());
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  return {
+    host: `127.0.0.1:${(server.address() as AddressInfo).port}`,
+    requests,
+    close: () => new Promise<void>((r) => server.close(() => r())),
+  };
+}
+
+async function push(url: string, commit: string, repoUrl = PAYLOAD_CLONE_URL, htmlUrl = "https://git.e2e.test/acme/app"): Promise<Response> {
   const body = JSON.stringify({
     ref: "refs/heads/main",
     after: commit,
-    repository: { full_name: "acme/app", private: false, html_url: "https://git.e2e.test/acme/app", clone_url: repoUrl },
+    repository: { full_name: "acme/app", private: false, html_url: htmlUrl, clone_url: repoUrl },
     sender: { login: "dana" },
   });
   return fetch(`${url}/hook`, {
@@ -154,6 +206,35 @@ describe("single-machine mode, end to end through the compiled CLI", () => {
     }
     expect(((await (await fetch(`${petrel.url}/builds?limit=500`)).json()) as { builds: unknown[] }).builds.length).toBe(before);
   });
+
+  it("builds an entry without clone_url from the payload's clone URL over real smart HTTP, scheme and port kept", async () => {
+    const git = await serveGit(join(dir, "remote"));
+    try {
+      const key = `${git.host.replace(":", "_")}/acme/app`;
+      await writeRepo(join(dir, "petrel.yaml"), key, { hook: { secret: SECRET }, trusted: { senders: ["dana"] }, logs: "public" });
+      let res: Response | undefined;
+      // The running petrel picks the new entry up from the file by itself.
+      for (let i = 0; i < 100; i++) {
+        res = await push(petrel.url, repo.commit, `http://${git.host}/ACME/app.git`, `http://${git.host}/acme/app`);
+        if (res.status !== 404) break;
+        await sleep(50);
+      }
+      expect(res?.status).toBe(201);
+      const { build } = (await res!.json()) as { build: string };
+      let state = "";
+      for (let i = 0; i < 300 && !["success", "failure", "error"].includes(state); i++) {
+        state = (await getBuild(petrel.url, build)).state;
+        await sleep(100);
+      }
+      expect(await getBuild(petrel.url, build)).toMatchObject({ state: "success" });
+      // The executor fetched over HTTP from the URL rebuilt on the entry's key (lower-case), not the payload's spelling.
+      expect(git.requests.some((r) => r.startsWith("GET /acme/app.git/info/refs"))).toBe(true);
+      expect(git.requests.some((r) => r.includes("ACME"))).toBe(false);
+      expect(await getBuild(petrel.url, build)).toMatchObject({ repoUrl: `http://${git.host}/acme/app.git` });
+    } finally {
+      await git.close();
+    }
+  }, 60_000);
 
   it("keeps builds and logs across a restart, and reports a build killed with petrel as error", async () => {
     const [done] = (await (await fetch(`${petrel.url}/builds?limit=1&state=success`)).json() as { builds: Array<{ id: string }> }).builds;
