@@ -3,6 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { git, withSshEnv } from "../executor/git.js";
 import { redactUrl } from "../executor/layout.js";
+import { isCloneUrl } from "../registry/schema.js";
 
 export interface CommitCheckInput {
   /** The clone URL builds of the repository use. */
@@ -31,6 +32,7 @@ export type CommitCheck =
  */
 export async function checkCommitOnRef(input: CommitCheckInput): Promise<CommitCheck> {
   const shown = redactUrl(input.url);
+  if (!isCloneUrl(input.url)) return { kind: "unfetchable", message: `${JSON.stringify(shown.slice(0, 200))} is not a clone URL` };
   const timeout = AbortSignal.timeout(input.timeoutMs);
   const signal = input.signal === undefined ? timeout : AbortSignal.any([timeout, input.signal]);
   const dir = await mkdtemp(join(tmpdir(), "petrel-commit-check-"));

@@ -40,7 +40,8 @@ export function isCloneUrl(url: string): boolean {
   if (url.startsWith("/")) return true;
   const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(url);
   if (scheme !== null) return ["https", "http", "ssh", "git", "file"].includes((scheme[1] ?? "").toLowerCase()) && url.length > scheme[0].length;
-  return /^(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+:[^/]/.test(url);
+  // scp-like `user@host:path`; `<transport>::<address>` (ext::, fd::) runs commands and is never a clone URL.
+  return /^(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+:(?!:)\S+$/.test(url);
 }
 
 export const HookAuth = z
