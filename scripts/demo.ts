@@ -67,7 +67,8 @@ async function demo(work: string, started: (child: ChildProcess) => void): Promi
   const secret = randomBytes(16).toString("hex");
   const key = "demo.petrel.local/acme/hello";
   const configPath = join(work, "petrel.yaml");
-  writeFileSync(configPath, `repos:\n  ${key}:\n    hook: { secret: "${secret}" }\n    trusted: { senders: [demo] }\n`, { mode: 0o600 });
+  // clone_url: builds clone the local bare repository; a webhook's own clone URL must name the registered host.
+  writeFileSync(configPath, `repos:\n  ${key}:\n    hook: { secret: "${secret}" }\n    trusted: { senders: [demo] }\n    clone_url: "file://${bare}"\n`, { mode: 0o600 });
 
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
@@ -85,7 +86,7 @@ async function demo(work: string, started: (child: ChildProcess) => void): Promi
       after: commit,
       commits: [],
       head_commit: { id: commit, message: "demo build script\n" },
-      repository: { name: "hello", full_name: "acme/hello", private: false, html_url: `http://${key}`, clone_url: `file://${bare}` },
+      repository: { name: "hello", full_name: "acme/hello", private: false, html_url: `https://${key}`, clone_url: `https://${key}.git` },
       pusher: { login: "demo" },
       sender: { login: "demo" },
     },

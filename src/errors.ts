@@ -5,6 +5,8 @@ export type ErrorCode =
   | "unauthorized"
   | "forbidden"
   | "not_registered"
+  | "repository_mismatch"
+  | "commit_not_on_ref"
   | "not_found"
   | "gone"
   | "payload_too_large"

@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import type { ErrorCode } from "../errors.js";
+import { bindDelivery, isRefName, type BoundRepository } from "../gitea/binding.js";
 import type { Delivery, PullRequestEvent, PushEvent } from "../gitea/events.js";
 import { flavorsOf, type RepoEntry } from "../registry/schema.js";
 import {
@@ -67,12 +68,15 @@ const PAYLOAD_LIMIT = 16 * 1024;
 /**
  * Decides what a verified delivery builds, pure: which builder, with which meta, and whether the build is
  * trusted with the repository's secrets (sender listed in `trusted.senders` and, for pull requests, head
- * repository = base repository).
+ * repository = base repository). A delivery that names any repository but the entry's is refused
+ * (`repository_mismatch`); what the build clones and reports on comes from the entry, not the payload.
  */
 export function planBuild({ delivery, entry, flavor, defaultBuilder }: PlanBuildInput): Plan {
+  const bound = bindDelivery(entry.key, entry, delivery);
+  if (!bound.ok) return { kind: "reject", status: 400, code: "repository_mismatch", message: bound.message };
   const builder = builderOf(entry, flavor, defaultBuilder);
   if (typeof builder !== "string") return builder;
-  const target = { entry, flavor, builder };
+  const target = { entry, flavor, builder, bound };
   switch (delivery.kind) {
     case "push":
       return planPush(delivery.payload, target);
@@ -109,6 +113,7 @@ export function planManual(input: PlanManualInput): Plan {
   const commit = input.commit.toLowerCase();
   if (!COMMIT_ID.test(commit)) return badRequest("commit must be a hex commit id (7 to 64 characters)");
   const ref = input.ref.startsWith("refs/") ? input.ref : `refs/heads/${input.ref}`;
+  if (!isRefName(ref)) return badRequest(`ref ${JSON.stringify(ref.slice(0, 200))} is not a valid git ref name`);
   const pull = /^refs\/pull\/([1-9][0-9]*)\/head$/.exec(ref);
   let branch: string;
   let extra: Partial<BuildMeta> = {};
@@ -127,7 +132,8 @@ export function planManual(input: PlanManualInput): Plan {
   return build({
     target: { entry, flavor, builder },
     repo: `${owner}/${name}`,
-    cloneUrl: input.repoUrl ?? cloneUrlOf(entry),
+    // The entry's clone_url is the operator's word and wins over a URL given with the request.
+    cloneUrl: entry.config.clone_url ?? input.repoUrl ?? cloneUrlOf(entry),
     ...(input.private === undefined ? {} : { isPrivate: input.private }),
     event: "manual",
     ref,
@@ -193,8 +199,13 @@ interface Target {
   builder: string;
 }
 
-function planPush(push: PushEvent, target: Target): Plan {
+interface BoundTarget extends Target {
+  bound: BoundRepository;
+}
+
+function planPush(push: PushEvent, target: BoundTarget): Plan {
   const { ref, after } = push;
+  if (!isRefName(ref)) return badRequest(`push ref ${JSON.stringify(ref.slice(0, 200))} is not a valid git ref name`);
   if (ZERO_ID.test(after)) return { kind: "skip", reason: `ref deleted: ${ref}` };
   let branch: string;
   let event: BuildEvent;
@@ -214,8 +225,8 @@ function planPush(push: PushEvent, target: Target): Plan {
   }
   return build({
     target,
-    repo: push.repository.full_name,
-    cloneUrl: push.repository.clone_url,
+    repo: target.bound.repo,
+    cloneUrl: target.bound.repoUrl,
     isPrivate: push.repository.private,
     event,
     ref,
@@ -226,13 +237,17 @@ function planPush(push: PushEvent, target: Target): Plan {
   });
 }
 
-function planPullRequest(event: PullRequestEvent, target: Target): Plan {
+function planPullRequest(event: PullRequestEvent, target: BoundTarget): Plan {
   const { action, number, pull_request: pr, repository, sender } = event;
   if (!BUILD_ACTIONS.has(action)) {
     const what = action === "closed" && pr.merged ? "closed (merged)" : `"${action}"`;
     return { kind: "skip", reason: `pull request #${number} ${what} does not start a build` };
   }
   const pullRef = `refs/pull/${number}/head`;
+  // head.ref becomes BRANCH in the build's environment: a forged one must not carry anything a ref cannot.
+  if (pr.head.ref !== "" && !isRefName(`refs/heads/${pr.head.ref}`)) {
+    return badRequest(`pull request head ref ${JSON.stringify(pr.head.ref.slice(0, 200))} is not a valid git branch name`);
+  }
   const head = pr.head.repo;
   // A fork's code must never see the base repository's secrets; a deleted head repository counts as a fork.
   const sameRepo =
@@ -241,9 +256,9 @@ function planPullRequest(event: PullRequestEvent, target: Target): Plan {
     sameName(pr.base.repo.full_name, repository.full_name);
   return build({
     target,
-    repo: repository.full_name,
-    // The executor fetches refs/pull/<n>/head from the base repository, which works for forks too.
-    cloneUrl: pr.base.repo.clone_url,
+    repo: target.bound.repo,
+    // The executor fetches refs/pull/<n>/head from the base repository (the entry's), which works for forks too.
+    cloneUrl: target.bound.repoUrl,
     isPrivate: repository.private,
     event: "pull_request",
     ref: pullRef,
@@ -341,9 +356,9 @@ function sameName(a: string, b: string): boolean {
   return a.toLowerCase() === b.toLowerCase();
 }
 
-/** Clone URL of a repository known only by its entry: `gitea.url` when set, else https on the key's host. */
-/** The clone URL of a registered repository: its Gitea URL when configured, else https on its registry host. */
+/** The clone URL of a registered repository: its `clone_url`, else on its `gitea.url`, else https on its key's host. */
 export function cloneUrlOf(entry: RepoEntry): string {
+  if (entry.config.clone_url !== undefined) return entry.config.clone_url;
   const [host = "", owner = "", name = ""] = entry.key.split("/");
   const base = entry.config.gitea?.url.replace(/\/+$/, "") ?? `https://${host.replace(/_(\d+)$/, ":$1")}`;
   return `${base}/${owner}/${name}.git`;

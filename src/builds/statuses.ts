@@ -24,13 +24,16 @@ export function commitStatusOf(build: Build): { state: CommitState; description:
   }
 }
 
-/** The registry entry a build belongs to: by its clone URL, else by a unique `owner/name` match. */
+/** The registry entry a build belongs to: by its clone URL (the entry's `clone_url` or its key), else by a unique `owner/name` match. */
 export async function entryOfBuild(registry: Registry, build: Pick<Build, "repo" | "repoUrl">): Promise<RepoEntry | undefined> {
   const key = repoKeyFromUrl(build.repoUrl);
   const direct = key === undefined ? undefined : await registry.get(key);
   if (direct !== undefined) return direct;
+  const all = await registry.list();
   const suffix = `/${build.repo.toLowerCase()}`;
-  const matches = (await registry.list()).filter((e) => e.key.endsWith(suffix));
+  const configured = all.filter((e) => e.config.clone_url === build.repoUrl && e.key.endsWith(suffix));
+  if (configured.length === 1) return configured[0];
+  const matches = all.filter((e) => e.key.endsWith(suffix));
   return matches.length === 1 ? matches[0] : undefined;
 }
 

@@ -33,7 +33,12 @@ export const PushEvent = Envelope.extend({
 });
 export type PushEvent = z.infer<typeof PushEvent>;
 
-const PrRepository = z.object({ full_name: z.string().min(1), clone_url: z.string().min(1) });
+const PrRepository = z.object({
+  full_name: z.string().min(1),
+  clone_url: z.string().min(1),
+  html_url: z.string().optional(),
+  ssh_url: z.string().optional(),
+});
 
 /** `pull_request`: `repository` is the base repository; `head.repo` is null once the head repository is deleted. */
 export const PullRequestEvent = Envelope.extend({

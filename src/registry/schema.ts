@@ -31,6 +31,19 @@ export function isRepoKey(key: string): key is RepoKey {
   return parts.length === 3 && parts.every((s) => SEGMENT.test(s) && s !== "." && s !== "..");
 }
 
+/**
+ * A clone URL an operator may set: a URL with a scheme git fetches from (`https`, `http`, `ssh`, `git`, `file`),
+ * an scp-like `user@host:path`, or an absolute local path. Never one git could read as an option.
+ */
+export function isCloneUrl(url: string): boolean {
+  if (url.startsWith("-") || /[\x00-\x1f\x7f]/.test(url)) return false;
+  if (url.startsWith("/")) return true;
+  const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(url);
+  if (scheme !== null) return ["https", "http", "ssh", "git", "file"].includes((scheme[1] ?? "").toLowerCase()) && url.length > scheme[0].length;
+  // scp-like `user@host:path`; `<transport>::<address>` (ext::, fd::) runs commands and is never a clone URL.
+  return /^(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+:(?!:)\S+$/.test(url);
+}
+
 export const HookAuth = z
   .object({
     secret: z.string().min(1, "must not be empty").optional(),
@@ -61,6 +74,11 @@ export const RepoConfig = z.object({
    * comes from the PRIVATE meta the forge's payload set at dispatch; when neither tells, reading needs the token.
    */
   private: z.boolean().optional(),
+  /** Set by the operator, so it may be a `file://` URL or a local path; every build of the repository clones it. */
+  clone_url: z
+    .string()
+    .refine(isCloneUrl, "must be an https, http, ssh, git or file URL, user@host:path, or an absolute path")
+    .optional(),
 });
 export type RepoConfig = z.infer<typeof RepoConfig>;
 

@@ -12,6 +12,8 @@ import { isBuildOf } from "../builds/dispatch.js";
 import { cloneUrlOf, metaForBuilder, planManual } from "../builds/plan.js";
 import { entryOfBuild } from "../builds/statuses.js";
 import { AppError } from "../errors.js";
+import { isRefName } from "../gitea/binding.js";
+import { checkCommitOnRef } from "../gitea/commit-check.js";
 import { isRepoKey } from "../registry/schema.js";
 import type { RepoEntry } from "../registry/schema.js";
 import { buildLinks } from "./hook.js";
@@ -23,6 +25,8 @@ const MAX_LIMIT = 500;
 const FIRST_CHUNK_WAIT_MS = 1000;
 const SSE_HEARTBEAT_MS = 15_000;
 const SSE_STATE_POLL_MS = 1000;
+/** How long `POST /builds` may spend fetching the ref to check that the commit is on it. */
+const COMMIT_CHECK_TIMEOUT_MS = 60_000;
 
 const TriggerBody = z.object({
   repo: z.string().min(1),
@@ -130,7 +134,27 @@ export function createBuildsRoute(deps: AppDeps): Hono {
     }
     const entry = await findEntry(deps.registry, body.repo);
     const repoUrl = body.repo_url;
-    const commit = body.commit ?? (await resolveRef(repoUrl ?? cloneUrlOf(entry), body.ref));
+    const fullRef = body.ref.startsWith("refs/") ? body.ref : `refs/heads/${body.ref}`;
+    if (!isRefName(fullRef)) throw new AppError("bad_request", 400, `ref ${JSON.stringify(body.ref.slice(0, 200))} is not a valid git ref name`);
+    // The same URL planManual gives the build: the entry's clone_url first.
+    const cloneUrl = entry.config.clone_url ?? repoUrl ?? cloneUrlOf(entry);
+    let commit: string;
+    if (body.commit === undefined) {
+      commit = await resolveRef(cloneUrl, fullRef);
+    } else {
+      // Trusted builds get the secrets: a commit only on a fork's pull request ref must not pass as `main`.
+      const check = await checkCommitOnRef({
+        url: cloneUrl,
+        ref: fullRef,
+        commit: body.commit,
+        timeoutMs: COMMIT_CHECK_TIMEOUT_MS,
+        signal: c.req.raw.signal,
+        ...(entry.deployKey === undefined ? {} : { deployKey: entry.deployKey }),
+      });
+      if (check.kind === "not_on_ref") throw new AppError("commit_not_on_ref", 400, check.message);
+      if (check.kind === "unfetchable") throw new AppError("bad_request", 400, `${check.message}; cannot check that the commit is on the ref`);
+      commit = check.commit;
+    }
     const plan = planManual({
       entry,
       ref: body.ref,

@@ -277,7 +277,12 @@ describe("planBuild: idempotency token", () => {
       token(delivery("push.json", "push", (j) => (j.after = "e7a3b5c9d1f2a4b6c8d0e2f4a6b8c0d2e4f6a8b0"))),
       token(delivery("push.json", "push", (j) => (j.ref = "refs/heads/release"))),
       token(push(), entryWith({ flavors: { default: { builder: "b" }, nix: { builder: "n" } } }), "nix"),
-      token(push(), entryWith({}, { key: "git.example.test/acme/gadgets" })),
+      token(
+        delivery("push.json", "push", (j) => {
+          j.repository = JSON.parse(JSON.stringify(j.repository).replaceAll("acme/widgets", "acme/gadgets"));
+        }),
+        entryWith({}, { key: "git.example.test/acme/gadgets" }),
+      ),
       token(delivery("push.json", "push", (j) => (j.ref = "refs/tags/main"))),
     ];
     expect(new Set([base, ...others]).size).toBe(others.length + 1);

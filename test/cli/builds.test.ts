@@ -221,18 +221,18 @@ describe("petrel cancel and dispatch", () => {
 
   it("dispatches a build, prints its ID first and its links, and the build exists", async () => {
     const c = captureIo();
-    expect(await dispatchCommand(["acme/widgets", "main", "--commit", OTHER, "--token", ADMIN_TOKEN], env, c.io)).toBe(0);
+    expect(await dispatchCommand(["acme/widgets", "main", "--commit", petrel.repo.main, "--token", ADMIN_TOKEN], env, c.io)).toBe(0);
     const [id, status, logs] = c.stdout().trimEnd().split("\n");
     expect(id).toMatch(/^builder\/dispatch-\d+-[0-9a-f]{8}$/);
     expect(status).toBe(`  status: https://ci.example.test/builds/${encodeURIComponent(id ?? "")}`);
     expect(logs).toBe(`  logs:   https://ci.example.test/builds/${encodeURIComponent(id ?? "")}/logs`);
     const build = await finished(id ?? "");
-    expect(build).toMatchObject({ repo: "acme/widgets", commit: OTHER, ref: "main", event: "manual" });
+    expect(build).toMatchObject({ repo: "acme/widgets", commit: petrel.repo.main, ref: "main", event: "manual" });
   });
 
   it("follows the dispatched build with --follow and exits with its result", async () => {
     const c = captureIo();
-    const code = await dispatchCommand(["git.example.test/acme/widgets", "fail-3", "--commit", COMMIT, "--follow", "--json"], { ...env, PETREL_ADMIN_TOKEN: ADMIN_TOKEN }, c.io);
+    const code = await dispatchCommand(["git.example.test/acme/widgets", "fail-3", "--commit", petrel.repo.fail3, "--follow", "--json"], { ...env, PETREL_ADMIN_TOKEN: ADMIN_TOKEN }, c.io);
     expect(code).toBe(3);
     const [json, ...rest] = c.stdout().split("\n");
     expect(JSON.parse(json ?? "")).toMatchObject({ build: expect.stringMatching(/^builder\/dispatch-/) });

@@ -1,4 +1,4 @@
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { chmodSync, mkdtempSync, writeFileSync } from "node:fs";
 import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -66,6 +66,8 @@ export interface LocalPetrel {
   url: string;
   dir: string;
   backend: LocalBackend;
+  /** acme/widgets as a real bare repository (its entry's `clone_url`) and the heads of its refs. */
+  repo: WidgetsRepo;
   close(): Promise<void>;
 }
 
@@ -91,10 +93,11 @@ echo done
 `,
   );
   chmodSync(script, 0o755);
+  const repo = makeWidgetsRepo(dir);
   const configPath = join(dir, "petrel.yaml");
   writeFileSync(
     configPath,
-    `repos:\n  git.example.test/acme/widgets:\n    hook: { secret: "local-hook-secret-0123456789" }\n    logs: public\n  git.example.test/acme/private:\n    hook: { secret: "local-hook-secret-0123456789" }\n    logs: token\n`,
+    `repos:\n  git.example.test/acme/widgets:\n    hook: { secret: "local-hook-secret-0123456789" }\n    logs: public\n    clone_url: "${repo.url}"\n  git.example.test/acme/private:\n    hook: { secret: "local-hook-secret-0123456789" }\n    logs: token\n`,
   );
   const { log } = captureLogs("silent");
   const registry = await createFileRegistry({ path: configPath, defaultBuilder: "builder", log });
@@ -122,12 +125,43 @@ echo done
     url: server.url,
     dir,
     backend,
+    repo,
     async close() {
       await server.close();
       await backend.close();
       await registry.close();
     },
   };
+}
+
+export interface WidgetsRepo {
+  url: string;
+  /** Heads of `main` and `fail-3` (the stand-in executor exits 3 on that branch). */
+  main: string;
+  fail3: string;
+  /** A commit only on `refs/pull/1/head`, as a fork's pull request leaves it in the base repository. */
+  pull: string;
+}
+
+const GIT_ENV = { GIT_AUTHOR_NAME: "t", GIT_AUTHOR_EMAIL: "t@example.test", GIT_COMMITTER_NAME: "t", GIT_COMMITTER_EMAIL: "t@example.test" };
+
+/** A real bare repository with `main`, `fail-3` and a pull request ref whose commit no branch reaches. */
+function makeWidgetsRepo(dir: string): WidgetsRepo {
+  const bare = join(dir, "remote", "acme", "widgets.git");
+  const src = join(dir, "widgets-src");
+  const git = (...args: string[]) => execFileSync("git", args, { cwd: src, env: { ...process.env, ...GIT_ENV }, encoding: "utf8" }).trim();
+  execFileSync("git", ["init", "-q", "--bare", "-b", "main", bare]);
+  execFileSync("git", ["init", "-q", "-b", "main", src]);
+  git("commit", "-q", "--allow-empty", "-m", "main");
+  const main = git("rev-parse", "HEAD");
+  git("commit", "-q", "--allow-empty", "-m", "fail");
+  const fail3 = git("rev-parse", "HEAD");
+  git("push", "-q", bare, `${main}:refs/heads/main`, `${fail3}:refs/heads/fail-3`);
+  git("checkout", "-q", "--detach", main);
+  git("commit", "-q", "--allow-empty", "-m", "fork code");
+  const pull = git("rev-parse", "HEAD");
+  git("push", "-q", bare, `${pull}:refs/pull/1/head`);
+  return { url: `file://${bare}`, main, fail3, pull };
 }
 
 /** Dispatch meta of a build of acme/widgets at `branch`. */

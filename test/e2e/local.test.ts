@@ -3,6 +3,8 @@ import type { ChildProcess } from "node:child_process";
 import { chmodSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { createInterface } from "node:readline";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
@@ -13,6 +15,8 @@ import { writeRepo } from "../../src/registry/file.js";
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const SECRET = "e2e-hook-secret-0b5d";
 const KEY = "git.e2e.test/acme/app";
+/** What Gitea would send as clone_url; the build clones the entry's clone_url (the local bare repository). */
+const PAYLOAD_CLONE_URL = "https://git.e2e.test/acme/app.git";
 const GIT_ENV = { GIT_AUTHOR_NAME: "t", GIT_AUTHOR_EMAIL: "t@example.test", GIT_COMMITTER_NAME: "t", GIT_COMMITTER_EMAIL: "t@example.test" };
 
 interface Petrel {
@@ -84,18 +88,72 @@ function commitTo(dir: string, script: string): string {
   return execFileSync("git", ["rev-parse", "HEAD"], { cwd: src, encoding: "utf8" }).trim();
 }
 
-async function push(url: string, repoUrl: string, commit: string): Promise<string> {
+/** Serves the bare repositories under `root` over git's smart HTTP protocol (`git http-backend`) on 127.0.0.1. */
+async function serveGit(root: string): Promise<{ host: string; requests: string[]; close(): Promise<void> }> {
+  const requests: string[] = [];
+  const server = createServer((req, res) => {
+    requests.push(`${req.method} ${req.url}`);
+    const url = new URL(req.url ?? "/", "http://127.0.0.1");
+    const env: NodeJS.ProcessEnv = {
+      PATH: process.env.PATH,
+      GIT_PROJECT_ROOT: root,
+      GIT_HTTP_EXPORT_ALL: "1",
+      PATH_INFO: url.pathname,
+      QUERY_STRING: url.search.slice(1),
+      REQUEST_METHOD: req.method ?? "GET",
+      CONTENT_TYPE: req.headers["content-type"] ?? "",
+      REMOTE_ADDR: "127.0.0.1",
+      HTTP_CONTENT_ENCODING: req.headers["content-encoding"] ?? "",
+      GIT_PROTOCOL: String(req.headers["git-protocol"] ?? ""),
+    };
+    if (req.headers["content-length"] !== undefined) env.CONTENT_LENGTH = req.headers["content-length"];
+    const cgi = spawn("git", ["http-backend"], { env, stdio: ["pipe", "pipe", "ignore"] });
+    req.pipe(cgi.stdin);
+    let head = Buffer.alloc(0);
+    let headersDone = false;
+    cgi.stdout.on("data", (chunk: Buffer) => {
+      if (headersDone) return void res.write(chunk);
+      head = Buffer.concat([head, chunk]);
+      const end = head.indexOf("\r\n\r\n");
+      if (end < 0) return;
+      headersDone = true;
+      let status = 200;
+      for (const line of head.subarray(0, end).toString("latin1").split("\r\n")) {
+        const colon = line.indexOf(":");
+        const name = line.slice(0, colon).trim();
+        const value = line.slice(colon + 1).trim();
+        if (name.toLowerCase() === "status") status = Number(value.split(" ")[0]);
+        else res.setHeader(name, value);
+      }
+      res.writeHead(status);
+      res.write(head.subarray(end + 4));
+    });
+    cgi.stdout.on("end", () => res.end());
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  return {
+    host: `127.0.0.1:${(server.address() as AddressInfo).port}`,
+    requests,
+    close: () => new Promise<void>((r) => server.close(() => r())),
+  };
+}
+
+async function push(url: string, commit: string, repoUrl = PAYLOAD_CLONE_URL, htmlUrl = "https://git.e2e.test/acme/app"): Promise<Response> {
   const body = JSON.stringify({
     ref: "refs/heads/main",
     after: commit,
-    repository: { full_name: "acme/app", private: false, html_url: "https://git.e2e.test/acme/app", clone_url: repoUrl },
+    repository: { full_name: "acme/app", private: false, html_url: htmlUrl, clone_url: repoUrl },
     sender: { login: "dana" },
   });
-  const res = await fetch(`${url}/hook`, {
+  return fetch(`${url}/hook`, {
     method: "POST",
     headers: { "content-type": "application/json", "x-gitea-event": "push", "x-gitea-signature": sign(SECRET, body) },
     body,
   });
+}
+
+async function pushBuild(url: string, commit: string): Promise<string> {
+  const res = await push(url, commit);
   const answer = (await res.json()) as { build: string };
   expect(res.status).toBe(201);
   return answer.build;
@@ -114,7 +172,7 @@ describe("single-machine mode, end to end through the compiled CLI", () => {
 
   beforeAll(async () => {
     repo = makeRepo(dir, 'echo "step one"; sleep 0.5; echo "step two"; echo "to stderr" >&2');
-    await writeRepo(join(dir, "petrel.yaml"), KEY, { hook: { secret: SECRET }, trusted: { senders: ["dana"] } });
+    await writeRepo(join(dir, "petrel.yaml"), KEY, { hook: { secret: SECRET }, trusted: { senders: ["dana"] }, clone_url: repo.url });
     petrel = await startPetrel(dir);
   }, 60_000);
 
@@ -129,7 +187,7 @@ describe("single-machine mode, end to end through the compiled CLI", () => {
   });
 
   it("runs a real build for a signed webhook and streams its output live until it ends", async () => {
-    const id = await push(petrel.url, repo.url, repo.commit);
+    const id = await pushBuild(petrel.url, repo.commit);
     const res = await fetch(`${petrel.url}/builds/${encodeURIComponent(id)}/logs?type=stdout&follow=true`);
     expect(res.headers.get("content-type")).toMatch(/^text\/plain/);
     const arrivals: Array<{ at: number; text: string }> = [];
@@ -147,13 +205,52 @@ describe("single-machine mode, end to end through the compiled CLI", () => {
     expect(stderr).toContain("==> run .petrel");
   }, 60_000);
 
+  it("refuses a signed delivery whose clone_url is a local path, and builds nothing", async () => {
+    const before = ((await (await fetch(`${petrel.url}/builds?limit=500`)).json()) as { builds: unknown[] }).builds.length;
+    for (const url of [repo.url, repo.url.slice("file://".length)]) {
+      const res = await push(petrel.url, repo.commit, url);
+      expect(res.status).toBe(400);
+      expect(((await res.json()) as { error: { code: string } }).error.code).toBe("repository_mismatch");
+    }
+    expect(((await (await fetch(`${petrel.url}/builds?limit=500`)).json()) as { builds: unknown[] }).builds.length).toBe(before);
+  });
+
+  it("builds an entry without clone_url from the payload's clone URL over real smart HTTP, scheme and port kept", async () => {
+    const git = await serveGit(join(dir, "remote"));
+    try {
+      const key = `${git.host.replace(":", "_")}/acme/app`;
+      await writeRepo(join(dir, "petrel.yaml"), key, { hook: { secret: SECRET }, trusted: { senders: ["dana"] }, logs: "public" });
+      let res: Response | undefined;
+      // The running petrel picks the new entry up from the file by itself.
+      for (let i = 0; i < 100; i++) {
+        res = await push(petrel.url, repo.commit, `http://${git.host}/ACME/app.git`, `http://${git.host}/acme/app`);
+        if (res.status !== 404) break;
+        await sleep(50);
+      }
+      expect(res?.status).toBe(201);
+      const { build } = (await res!.json()) as { build: string };
+      let state = "";
+      for (let i = 0; i < 300 && !["success", "failure", "error"].includes(state); i++) {
+        state = (await getBuild(petrel.url, build)).state;
+        await sleep(100);
+      }
+      expect(await getBuild(petrel.url, build)).toMatchObject({ state: "success" });
+      // The executor fetched over HTTP from the URL rebuilt on the entry's key (lower-case), not the payload's spelling.
+      expect(git.requests.some((r) => r.startsWith("GET /acme/app.git/info/refs"))).toBe(true);
+      expect(git.requests.some((r) => r.includes("ACME"))).toBe(false);
+      expect(await getBuild(petrel.url, build)).toMatchObject({ repoUrl: `http://${git.host}/acme/app.git` });
+    } finally {
+      await git.close();
+    }
+  }, 60_000);
+
   it("keeps builds and logs across a restart, and reports a build killed with petrel as error", async () => {
     const [done] = (await (await fetch(`${petrel.url}/builds?limit=1&state=success`)).json() as { builds: Array<{ id: string }> }).builds;
     expect(done).toBeDefined();
     const before = await (await fetch(`${petrel.url}/builds/${encodeURIComponent(done!.id)}/logs?type=stdout`)).text();
 
     const slow = commitTo(dir, 'echo "started"; sleep 30; echo "never"');
-    const interrupted = await push(petrel.url, repo.url, slow);
+    const interrupted = await pushBuild(petrel.url, slow);
     for (let i = 0; i < 200 && (await getBuild(petrel.url, interrupted)).state !== "running"; i++) await sleep(50);
     await sleep(500);
     petrel.child.kill("SIGKILL");
@@ -181,7 +278,7 @@ describe("single-machine mode started from a relative PETREL_DATA_DIR and PETREL
 
   beforeAll(async () => {
     repo = makeRepo(dir, 'echo "built from $PWD"');
-    await writeRepo(join(dir, "petrel.yaml"), KEY, { hook: { secret: SECRET }, trusted: { senders: ["dana"] } });
+    await writeRepo(join(dir, "petrel.yaml"), KEY, { hook: { secret: SECRET }, trusted: { senders: ["dana"] }, clone_url: repo.url });
     // Relative paths as a user types them, resolved against the directory petrel was started in.
     petrel = await startPetrel(dir, ROOT, { cwd: dir, env: { PETREL_DATA_DIR: "./state", PETREL_CONFIG: "petrel.yaml" } });
   }, 60_000);
@@ -196,7 +293,7 @@ describe("single-machine mode started from a relative PETREL_DATA_DIR and PETREL
   });
 
   it("builds a signed push green, its cache under the absolute data dir", async () => {
-    const id = await push(petrel.url, repo.url, repo.commit);
+    const id = await pushBuild(petrel.url, repo.commit);
     let build = await getBuild(petrel.url, id);
     for (let i = 0; i < 600 && !["success", "failure", "error"].includes(build.state); i++) {
       await sleep(50);

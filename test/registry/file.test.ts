@@ -108,6 +108,17 @@ describe("file registry", () => {
     expect(err.message).not.toContain(GADGETS);
   });
 
+  it("reads an operator's clone_url, file:// and local paths included, and refuses one git would take for an option", () => {
+    for (const url of ["file:///srv/git/widgets.git", "/srv/git/widgets.git", "https://git.example.test/acme/widgets.git", "git@git.example.test:acme/widgets.git", "ssh://git@git.example.test:2222/acme/widgets.git"]) {
+      const entries = parseRegistryFile(path, `repos:\n  ${WIDGETS}:\n    hook: { secret: s }\n    clone_url: "${url}"\n`, "builder");
+      expect(entries.get(WIDGETS)?.config.clone_url).toBe(url);
+    }
+    for (const url of ["--upload-pack=touch /tmp/x", "ext::sh -c touch% /tmp/x", "relative/path", "fd::3", "https://x/\\ny"]) {
+      const err = errorOf(() => parseRegistryFile(path, `repos:\n  ${WIDGETS}:\n    hook: { secret: s }\n    clone_url: "${url}"\n`, "builder"));
+      expect(err.message).toContain("clone_url:");
+    }
+  });
+
   it("names an invalid secret by its name only", () => {
     const err = errorOf(() =>
       parseRegistryFile(path, `repos:\n  ${WIDGETS}:\n    hook: { secret: s }\n    secrets: { PORT: 8080, OK: "${DEPLOY_TOKEN}" }\n`, "builder"),

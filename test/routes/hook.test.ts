@@ -208,14 +208,15 @@ describe("POST /hook", () => {
   });
 
   it("answers 502 with Nomad's message when Nomad refuses the dispatch for good", async () => {
-    c.nomad.failNext(5, 500, "parameterized job not found", { method: "POST", path: /dispatch/ });
+    c.nomad.failNext(2, 500, "parameterized job not found", { method: "POST", path: /dispatch/ });
     const res = await c.deliver(pushOf("5555555555555555555555555555555555555555"), "push");
     expect(res.status).toBe(502);
     const body = (await res.json()) as { error: { code: string; message: string } };
     expect(body.error.code).toBe("upstream_error");
     expect(body.error.message).toContain("parameterized job not found");
-    // Refused for good means tried once: the remaining failures are still queued on the fake.
-    c.nomad.failNext(0, 500, "");
+    // Refused for good means tried once: the second queued failure answers the next delivery, then none is left.
+    expect((await c.deliver(pushOf("5555555555555555555555555555555555555555"), "push")).status).toBe(502);
+    expect((await c.deliver(pushOf("5555555555555555555555555555555555555555"), "push")).status).toBe(201);
   });
 
   it("keeps secrets, tokens and signatures out of the logs", async () => {
@@ -260,6 +261,108 @@ describe("POST /hook", () => {
     );
     // Nothing arbitrary was signed with the secret, so nothing was dispatched.
     expect(c.nomad.children("builder").length).toBe(before);
+  });
+
+  it("answers correctly signed deliveries with hostile field values with 2xx or 4xx and a code, never building from payload names", async () => {
+    const hostile = fc.oneof(
+      fc.string(),
+      fc.string({ unit: "binary" }),
+      fc.constantFrom(
+        "file:///etc",
+        "/var/lib/petrel",
+        "--upload-pack=touch /tmp/pwned",
+        "https://evil.test/acme/widgets.git",
+        "https://git.example.test/acme/secret-sauce.git",
+        "https://git.example.test@evil.test/acme/widgets.git",
+        "http://GIT.example.test:1/ACME/widgets",
+        "ssh://git@git.example.test:2222/acme/widgets.git",
+        "acme/secret-sauce",
+        "ACME/Widgets",
+        "refs/heads/-oProxyCommand=x",
+        "refs/heads/main\r\nevent: state",
+        "refs/heads/../../x",
+        "refs/pull/1/head",
+        "refs/tags/v1",
+        "0".repeat(40),
+        "",
+        "\u0000",
+        "x".repeat(5000),
+      ),
+      fc.integer(),
+      fc.constant(null),
+      fc.boolean(),
+      fc.dictionary(fc.string(), fc.string()),
+    );
+    const pushPaths = [
+      ["ref"],
+      ["after"],
+      ["head_commit", "id"],
+      ["repository", "full_name"],
+      ["repository", "clone_url"],
+      ["repository", "ssh_url"],
+      ["repository", "private"],
+      ["sender", "login"],
+    ];
+    const prPaths = [
+      ["action"],
+      ["number"],
+      ["pull_request", "head", "ref"],
+      ["pull_request", "head", "sha"],
+      ["pull_request", "head", "repo", "full_name"],
+      ["pull_request", "head", "repo", "clone_url"],
+      ["pull_request", "base", "repo", "full_name"],
+      ["pull_request", "base", "repo", "clone_url"],
+      ["pull_request", "base", "repo", "ssh_url"],
+      ["repository", "full_name"],
+      ["repository", "clone_url"],
+      ["sender", "login"],
+    ];
+    const set = (json: Record<string, any>, path: string[], value: unknown) => {
+      let at = json;
+      for (const p of path.slice(0, -1)) {
+        if (typeof at[p] !== "object" || at[p] === null) at[p] = {};
+        at = at[p];
+      }
+      at[path[path.length - 1]!] = value;
+    };
+    const base = { push: JSON.parse(PUSH.toString("utf8")), pull_request: JSON.parse(FORK_PR.toString("utf8")) };
+    // A warm registry, so a 503 can only come from the delivery (when this case runs alone it runs first).
+    for (let i = 0; i < 50 && (await c.registry.get(REPO_KEY).catch(() => undefined)) === undefined; i++) await sleep(100);
+    const seen = new Set(c.nomad.children("builder"));
+    const statuses: number[] = [];
+    await fc.assert(
+      fc.asyncProperty(
+        fc.constantFrom("push" as const, "pull_request" as const),
+        fc.array(fc.tuple(fc.nat(), hostile), { minLength: 1, maxLength: 4 }),
+        fc.string({ minLength: 40, maxLength: 40, unit: fc.constantFrom(..."0123456789abcdef") }),
+        async (event, edits, commit) => {
+          const json = structuredClone(base[event]) as Record<string, any>;
+          // A fresh commit per run, so a run that passes the checks is a new build rather than a redelivery.
+          if (event === "push") json.after = commit;
+          else json.pull_request.head.sha = commit;
+          const paths = event === "push" ? pushPaths : prPaths;
+          for (const [index, value] of edits) set(json, paths[index % paths.length]!, value);
+          const res = await c.deliver(JSON.stringify(json), event);
+          statuses.push(res.status);
+          expect(res.status).toBeGreaterThanOrEqual(200);
+          expect(res.status).toBeLessThan(500);
+          const answer = (await res.json()) as { error?: { code?: unknown }; build?: unknown; status?: unknown };
+          if (res.status >= 400) expect(typeof answer.error?.code).toBe("string");
+          else expect(answer.build ?? answer.status).toBeDefined();
+        },
+      ),
+      { numRuns: 200 },
+    );
+    // Whatever got through was built from the entry's identity, never from a name in the payload.
+    const dispatched = c.nomad.children("builder").filter((id) => !seen.has(id));
+    for (const id of dispatched) {
+      const meta = c.nomad.job(id)?.Meta ?? {};
+      expect(meta.REPO).toBe("acme/widgets");
+      expect(meta.REPO_URL).toMatch(/^https?:\/\/git\.example\.test(:\d+)?\/acme\/widgets\.git$/);
+    }
+    // The fuzzing reached past authentication: some runs were refused for their content, some built.
+    expect(statuses.some((s) => s === 400)).toBe(true);
+    expect(statuses.some((s) => s === 201 || s === 200)).toBe(true);
   });
 });
 

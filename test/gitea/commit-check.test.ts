@@ -1,0 +1,37 @@
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import { describe, expect, it } from "vitest";
+import { checkCommitOnRef } from "../../src/gitea/commit-check.js";
+
+describe("checkCommitOnRef", () => {
+  it("gives up after its timeout on a forge that never answers, and says so", async () => {
+    const server = createServer(() => undefined);
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+    const { port } = server.address() as AddressInfo;
+    try {
+      const started = Date.now();
+      const check = await checkCommitOnRef({
+        url: `http://127.0.0.1:${port}/acme/widgets.git`,
+        ref: "refs/heads/main",
+        commit: "4c1d7e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d",
+        timeoutMs: 500,
+      });
+      expect(check).toMatchObject({ kind: "unfetchable", message: expect.stringMatching(/longer than 0.5 s/) });
+      expect(Date.now() - started).toBeLessThan(5000);
+    } finally {
+      server.closeAllConnections();
+      server.close();
+    }
+  });
+
+  it("refuses a URL that is not a clone URL without running git", async () => {
+    const check = await checkCommitOnRef({ url: "ext::sh -c touch% /tmp/petrel-pwned", ref: "refs/heads/main", commit: "abcdef0", timeoutMs: 1000 });
+    expect(check.kind).toBe("unfetchable");
+  });
+
+  it("keeps credentials in the URL out of its messages", async () => {
+    const check = await checkCommitOnRef({ url: "https://user:tok3n-secret@127.0.0.1:1/acme/widgets.git", ref: "refs/heads/main", commit: "abcdef0", timeoutMs: 5000 });
+    expect(check.kind).toBe("unfetchable");
+    if (check.kind === "unfetchable") expect(check.message).not.toContain("tok3n-secret");
+  });
+});
