@@ -65,7 +65,8 @@ export interface BuildFilter {
   limit: number;
 }
 
-export type LogType = "stdout" | "stderr";
+/** `all`: stdout, stderr and the executor's step lines merged in write order (the executor's merged log). */
+export type LogType = "stdout" | "stderr" | "all";
 
 /** Where builds run: dispatched Nomad jobs (cluster mode) or local child processes (single-machine mode). */
 export interface BuildBackend {
