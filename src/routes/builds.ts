@@ -245,8 +245,10 @@ export function createBuildsRoute(deps: AppDeps): Hono {
     c.header("X-Accel-Buffering", "no");
     return streamSSE(c, async (stream) => {
       stream.onAbort(() => abort.abort());
-      const decoder = new TextDecoder("utf-8");
       let position = offset;
+      // Bytes of a UTF-8 character the next chunk completes: ids count only bytes an event carried, so a
+      // resume with Last-Event-ID never skips half a character.
+      let carry: Buffer = Buffer.alloc(0);
       let lastState = "";
       // A `\r` ending a chunk may be the first half of a `\r\n` split across chunks: held back, it is sent
       // with the next text, so the pair stays one line end.
@@ -260,11 +262,15 @@ export function createBuildsRoute(deps: AppDeps): Hono {
         lastState = json;
         await send({ event: "state", data: json });
       };
-      const sendLog = async (text: string, final: boolean) => {
-        let body = (heldCr ? "\r" : "") + text;
+      const sendLog = async (chunk: Uint8Array, final: boolean) => {
+        const bytes = carry.length === 0 ? Buffer.from(chunk) : Buffer.concat([carry, chunk]);
+        const whole = final ? bytes.length : wholeUtf8(bytes);
+        carry = bytes.subarray(whole);
+        let body = (heldCr ? "\r" : "") + bytes.toString("utf8", 0, whole);
         heldCr = !final && body.endsWith("\r");
         if (heldCr) body = body.slice(0, -1);
-        if (body !== "") await send({ event: "log", id: String(heldCr ? position - 1 : position), data: body });
+        const id = position - carry.length - (heldCr ? 1 : 0);
+        if (body !== "") await send({ event: "log", id: String(id), data: body });
       };
       await sendState(build);
       deps.metrics.logFollowers.inc();
@@ -278,9 +284,9 @@ export function createBuildsRoute(deps: AppDeps): Hono {
         for await (const chunk of reader.logs(build.id, { type, follow: true, offset, signal: abort.signal })) {
           position += chunk.byteLength;
           deps.metrics.logBytes.inc(chunk.byteLength);
-          await sendLog(decoder.decode(chunk, { stream: true }), false);
+          await sendLog(chunk, false);
         }
-        await sendLog(decoder.decode(), true);
+        await sendLog(new Uint8Array(0), true);
         const final = await reader.getBuild(build.id, abort.signal);
         if (final) await sendState(final);
         await send({ event: "end", data: "{}" });
@@ -301,6 +307,17 @@ export function createBuildsRoute(deps: AppDeps): Hono {
 export function withLinks(publicUrl: string, build: Build): Build & { links: { self: string; logs: string } } {
   const self = `${publicUrl}/builds/${encodeURIComponent(build.id)}`;
   return { ...build, links: { self, logs: `${self}/logs` } };
+}
+
+/** How many leading bytes of `buf` are whole UTF-8 characters (or bytes that can never start one). */
+function wholeUtf8(buf: Buffer): number {
+  for (let back = 1; back <= Math.min(3, buf.length); back++) {
+    const b = buf[buf.length - back] as number;
+    if ((b & 0xc0) === 0x80) continue;
+    const need = b >= 0xf8 ? 1 : b >= 0xf0 ? 4 : b >= 0xe0 ? 3 : b >= 0xc0 ? 2 : 1;
+    return need > back ? buf.length - back : buf.length;
+  }
+  return buf.length;
 }
 
 /** `all` (stdout, stderr and step lines merged) only on `/builds/<id>/logs`; Albatros's `/build` knows two. */

@@ -140,6 +140,13 @@ describe("SSE framing of any bytes (issue 9, finding 7)", () => {
     expect(logs.at(-1)?.id).toBe(String(Buffer.concat(chunks.all ?? []).length));
   });
 
+  it("never splits a UTF-8 character between events, so ids stay on character boundaries", async () => {
+    chunks = { stdout: [Buffer.from([0x61, 0xc3]), Buffer.from([0xa9, 0x0a, 0xe2, 0x82]), Buffer.from([0xac, 0x0a])] };
+    const events = (await readSse(await sse("?type=stdout"))).filter((e) => e.event === "log");
+    expect(events.map((e) => e.data).join("")).toBe("aé\n€\n");
+    expect(events.map((e) => Number(e.id))).toEqual([1, 4, 8]);
+  });
+
   it("passes other control characters (ANSI colours, tabs, NUL) through inside the data", async () => {
     chunks = { stdout: bytes("\u001b[31mred\u001b[0m\tX\u0000Y\u000bZ\n") };
     const events = await readSse(await sse("?type=stdout"));
