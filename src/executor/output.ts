@@ -15,6 +15,12 @@ export function mergedLogPath(env: Record<string, string | undefined>): string |
   return undefined;
 }
 
+/**
+ * Largest merged log: Nomad keeps at most 10 files of 10 MB per stream by default and rotates them, which one
+ * file cannot, so it stops instead of filling the allocation directory's disk.
+ */
+export const MERGED_LOG_MAX_BYTES = 100 * 1024 * 1024;
+
 /** A sink the executor writes to: its own stream plus, when there is one, the merged log. */
 interface Sink {
   write(chunk: string | Uint8Array): boolean;
@@ -38,17 +44,24 @@ export interface BuildOutput {
 }
 
 /** Opens the merged log (append, created with its directory) and returns the executor's output. */
-export function createBuildOutput(path: string | undefined, out: Sink, err: Sink): BuildOutput {
+export function createBuildOutput(path: string | undefined, out: Sink, err: Sink, maxBytes = MERGED_LOG_MAX_BYTES): BuildOutput {
   let fd: number | undefined;
+  let written = 0;
   if (path !== undefined) {
     mkdirSync(dirname(path), { recursive: true });
     fd = openSync(path, "a", 0o644);
   }
-  const merged = (chunk: string | Uint8Array) => {
-    if (fd === undefined) return;
-    const bytes = typeof chunk === "string" ? Buffer.from(chunk) : chunk;
+  const append = (target: number, bytes: Uint8Array) => {
     let done = 0;
-    while (done < bytes.byteLength) done += writeSync(fd, bytes, done);
+    while (done < bytes.byteLength) done += writeSync(target, bytes, done);
+    written += bytes.byteLength;
+  };
+  const merged = (chunk: string | Uint8Array) => {
+    if (fd === undefined || written > maxBytes) return;
+    const bytes = typeof chunk === "string" ? Buffer.from(chunk) : chunk;
+    if (written + bytes.byteLength <= maxBytes) return append(fd, bytes);
+    append(fd, Buffer.from(`\n==> the merged log stops here (${maxBytes} bytes); stdout and stderr go on in their own logs\n`));
+    written = maxBytes + 1;
   };
   const open = new Set<Promise<void>>();
 
