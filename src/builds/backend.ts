@@ -102,7 +102,8 @@ export function newestFirst(a: { time: number; id: string }, b: { time: number; 
   return b.time - a.time || (a.id < b.id ? 1 : a.id > b.id ? -1 : 0);
 }
 
-export type LogType = "stdout" | "stderr";
+/** `all`: stdout, stderr and the executor's step lines merged in write order (the executor's merged log). */
+export type LogType = "stdout" | "stderr" | "all";
 
 /** Where builds run: dispatched Nomad jobs (cluster mode) or local child processes (single-machine mode). */
 export interface BuildBackend {

@@ -42,12 +42,14 @@ Lists builds, newest first: ID, STATE, REPO, REF, COMMIT, STARTED, TOOK.
 ${CONNECTION_HELP}
 `;
 
-const LOGS_USAGE = `usage: petrel logs [-f] [--stderr | --all] <id>
+const LOGS_USAGE = `usage: petrel logs [-f] [--stdout | --stderr] <id>
 
-Writes the build's log to stdout byte for byte. With -f, follows it until the build ends.
+Writes the build's log to stdout byte for byte: by default its stdout, its stderr and the executor's step
+lines (==>) merged in the order they were written. With -f, follows it until the build ends.
   -f, --follow   follow the log until the build ends (reconnects and resumes where it left off)
-  --stderr       the build's stderr log instead of its stdout
-  --all          both: stdout to stdout, stderr to stderr
+  --stdout       only the build's stdout log
+  --stderr       only the build's stderr log (with the step lines)
+  --all          the merged log (the default)
 ${CONNECTION_HELP}
 
 Exit code: 0 success; the build's exit code when it failed (1 if unknown); 3 error or cancelled;
@@ -175,48 +177,67 @@ function describeBuild(b: ApiBuild): string {
   return parts.filter(Boolean).join(" ");
 }
 
-/** `petrel logs [-f] [--stderr|--all] <id>`: the log bytes, unmodified; exits with the build's result. */
+/** `petrel logs [-f] [--stdout|--stderr] <id>`: the log bytes (merged by default); exits with the build's result. */
 export async function logsCommand(argv: string[], env: Env, io: CliIo = processIo()): Promise<number> {
   return runCommand("logs", io, async () => {
     const parsed = parseCommandArgs(
       argv,
-      { ...CONNECTION, follow: { type: "boolean", short: "f" }, stderr: { type: "boolean" }, all: { type: "boolean" } },
+      {
+        ...CONNECTION,
+        follow: { type: "boolean", short: "f" },
+        stdout: { type: "boolean" },
+        stderr: { type: "boolean" },
+        all: { type: "boolean" },
+      },
       LOGS_USAGE,
       io,
     );
     if (parsed === undefined) return EXIT.ok;
     const { values, positionals } = parsed;
     expectPositionals(positionals, 1, LOGS_USAGE);
-    if (values.stderr && values.all) throw new CliError(EXIT.usage, "--stderr and --all cannot be combined");
+    if ([values.stdout, values.stderr, values.all].filter(Boolean).length > 1) {
+      throw new CliError(EXIT.usage, "--stdout, --stderr and --all cannot be combined");
+    }
+    const type: LogKind = values.stdout ? "stdout" : values.stderr ? "stderr" : "all";
     const id = positionals[0] as string;
     const { api, progress } = connect(values, env, io);
     try {
-      const streams: Array<{ type: "stdout" | "stderr"; out: Writable }> = values.all
-        ? [
-            { type: "stdout", out: io.stdout },
-            { type: "stderr", out: io.stderr },
-          ]
-        : [{ type: values.stderr ? "stderr" : "stdout", out: io.stdout }];
-      return await showLogs(api, id, streams, values.follow ?? false, progress);
+      return await showLogs(api, id, [{ type, out: io.stdout }], values.follow ?? false, progress);
     } finally {
       await api.close();
     }
   });
 }
 
+/** Which log: the merged one (`all`) or one stream. */
+type LogKind = "all" | "stdout" | "stderr";
+
 async function showLogs(
   api: PetrelApi,
   id: string,
-  streams: Array<{ type: "stdout" | "stderr"; out: Writable }>,
+  streams: Array<{ type: LogKind; out: Writable }>,
   follow: boolean,
   progress: Progress,
 ): Promise<number> {
   const first = (await api.json<ApiBuild>("GET", buildPath(id))).body;
-  progress(`build ${id}: ${describeBuild(first)}`);
+  // The summary is said once: before the log only while the build has not ended, and after it only when
+  // something changed in between.
+  let said: string | undefined;
+  const summary = (b: ApiBuild) => {
+    const line = `build ${id}: ${describeBuild(b)}`;
+    if (line !== said) progress(line);
+    said = line;
+  };
+  if (first.state === "queued" && follow) {
+    said = `build ${id}: ${describeBuild(first)}`;
+    progress(`${said}; waiting for it to start`);
+  } else if (first.state === "queued" || first.state === "running") {
+    summary(first);
+  }
   const ends = await Promise.all(streams.map((s) => copyLog(api, id, s.type, s.out, follow, progress)));
   // A follow already read the terminal build; the last stream to end saw the latest state.
   const last = ends[ends.length - 1] ?? (await api.json<ApiBuild>("GET", buildPath(id))).body;
-  progress(`build ${id}: ${describeBuild(last)}`);
+  summary(last);
   return exitForBuild(last);
 }
 
@@ -237,7 +258,7 @@ class OutputClosed extends CliError {
 async function copyLog(
   api: PetrelApi,
   id: string,
-  type: "stdout" | "stderr",
+  type: LogKind,
   out: Writable,
   follow: boolean,
   progress: Progress,
@@ -258,7 +279,7 @@ async function copyLog(
 async function copyLogLoop(
   api: PetrelApi,
   id: string,
-  type: "stdout" | "stderr",
+  type: LogKind,
   out: Writable,
   follow: boolean,
   progress: Progress,
@@ -267,6 +288,7 @@ async function copyLogLoop(
   let offset = 0;
   let failures = 0;
   let connected = false;
+  const name = type === "all" ? "merged" : type;
   for (;;) {
     const path = `${buildPath(id)}/logs?type=${type}&follow=${follow}${offset > 0 ? `&offset=${offset}` : ""}`;
     progress(`GET ${api.url}${path}`);
@@ -297,19 +319,19 @@ async function copyLogLoop(
       broken = err;
     }
     if (!follow) {
-      if (broken !== undefined) throw new CliError(EXIT.unreachable, `the ${type} log from ${api.url} broke off after ${offset} bytes: ${(broken as Error).message}`);
+      if (broken !== undefined) throw new CliError(EXIT.unreachable, `the ${name} log from ${api.url} broke off after ${offset} bytes: ${(broken as Error).message}`);
       return undefined;
     }
     if (broken === undefined) {
       const build = (await api.json<ApiBuild>("GET", buildPath(id))).body;
       if (build.state !== "queued" && build.state !== "running") return build;
-      progress(`the ${type} log ended while the build is ${build.state}; resuming at byte ${offset}`);
+      progress(`the ${name} log ended while the build is ${build.state}; resuming at byte ${offset}`);
     } else {
       failures++;
       if (failures > MAX_RECONNECTS) {
-        throw new CliError(EXIT.unreachable, `lost the ${type} log from ${api.url} ${failures} times in a row: ${(broken as Error).message}`);
+        throw new CliError(EXIT.unreachable, `lost the ${name} log from ${api.url} ${failures} times in a row: ${(broken as Error).message}`);
       }
-      progress(`lost the ${type} log (${(broken as Error).message}); resuming at byte ${offset}`);
+      progress(`lost the ${name} log (${(broken as Error).message}); resuming at byte ${offset}`);
     }
     await sleep(Math.min(250 * 2 ** failures, 4000));
   }

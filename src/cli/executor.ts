@@ -2,6 +2,7 @@ import { executeBuild } from "../executor/build.js";
 import { planFromNomadEnv } from "../executor/env.js";
 import { ExecutorError } from "../executor/errors.js";
 import { parseCommandArgs, UsageError } from "./args.js";
+import { createBuildOutput, mergedLogPath, type BuildOutput } from "../executor/output.js";
 
 const USAGE = `usage: petrel executor
 
@@ -22,14 +23,27 @@ export async function runExecutorCommand(argv: readonly string[], env: Record<st
   const stop = () => controller.abort();
   const signals = ["SIGTERM", "SIGINT", "SIGHUP"] as const;
   for (const s of signals) process.on(s, stop);
+  let output: BuildOutput | undefined;
   try {
+    output = openOutput(env);
     const plan = await planFromNomadEnv(env);
-    return await executeBuild(plan, { stderr: process.stderr }, controller.signal);
+    return await executeBuild(plan, output, controller.signal);
   } catch (err) {
     const e = err instanceof ExecutorError ? err : new ExecutorError("internal", (err as Error).message, { cause: err });
-    process.stderr.write(`==> error: ${e.message}\n`);
+    (output?.stderr ?? process.stderr).write(`==> error: ${e.message}\n`);
     return e.exitCode;
   } finally {
+    output?.close();
     for (const s of signals) process.off(s, stop);
+  }
+}
+
+/** The executor's output with the merged log (SPEC §4 `type=all`); without it when the file cannot be made. */
+function openOutput(env: Record<string, string | undefined>): BuildOutput {
+  try {
+    return createBuildOutput(mergedLogPath(env), process.stdout, process.stderr);
+  } catch (err) {
+    process.stderr.write(`==> warning: no merged log (${(err as Error).message}); stdout and stderr are kept apart\n`);
+    return createBuildOutput(undefined, process.stdout, process.stderr);
   }
 }

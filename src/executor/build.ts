@@ -67,12 +67,18 @@ export interface BuildPlan {
 /** Where the executor writes its step headers. */
 export interface BuildIo {
   stderr: { write(text: string): unknown };
+  /** Takes the build's stdout and stderr pipes (to feed the merged log); absent: the build writes to ours. */
+  attach?: ((stdout: import("node:stream").Readable, stderr: import("node:stream").Readable) => void) | undefined;
+  /** Waits (at most `ms`) for the attached pipes' last bytes, so the closing step line comes after them. */
+  drain?: (ms: number) => Promise<void>;
 }
 
 const SCRIPTS = [".petrel", ".albatros"] as const;
 const MAX_ATTEMPTS = 3;
 /** Who a copy-mode build of a commit runs as when the executor is root: the overflow uid/gid ("nobody"). */
 const COPY_BUILD_USER = { uid: 65534, gid: 65534 } as const;
+/** How long the build's output pipes may stay open after it exited (a background process holding them). */
+const OUTPUT_DRAIN_MS = 1000;
 
 /**
  * Runs one build in the order of SPEC §6 (checkout, overlay, caches, run, clean up) and returns the exit code:
@@ -128,6 +134,7 @@ export async function executeBuild(plan: BuildPlan, io: BuildIo, signal?: AbortS
         debug: plan.debug,
         newSession: plan.newSession,
         killGraceMs: plan.killGraceMs,
+        output: io.attach,
         // Held by the build's shell, see SandboxSpec.locks: the worktree and caches in use (shared) and the
         // scratch directory (exclusive), which eviction must leave alone.
         locks: [
@@ -162,6 +169,7 @@ export async function executeBuild(plan: BuildPlan, io: BuildIo, signal?: AbortS
     if (result.kind === "lower_gone") {
       throw new ExecutorError("internal", `the worktree of ${plan.label} was evicted as the build started, ${MAX_ATTEMPTS} times`);
     }
+    await io.drain?.(OUTPUT_DRAIN_MS);
     cancelled = result.cancelled;
     exitCode = cancelled ? exitCodeOf("cancelled") : result.exitCode;
     const took = runStarted ? ` after ${formatMs(performance.now() - runStarted)}` : "";

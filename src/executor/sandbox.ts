@@ -56,6 +56,8 @@ export interface SandboxSpec {
    * spawn for the executor.
    */
   locks: readonly { path: string; shared: boolean }[];
+  /** Takes the build's stdout and stderr as pipes (the merged log); without it they are the executor's own. */
+  output?: ((stdout: import("node:stream").Readable, stderr: import("node:stream").Readable) => void) | undefined;
 }
 
 /** Called once the tree is ready and before the build command starts; prints the step headers. */
@@ -246,7 +248,7 @@ function launch(
     try {
       child = spawn(argv[0] as string, argv.slice(1), {
         env: spec.env,
-        stdio: ["inherit", "inherit", "inherit", "pipe", "pipe", ...lockFds],
+        stdio: ["inherit", spec.output ? "pipe" : "inherit", spec.output ? "pipe" : "inherit", "pipe", "pipe", ...lockFds],
         detached: spec.newSession,
       });
     } catch (err) {
@@ -257,6 +259,7 @@ function launch(
     let diag = "";
     let cancelled = false;
     let killTimer: NodeJS.Timeout | undefined;
+    if (spec.output && child.stdout && child.stderr) spec.output(child.stdout, child.stderr);
     const control = child.stdio[3] as NodeJS.ReadableStream | null;
     const go = child.stdio[4] as NodeJS.WritableStream | null;
     const kill = (sig: NodeJS.Signals) => {

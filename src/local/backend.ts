@@ -169,6 +169,8 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
       NOMAD_TASK_DIR: taskDir,
       NOMAD_SECRETS_DIR: secretsDir,
       PETREL_CACHE_DIR: cacheDir,
+      // `type=all`: stdout, stderr and step lines merged, next to stdout.log and stderr.log (read as all.log).
+      PETREL_MERGED_LOG: join(dir, "all.log"),
     });
     const out = openSync(join(dir, "stdout.log"), "a");
     const err = openSync(join(dir, "stderr.log"), "a");

@@ -68,6 +68,18 @@ export interface LogStreamOptions {
   idleTimeoutMs?: number;
 }
 
+/** `GET /v1/client/fs/stream/:alloc` parameters: one file of the allocation directory, same framing as logs. */
+export interface FileStreamOptions {
+  /** Relative to the allocation directory, e.g. `alloc/petrel/all.log`. */
+  path: string;
+  /** Nomad's default is true here (unlike the logs endpoint), so it is always sent. */
+  follow: boolean;
+  /** Bytes to skip from the start of the file. */
+  offset: number;
+  signal: AbortSignal;
+  idleTimeoutMs?: number;
+}
+
 /** `GET /v1/event/stream` parameters (contracts/nomad.md §4.1). */
 export interface EventStreamOptions {
   /** First Raft index wanted (inclusive); 0 starts at the oldest buffered batch. */
@@ -114,6 +126,11 @@ export interface NomadClient {
    * Nomad answers before the first byte throw UpstreamError with its status and text.
    */
   streamLogs(allocId: string, opts: LogStreamOptions): Promise<AsyncIterable<Uint8Array>>;
+  /**
+   * Opens a stream of one file in the allocation directory (framed JSON like the logs). A file that does not
+   * exist (yet) is a 400 whose text names the failed `stat`.
+   */
+  streamFile(allocId: string, opts: FileStreamOptions): Promise<AsyncIterable<Uint8Array>>;
   /** Opens the event stream (NDJSON); the body may be close-delimited (contracts/nomad.md §4.2). */
   eventStream(opts: EventStreamOptions): Promise<AsyncIterable<Uint8Array>>;
   stopJob(id: string, opts?: { purge?: boolean; signal?: AbortSignal }): Promise<{ evalId: string; index: number }>;
@@ -473,6 +490,22 @@ export function createNomadClient(opts: NomadClientOptions): NomadClient {
         `/v1/client/fs/logs/${encodeURIComponent(allocId)}`,
         query,
         "stream logs",
+        o.signal,
+        o.idleTimeoutMs ?? DEFAULT_LOG_IDLE_MS,
+      );
+    },
+
+    streamFile(allocId, o) {
+      const query: [string, string][] = [
+        ["path", o.path],
+        ["follow", String(o.follow)],
+        ["origin", "start"],
+        ["offset", String(Math.max(0, Math.floor(o.offset)))],
+      ];
+      return openStream(
+        `/v1/client/fs/stream/${encodeURIComponent(allocId)}`,
+        query,
+        "stream file",
         o.signal,
         o.idleTimeoutMs ?? DEFAULT_LOG_IDLE_MS,
       );

@@ -52,6 +52,22 @@ const DEFAULTS = {
 
 type Ending = "eof" | "dropped" | "terminal";
 
+/** The executor's merged log (stdout, stderr, step lines), relative to the allocation directory. */
+export const MERGED_LOG_PATH = "alloc/petrel/all.log";
+
+/** `/v1/client/fs/stream` answers a file that does not exist with 400 and the failed stat's text. */
+function isMissingFile(err: UpstreamError): boolean {
+  return err.upstreamStatus === 400 && /no such file or directory/i.test(err.upstreamBody);
+}
+
+function noMergedLog(id: string): AppError {
+  return new AppError(
+    "not_found",
+    404,
+    `build ${id} has no merged log (its builder does not run petrel's executor); read ?type=stdout or ?type=stderr`,
+  );
+}
+
 /**
  * Creates the log follower. Concurrent follows of one build share their reads and their watch of its
  * allocation, so a thousand browsers on one build cost Nomad one blocking query instead of a thousand.
@@ -266,16 +282,20 @@ export function createNomadLogs(options: NomadLogsOptions): NomadLogs {
         let failure: unknown;
         let framesSeen = false;
         try {
-          const body = await nomad.streamLogs(allocId, {
-            task: o.task,
-            type: request.type,
-            follow: following,
-            // origin=start skips this many bytes across the rotated files that still exist (contracts/nomad.md
-            // §3.6): exact unless logmon deleted the oldest file (max_files) in between.
-            offset: request.offset + delivered,
-            signal: streamSignal,
-            idleTimeoutMs: o.idleTimeoutMs,
-          });
+          const offset = request.offset + delivered;
+          const body =
+            request.type === "all"
+              ? await nomad.streamFile(allocId, { path: MERGED_LOG_PATH, follow: following, offset, signal: streamSignal, idleTimeoutMs: o.idleTimeoutMs })
+              : await nomad.streamLogs(allocId, {
+                  task: o.task,
+                  type: request.type,
+                  follow: following,
+                  // origin=start skips this many bytes across the rotated files that still exist (contracts/nomad.md
+                  // §3.6): exact unless logmon deleted the oldest file (max_files) in between.
+                  offset,
+                  signal: streamSignal,
+                  idleTimeoutMs: o.idleTimeoutMs,
+                });
           const decoder = createFrameDecoder();
           for await (const chunk of body) {
             for (const frame of decoder.push(chunk)) {
@@ -300,7 +320,10 @@ export function createNomadLogs(options: NomadLogsOptions): NomadLogs {
           } else {
             ending = "dropped";
             failure = err;
-            if (err instanceof UpstreamError && err.upstreamStatus === 404) {
+            if (err instanceof UpstreamError && request.type === "all" && isMissingFile(err)) {
+              // The executor creates the merged log as it starts; a finished task without one never had it.
+              if (await finished(id, allocId, signal)) throw noMergedLog(id);
+            } else if (err instanceof UpstreamError && err.upstreamStatus === 404) {
               if ((await explain404(id, allocId, err, signal)) === "none") return;
             } else if (err instanceof UpstreamError && err.upstreamStatus >= 400 && err.upstreamStatus < 500 && err.upstreamStatus !== 429) throw err;
           }
@@ -320,6 +343,13 @@ export function createNomadLogs(options: NomadLogsOptions): NomadLogs {
       upstream?.abort();
       await end;
     }
+  }
+
+  /** True once no more bytes can come from the allocation's task; throws `gone` once Nomad forgot it. */
+  async function finished(id: string, allocId: string, signal: AbortSignal): Promise<boolean> {
+    const answer = await patiently(signal, "allocation", () => nomad.allocation(allocId, { signal }));
+    if (answer === undefined) throw gone(id, allocId);
+    return isDone(answer.allocation, o.task);
   }
 
   /**

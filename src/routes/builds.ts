@@ -3,6 +3,7 @@ import { randomBytes } from "node:crypto";
 import { promisify } from "node:util";
 import { Hono } from "hono";
 import type { Context } from "hono";
+import { streamSSE } from "hono/streaming";
 import { z } from "zod";
 import type { AppDeps } from "../app.js";
 import { isAdmin } from "../auth.js";
@@ -184,7 +185,7 @@ export function createBuildsRoute(deps: AppDeps): Hono {
   app.get("/build", async (c) => {
     const id = c.req.query("job");
     if (!id) throw new AppError("bad_request", 400, "job is required: /build?job=<build id>&log=stdout|stderr");
-    const type = logType(c.req.query("log"));
+    const type = logType(c.req.query("log"), false);
     await ourBuild(c, id);
     return streamText(c, id, type, true, 0);
   });
@@ -204,7 +205,7 @@ export function createBuildsRoute(deps: AppDeps): Hono {
     }
     const build = await ourBuild(c, id);
     if (!isLogs) return c.json(withLinks(deps.publicUrl, build));
-    const type = logType(c.req.query("type"));
+    const type = logType(c.req.query("type"), true);
     const follow = c.req.query("follow") !== "false" && c.req.query("follow") !== "0";
     if ((c.req.header("accept") ?? "").includes("text/event-stream")) {
       const lastId = Number(c.req.header("last-event-id") ?? c.req.query("offset") ?? 0);
@@ -297,64 +298,69 @@ export function createBuildsRoute(deps: AppDeps): Hono {
     });
   }
 
+  /**
+   * Server-Sent Events for browsers. Log text goes out through hono's `writeSSE`, which ends a `data:` line at
+   * every `\r\n`, `\r` and `\n` (each of them ends an SSE line), so no byte a build prints can end an event
+   * early or start a field of its own; a viewer gets the text back with `\n` where the build had any of them.
+   */
   async function streamSse(c: Context, build: Build, type: LogType, offset: number): Promise<Response> {
     const abort = new AbortController();
     tieToClient(c, abort);
-    const encoder = new TextEncoder();
-    const decoder = new TextDecoder("utf-8");
-    let position = offset;
-    let lastState = "";
-    const stream = new ReadableStream<Uint8Array>({
-      start(controller) {
-        const send = (text: string) => {
-          if (!abort.signal.aborted) controller.enqueue(encoder.encode(text));
-        };
-        const sendState = (b: Build) => {
-          const json = JSON.stringify(withLinks(deps.publicUrl, b));
-          if (json === lastState) return;
-          lastState = json;
-          send(`event: state\ndata: ${json}\n\n`);
-        };
-        sendState(build);
-        deps.metrics.logFollowers.inc();
-        const heartbeat = setInterval(() => send(": heartbeat\n\n"), SSE_HEARTBEAT_MS);
-        const poll = setInterval(() => {
-          void reader.getBuild(build.id, abort.signal).then((b) => b && sendState(b), () => undefined);
-        }, SSE_STATE_POLL_MS);
-        void (async () => {
-          try {
-            for await (const chunk of reader.logs(build.id, { type, follow: true, offset, signal: abort.signal })) {
-              position += chunk.byteLength;
-              deps.metrics.logBytes.inc(chunk.byteLength);
-              const text = decoder.decode(chunk, { stream: true });
-              if (text) send(`event: log\nid: ${position}\n${text.split("\n").map((l) => `data: ${l}`).join("\n")}\n\n`);
-            }
-            const tail = decoder.decode();
-            if (tail) send(`event: log\nid: ${position}\ndata: ${tail}\n\n`);
-            const final = await reader.getBuild(build.id, abort.signal);
-            if (final) sendState(final);
-            send("event: end\ndata: {}\n\n");
-          } catch (err) {
-            if (!abort.signal.aborted) send(`event: error\ndata: ${JSON.stringify({ message: (err as Error).message })}\n\n`);
-          } finally {
-            clearInterval(heartbeat);
-            clearInterval(poll);
-            deps.metrics.logFollowers.dec();
-            if (!abort.signal.aborted || deps.shutdown?.aborted) controller.close();
-          }
-        })();
-      },
-      cancel() {
-        abort.abort();
-      },
-    });
-    return new Response(stream, {
-      status: 200,
-      headers: {
-        "Content-Type": "text/event-stream; charset=utf-8",
-        "Cache-Control": "no-cache",
-        "X-Accel-Buffering": "no",
-      },
+    c.header("X-Accel-Buffering", "no");
+    return streamSSE(c, async (stream) => {
+      stream.onAbort(() => abort.abort());
+      let position = offset;
+      // Bytes of a UTF-8 character the next chunk completes: ids count only bytes an event carried, so a
+      // resume with Last-Event-ID never skips half a character.
+      let carry: Buffer = Buffer.alloc(0);
+      let lastState = "";
+      // A `\r` ending a chunk may be the first half of a `\r\n` split across chunks: held back, it is sent
+      // with the next text, so the pair stays one line end.
+      let heldCr = false;
+      const send = async (message: { event: string; data: string; id?: string }) => {
+        if (!abort.signal.aborted) await stream.writeSSE(message);
+      };
+      const sendState = async (b: Build) => {
+        const json = JSON.stringify(withLinks(deps.publicUrl, b));
+        if (json === lastState) return;
+        lastState = json;
+        await send({ event: "state", data: json });
+      };
+      const sendLog = async (chunk: Uint8Array, final: boolean) => {
+        const bytes = carry.length === 0 ? Buffer.from(chunk) : Buffer.concat([carry, chunk]);
+        const whole = final ? bytes.length : wholeUtf8(bytes);
+        carry = bytes.subarray(whole);
+        let body = (heldCr ? "\r" : "") + bytes.toString("utf8", 0, whole);
+        heldCr = !final && body.endsWith("\r");
+        if (heldCr) body = body.slice(0, -1);
+        const id = position - carry.length - (heldCr ? 1 : 0);
+        if (body !== "") await send({ event: "log", id: String(id), data: body });
+      };
+      await sendState(build);
+      deps.metrics.logFollowers.inc();
+      const heartbeat = setInterval(() => {
+        if (!abort.signal.aborted) void stream.write(": heartbeat\n\n").catch(() => undefined);
+      }, SSE_HEARTBEAT_MS);
+      const poll = setInterval(() => {
+        void reader.getBuild(build.id, abort.signal).then((b) => b && sendState(b), () => undefined);
+      }, SSE_STATE_POLL_MS);
+      try {
+        for await (const chunk of reader.logs(build.id, { type, follow: true, offset, signal: abort.signal })) {
+          position += chunk.byteLength;
+          deps.metrics.logBytes.inc(chunk.byteLength);
+          await sendLog(chunk, false);
+        }
+        await sendLog(new Uint8Array(0), true);
+        const final = await reader.getBuild(build.id, abort.signal);
+        if (final) await sendState(final);
+        await send({ event: "end", data: "{}" });
+      } catch (err) {
+        if (!abort.signal.aborted) await send({ event: "error", data: JSON.stringify({ message: (err as Error).message }) });
+      } finally {
+        clearInterval(heartbeat);
+        clearInterval(poll);
+        deps.metrics.logFollowers.dec();
+      }
     });
   }
 
@@ -367,10 +373,23 @@ export function withLinks(publicUrl: string, build: Build): Build & { links: { s
   return { ...build, links: { self, logs: `${self}/logs` } };
 }
 
-function logType(raw: string | undefined): LogType {
+/** How many leading bytes of `buf` are whole UTF-8 characters (or bytes that can never start one). */
+function wholeUtf8(buf: Buffer): number {
+  for (let back = 1; back <= Math.min(3, buf.length); back++) {
+    const b = buf[buf.length - back] as number;
+    if ((b & 0xc0) === 0x80) continue;
+    const need = b >= 0xf8 ? 1 : b >= 0xf0 ? 4 : b >= 0xe0 ? 3 : b >= 0xc0 ? 2 : 1;
+    return need > back ? buf.length - back : buf.length;
+  }
+  return buf.length;
+}
+
+/** `all` (stdout, stderr and step lines merged) only on `/builds/<id>/logs`; Albatros's `/build` knows two. */
+function logType(raw: string | undefined, merged: boolean): LogType {
   if (raw === undefined || raw === "stdout") return "stdout";
   if (raw === "stderr") return "stderr";
-  throw new AppError("bad_request", 400, "log type must be stdout or stderr");
+  if (raw === "all" && merged) return "all";
+  throw new AppError("bad_request", 400, merged ? "log type must be all, stdout or stderr" : "log must be stdout or stderr");
 }
 
 function decodePath(raw: string): string {

@@ -15,6 +15,13 @@ const COMMIT = "4c1d7e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d";
 const OTHER = "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432";
 // What the stand-in executor prints on stdout, byte for byte: ANSI colour and a byte that is not UTF-8.
 const STDOUT = Buffer.concat([Buffer.from(`\x1b[32mbuilding\x1b[0m ${COMMIT}\n`), Buffer.from([0xff]), Buffer.from("raw\ndone\n")]);
+// Its merged log: stdout and stderr (the step line) in the order it wrote them.
+const MERGED = Buffer.concat([Buffer.from(`\x1b[32mbuilding\x1b[0m ${COMMIT}\n`), Buffer.from([0xff]), Buffer.from("raw\n==> step header\ndone\n")]);
+
+/** The summary lines (`build <id>: ...`) among a command's stderr lines. */
+function summaries(stderr: string, id: string): string[] {
+  return stderr.split("\n").filter((l) => l.startsWith(`petrel: build ${id}: `));
+}
 
 let petrel: LocalPetrel;
 let env: Record<string, string>;
@@ -96,11 +103,57 @@ describe("petrel builds", () => {
 });
 
 describe("petrel logs", () => {
-  it("writes the stdout log byte for byte and exits 0 for a successful build", async () => {
+  it("writes the merged log (stdout, stderr, step lines in write order) by default, and its summary once", async () => {
     const c = captureIo();
     expect(await logsCommand([ok], env, c.io)).toBe(0);
+    expect(c.stdoutBytes().equals(MERGED)).toBe(true);
+    expect(summaries(c.stderr(), ok)).toEqual([expect.stringContaining("success")]);
+    expect(c.stderr()).toContain(`/builds/${encodeURIComponent(ok)}/logs?type=all&follow=false`);
+    const all = captureIo();
+    expect(await logsCommand(["--all", "-f", ok], env, all.io)).toBe(0);
+    expect(all.stdoutBytes().equals(MERGED)).toBe(true);
+    expect(summaries(all.stderr(), ok)).toHaveLength(1);
+  });
+
+  it("writes the stdout log byte for byte with --stdout", async () => {
+    const c = captureIo();
+    expect(await logsCommand(["--stdout", ok], env, c.io)).toBe(0);
     expect(c.stdoutBytes().equals(STDOUT)).toBe(true);
-    expect(c.stderr()).toContain("success");
+    expect(summaries(c.stderr(), ok)).toHaveLength(1);
+  });
+
+  it("refuses two log choices at once", async () => {
+    const c = captureIo();
+    expect(await logsCommand(["--stdout", "--stderr", ok], env, c.io)).toBe(EXIT.usage);
+    expect(c.stderr()).toContain("cannot be combined");
+  });
+
+  it("says a queued build is waiting, then streams it once it runs, and sums it up once", async () => {
+    const id = "builder/dispatch-1700000000-0000cafe";
+    let buildReads = 0;
+    const server = createServer((req, res) => {
+      const url = new URL(req.url ?? "/", "http://x");
+      if (url.pathname.endsWith("/logs")) {
+        res.writeHead(200, { "content-type": "text/plain" });
+        setTimeout(() => res.end("started at last\n"), 100);
+        return;
+      }
+      buildReads++;
+      res.writeHead(200, { "content-type": "application/json" });
+      const state = buildReads === 1 ? "queued" : "success";
+      res.end(JSON.stringify({ id, state, repo: "a/b", commit: COMMIT, ref: "main", createdAt: new Date().toISOString() }));
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    try {
+      const c = captureIo();
+      const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+      expect(await logsCommand(["-f", id, "--url", url], {}, c.io)).toBe(0);
+      expect(c.stdout()).toBe("started at last\n");
+      const lines = summaries(c.stderr(), id);
+      expect(lines).toEqual([expect.stringMatching(/queued; waiting for it to start$/), expect.stringMatching(/ success$/)]);
+    } finally {
+      await new Promise<void>((r) => server.close(() => r()));
+    }
   });
 
   it("writes the stderr log with --stderr", async () => {
@@ -191,8 +244,8 @@ describe("petrel logs", () => {
       expect(await logsCommand(["-f", id, "--url", url], {}, c.io)).toBe(0);
       expect(c.stdout()).toBe(full.toString());
       const logRequests = requests.filter((r) => r.includes("/logs"));
-      expect(logRequests[0]).toBe(`/builds/${encodeURIComponent(id)}/logs?type=stdout&follow=true`);
-      expect(logRequests[1]).toBe(`/builds/${encodeURIComponent(id)}/logs?type=stdout&follow=true&offset=13`);
+      expect(logRequests[0]).toBe(`/builds/${encodeURIComponent(id)}/logs?type=all&follow=true`);
+      expect(logRequests[1]).toBe(`/builds/${encodeURIComponent(id)}/logs?type=all&follow=true&offset=13`);
       expect(c.stderr()).toContain("resuming at byte 13");
     } finally {
       await new Promise<void>((r) => server.close(() => r()));

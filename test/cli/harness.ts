@@ -81,15 +81,19 @@ export async function startLocalPetrel(): Promise<LocalPetrel> {
   writeFileSync(
     script,
     `#!/bin/sh
-printf '\\033[32mbuilding\\033[0m %s\\n\\377raw\\n' "$NOMAD_META_COMMIT"
-echo "==> step header" >&2
+# Like the real executor: every line also goes to the merged log petrel gives it.
+exec 3>>"\${PETREL_MERGED_LOG:-/dev/null}"
+out() { printf "$@"; printf "$@" >&3; }
+err() { printf "$@" >&2; printf "$@" >&3; }
+out '\\033[32mbuilding\\033[0m %s\\n\\377raw\\n' "$NOMAD_META_COMMIT"
+err '==> step header\\n'
 case "$NOMAD_META_BRANCH" in
   fail-*) exit "\${NOMAD_META_BRANCH#fail-}" ;;
-  slow) while [ ! -e "${dir}/gate" ]; do sleep 0.05; done; echo "after gate" ;;
+  slow) while [ ! -e "${dir}/gate" ]; do sleep 0.05; done; out 'after gate\\n' ;;
   sleep) exec sleep 30 ;;
-  chatty) while :; do echo tick; sleep 0.05; done ;;
+  chatty) while :; do out 'tick\\n'; sleep 0.05; done ;;
 esac
-echo done
+out 'done\\n'
 `,
   );
   chmodSync(script, 0o755);

@@ -11,6 +11,7 @@ import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { sign } from "../../src/gitea/signature.js";
 import { writeRepo } from "../../src/registry/file.js";
+import { readSse } from "../helpers/sse.js";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const SECRET = "e2e-hook-secret-0b5d";
@@ -242,6 +243,45 @@ describe("single-machine mode, end to end through the compiled CLI", () => {
     } finally {
       await git.close();
     }
+  });
+
+  it("merges stdout, stderr and the executor's step lines in the order they were written (type=all)", async () => {
+    // Two pipes carry no order between them: writes a few microseconds apart can swap (README, "Logs"), so
+    // the lines come from separate moments, as a build's commands do.
+    const commit = commitTo(dir, "echo out; sleep 0.2; echo err >&2; sleep 0.2; echo out2");
+    const id = await pushBuild(petrel.url, commit);
+    const text = await (await fetch(`${petrel.url}/builds/${encodeURIComponent(id)}/logs?type=all&follow=true`)).text();
+    const lines = text.split("\n").filter(Boolean);
+    expect(lines.filter((l) => !l.startsWith("==> "))).toEqual(["out", "err", "out2"]);
+    const at = (line: string) => lines.findIndex((l) => l.startsWith(line));
+    expect(at("==> checkout acme/app@")).toBe(0);
+    expect(at("==> run .petrel")).toBeLessThan(at("out"));
+    expect(at("==> exit 0")).toBeGreaterThan(at("out2"));
+    // The separate logs stay for scripts, byte for byte.
+    expect(await (await fetch(`${petrel.url}/builds/${encodeURIComponent(id)}/logs?type=stdout`)).text()).toBe("out\nout2\n");
+    const stderr = await (await fetch(`${petrel.url}/builds/${encodeURIComponent(id)}/logs?type=stderr`)).text();
+    expect(stderr.split("\n").filter((l) => l && !l.startsWith("==> "))).toEqual(["err"]);
+  }, 60_000);
+
+  it("does not let a build forge an SSE event with carriage returns, and keeps the text after them", async () => {
+    // The attack of issue 9 finding 7: `\r` ends an SSE line, so a build printing this once made browsers
+    // see a `state` event saying success while the build failed.
+    const attack = String.raw`printf 'working 10%%\r\revent: state\rdata: {"state":"success"}\r\rprogress 20%%\r\nwin\r\nlone\rlast\n'; exit 3`;
+    const commit = commitTo(dir, attack);
+    const id = await pushBuild(petrel.url, commit);
+    const res = await fetch(`${petrel.url}/builds/${encodeURIComponent(id)}/logs?type=stdout`, { headers: { accept: "text/event-stream" } });
+    expect(res.headers.get("content-type")).toMatch(/^text\/event-stream/);
+    const events = await readSse(res);
+    const states = events.filter((e) => e.event === "state").map((e) => (JSON.parse(e.data) as { state: string }).state);
+    expect(states).not.toContain("success");
+    expect(states.at(-1)).toBe("failure");
+    expect(events.map((e) => e.event)).toEqual(expect.arrayContaining(["log", "end"]));
+    expect(events.every((e) => ["state", "log", "end"].includes(e.event))).toBe(true);
+    // Every line end (\r, \r\n, lone \r) arrives as a line end; no text is lost.
+    const log = events.filter((e) => e.event === "log").map((e) => e.data).join("");
+    expect(log).toBe('working 10%\n\nevent: state\ndata: {"state":"success"}\n\nprogress 20%\nwin\nlone\nlast\n');
+    expect(Number(events.filter((e) => e.event === "log").at(-1)?.id)).toBe(Buffer.byteLength('working 10%\r\revent: state\rdata: {"state":"success"}\r\rprogress 20%\r\nwin\r\nlone\rlast\n'));
+    expect(await getBuild(petrel.url, id)).toMatchObject({ state: "failure", exitCode: 3 });
   }, 60_000);
 
   it("keeps builds and logs across a restart, and reports a build killed with petrel as error", async () => {

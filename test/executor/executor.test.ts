@@ -80,6 +80,24 @@ describe.skipIf(!support.ok)("petrel executor (overlay in a private mount namesp
     expect(r.stderr).toContain("==> exit 7 after");
   });
 
+  it("writes stdout, stderr and its step lines also to ${NOMAD_ALLOC_DIR}/petrel/all.log, in write order", async () => {
+    const c = repo.commit(script("echo out; sleep 0.2; echo err >&2; sleep 0.2; printf 'out2\\r\\n'"));
+    const allocDir = join(dir, "alloc-merged");
+    const r = await runExecutor({ meta: pushMeta(repo, c), cacheDir, taskDir: join(dir, "t-merged"), env: { NOMAD_ALLOC_DIR: allocDir } });
+    expect(r.code).toBe(0);
+    // Nomad's two logs stay as they were.
+    expect(r.stdout).toBe("out\nout2\r\n");
+    expect(r.stderr).toContain("err\n");
+    const merged = readFileSync(join(allocDir, "petrel", "all.log"), "utf8");
+    // Every byte of both, nothing else.
+    expect(merged.length).toBe(r.stdout.length + r.stderr.length);
+    const lines = merged.split("\n").filter(Boolean);
+    expect(lines.filter((l) => !l.startsWith("==> "))).toEqual(["out", "err", "out2\r"]);
+    expect(lines[0]).toMatch(/^==> checkout /);
+    expect(lines.findIndex((l) => l.startsWith("==> run .petrel"))).toBeLessThan(lines.indexOf("out"));
+    expect(lines.at(-1)).toMatch(/^==> exit 0 after/);
+  });
+
   it("leaves the base worktree byte-identical after a build that deletes, rewrites and adds files", async () => {
     const c = repo.commit(
       script(

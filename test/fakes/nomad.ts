@@ -192,6 +192,11 @@ export interface NomadFake {
   rotateLog(jobId: string, type: FakeLogType, opts?: TaskOptions & { maxFiles?: number }): void;
   /** The current log file shrinks to nothing (followers get `file truncated`). */
   truncateLog(jobId: string, type: FakeLogType, opts?: TaskOptions): void;
+  /**
+   * Appends to a file of the job's latest allocation directory (`alloc/petrel/all.log`, say), creating it, as a
+   * task writing under `${NOMAD_ALLOC_DIR}` would; `/v1/client/fs/stream` serves it.
+   */
+  writeAllocFile(jobId: string, path: string, bytes: string | Uint8Array, opts?: { namespace?: string }): void;
   /** The task's log files that still exist, oldest first. */
   logFiles(jobId: string, type: FakeLogType, opts?: TaskOptions): { name: string; size: number }[];
   /** Garbage-collects the job's latest allocation: it and its log files are gone. Returns its ID. */
@@ -215,6 +220,8 @@ const MAX_TASK_EVENTS = 10;
 const ZERO_TIME = "0001-01-01T00:00:00Z";
 const LEADER = "127.0.0.1:4647";
 const TEXT = "text/plain; charset=utf-8";
+/** The client's allocation directory root, as it shows in `stat` errors. */
+const ALLOC_ROOT = "/var/lib/nomad/alloc";
 
 /** An answer that is not a success: Nomad writes the status and the bare message as plain text (§0.1). */
 class NomadHttpError extends Error {
@@ -278,6 +285,8 @@ interface State {
   eventBuffer: EventBatch[];
   /** Log files by allocation, then `<task>\0<type>`. */
   logs: Map<string, Map<string, LogState>>;
+  /** Other files of allocation directories, by allocation then path (one file each, never rotated). */
+  allocFiles: Map<string, Map<string, LogState>>;
   waiters: Set<() => void>;
   listeners: Set<(index: number, events: FakeEvent[]) => void>;
 }
@@ -298,6 +307,7 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
     pending: [],
     eventBuffer: [],
     logs: new Map(),
+    allocFiles: new Map(),
     waiters: new Set(),
     listeners: new Set(),
   };
@@ -1103,9 +1113,9 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
   function streamLog(
     res: ServerResponse,
     log: LogState,
-    o: { follow: boolean; plain: boolean; origin: string; offset: number; allocId: string },
+    o: { follow: boolean; plain: boolean; origin: string; offset: number; allocId: string; path?: string },
   ): void {
-    const fileName = (n: number) => `alloc/logs/${log.task}.${log.type}.${n}`;
+    const fileName = (n: number) => o.path ?? `alloc/logs/${log.task}.${log.type}.${n}`;
     let cur = startPosition(log, o.origin, o.offset);
     let seenTruncations = log.files.find((f) => f.n === cur.n)?.truncations ?? 0;
     // follow=false ends at the end of the highest file that existed when the request came in (§3.6).
@@ -1210,6 +1220,47 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
     void pump();
   }
 
+  /**
+   * `GET /v1/client/fs/stream/:alloc` — one file of the allocation directory, framed like the logs (§3.4).
+   * Unlike the logs endpoint it defaults `follow` to true and does not care whether the task started; a file
+   * that does not exist fails its `stat` with 400 (hashicorp/nomad `command/agent/fs_endpoint.go` `Stream`,
+   * `client/fs_endpoint.go` `stream`).
+   */
+  async function fileStreamRequest(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
+    const query = url.searchParams;
+    const allocId = decodeURIComponent(url.pathname.slice("/v1/client/fs/stream/".length));
+    if ((req.method ?? "GET") !== "GET") throw new NomadHttpError(405, "Invalid method");
+    if (allocId === "") throw new NomadHttpError(400, "must provide a valid alloc id");
+    const path = query.get("path") ?? "";
+    if (path === "") throw new NomadHttpError(400, "must provide a file name");
+    const follow = query.get("follow") === null || query.get("follow") === "" ? true : goParseBool(query.get("follow"), "follow");
+    const plain = goParseBool(query.get("plain"), "plain");
+    const rawOffset = query.get("offset") ?? "";
+    if (rawOffset !== "" && !/^[+-]?\d+$/.test(rawOffset)) {
+      throw new NomadHttpError(400, `error parsing offset: strconv.ParseInt: parsing ${JSON.stringify(rawOffset)}: invalid syntax`);
+    }
+    const offset = rawOffset === "" ? 0 : Number(rawOffset);
+    const origin = query.get("origin") || "start";
+    if (origin !== "start" && origin !== "end") throw new NomadHttpError(400, "origin must be start or end");
+    authorize(req);
+    const record = state.allocs.get(allocId);
+    if (!record) throw new NomadHttpError(404, `Unknown allocation "${allocId}"`);
+    const clean = path.replace(/^\/+/, "");
+    if (clean.split("/").includes("..")) throw new NomadHttpError(400, "Path escapes the alloc directory");
+    const files = state.allocFiles.get(allocId);
+    const file = files?.get(clean);
+    if (!file) {
+      const isDir = ["", "alloc", "alloc/logs", "alloc/data", "alloc/tmp"].includes(clean.replace(/\/$/, "")) ||
+        [...(files?.keys() ?? [])].some((p) => p.startsWith(`${clean.replace(/\/$/, "")}/`));
+      if (isDir) throw new NomadHttpError(400, `file ${JSON.stringify(path)} is a directory`);
+      throw new NomadHttpError(400, `stat ${ALLOC_ROOT}/${allocId}/${clean}: no such file or directory`);
+    }
+    const size = file.files[0]?.size ?? 0;
+    // origin=end counts back from the end of the one file, clamped at its start.
+    const start = origin === "end" ? Math.max(0, size - offset) : offset;
+    streamLog(res, file, { follow, plain, origin: "start", offset: start, allocId, path });
+  }
+
   function eventsRequest(req: IncomingMessage, res: ServerResponse, url: URL): void {
     if ((req.method ?? "GET") !== "GET") throw new NomadHttpError(405, "Invalid method");
     const query = url.searchParams;
@@ -1312,9 +1363,10 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       sendText(res, rule.status, rule.text);
       return;
     }
-    if (url.pathname.startsWith("/v1/client/fs/logs/") || url.pathname === "/v1/event/stream") {
+    if (url.pathname.startsWith("/v1/client/fs/logs/") || url.pathname.startsWith("/v1/client/fs/stream/") || url.pathname === "/v1/event/stream") {
       try {
         if (url.pathname === "/v1/event/stream") eventsRequest(req, res, url);
+        else if (url.pathname.startsWith("/v1/client/fs/stream/")) await fileStreamRequest(req, res, url);
         else await logsRequest(req, res, url);
       } catch (err) {
         if (err instanceof NomadHttpError) sendText(res, err.status, err.message);
@@ -1621,6 +1673,30 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       wakeFollowers(log);
     },
 
+    writeAllocFile(jobId, path, bytes, opts = {}) {
+      const record = latestAlloc(jobId, opts.namespace);
+      let byPath = state.allocFiles.get(record.alloc.ID);
+      if (!byPath) {
+        byPath = new Map();
+        state.allocFiles.set(record.alloc.ID, byPath);
+      }
+      let file = byPath.get(path);
+      if (!file) {
+        file = { task: "", type: "stdout", files: [{ n: 0, buf: Buffer.alloc(0), size: 0, deleted: false, truncations: 0 }], gone: false, followers: new Set() };
+        byPath.set(path, file);
+      }
+      const f = file.files[0] as LogFile;
+      const data = typeof bytes === "string" ? Buffer.from(bytes) : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      if (f.size + data.length > f.buf.length) {
+        const grown = Buffer.allocUnsafe(Math.max(f.buf.length * 2, f.size + data.length, 4096));
+        f.buf.copy(grown, 0, 0, f.size);
+        f.buf = grown;
+      }
+      data.copy(f.buf, f.size);
+      f.size += data.length;
+      wakeFollowers(file);
+    },
+
     logFiles(jobId, type, opts = {}) {
       const record = latestAlloc(jobId, opts.namespace);
       const [task] = taskOf(record, opts.task);
@@ -1641,6 +1717,15 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
         wakeFollowers(log);
       }
       state.logs.delete(id);
+      for (const file of state.allocFiles.get(id)?.values() ?? []) {
+        for (const f of file.files) {
+          f.deleted = true;
+          f.buf = Buffer.alloc(0);
+        }
+        file.gone = true;
+        wakeFollowers(file);
+      }
+      state.allocFiles.delete(id);
       state.tables.allocs = next();
       commit();
       return id;

@@ -411,3 +411,101 @@ describe.skipIf(realNomad)("following a build's log (fake-driven lifecycles)", (
     expect(fake.requests.length).toBe(before);
   });
 });
+
+describe.skipIf(realNomad)("the merged log (type=all) through /v1/client/fs/stream", () => {
+  const MERGED = "alloc/petrel/all.log";
+
+  it("answers the fs stream endpoint's errors as Nomad does: plain text before any byte", async () => {
+    const fake = t.fake!;
+    const unknown = randomUUID();
+    expect(await t.http("GET", `/v1/client/fs/stream/${unknown}?path=${MERGED}`)).toMatchObject({ status: 404, text: `Unknown allocation "${unknown}"` });
+    const id = await dispatch();
+    const allocId = fake.placeAlloc(id);
+    expect(await t.http("GET", `/v1/client/fs/stream/${allocId}`)).toMatchObject({ status: 400, text: "must provide a file name" });
+    expect(await t.http("GET", `/v1/client/fs/stream/${allocId}?path=${MERGED}&origin=middle`)).toMatchObject({
+      status: 400,
+      text: "origin must be start or end",
+    });
+    const missing = await t.http("GET", `/v1/client/fs/stream/${allocId}?path=${MERGED}`);
+    expect(missing.status).toBe(400);
+    expect(missing.text).toMatch(/^stat .*alloc\/petrel\/all\.log: no such file or directory$/);
+    fake.writeAllocFile(id, MERGED, "x\n");
+    expect(await t.http("GET", `/v1/client/fs/stream/${allocId}?path=alloc/petrel`)).toMatchObject({ status: 400, text: 'file "alloc/petrel" is a directory' });
+    expect(await t.http("GET", `/v1/client/fs/stream/${allocId}?path=../../etc/passwd`)).toMatchObject({ status: 400, text: "Path escapes the alloc directory" });
+  });
+
+  it("frames the file like the logs, with File as the path asked for and the offset past the data", async () => {
+    const fake = t.fake!;
+    const id = await dispatch();
+    const allocId = fake.placeAlloc(id);
+    fake.writeAllocFile(id, MERGED, "out\nerr\n");
+    const res = await t.http("GET", `/v1/client/fs/stream/${allocId}?path=${MERGED}&follow=false&origin=start&offset=4`);
+    expect(res.status).toBe(200);
+    expect(res.headers["content-type"]).toBe("application/json");
+    const decoder = createFrameDecoder();
+    const frames = decoder.push(Buffer.from(res.text)).filter((f) => f.data.length > 0);
+    decoder.end();
+    expect(Buffer.concat(frames.flatMap((f) => f.data)).toString()).toBe("err\n");
+    expect(frames[0]?.file).toBe(MERGED);
+    expect(frames.at(-1)?.offset).toBe(8);
+  });
+
+  it("follows the merged file live, waits for the executor to create it, and ends after the task's last bytes", async () => {
+    const fake = t.fake!;
+    const id = await dispatch();
+    const f = follow(id, { type: "all" });
+    await sleep(50);
+    fake.placeAlloc(id);
+    fake.startTask(id);
+    // The executor has not created the file yet: Nomad answers 400 "stat ...: no such file", a passing state.
+    await sleep(100);
+    expect(f.endedAt()).toBeUndefined();
+    fake.writeAllocFile(id, MERGED, "==> checkout acme/widgets@4c1d7e0\nout\n");
+    await f.until("out\n");
+    fake.writeAllocFile(id, MERGED, "err\nout2\n");
+    fake.finishTask(id, 0);
+    expect((await f.done).toString()).toBe("==> checkout acme/widgets@4c1d7e0\nout\nerr\nout2\n");
+    const asked = t.fake!.requests.filter((r) => r.path === `/v1/client/fs/stream/${fake.allocations(id)[0]?.ID}`);
+    expect(asked.length).toBeGreaterThan(0);
+    expect(asked[0]?.query).toMatchObject({ path: MERGED, origin: "start", offset: "0" });
+    await eventually(() => fake.openLogStreams() === 0);
+  });
+
+  it("resumes at the byte reached after a cut and starts at the client's offset", async () => {
+    const fake = t.fake!;
+    const id = await dispatch();
+    fake.placeAlloc(id);
+    fake.startTask(id);
+    fake.writeAllocFile(id, MERGED, "0123456789");
+    const f = follow(id, { type: "all", offset: 3 });
+    await f.until("3456789");
+    expect(fake.cutLogStreams()).toBeGreaterThan(0);
+    fake.writeAllocFile(id, MERGED, "abc");
+    fake.finishTask(id, 0);
+    expect((await f.done).toString()).toBe("3456789abc");
+  });
+
+  it("answers 404 for a finished build whose builder wrote no merged log (an Albatros builder)", async () => {
+    const fake = t.fake!;
+    const id = await dispatch();
+    fake.placeAlloc(id);
+    fake.startTask(id);
+    fake.writeLog(id, "stdout", "albatros\n");
+    fake.finishTask(id, 0);
+    const err = await rejection(follow(id, { type: "all" }).done);
+    expect(err).toBeInstanceOf(AppError);
+    expect(err).toMatchObject({ status: 404, code: "not_found" });
+    expect((err as Error).message).toMatch(/no merged log.*type=stdout/);
+  });
+
+  it("answers 410 once the allocation was garbage-collected", async () => {
+    const fake = t.fake!;
+    const id = await dispatch();
+    fake.placeAlloc(id);
+    fake.startTask(id);
+    fake.writeAllocFile(id, MERGED, "gone soon\n");
+    fake.finishTask(id, 0);
+    fake.gcAlloc(id);
+    await expect(follow(id, { type: "all" }).done).rejects.toMatchObject({ status: 410, code: "gone" });
+  });
+});

@@ -1,0 +1,164 @@
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createApp } from "../../src/app.js";
+import type { Build, BuildBackend, BuildReader, LogRequest } from "../../src/builds/backend.js";
+import type { StatusReporter } from "../../src/gitea/client.js";
+import { createMetrics } from "../../src/metrics.js";
+import { createFileRegistry } from "../../src/registry/file.js";
+import type { Registry } from "../../src/registry/schema.js";
+import { listen } from "../cli/harness.js";
+import { captureLogs } from "../helpers/log-capture.js";
+import { readSse } from "../helpers/sse.js";
+
+// The log endpoints of src/routes/builds.ts over a real socket, with a reader whose chunks the tests choose
+// byte for byte, so the SSE framing is tested at every boundary a build's output can have.
+
+const ID = "builder/dispatch-1700000000-1a2b3c4d";
+
+function build(state: Build["state"]): Build {
+  return {
+    id: ID,
+    builder: "builder",
+    repo: "acme/widgets",
+    repoUrl: "https://git.example.test/acme/widgets.git",
+    commit: "4c1d7e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d",
+    ref: "main",
+    flavor: "default",
+    event: "push",
+    trusted: true,
+    private: false,
+    state,
+    createdAt: "2026-01-01T00:00:00.000Z",
+  };
+}
+
+const NO_REPORTS: StatusReporter = { report: () => undefined, drain: async () => undefined };
+const NO_BACKEND: BuildBackend = {
+  kind: "local",
+  parameterized: () => Promise.reject(new Error("not in this test")),
+  dispatch: () => Promise.reject(new Error("not in this test")),
+  health: async () => ({ ok: true }),
+};
+
+let chunks: Record<string, Uint8Array[]> = {};
+const asked: LogRequest[] = [];
+let state: Build["state"] = "failure";
+const reader: BuildReader = {
+  listBuilds: async () => ({ builds: [build(state)], hidden: 0 }),
+  getBuild: async (id) => (id === ID ? build(state) : undefined),
+  async *logs(_id, request) {
+    asked.push(request);
+    let skip = request.offset;
+    for (const chunk of chunks[request.type] ?? []) {
+      if (skip >= chunk.length) {
+        skip -= chunk.length;
+        continue;
+      }
+      yield chunk.subarray(skip);
+      skip = 0;
+    }
+  },
+  cancel: async () => undefined,
+};
+
+let server: { url: string; close(): Promise<void> };
+let registry: Registry;
+
+beforeAll(async () => {
+  const dir = mkdtempSync(join(tmpdir(), "petrel-logs-route-"));
+  const config = join(dir, "petrel.yaml");
+  writeFileSync(config, `repos:\n  git.example.test/acme/widgets:\n    hook: { secret: "route-hook-secret-0123456789" }\n    logs: public\n`);
+  const { log } = captureLogs("silent");
+  registry = await createFileRegistry({ path: config, defaultBuilder: "builder", log });
+  const app = createApp({
+    log,
+    metrics: createMetrics({ staleness: () => ({ seconds: 0, ok: true }) }),
+    registry,
+    backend: NO_BACKEND,
+    reader,
+    reporter: NO_REPORTS,
+    publicUrl: "https://ci.example.test",
+    defaultBuilder: "builder",
+  });
+  server = await listen(app);
+});
+
+afterAll(async () => {
+  await server.close();
+  await registry.close();
+});
+
+const logsUrl = (query: string) => `${server.url}/builds/${encodeURIComponent(ID)}/logs${query}`;
+const sse = (query = "", headers: Record<string, string> = {}) => fetch(logsUrl(query), { headers: { accept: "text/event-stream", ...headers } });
+const bytes = (...parts: string[]) => parts.map((p) => Buffer.from(p, "latin1"));
+const logText = (events: { event: string; data: string }[]) => events.filter((e) => e.event === "log").map((e) => e.data).join("");
+
+describe("GET /builds/<id>/logs?type=all", () => {
+  it("serves the merged log as text/plain, byte for byte, and passes offset and follow on", async () => {
+    chunks = { all: bytes("==> run .petrel\n", "out\n", "err\n", "out2\n==> exit 0\n") };
+    asked.length = 0;
+    const res = await fetch(logsUrl("?type=all&follow=false&offset=16"));
+    expect(res.status).toBe(200);
+    expect(res.headers.get("content-type")).toBe("text/plain; charset=utf-8");
+    expect(await res.text()).toBe("out\nerr\nout2\n==> exit 0\n");
+    expect(asked[0]).toMatchObject({ type: "all", follow: false, offset: 16 });
+  });
+
+  it("refuses an unknown type with 400, and type=all at Albatros's /build address", async () => {
+    const bad = await fetch(logsUrl("?type=both"));
+    expect(bad.status).toBe(400);
+    expect(await bad.json()).toEqual({ error: { code: "bad_request", message: "log type must be all, stdout or stderr" } });
+    const albatros = await fetch(`${server.url}/build?job=${encodeURIComponent(ID)}&log=all`);
+    expect(albatros.status).toBe(400);
+    expect(((await albatros.json()) as { error: { code: string } }).error.code).toBe("bad_request");
+  });
+});
+
+describe("SSE framing of any bytes (issue 9, finding 7)", () => {
+  it("turns \\r\\n, lone \\r and \\n into line ends inside one event, never into fields of their own", async () => {
+    state = "failure";
+    chunks = { all: bytes('a\r\nb\rc\nevent: state\rdata: {"state":"success"}\r\r\rid: 999\nretry: 1\r:comment\rd') };
+    const res = await sse("?type=all");
+    expect(res.headers.get("content-type")).toMatch(/^text\/event-stream/);
+    const events = await readSse(res);
+    expect(events.map((e) => e.event)).toEqual(["state", "log", "end"]);
+    expect(JSON.parse(events[0]?.data ?? "")).toMatchObject({ state: "failure" });
+    expect(logText(events)).toBe('a\nb\nc\nevent: state\ndata: {"state":"success"}\n\n\nid: 999\nretry: 1\n:comment\nd');
+    // id is the byte offset reached, not anything the build printed.
+    expect(events[1]?.id).toBe(String(chunks.all?.[0]?.length));
+  });
+
+  it("keeps a \\r\\n split across two chunks one line end, and ids at the bytes each event covers", async () => {
+    chunks = { all: bytes("progress 10%\r", "\nnext\r", "progress 20%\r") };
+    const events = await readSse(await sse("?type=all"));
+    const logs = events.filter((e) => e.event === "log");
+    expect(logText(events)).toBe("progress 10%\nnext\nprogress 20%\n");
+    // A held-back \r is counted with the event that carries it.
+    expect(logs.map((e) => Number(e.id))).toEqual([12, 18, 31, 32]);
+    expect(logs.at(-1)?.id).toBe(String(Buffer.concat(chunks.all ?? []).length));
+  });
+
+  it("never splits a UTF-8 character between events, so ids stay on character boundaries", async () => {
+    chunks = { stdout: [Buffer.from([0x61, 0xc3]), Buffer.from([0xa9, 0x0a, 0xe2, 0x82]), Buffer.from([0xac, 0x0a])] };
+    const events = (await readSse(await sse("?type=stdout"))).filter((e) => e.event === "log");
+    expect(events.map((e) => e.data).join("")).toBe("aé\n€\n");
+    expect(events.map((e) => Number(e.id))).toEqual([1, 4, 8]);
+  });
+
+  it("passes other control characters (ANSI colours, tabs, NUL) through inside the data", async () => {
+    chunks = { stdout: bytes("\u001b[31mred\u001b[0m\tX\u0000Y\u000bZ\n") };
+    const events = await readSse(await sse("?type=stdout"));
+    expect(logText(events)).toBe("\u001b[31mred\u001b[0m\tX\u0000Y\u000bZ\n");
+  });
+
+  it("resumes after Last-Event-ID at that byte", async () => {
+    chunks = { stderr: bytes("one\r\n", "two\n") };
+    asked.length = 0;
+    const events = await readSse(await sse("?type=stderr", { "last-event-id": "5" }));
+    expect(asked[0]).toMatchObject({ type: "stderr", offset: 5, follow: true });
+    expect(logText(events)).toBe("two\n");
+    expect(events.find((e) => e.event === "log")?.id).toBe("9");
+  });
+});
