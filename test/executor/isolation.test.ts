@@ -49,7 +49,8 @@ describe.skipIf(!support.ok || !root)("executor isolation under attack", () => {
     writeFileSync(join(repo.work, ".petrel"), `#!/bin/sh\n${HOSTILE}\n`);
     chmodSync(join(repo.work, ".petrel"), 0o755);
     prepare(repo.work);
-    sh("git add -A && git -c user.name=fork -c user.email=fork@example.test commit -qm fork", repo.work);
+    // The PR number in the message keeps commits of identical trees made in the same second distinct.
+    sh(`git add -A && git -c user.name=fork -c user.email=fork@example.test commit -qm "fork ${pr}"`, repo.work);
     const c = sh("git rev-parse HEAD", repo.work).trim();
     sh(`git push -q ${repo.bare} HEAD:refs/pull/${pr}/head && git reset -q --hard ${base}`, repo.work);
     return c;

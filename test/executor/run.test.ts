@@ -143,6 +143,6 @@ describe("petrel run", () => {
     expect(r.stderr).toContain("==> error: not inside a git working tree");
     const bad = await petrelRun(repo.work, ["--bogus"], env);
     expect(bad.code).toBe(64);
-    expect(bad.stderr).toContain("petrel run: Unknown option '--bogus'");
+    expect(bad.stderr).toContain("petrel run: unknown option --bogus; see `petrel run --help`");
   });
 });
