@@ -157,6 +157,7 @@ export async function startPetrel(config: Config, log: Logger, env: NodeJS.Proce
       maxAgeMs: config.localMaxAgeDays * 24 * 3600 * 1000,
       log,
       env,
+      configPath: config.configPath,
       onTransition: (build) => notify(build),
     });
     backend = local;
