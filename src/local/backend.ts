@@ -52,6 +52,8 @@ export interface LocalBackendOptions {
   killTimeoutMs?: number;
   /** petrel.yaml: hidden from builds with the data directory. */
   configPath?: string;
+  /** Run builds in their own PID and mount namespaces; default: when petrel is root and the kernel allows it. */
+  namespaces?: boolean;
   onTransition?: BuildListener;
   /** The environment petrel was started with; only PASSED_ENV reaches builds. */
   env?: NodeJS.ProcessEnv;
@@ -84,7 +86,7 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
   const executor = options.executor ?? [process.execPath, ...DEFAULT_EXECUTOR];
   const node = hostname();
   const probeEnv = { PATH: options.env?.PATH ?? "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin" };
-  const problem = namespaceProblem(process.getuid?.(), probeEnv);
+  const problem = options.namespaces === false ? "switched off" : namespaceProblem(process.getuid?.(), probeEnv);
   const namespaced = problem === undefined;
   if (!namespaced) {
     log.warn(
@@ -261,9 +263,11 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
     else if (code !== null) next = { ...rest, state: "failure", exitCode: code, reason: `exit code ${code}`, finishedAt };
     else next = { ...rest, state: "error", reason: `executor killed by ${signal ?? "a signal"}`, finishedAt };
     await removeTaskFiles(id);
+    // Retention first, so whoever sees this build end sees the list it leaves.
+    records.set(id, next);
+    await prune();
     await update(next);
     log.info({ build: id, state: next.state, exitCode: next.exitCode }, "build finished");
-    await prune();
     pump();
   }
 
