@@ -69,13 +69,13 @@ export function namespaceScript(spec: NamespaceSpec): string {
     lines.push(
       `if [ -d ${q(dir)} ]; then`,
       `  cd -- ${q(dir)} ${fail}`,
-      `  mount -t tmpfs -o mode=0755,size=1m petrel-hidden ${q(dir)} ${fail}`,
+      `  m=$(stat -c %a .) && mount -t tmpfs -o "mode=$m,size=1m" petrel-hidden ${q(dir)} ${fail}`,
       `  for e in .[!.]* ..?* *; do`,
       `    { [ -e "$e" ] || [ -L "$e" ]; } && [ "$e" != ${q(name)} ] || continue`,
       `    t=${q(dir)}/"$e"`,
       `    if [ -L "$e" ]; then ln -s -- "$(readlink -- "$e")" "$t" ${fail}`,
-      `    elif [ -d "$e" ]; then mkdir -- "$t" && mount --rbind -- "$e" "$t" ${fail}`,
-      `    else : > "$t" && mount --bind -- "$e" "$t" ${fail}; fi`,
+      `    elif [ -d "$e" ]; then mkdir -- "$t" && mount --no-canonicalize --rbind -- "$e" "$t" ${fail}`,
+      `    else : > "$t" && mount --no-canonicalize --bind -- "$e" "$t" ${fail}; fi`,
       `  done`,
       `fi`,
     );
@@ -84,7 +84,7 @@ export function namespaceScript(spec: NamespaceSpec): string {
   lines.push(`mount -t tmpfs -o mode=0755,size=1m petrel-hidden ${q(data)} ${fail}`);
   for (const path of spec.keep) {
     const rel = relative(data, path);
-    lines.push(`mkdir -p -- ${q(path)} && mount --rbind -- ${q(`./${rel}`)} ${q(path)} ${fail}`);
+    lines.push(`mkdir -p -- ${q(path)} && mount --no-canonicalize --rbind -- ${q(`./${rel}`)} ${q(path)} ${fail}`);
   }
   for (const path of spec.tmpfs) {
     lines.push(`mkdir -p -- ${q(path)} && mount -t tmpfs -o mode=0700,size=4m petrel-secrets ${q(path)} ${fail}`);
