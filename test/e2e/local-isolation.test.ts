@@ -151,33 +151,42 @@ describe.skipIf(!isRoot)("single-machine builds cannot reach each other (as root
       `done`,
       `echo "attack done"`,
     ].join("\n");
-    const t = await push(commit(trustedScript(1)), "dana");
-    await until(async () => (await log(t)).includes("trusted up"), 30_000, "the trusted build to run");
-    const u = await push(commit(attack), "eve");
-    await until(async () => (await log(u)).includes("untrusted up"), 30_000, "the untrusted build to run");
-    const q = await push(commit(trustedScript(2)), "dana");
-    expect(await state(q)).toBe("queued");
-    // Neither the running nor the queued trusted build's secrets rest on disk.
-    expect(onDisk(TOKEN)).toBe("");
+    try {
+      await attackAndCheck();
+    } finally {
+      // Whatever failed, the trusted builds end, so the next tests get build slots.
+      writeFileSync(join(gates, "u"), "");
+      writeFileSync(join(gates, "t"), "");
+    }
+    async function attackAndCheck(): Promise<void> {
+      const t = await push(commit(trustedScript(1)), "dana");
+      await until(async () => (await log(t)).includes("trusted up"), 30_000, "the trusted build to run");
+      const u = await push(commit(attack), "eve");
+      await until(async () => (await log(u)).includes("untrusted up"), 30_000, "the untrusted build to run");
+      const q = await push(commit(trustedScript(2)), "dana");
+      expect(await state(q)).toBe("queued");
+      // Neither the running nor the queued trusted build's secrets rest on disk.
+      expect(onDisk(TOKEN)).toBe("");
 
-    writeFileSync(join(gates, "u"), "");
-    await until(async () => (await state(u)) === "success", 30_000, "the attack to finish");
-    const out = await log(u);
-    const err = await log(u, "stderr");
-    expect(out).toContain("attack done");
-    expect(out + err).not.toContain(TOKEN);
-    expect(out).not.toContain(SECRET);
-    expect(out).not.toContain("waiter-of-T");
-    expect(out).not.toContain(encodeURIComponent(t));
-    const trustedCaches = join(data, "cache", "caches");
-    const pwned = spawnSync("find", [trustedCaches, "-path", "*/trusted/*", "-name", "pwned"], { encoding: "utf8" }).stdout;
-    expect(pwned).toBe("");
-    // The trusted build's own cache write went through: the check above looked at the right place.
-    expect(spawnSync("find", [trustedCaches, "-path", "*/trusted/deps/own"], { encoding: "utf8" }).stdout).not.toBe("");
+      writeFileSync(join(gates, "u"), "");
+      await until(async () => (await state(u)) === "success", 30_000, "the attack to finish");
+      const out = await log(u);
+      const err = await log(u, "stderr");
+      expect(out).toContain("attack done");
+      expect(out + err).not.toContain(TOKEN);
+      expect(out).not.toContain(SECRET);
+      expect(out).not.toContain("waiter-of-T");
+      expect(out).not.toContain(encodeURIComponent(t));
+      const trustedCaches = join(data, "cache", "caches");
+      const pwned = spawnSync("find", [trustedCaches, "-path", "*/trusted/*", "-name", "pwned"], { encoding: "utf8" }).stdout;
+      expect(pwned).toBe("");
+      // The trusted build's own cache write went through: the check above looked at the right place.
+      expect(spawnSync("find", [trustedCaches, "-path", "*/trusted/deps/own"], { encoding: "utf8" }).stdout).not.toBe("");
 
-    writeFileSync(join(gates, "t"), "");
-    await until(async () => (await state(t)) === "success" && (await state(q)) === "success", 30_000, "the trusted builds to finish");
-    expect(onDisk(TOKEN)).toBe("");
+      writeFileSync(join(gates, "t"), "");
+      await until(async () => (await state(t)) === "success" && (await state(q)) === "success", 30_000, "the trusted builds to finish");
+      expect(onDisk(TOKEN)).toBe("");
+    }
   }, 120_000);
 
   it("cancel ends every process of the build, escaped sessions and double-forked daemons included, within the grace", async () => {
