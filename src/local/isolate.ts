@@ -69,7 +69,8 @@ export function namespaceScript(spec: NamespaceSpec): string {
     lines.push(
       `if [ -d ${q(dir)} ]; then`,
       `  cd -- ${q(dir)} ${fail}`,
-      `  m=$(stat -c %a .) && mount -t tmpfs -o "mode=$m,size=1m" petrel-hidden ${q(dir)} ${fail}`,
+      // No size cap: files a build creates here (say petrel.yaml sits in HOME) land in this tmpfs.
+      `  m=$(stat -c %a .) && mount -t tmpfs -o "mode=$m" petrel-hidden ${q(dir)} ${fail}`,
       `  for e in .[!.]* ..?* *; do`,
       `    { [ -e "$e" ] || [ -L "$e" ]; } && [ "$e" != ${q(name)} ] || continue`,
       `    t=${q(dir)}/"$e"`,
