@@ -1,7 +1,15 @@
 # petrel builder (raw_exec driver), for `nomad agent -dev` hosts without Docker: the same contract as
 # builder.nomad.hcl, running `petrel executor` installed on the client host (npm install -g, see hcl/README.md).
-# raw_exec runs as the Nomad agent's user; as root the executor mounts an overlay, otherwise it uses a user
-# namespace or, failing that, a copy of the worktree.
+#
+# raw_exec is for single-tenant, trusted setups only (your own repositories, no fork pull requests, nobody
+# else's code): builds run as the agent's user directly on the host, can read the host's files, and see the
+# alloc directories (payloads, secrets) of other builds on the same client. Use builder.nomad.hcl (Docker) or
+# builder-exec.nomad.hcl (exec: chroot, cgroups, own PID namespace) for anything else.
+#
+# The executor is wrapped in its own PID namespace (`unshare --pid --fork --mount-proc`), so builds on one
+# client cannot see or signal each other's processes (/proc/<pid>/root, environ) and everything a build
+# started ends with it; SIGTERM from Nomad is forwarded to the executor, which stops the build gracefully.
+# This needs the agent to run as root (sudo nomad agent -dev); the executor then mounts an overlay.
 
 job "builder" {
   type        = "batch"
@@ -41,8 +49,16 @@ job "builder" {
       }
 
       config {
-        command = "petrel"
-        args    = ["executor"]
+        # unshare (util-linux) ignores SIGTERM while it waits: the shell forwards Nomad's kill_signal to the
+        # namespace's init, the executor. --kill-child ends the namespace if unshare itself is killed.
+        command = "/bin/sh"
+        args = [
+          "-c",
+          "unshare --pid --fork --mount-proc --kill-child -- \"$@\" & u=$!; trap 'pkill -TERM -P $u' TERM INT; wait $u; wait $u",
+          "petrel-builder",
+          "petrel",
+          "executor",
+        ]
       }
 
       resources {

@@ -174,6 +174,7 @@ async function compose(config: Config, log: Logger, env: NodeJS.ProcessEnv, clos
       maxAgeMs: config.localMaxAgeDays * 24 * 3600 * 1000,
       log,
       env,
+      configPath: config.configPath,
       onTransition: (build) => notify(build),
     });
     backend = local;

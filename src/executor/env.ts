@@ -1,3 +1,4 @@
+import { closeSync, readFileSync } from "node:fs";
 import { readFile, stat, unlink } from "node:fs/promises";
 import { homedir } from "node:os";
 import { isAbsolute, join } from "node:path";
@@ -39,8 +40,13 @@ export function readNomadMeta(env: Env): Record<string, string> {
   return raw;
 }
 
-/** Reads `${NOMAD_TASK_DIR}/payload.json` when present, then deletes it so the build cannot read the deploy key. */
-export async function readPayload(taskDir: string | undefined): Promise<DispatchPayload | undefined> {
+/**
+ * The dispatch payload: read to its end from the inherited descriptor `PETREL_PAYLOAD_FD` (single-machine mode,
+ * so it never rests on disk) and closed, or read from `${NOMAD_TASK_DIR}/payload.json` and deleted so the build
+ * cannot read the deploy key.
+ */
+export async function readPayload(taskDir: string | undefined, payloadFd?: string): Promise<DispatchPayload | undefined> {
+  if (payloadFd) return parsePayload(readPayloadFd(payloadFd), `descriptor ${payloadFd}`);
   if (!taskDir) return undefined;
   const path = join(taskDir, "payload.json");
   let text: string;
@@ -51,6 +57,28 @@ export async function readPayload(taskDir: string | undefined): Promise<Dispatch
     throw new ExecutorError("bad_environment", `cannot read ${path}: ${(err as Error).message}`);
   }
   await unlink(path).catch(() => undefined);
+  return parsePayload(text, path);
+}
+
+function readPayloadFd(value: string): string {
+  if (!/^\d+$/.test(value) || Number(value) < 3) {
+    throw new ExecutorError("bad_environment", `PETREL_PAYLOAD_FD=${value}: expected a descriptor number of 3 or more`);
+  }
+  const fd = Number(value);
+  try {
+    return readFileSync(fd, "utf8");
+  } catch (err) {
+    throw new ExecutorError("bad_environment", `cannot read the payload from descriptor ${fd}: ${(err as Error).message}`);
+  } finally {
+    try {
+      closeSync(fd);
+    } catch {
+      // not open
+    }
+  }
+}
+
+async function parsePayload(text: string, path: string): Promise<DispatchPayload> {
   let raw: unknown;
   try {
     raw = JSON.parse(text);
@@ -118,7 +146,8 @@ export async function planFromNomadEnv(env: Env): Promise<BuildPlan> {
   }
   const runtime = readRuntimeSettings(env);
   const taskDir = env.NOMAD_TASK_DIR || undefined;
-  const payload = await readPayload(taskDir);
+  const payload = await readPayload(taskDir, env.PETREL_PAYLOAD_FD);
+  const { PETREL_PAYLOAD_FD: _fd, ...baseEnv } = env;
   const trusted = meta.TRUSTED === "true";
   const secretsDir = env.NOMAD_SECRETS_DIR && (await isDir(env.NOMAD_SECRETS_DIR)) ? env.NOMAD_SECRETS_DIR : undefined;
   const name = meta.REPO || repoNameFromUrl(meta.REPO_URL);
@@ -136,7 +165,7 @@ export async function planFromNomadEnv(env: Env): Promise<BuildPlan> {
         ...(payload?.deploy_key ? { deployKey: payload.deploy_key } : {}),
       },
     },
-    baseEnv: env,
+    baseEnv,
     vars: {
       COMMIT: meta.COMMIT,
       BRANCH: meta.BRANCH,

@@ -64,8 +64,10 @@ export function createBuildOutput(path: string | undefined, out: Sink, err: Sink
     written = maxBytes + 1;
   };
   const open = new Set<Promise<void>>();
+  const streams = new Set<Readable>();
 
   const relay = (from: Readable, to: Sink) => {
+    streams.add(from);
     const ended = new Promise<void>((resolve) => {
       from.once("close", resolve);
       from.once("end", resolve);
@@ -107,6 +109,10 @@ export function createBuildOutput(path: string | undefined, out: Sink, err: Sink
         }),
       ]);
       clearTimeout(timer);
+      // A process the build left behind (in its own session, say) may hold the pipes open for ever: stop
+      // reading them, or their handles keep the executor alive, and with it the allocation or the build's
+      // PID namespace.
+      for (const stream of streams) stream.destroy();
     },
     close() {
       if (fd !== undefined) closeSync(fd);

@@ -1,9 +1,9 @@
 import { spawn } from "node:child_process";
 import { randomBytes, randomUUID } from "node:crypto";
 import { closeSync, openSync } from "node:fs";
-import { chmod, mkdir, open, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, open, readFile, rm, stat } from "node:fs/promises";
 import { hostname } from "node:os";
-import { join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import type {
@@ -20,9 +20,11 @@ import type {
 } from "../builds/backend.js";
 import { isAfterCursor, isTerminal, newestFirst } from "../builds/backend.js";
 import { OPTIONAL_META, REQUIRED_META } from "../builds/dispatch.js";
+import type { DispatchPayload } from "../builds/dispatch.js";
 import { buildFromMeta, matchesFilter } from "../builds/model.js";
 import { AppError } from "../errors.js";
 import type { Logger } from "../log.js";
+import { childrenOf, killByEnv, namespaceArgv, namespaceProblem } from "./isolate.js";
 import { createBuildStore } from "./store.js";
 import type { BuildRecord, BuildStore } from "./store.js";
 
@@ -31,6 +33,8 @@ const DEFAULT_EXECUTOR = [fileURLToPath(new URL("../../bin/petrel.js", import.me
 const JOB_ID = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 const POLL_MS = 100;
 const LOG_CHUNK = 64 * 1024;
+/** The merged log (`type=all`) under a build's directory. */
+const MERGED_LOG = "merged/all.log";
 /** Variables a build may see from petrel's own environment; tokens and petrel's settings stay behind. */
 const PASSED_ENV = ["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPDIR", "SHELL", "TZ"];
 
@@ -44,8 +48,15 @@ export interface LocalBackendOptions {
   maxAgeMs?: number;
   /** Command and arguments of the executor; default `node bin/petrel.js executor`. */
   executor?: string[];
-  /** Grace between SIGTERM and SIGKILL when a build is cancelled. */
+  /**
+   * Time from SIGTERM to the end of every process of a cancelled build. The executor gets most of it as its
+   * own grace (PETREL_KILL_GRACE) to stop the script and clean up; then petrel kills what is left.
+   */
   killTimeoutMs?: number;
+  /** petrel.yaml: hidden from builds with the data directory. */
+  configPath?: string;
+  /** Run builds in their own PID and mount namespaces; default: when petrel is root and the kernel allows it. */
+  namespaces?: boolean;
   onTransition?: BuildListener;
   /** The environment petrel was started with; only PASSED_ENV reaches builds. */
   env?: NodeJS.ProcessEnv;
@@ -54,7 +65,11 @@ export interface LocalBackendOptions {
 export type LocalBackend = BuildBackend & BuildReader & { close(): Promise<void> };
 
 interface Running {
+  /** The executor's process group leader: `setpriv`/`unshare` with namespaces, else the executor. */
   pid: number;
+  /** Every process of the build inherits NOMAD_ALLOC_ID=alloc. */
+  alloc: string;
+  namespaced: boolean;
   cancelled: boolean;
   exited: Promise<void>;
 }
@@ -62,13 +77,28 @@ interface Running {
 /** Single-machine mode: builds run as child processes of petrel, one queue, records and logs on disk. */
 export async function createLocalBackend(options: LocalBackendOptions): Promise<LocalBackend> {
   const { log } = options;
-  const store: BuildStore = createBuildStore(options.dataDir);
-  const cacheDir = join(options.dataDir, "cache");
+  // Absolute: the build's mount namespace is set up from these paths, with another working directory.
+  const dataDir = resolve(options.dataDir);
+  const store: BuildStore = createBuildStore(dataDir);
+  const cacheDir = join(dataDir, "cache");
   const keep = options.keep ?? 500;
   const maxAgeMs = options.maxAgeMs ?? 30 * 24 * 3600 * 1000;
   const killTimeoutMs = options.killTimeoutMs ?? 10_000;
+  // Well inside petrel's deadline, so the executor's own SIGKILL of the script never races petrel's.
+  const executorGraceMs = Math.max(Math.floor(killTimeoutMs / 2), killTimeoutMs - 3000);
   const executor = options.executor ?? [process.execPath, ...DEFAULT_EXECUTOR];
   const node = hostname();
+  const probeEnv = { PATH: options.env?.PATH ?? "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin" };
+  const problem = options.namespaces === false ? "switched off" : namespaceProblem(process.getuid?.(), probeEnv);
+  const namespaced = problem === undefined;
+  if (!namespaced) {
+    log.warn(
+      { reason: problem },
+      "single-machine builds run without their own PID and mount namespaces: a build can see other builds' processes and petrel's data directory; run petrel as root for isolation",
+    );
+  }
+  // Payloads (secrets, deploy keys) of queued builds: in memory only, handed to the executor over a pipe.
+  const payloads = new Map<string, DispatchPayload>();
 
   const records = new Map<string, BuildRecord>();
   const byToken = new Map<string, string>();
@@ -118,14 +148,18 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
     records.set(record.id, record);
     byToken.set(record.idempotencyToken, record.id);
     if (record.state === "running") {
-      if (record.pid !== undefined) await killOrphan(record.pid, record.id);
+      await killLeftovers(record);
+      const { pid: _pid, ...rest } = record;
+      await update({ ...rest, state: "error", reason: "petrel stopped while the build was running", finishedAt: new Date().toISOString() });
+      await removeTaskFiles(record.id);
+    } else if (record.state === "queued" && record.secret) {
       await update({
         ...record,
         state: "error",
-        reason: "petrel stopped while the build was running",
+        reason: "petrel restarted before the build started; its secrets were kept in memory only: redeliver the webhook",
         finishedAt: new Date().toISOString(),
       });
-      await rm(join(store.dirOf(record.id), "local"), { recursive: true, force: true });
+      await removeTaskFiles(record.id);
     } else if (record.state === "queued") {
       queue.push(record.id);
     }
@@ -139,7 +173,9 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
       const record = id === undefined ? undefined : records.get(id);
       if (record === undefined || record.state !== "queued") continue;
       active++;
-      void start(record).catch(async (err: unknown) => {
+      const payload = payloads.get(record.id);
+      payloads.delete(record.id);
+      void start(record, payload).catch(async (err: unknown) => {
         log.error({ err, build: record.id }, "could not start the build");
         active--;
         running.delete(record.id);
@@ -149,12 +185,14 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
     }
   }
 
-  async function start(record: BuildRecord): Promise<void> {
+  async function start(record: BuildRecord, payload: DispatchPayload | undefined): Promise<void> {
     const dir = store.dirOf(record.id);
     const taskDir = join(dir, "local");
     const secretsDir = join(dir, "secrets");
-    await mkdir(taskDir, { recursive: true });
+    await mkdir(taskDir, { recursive: true, mode: 0o700 });
+    await mkdir(dirname(join(dir, MERGED_LOG)), { recursive: true, mode: 0o700 });
     await mkdir(secretsDir, { recursive: true, mode: 0o700 });
+    const alloc = randomUUID();
     const env: NodeJS.ProcessEnv = {};
     for (const name of PASSED_ENV) if (options.env?.[name] !== undefined) env[name] = options.env[name];
     env.PATH ??= "/usr/local/bin:/usr/bin:/bin";
@@ -165,22 +203,45 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
       NOMAD_JOB_NAME: record.id,
       NOMAD_TASK_NAME: "executor",
       NOMAD_GROUP_NAME: "runner",
-      NOMAD_ALLOC_ID: randomUUID(),
+      NOMAD_ALLOC_ID: alloc,
       NOMAD_TASK_DIR: taskDir,
       NOMAD_SECRETS_DIR: secretsDir,
       PETREL_CACHE_DIR: cacheDir,
-      // `type=all`: stdout, stderr and step lines merged, next to stdout.log and stderr.log (read as all.log).
-      PETREL_MERGED_LOG: join(dir, "all.log"),
+      // `type=all`: stdout, stderr and step lines merged. In a directory of its own, so the build's mount
+      // namespace can keep it visible while the rest of the build's record is hidden.
+      PETREL_MERGED_LOG: join(dir, MERGED_LOG),
+      PETREL_KILL_GRACE: `${executorGraceMs}ms`,
     });
+    if (payload !== undefined) env.PETREL_PAYLOAD_FD = "3";
+    const argv = namespaced
+      ? namespaceArgv({
+          dataDir,
+          keep: [cacheDir, taskDir, dirname(join(dir, MERGED_LOG))],
+          tmpfs: [secretsDir],
+          hideFiles: options.configPath === undefined ? [] : [resolve(options.configPath)],
+          cwd: taskDir,
+          command: executor,
+        })
+      : executor;
     const out = openSync(join(dir, "stdout.log"), "a");
     const err = openSync(join(dir, "stderr.log"), "a");
-    const [command, ...args] = executor as [string, ...string[]];
-    // Its own process group, so cancelling reaches the build script's children too.
-    const child = spawn(command, args, { cwd: dir, env, detached: true, stdio: ["ignore", out, err] });
+    const [command, ...args] = argv as [string, ...string[]];
+    // Its own process group; with namespaces the executor is the init of the build's PID namespace.
+    const child = spawn(command, args, {
+      cwd: taskDir,
+      env,
+      detached: true,
+      stdio: ["ignore", out, err, ...(payload === undefined ? [] : (["pipe"] as const))],
+    });
     closeSync(out);
     closeSync(err);
+    const pipe = child.stdio[3] as NodeJS.WritableStream | null | undefined;
+    if (payload !== undefined && pipe) {
+      pipe.on("error", (e: Error) => log.warn({ err: e.message, build: record.id }, "could not hand the payload to the executor"));
+      pipe.end(JSON.stringify(payload));
+    }
     let exited!: () => void;
-    const entry: Running = { pid: child.pid ?? -1, cancelled: false, exited: new Promise((r) => (exited = r)) };
+    const entry: Running = { pid: child.pid ?? -1, alloc, namespaced, cancelled: false, exited: new Promise((r) => (exited = r)) };
     running.set(record.id, entry);
     child.once("error", (e) => {
       log.error({ err: e, build: record.id }, "executor failed to start");
@@ -190,7 +251,7 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
         .catch((e: unknown) => log.error({ err: e, build: record.id }, "could not record the end of a build"))
         .finally(exited);
     });
-    await update({ ...record, state: "running", startedAt: new Date().toISOString(), pid: entry.pid });
+    await update({ ...record, state: "running", startedAt: new Date().toISOString(), pid: entry.pid, alloc });
   }
 
   async function finish(id: string, entry: Running, code: number | null, signal: NodeJS.Signals | null): Promise<void> {
@@ -199,18 +260,21 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
     const record = known(id);
     const finishedAt = new Date().toISOString();
     const { pid: _pid, ...rest } = record;
+    // Without namespaces, processes that left the executor's group (setsid, double forks) end here.
+    const leftovers = await killByEnv("NOMAD_ALLOC_ID", entry.alloc).catch(() => 0);
+    if (leftovers > 0) log.warn({ build: id, processes: leftovers }, "killed processes the build left running");
     let next: BuildRecord;
     if (entry.cancelled) next = { ...rest, state: "cancelled", reason: "cancelled", finishedAt };
     else if (closed) next = { ...rest, state: "error", reason: "petrel stopped while the build was running", finishedAt };
     else if (code === 0) next = { ...rest, state: "success", exitCode: 0, finishedAt };
     else if (code !== null) next = { ...rest, state: "failure", exitCode: code, reason: `exit code ${code}`, finishedAt };
     else next = { ...rest, state: "error", reason: `executor killed by ${signal ?? "a signal"}`, finishedAt };
-    // The payload holds the build's secrets: it lives only as long as the build.
-    await rm(join(store.dirOf(id), "local"), { recursive: true, force: true });
-    await rm(join(store.dirOf(id), "secrets"), { recursive: true, force: true });
+    await removeTaskFiles(id);
+    // Retention first, so whoever sees this build end sees the list it leaves.
+    records.set(id, next);
+    await prune();
     await update(next);
     log.info({ build: id, state: next.state, exitCode: next.exitCode }, "build finished");
-    await prune();
     pump();
   }
 
@@ -227,15 +291,49 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
     }
   }
 
-  async function killOrphan(pid: number, id: string): Promise<void> {
-    // Only if that pid is still this build's executor: pids get reused.
+  /** The build's secrets file and task directory live only as long as the build. */
+  async function removeTaskFiles(id: string): Promise<void> {
+    await rm(join(store.dirOf(id), "local"), { recursive: true, force: true });
+    await rm(join(store.dirOf(id), "secrets"), { recursive: true, force: true });
+  }
+
+  /** Ends whatever a build that was running when petrel died left: by its marker, or its recorded pid. */
+  async function killLeftovers(record: BuildRecord): Promise<void> {
+    let killed = 0;
+    if (record.alloc !== undefined) killed = await killByEnv("NOMAD_ALLOC_ID", record.alloc).catch(() => 0);
+    if (record.pid !== undefined) {
+      // Only if that pid is still this build's: pids get reused.
+      try {
+        const environ = await readFile(`/proc/${record.pid}/environ`, "utf8");
+        if (environ.split("\0").includes(`NOMAD_JOB_ID=${record.id}`)) {
+          process.kill(-record.pid, "SIGKILL");
+          killed++;
+        }
+      } catch {
+        // gone already, or not ours to read
+      }
+    }
+    if (killed > 0) log.warn({ build: record.id, processes: killed }, "killed processes left over from petrel's last run");
+  }
+
+  /**
+   * SIGTERM to the executor, which stops the script within its grace; at the deadline SIGKILL to all that is
+   * left. With namespaces that is exact: killing the PID namespace's init kills every process in it.
+   */
+  async function stop(entry: Running): Promise<void> {
+    const init = entry.namespaced ? await childrenOf(entry.pid).catch(() => []) : [];
+    if (init.length > 0) for (const pid of init) signal(pid, "SIGTERM");
+    else signalGroup(entry.pid, "SIGTERM");
+    const timer = setTimeout(() => {
+      signalGroup(entry.pid, "SIGKILL");
+      for (const pid of init) signal(pid, "SIGKILL");
+      void killByEnv("NOMAD_ALLOC_ID", entry.alloc).catch(() => 0);
+    }, killTimeoutMs);
+    timer.unref();
     try {
-      const environ = await readFile(`/proc/${pid}/environ`, "utf8");
-      if (!environ.split("\0").includes(`NOMAD_JOB_ID=${id}`)) return;
-      process.kill(-pid, "SIGKILL");
-      log.warn({ build: id, pid }, "killed an executor left over from petrel's last run");
-    } catch {
-      // gone already, or not ours to read
+      await entry.exited;
+    } finally {
+      clearTimeout(timer);
     }
   }
 
@@ -277,14 +375,13 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
       byToken.set(request.idempotencyToken, id);
       try {
         if (request.payload !== undefined) {
-          const taskDir = join(store.dirOf(id), "local");
-          await mkdir(taskDir, { recursive: true, mode: 0o700 });
-          await writeFile(join(taskDir, "payload.json"), JSON.stringify(request.payload), { mode: 0o600 });
-          await chmod(join(taskDir, "payload.json"), 0o600);
+          record.secret = true;
+          payloads.set(id, request.payload);
         }
         await update(record);
       } catch (err) {
         byToken.delete(request.idempotencyToken);
+        payloads.delete(id);
         records.delete(id);
         await store.remove(id).catch(() => undefined);
         const code = (err as NodeJS.ErrnoException).code;
@@ -328,7 +425,7 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
 
     async *logs(id: string, request: LogRequest): AsyncIterable<Uint8Array> {
       known(id);
-      const path = join(store.dirOf(id), `${request.type}.log`);
+      const path = join(store.dirOf(id), request.type === "all" ? MERGED_LOG : `${request.type}.log`);
       let position = Math.max(0, request.offset);
       const buffer = Buffer.alloc(LOG_CHUNK);
       for (;;) {
@@ -365,36 +462,32 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
       if (record.state === "queued") {
         const at = queue.indexOf(id);
         if (at >= 0) queue.splice(at, 1);
-        await rm(join(store.dirOf(id), "local"), { recursive: true, force: true });
+        payloads.delete(id);
+        await removeTaskFiles(id);
         await update({ ...record, state: "cancelled", reason: "cancelled before it started", finishedAt: new Date().toISOString() });
         return;
       }
       const entry = running.get(id);
       if (entry === undefined) return;
       entry.cancelled = true;
-      signalGroup(entry.pid, "SIGTERM");
-      const timer = setTimeout(() => signalGroup(entry.pid, "SIGKILL"), killTimeoutMs);
-      timer.unref();
-      await entry.exited;
-      clearTimeout(timer);
+      await stop(entry);
     },
 
     async close() {
       closed = true;
-      const exits = [...running.values()].map((entry) => {
-        signalGroup(entry.pid, "SIGTERM");
-        const timer = setTimeout(() => signalGroup(entry.pid, "SIGKILL"), killTimeoutMs);
-        timer.unref();
-        return entry.exited.finally(() => clearTimeout(timer));
-      });
-      await Promise.all(exits);
+      payloads.clear();
+      await Promise.all([...running.values()].map(stop));
     },
   };
 }
 
-function signalGroup(pid: number, signal: NodeJS.Signals): void {
+function signalGroup(pid: number, sig: NodeJS.Signals): void {
+  signal(-pid, sig);
+}
+
+function signal(pid: number, sig: NodeJS.Signals): void {
   try {
-    process.kill(-pid, signal);
+    process.kill(pid, sig);
   } catch {
     // already gone
   }

@@ -17,6 +17,10 @@ export const BuildRecord = z.object({
   startedAt: z.string().optional(),
   finishedAt: z.string().optional(),
   pid: z.number().int().optional(),
+  /** NOMAD_ALLOC_ID of the run: every process of the build carries it, so a restart can find leftovers. */
+  alloc: z.string().optional(),
+  /** The build has a payload (secrets), held in petrel's memory only, never on disk. */
+  secret: z.boolean().optional(),
 });
 export type BuildRecord = z.infer<typeof BuildRecord>;
 

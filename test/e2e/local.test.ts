@@ -287,12 +287,12 @@ describe("single-machine mode, end to end through the compiled CLI", () => {
   it("keeps builds and logs across a restart, and reports a build killed with petrel as error", async () => {
     const [done] = (await (await fetch(`${petrel.url}/builds?limit=1&state=success`)).json() as { builds: Array<{ id: string }> }).builds;
     expect(done).toBeDefined();
-    const before = await (await fetch(`${petrel.url}/builds/${encodeURIComponent(done!.id)}/logs?type=stdout`)).text();
+    const before = await (await fetch(`${petrel.url}/builds/${encodeURIComponent(done!.id)}/logs?type=stdout&follow=false`)).text();
 
     const slow = commitTo(dir, 'echo "started"; sleep 30; echo "never"');
     const interrupted = await pushBuild(petrel.url, slow);
-    for (let i = 0; i < 200 && (await getBuild(petrel.url, interrupted)).state !== "running"; i++) await sleep(50);
-    await sleep(500);
+    const logOf = async () => (await fetch(`${petrel.url}/builds/${encodeURIComponent(interrupted)}/logs?type=stdout&follow=false`)).text();
+    for (let i = 0; i < 400 && (await logOf()) !== "started\n"; i++) await sleep(50);
     petrel.child.kill("SIGKILL");
     await petrel.exited;
 

@@ -98,6 +98,21 @@ describe.skipIf(!support.ok)("petrel executor (overlay in a private mount namesp
     expect(lines.at(-1)).toMatch(/^==> exit 0 after/);
   });
 
+  it("exits once the build script has, although a process it left behind still holds the output pipes", async () => {
+    // `setsid` takes the process out of the build's group; it keeps the pipes the executor reads. Were the
+    // executor to wait for them, a Nomad allocation (or a local build's PID namespace) would never end.
+    const c = repo.commit(script("setsid sleep 31.7 & echo started"));
+    const started = Date.now();
+    try {
+      const r = await runExecutor({ meta: pushMeta(repo, c), cacheDir, taskDir: join(dir, "t-orphan"), env: { NOMAD_ALLOC_DIR: join(dir, "alloc-orphan") } });
+      expect(r.code).toBe(0);
+      expect(r.stdout).toContain("started");
+      expect(Date.now() - started).toBeLessThan(15_000);
+    } finally {
+      spawnSync("pkill", ["-f", "sleep 31.7"]);
+    }
+  });
+
   it("leaves the base worktree byte-identical after a build that deletes, rewrites and adds files", async () => {
     const c = repo.commit(
       script(

@@ -1,8 +1,12 @@
-import { readdirSync, readFileSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { parse } from "@cdktf/hcl2json";
 import { describe, expect, it } from "vitest";
 import { OPTIONAL_META, REQUIRED_META } from "../../src/builds/dispatch.js";
+import { findByEnv } from "../../src/local/isolate.js";
 import { ROOT } from "../executor/helpers.js";
 
 type Block = Record<string, unknown>;
@@ -29,8 +33,8 @@ function labelled(parent: Block, kind: string, label: string): Block {
 }
 
 describe("hcl/", () => {
-  it("holds the two builder jobs and the petrel service job", () => {
-    expect(files).toEqual(["builder-raw.nomad.hcl", "builder.nomad.hcl", "petrel.nomad.hcl"]);
+  it("holds the three builder jobs and the petrel service job", () => {
+    expect(files).toEqual(["builder-exec.nomad.hcl", "builder-raw.nomad.hcl", "builder.nomad.hcl", "petrel.nomad.hcl"]);
   });
 
   it.each(files)("%s parses as HCL", async (file) => {
@@ -38,7 +42,7 @@ describe("hcl/", () => {
     expect(Object.keys(doc)).toContain("job");
   });
 
-  describe.each(["builder.nomad.hcl", "builder-raw.nomad.hcl"])("%s follows the builder contract (SPEC §5)", (file) => {
+  describe.each(["builder.nomad.hcl", "builder-exec.nomad.hcl", "builder-raw.nomad.hcl"])("%s follows the builder contract (SPEC §5)", (file) => {
     it("is a parameterized batch job with the required and optional meta keys and an optional payload", async () => {
       const job = labelled(await load(file), "job", "builder");
       expect(job.type).toBe("batch");
@@ -58,8 +62,8 @@ describe("hcl/", () => {
       const task = labelled(group, "task", "executor");
       expect(one(task.dispatch_payload, "dispatch_payload").file).toBe("payload.json");
       const config = one(task.config, "config");
-      expect(config.command).toBe("petrel");
-      expect(config.args).toEqual(["executor"]);
+      // The raw_exec builder wraps it (own PID namespace); its argv still ends in `petrel executor`.
+      expect([config.command, ...(config.args as string[])].slice(-2)).toEqual(["petrel", "executor"]);
       expect(one(task.env, "env").PETREL_CACHE_DIR).toBe("/var/cache/petrel");
       expect(task.kill_signal).toBe("SIGTERM");
       // Enough time after SIGTERM for the executor's own grace period (10 s) plus cleanup.
@@ -81,6 +85,59 @@ describe("hcl/", () => {
     const mount = one(task.volume_mount, "volume_mount");
     expect(mount).toMatchObject({ volume: "petrel-cache", destination: one(task.env, "env").PETREL_CACHE_DIR });
   });
+
+  it("runs the exec builder isolated: exec driver, own PID namespace, root with sys_admin, cache volume, no copy fallback", async () => {
+    const job = labelled(await load("builder-exec.nomad.hcl"), "job", "builder");
+    const group = labelled(job, "group", "runner");
+    expect(labelled(group, "volume", "petrel-cache")).toMatchObject({ type: "host", source: "petrel-cache" });
+    const task = labelled(group, "task", "executor");
+    expect(task.driver).toBe("exec");
+    expect(task.user).toBe("root");
+    const config = one(task.config, "config");
+    expect(config).toMatchObject({ command: "petrel", args: ["executor"], pid_mode: "private", ipc_mode: "private" });
+    expect(config.cap_add).toEqual(["sys_admin"]);
+    const env = one(task.env, "env");
+    expect(env.PETREL_ISOLATION).toBe("mount");
+    expect(one(task.volume_mount, "volume_mount")).toMatchObject({ volume: "petrel-cache", destination: env.PETREL_CACHE_DIR });
+    const p = one(job.parameterized, "parameterized");
+    expect(p).toMatchObject({ payload: "optional", meta_required: [...REQUIRED_META], meta_optional: [...OPTIONAL_META] });
+  });
+
+  it("says in the raw_exec file and in hcl/README.md that raw_exec is for single-tenant, trusted setups only", () => {
+    for (const text of [readFileSync(join(HCL, "builder-raw.nomad.hcl"), "utf8"), readFileSync(join(HCL, "README.md"), "utf8")]) {
+      expect(text).toMatch(/raw_exec is for single-tenant, trusted setups only/);
+    }
+  });
+
+  it.skipIf(process.getuid?.() !== 0)(
+    "wraps the raw_exec executor in its own PID namespace: SIGTERM reaches it, and nothing it started outlives it (as root)",
+    async () => {
+      const task = labelled(labelled(labelled(await load("builder-raw.nomad.hcl"), "job", "builder"), "group", "runner"), "task", "executor");
+      const config = one(task.config, "config");
+      const args = config.args as string[];
+      expect(args[1]).toContain("unshare --pid --fork --mount-proc");
+      // A stand-in `petrel executor`: sees only its namespace, leaves an escaped session behind, exits 7 on SIGTERM.
+      const dir = mkdtempSync(join(tmpdir(), "petrel-raw-"));
+      const mark = `raw-${process.pid}-${Date.now()}`;
+      writeFileSync(
+        join(dir, "petrel"),
+        `#!/bin/sh\ntrap 'echo "term as $$" > ${dir}/out; exit 7' TERM\nls /proc | grep -c '^[0-9]' > ${dir}/count\nsetsid sleep 300 &\nwhile :; do sleep 0.05; done\n`,
+      );
+      chmodSync(join(dir, "petrel"), 0o755);
+      const child = spawn(config.command as string, args, {
+        env: { PATH: `${dir}:${process.env.PATH}`, MARK: mark },
+        stdio: "ignore",
+        detached: true,
+      });
+      const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+      for (let i = 0; i < 100 && (await findByEnv("MARK", mark)).length < 4; i++) await sleep(50);
+      expect(Number(readFileSync(join(dir, "count"), "utf8"))).toBeLessThanOrEqual(3);
+      child.kill("SIGTERM");
+      expect(await exited).toBe(7);
+      expect(readFileSync(join(dir, "out"), "utf8")).toBe("term as 1\n");
+      expect(await findByEnv("MARK", mark)).toEqual([]);
+    },
+  );
 
   it("runs the raw_exec builder without volumes (raw_exec cannot mount them)", async () => {
     const job = labelled(await load("builder-raw.nomad.hcl"), "job", "builder");

@@ -1,3 +1,4 @@
+import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, statSync, writeFileSync, chmodSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -5,6 +6,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { afterEach, describe, expect, it } from "vitest";
 import type { Build } from "../../src/builds/backend.js";
 import { createLocalBackend } from "../../src/local/backend.js";
+import { findByEnv } from "../../src/local/isolate.js";
 import type { LocalBackend } from "../../src/local/backend.js";
 import { captureLogs } from "../helpers/log-capture.js";
 
@@ -131,12 +133,16 @@ describe("local build backend", () => {
     expect(peak).toBe(2);
   });
 
-  it("gives the payload to the executor as a 0600 file and deletes it after the build", async () => {
+  it("hands the payload to the executor over a pipe, never as a file, and keeps it out of the record", async () => {
     const dir = mkdtempSync(join(tmpdir(), "petrel-local-"));
     const probe = join(dir, "probe");
+    const gate = join(dir, "gate");
     const { backend } = await start(
       join(dir, "data"),
-      fakeExecutor(dir, `stat -c %a "$NOMAD_TASK_DIR/payload.json" > ${probe}; cat "$NOMAD_TASK_DIR/payload.json" >> ${probe}; env >> ${probe}`),
+      fakeExecutor(
+        dir,
+        `ls -A "$NOMAD_TASK_DIR" > ${probe}; echo "fd=$PETREL_PAYLOAD_FD" >> ${probe}; cat <&3 >> ${probe}; echo >> ${probe}; env >> ${probe}; while [ ! -e ${gate} ]; do sleep 0.05; done`,
+      ),
     );
     const { id } = await backend.dispatch({
       builder: "builder",
@@ -144,9 +150,15 @@ describe("local build backend", () => {
       payload: { secrets: { DEPLOY_TOKEN: "s3cret" } },
       idempotencyToken: "p",
     });
+    await until(() => (existsSync(probe) && readFileSync(probe, "utf8").includes("PATH=") ? true : undefined));
+    // While the build runs, no file under the data directory holds the secret.
+    const grep = spawnSync("grep", ["-rl", "s3cret", join(dir, "data")], { encoding: "utf8" });
+    expect(grep.stdout).toBe("");
+    expect(grep.status).toBe(1);
+    writeFileSync(gate, "");
     await until(async () => ((await backend.getBuild(id))?.state === "success" ? true : undefined));
     const seen = readFileSync(probe, "utf8");
-    expect(seen.startsWith("600\n")).toBe(true);
+    expect(seen.startsWith("fd=3\n")).toBe(true);
     expect(seen).toContain('"DEPLOY_TOKEN":"s3cret"');
     // petrel's own settings never reach a build.
     expect(seen).not.toContain("PETREL_ADMIN_TOKEN");
@@ -157,16 +169,25 @@ describe("local build backend", () => {
     expect(readFileSync(join(buildDir, "build.json"), "utf8")).not.toContain("s3cret");
   });
 
-  it("cancels a running build, its children included", async () => {
+  it.each([true, false])("cancels a running build, its children and escaped sessions included (namespaces: %s)", async (namespaces) => {
+    if (namespaces && process.getuid?.() !== 0) return; // PID namespaces need root
     const dir = mkdtempSync(join(tmpdir(), "petrel-local-"));
-    const pidFile = join(dir, "child.pid");
-    const { backend } = await start(join(dir, "data"), fakeExecutor(dir, `sleep 30 & echo $! > ${pidFile}; wait`));
+    const started = join(dir, "started");
+    // The executor stand-in ignores SIGTERM, and one child leaves the process group: both must still end.
+    const { backend } = await start(
+      join(dir, "data"),
+      fakeExecutor(dir, `trap '' TERM; sleep 30 & setsid sleep 31 & touch ${started}; wait`),
+      { namespaces },
+    );
     const { id } = await backend.dispatch({ builder: "builder", meta: META, idempotencyToken: "k" });
-    const childPid = Number(await until(() => (existsSync(pidFile) ? readFileSync(pidFile, "utf8").trim() || undefined : undefined)));
+    await until(() => (existsSync(started) ? true : undefined));
+    expect((await findByEnv("NOMAD_JOB_ID", id)).length).toBeGreaterThanOrEqual(3);
+    const t0 = Date.now();
     await backend.cancel(id);
-    const b = await backend.getBuild(id);
-    expect(b?.state).toBe("cancelled");
-    await until(() => (isAlive(childPid) ? undefined : true), 5000);
+    // Within the grace (killTimeoutMs 2000 in these tests) plus scheduling slack.
+    expect(Date.now() - t0).toBeLessThan(4000);
+    expect((await backend.getBuild(id))?.state).toBe("cancelled");
+    expect(await findByEnv("NOMAD_JOB_ID", id)).toEqual([]);
   });
 
   it("cancels a queued build without running it", async () => {
@@ -187,12 +208,13 @@ describe("local build backend", () => {
   it("after a crash, reports the interrupted build as error, kills its executor and keeps its log", async () => {
     const dir = mkdtempSync(join(tmpdir(), "petrel-local-"));
     const data = join(dir, "data");
-    const pidFile = join(dir, "exec.pid");
-    const exe = fakeExecutor(dir, `echo $$ > ${pidFile}; echo before-crash; exec sleep 30`);
+    const started = join(dir, "started");
+    const exe = fakeExecutor(dir, `echo before-crash; setsid sleep 30 & touch ${started}; exec sleep 30`);
     const first = await start(data, exe);
     const { id } = await first.backend.dispatch({ builder: "builder", meta: META, idempotencyToken: "crash" });
     const queued = await first.backend.dispatch({ builder: "builder", meta: META, idempotencyToken: "after" });
-    const pid = Number(await until(() => (existsSync(pidFile) ? readFileSync(pidFile, "utf8").trim() || undefined : undefined)));
+    await until(() => (existsSync(started) ? true : undefined));
+    expect((await findByEnv("NOMAD_JOB_ID", id)).length).toBeGreaterThanOrEqual(2);
     // A second petrel on the same data directory is what a restart after a crash looks like.
     backends.splice(backends.indexOf(first.backend), 1);
     const second = await start(data, fakeExecutor(dir, "echo ran"));
@@ -200,7 +222,8 @@ describe("local build backend", () => {
     expect(b?.state).toBe("error");
     expect(b?.reason).toMatch(/petrel stopped/);
     expect(second.transitions.find((t) => t.id === id)?.state).toBe("error");
-    await until(() => (isAlive(pid) ? undefined : true), 5000);
+    await until(async () => ((await findByEnv("NOMAD_JOB_ID", id)).length === 0 ? true : undefined), 5000);
+    expect(existsSync(join(data, "builds", encodeURIComponent(id), "secrets"))).toBe(false);
     const log = await collect(second.backend.logs(id, { type: "stdout", follow: true, offset: 0, signal: new AbortController().signal }));
     expect(log).toBe("before-crash\n");
     // The build that was still queued runs after the restart.
@@ -220,12 +243,3 @@ describe("local build backend", () => {
     expect(statSync(join(dir, "data", "builds")).isDirectory()).toBe(true);
   });
 });
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
