@@ -45,7 +45,7 @@ function makeRepo(dir: string): Repo {
   const main = git("rev-parse", "HEAD");
   git("commit", "-q", "--allow-empty", "-m", "fork code");
   const fork = git("rev-parse", "HEAD");
-  git("push", "-q", bare, `${main}:refs/heads/main`, `${fork}:refs/pull/17/head`);
+  git("push", "-q", bare, `${main}:refs/heads/main`, `${main}:refs/tags/v1`, `${fork}:refs/pull/17/head`);
   return { url: `file://${bare}`, main, fork };
 }
 
@@ -246,6 +246,15 @@ describe.each([
     const after = await mode.dispatched(answer.build);
     expect(after.payload).toBeNull();
     expect(after.meta).toMatchObject({ COMMIT: mode.repo.fork, TRUSTED: "false" });
+  });
+
+  it("re-runs a tag build at its tag, trusted while the tag still points at the commit", async () => {
+    const original = await mode.plant({ REPO_URL: mode.repo.url, COMMIT: mode.repo.main, BRANCH: "v1", TAG: "v1", FLAVOR: "default", REPO: "acme/widgets", EVENT: "tag", TRUSTED: "true" });
+    const answer = (await (await rerun(original)).json()) as RerunAnswer;
+    expect(answer.trusted).toBe(true);
+    const after = await mode.dispatched(answer.build);
+    expect(after.meta).toMatchObject({ COMMIT: mode.repo.main, BRANCH: "v1", EVENT: "tag", TRUSTED: "true" });
+    expect(after.payload).toEqual({ secrets: { DEPLOY_TOKEN } });
   });
 
   it("answers 404 for an ID that is not petrel's without asking the backend, and for an unknown build", async () => {
