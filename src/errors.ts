@@ -8,6 +8,7 @@ export type ErrorCode =
   | "repository_mismatch"
   | "commit_not_on_ref"
   | "not_found"
+  | "already_finished"
   | "gone"
   | "payload_too_large"
   | "unsupported_media_type"

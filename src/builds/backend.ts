@@ -43,6 +43,8 @@ export interface Build {
   flavor: string;
   event: string;
   pr?: string;
+  /** The TAG meta: set when the build is of `refs/tags/<tag>` (its `ref` is then the tag name too). */
+  tag?: string;
   trusted: boolean;
   /**
    * From the PRIVATE meta key, which the forge's payload set at dispatch; absent when the builder does not
@@ -62,7 +64,7 @@ export interface Build {
 }
 
 /** A build as its dispatch meta alone describes it: what a listing knows before reading any detail. */
-export type BuildSummary = Pick<Build, "id" | "builder" | "repo" | "repoUrl" | "commit" | "ref" | "flavor" | "event" | "trusted" | "private" | "pr">;
+export type BuildSummary = Pick<Build, "id" | "builder" | "repo" | "repoUrl" | "commit" | "ref" | "flavor" | "event" | "trusted" | "private" | "pr" | "tag">;
 
 /** Where a listing left off: the creation time (ms) and ID of the last build it looked at, newest first. */
 export interface BuildCursor {

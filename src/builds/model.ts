@@ -15,7 +15,7 @@ export function buildFromMeta(id: string, builder: string, meta: Readonly<Record
     trusted: meta.TRUSTED === "true",
   };
   const privacy = meta.PRIVATE === "true" ? { private: true } : meta.PRIVATE === "false" ? { private: false } : {};
-  return { ...out, ...privacy, ...(meta.PR ? { pr: meta.PR } : {}) };
+  return { ...out, ...privacy, ...(meta.PR ? { pr: meta.PR } : {}), ...(meta.TAG ? { tag: meta.TAG } : {}) };
 }
 
 /** `owner/name` from a clone URL (https, ssh or file). */

@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import type { ErrorCode } from "../errors.js";
 import { bindDelivery, isRefName, type BoundRepository } from "../gitea/binding.js";
 import type { Delivery, PullRequestEvent, PushEvent } from "../gitea/events.js";
-import { flavorsOf, type RepoEntry } from "../registry/schema.js";
+import { flavorsOf, isCloneUrl, type RepoEntry } from "../registry/schema.js";
 import {
   formatCaches,
   OPTIONAL_META,
@@ -97,17 +97,28 @@ export interface PlanManualInput {
   defaultBuilder: string;
   /** Random per request, so each manual trigger is a fresh build. */
   nonce: string;
-  /** Clone URL; derived from the entry's `gitea.url` or its key when absent. */
+  /** Clone URL the caller found (the repository's last build); the entry's `clone_url` wins over it. */
   repoUrl?: string;
   private?: boolean;
+  /** A re-run: the event and BRANCH of the build it repeats, and whether it may be trusted (decided by the caller). */
+  rerun?: RerunOf;
+}
+
+export interface RerunOf {
+  event: PlanEvent;
+  /** The BRANCH meta of the original (a pull request's head branch name, say). */
+  branch: string;
+  /** At most the original's trust: see `POST /builds/<id>/rerun` in the README. */
+  trusted: boolean;
 }
 
 /**
- * Plans a manual build or re-run (`POST /builds`), pure. An admin asked for it, so branches and tags are
- * trusted; `refs/pull/*` may hold fork code and is never trusted.
+ * Plans a manual build or re-run (`POST /builds`, `POST /builds/<id>/rerun`), pure. An admin asked for a manual
+ * build, so branches and tags are trusted; `refs/pull/*` may hold fork code and is never trusted. A re-run is
+ * trusted only when the caller says so (`rerun.trusted`), whatever its ref.
  */
 export function planManual(input: PlanManualInput): Plan {
-  const { entry, flavor, defaultBuilder } = input;
+  const { entry, flavor, defaultBuilder, rerun } = input;
   const builder = builderOf(entry, flavor, defaultBuilder);
   if (typeof builder !== "string") return builder;
   const commit = input.commit.toLowerCase();
@@ -128,19 +139,21 @@ export function planManual(input: PlanManualInput): Plan {
   } else {
     return badRequest("ref must be a branch, refs/tags/<tag> or refs/pull/<n>/head");
   }
+  // A pull request build keeps its head branch name as BRANCH, as the webhook gave it.
+  if (rerun !== undefined && pull && rerun.branch !== "" && isRefName(`refs/heads/${rerun.branch}`)) branch = rerun.branch;
   const [, owner = "", name = ""] = entry.key.split("/");
   return build({
     target: { entry, flavor, builder },
     repo: `${owner}/${name}`,
-    // The entry's clone_url is the operator's word and wins over a URL given with the request.
+    // The entry's clone_url is the operator's word and wins over any URL found elsewhere.
     cloneUrl: entry.config.clone_url ?? input.repoUrl ?? cloneUrlOf(entry),
     ...(input.private === undefined ? {} : { isPrivate: input.private }),
-    event: "manual",
+    event: rerun?.event ?? "manual",
     ref,
     commit,
     branch,
     extra,
-    trusted: pull === null,
+    trusted: rerun === undefined ? pull === null : rerun.trusted,
     nonce: input.nonce,
   });
 }
@@ -362,6 +375,35 @@ export function cloneUrlOf(entry: RepoEntry): string {
   const [host = "", owner = "", name = ""] = entry.key.split("/");
   const base = entry.config.gitea?.url.replace(/\/+$/, "") ?? `https://${host.replace(/_(\d+)$/, ":$1")}`;
   return `${base}/${owner}/${name}.git`;
+}
+
+/**
+ * True when `url` clones from the entry's own forge: its `clone_url`, or a URL on the entry key's host or
+ * `gitea.url`'s host. A URL read back from a build record (Nomad meta anyone allowed to dispatch can set) is
+ * used for a trusted build only when this holds.
+ */
+export function isEntryCloneUrl(entry: RepoEntry, url: string): boolean {
+  if (url === entry.config.clone_url) return true;
+  if (!isCloneUrl(url) || url.startsWith("file:")) return false;
+  const scp = /^(?:[^@/:]+@)?([^/:]+):(?!\/\/)/.exec(url);
+  let host: string;
+  if (scp) host = scp[1] ?? "";
+  else {
+    try {
+      host = new URL(url).hostname;
+    } catch {
+      return false;
+    }
+  }
+  const hosts = [entry.key.split("/")[0]?.replace(/_\d+$/, "") ?? ""];
+  if (entry.config.gitea !== undefined) {
+    try {
+      hosts.push(new URL(entry.config.gitea.url).hostname);
+    } catch {
+      // a gitea.url that does not parse adds no host
+    }
+  }
+  return host !== "" && hosts.includes(host.toLowerCase());
 }
 
 function badRequest(message: string): RejectPlan {

@@ -31,14 +31,15 @@ const CONNECTION_HELP = `  --url U        petrel's address (default PETREL_URL, 
   --token T      admin token (default PETREL_ADMIN_TOKEN; prefer the variable: argv shows in ps)
   -q, --quiet    no progress lines on stderr`;
 
-const BUILDS_USAGE = `usage: petrel builds [--repo R] [--ref R] [--state S] [--limit N] [--json]
+const BUILDS_USAGE = `usage: petrel builds [--repo R] [--ref R] [--state S] [--limit N] [--cursor C] [--json]
 
 Lists builds, newest first: ID, STATE, REPO, REF, COMMIT, STARTED, TOOK.
   --repo R       owner/name
   --ref R        branch, tag or pull request head ref
   --state S      queued, running, success, failure, cancelled or error
   --limit N      at most N builds (default 20, at most 500)
-  --json         petrel's JSON answer ({"builds": [...]}) instead of the table
+  --cursor C     the next page: the cursor a previous listing printed
+  --json         petrel's JSON answer ({"builds": [...], "hidden", "next_cursor"}) instead of the table
 ${CONNECTION_HELP}
 `;
 
@@ -61,19 +62,34 @@ const CANCEL_USAGE = `usage: petrel cancel <id> [--json]
 Stops a build (needs the admin token); its state becomes cancelled.
   --json         the build as petrel answers it
 ${CONNECTION_HELP}
+
+Exit code: 0 stopped (or being stopped); 8 the build had already ended (its state is printed).
 `;
 
-const DISPATCH_USAGE = `usage: petrel dispatch <repo> <ref> [--commit C] [--flavor F] [--repo-url U] [--follow] [--json]
+const DISPATCH_USAGE = `usage: petrel dispatch <repo> <ref> [--commit C] [--flavor F] [--follow] [--json]
 
 Starts a build of <repo> (owner/name or <host>/<owner>/<name>) at <ref> (needs the admin token). Prints the
-build ID on the first line, then its links.
+build ID on the first line, then its links. The clone URL is the entry's clone_url, else the one of the
+repository's latest build, else the entry's forge (gitea.url).
   --commit C     the commit to build (default: petrel resolves <ref> with git ls-remote)
   --flavor F     the flavor (default: default)
-  --repo-url U   clone from this URL instead of the registered repository's
   --follow       then follow its logs (stdout to stdout, stderr to stderr) and exit like \`petrel logs -f\`
   --json         petrel's JSON answer ({"build", "status", "logs"})
 ${CONNECTION_HELP}
 `;
+
+const RERUN_USAGE = `usage: petrel rerun <id> [--follow] [--json]
+
+Starts a new build with exactly the inputs of build <id>: clone URL, commit, ref, flavor and event (needs the
+admin token). It gets the secrets only if the original was trusted and its ref still reaches the commit.
+Prints the new build ID on the first line, then its links.
+  --follow       then follow its logs (stdout to stdout, stderr to stderr) and exit like \`petrel logs -f\`
+  --json         petrel's JSON answer ({"build", "status", "logs", "rerun_of", "trusted", "untrusted_because"?})
+${CONNECTION_HELP}
+`;
+
+/** \`petrel cancel\` of a build that had already ended (docs/cli.md). */
+export const ALREADY_ENDED_EXIT = 8;
 
 type Connection = { url?: string | undefined; token?: string | undefined; quiet?: boolean | undefined };
 
@@ -94,6 +110,7 @@ export async function buildsCommand(argv: string[], env: Env, io: CliIo = proces
         ref: { type: "string" },
         state: { type: "string" },
         limit: { type: "string" },
+        cursor: { type: "string" },
         json: { type: "boolean" },
       },
       BUILDS_USAGE,
@@ -107,19 +124,25 @@ export async function buildsCommand(argv: string[], env: Env, io: CliIo = proces
     if (values.ref !== undefined) query.set("ref", values.ref);
     if (values.state !== undefined) query.set("state", values.state);
     query.set("limit", values.limit ?? "20");
+    if (values.cursor !== undefined) query.set("cursor", values.cursor);
     const { api } = connect(values, env, io);
     try {
-      const { body } = await api.json<{ builds: ApiBuild[] }>("GET", `/builds?${query}`);
-      if (values.json) {
-        io.stdout.write(`${JSON.stringify(body)}\n`);
-        return EXIT.ok;
+      const { body } = await api.json<{ builds: ApiBuild[]; hidden?: number; next_cursor?: string }>("GET", `/builds?${query}`);
+      // Notes go to stderr, so the table (or the JSON) on stdout stays what scripts read.
+      const hidden = typeof body.hidden === "number" ? body.hidden : 0;
+      if (hidden > 0) {
+        io.stderr.write(`${hidden} build${hidden === 1 ? "" : "s"} of private repositories hidden; set PETREL_ADMIN_TOKEN to see ${hidden === 1 ? "it" : "them"}\n`);
       }
       const builds = body.builds ?? [];
-      if (builds.length === 0) {
-        io.stderr.write("no builds match\n");
-        return EXIT.ok;
+      if (values.json) io.stdout.write(`${JSON.stringify(body)}\n`);
+      else if (builds.length === 0) io.stderr.write("no builds match\n");
+      else io.stdout.write(buildsTable(builds, Date.now()));
+      if (typeof body.next_cursor === "string") {
+        const next = new URLSearchParams(query);
+        next.set("cursor", body.next_cursor);
+        const flags = [...next].filter(([k]) => k !== "limit" || values.limit !== undefined).map(([k, v]) => `--${k} ${shellWord(v)}`);
+        io.stderr.write(`more builds: petrel builds ${flags.join(" ")}\n`);
       }
-      io.stdout.write(buildsTable(builds, Date.now()));
       return EXIT.ok;
     } finally {
       await api.close();
@@ -347,7 +370,18 @@ export async function cancelCommand(argv: string[], env: Env, io: CliIo = proces
     const id = positionals[0] as string;
     const { api } = connect(values, env, io);
     try {
-      const { body } = await api.json<ApiBuild>("DELETE", buildPath(id));
+      let body: ApiBuild;
+      try {
+        body = (await api.json<ApiBuild>("DELETE", buildPath(id))).body;
+      } catch (err) {
+        // petrel answers 409 already_finished for a build that had ended; say which way it ended.
+        if (!(err instanceof CliError) || err.exit !== EXIT.refused) throw err;
+        const build = (await api.json<ApiBuild>("GET", buildPath(id)).catch(() => undefined))?.body;
+        if (build === undefined || build.state === "queued" || build.state === "running") throw err;
+        if (values.json) io.stdout.write(`${JSON.stringify(build)}\n`);
+        else io.stdout.write(`${id} had already ended: ${build.state}${build.reason ? ` (${build.reason})` : ""}; nothing was cancelled\n`);
+        return ALREADY_ENDED_EXIT;
+      }
       if (values.json) {
         io.stdout.write(`${JSON.stringify(body)}\n`);
       } else if (body.state === "cancelled") {
@@ -373,7 +407,6 @@ export async function dispatchCommand(argv: string[], env: Env, io: CliIo = proc
         ...CONNECTION,
         commit: { type: "string" },
         flavor: { type: "string" },
-        "repo-url": { type: "string" },
         follow: { type: "boolean", short: "f" },
         json: { type: "boolean" },
       },
@@ -387,25 +420,69 @@ export async function dispatchCommand(argv: string[], env: Env, io: CliIo = proc
     const body: Record<string, string> = { repo, ref };
     if (values.commit !== undefined) body.commit = values.commit;
     if (values.flavor !== undefined) body.flavor = values.flavor;
-    if (values["repo-url"] !== undefined) body.repo_url = values["repo-url"];
     const { api, progress } = connect(values, env, io);
     try {
-      const { body: answer } = await api.json<{ build: string; status: string; logs: string }>("POST", "/builds", body);
-      if (values.json) io.stdout.write(`${JSON.stringify(answer)}\n`);
-      else io.stdout.write(`${answer.build}\n  status: ${answer.status}\n  logs:   ${answer.logs}\n`);
-      if (!values.follow) return EXIT.ok;
-      return await showLogs(
-        api,
-        answer.build,
-        [
-          { type: "stdout", out: io.stdout },
-          { type: "stderr", out: io.stderr },
-        ],
-        true,
-        progress,
-      );
+      const { body: answer } = await api.json<BuildLinks>("POST", "/builds", body);
+      return await startedBuild(api, answer, values, io, progress);
     } finally {
       await api.close();
     }
   });
+}
+
+interface BuildLinks {
+  build: string;
+  status: string;
+  logs: string;
+  rerun_of?: string;
+  trusted?: boolean;
+  untrusted_because?: string;
+}
+
+/** Prints a build petrel just started (ID first, then its links) and follows it with `--follow`. */
+async function startedBuild(
+  api: PetrelApi,
+  answer: BuildLinks,
+  values: { json?: boolean | undefined; follow?: boolean | undefined },
+  io: CliIo,
+  progress: Progress,
+): Promise<number> {
+  if (values.json) io.stdout.write(`${JSON.stringify(answer)}\n`);
+  else io.stdout.write(`${answer.build}\n  status: ${answer.status}\n  logs:   ${answer.logs}\n`);
+  if (!values.follow) return EXIT.ok;
+  return showLogs(
+    api,
+    answer.build,
+    [
+      { type: "stdout", out: io.stdout },
+      { type: "stderr", out: io.stderr },
+    ],
+    true,
+    progress,
+  );
+}
+
+/** \`petrel rerun <id>\`: the same build again, as a new build; prints its ID and links, optionally follows it. */
+export async function rerunCommand(argv: string[], env: Env, io: CliIo = processIo()): Promise<number> {
+  return runCommand("rerun", io, async () => {
+    const parsed = parseCommandArgs(argv, { ...CONNECTION, follow: { type: "boolean", short: "f" }, json: { type: "boolean" } }, RERUN_USAGE, io);
+    if (parsed === undefined) return EXIT.ok;
+    const { values, positionals } = parsed;
+    expectPositionals(positionals, 1, RERUN_USAGE);
+    const id = positionals[0] as string;
+    const { api, progress } = connect(values, env, io);
+    try {
+      const { body: answer } = await api.json<BuildLinks>("POST", `${buildPath(id)}/rerun`, {});
+      // On stderr whatever --quiet says: a re-run without the secrets may fail where the original passed.
+      if (answer.trusted === false && !values.json) io.stderr.write(`petrel rerun: ${answer.build} runs untrusted (no secrets): ${answer.untrusted_because ?? "not trusted"}\n`);
+      return await startedBuild(api, answer, values, io, progress);
+    } finally {
+      await api.close();
+    }
+  });
+}
+
+/** A value as one shell word, for the command lines petrel suggests. */
+function shellWord(value: string): string {
+  return /^[A-Za-z0-9._\/=:@%+-]+$/.test(value) ? value : `'${value.replace(/'/g, "'\\''")}'`;
 }

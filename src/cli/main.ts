@@ -7,10 +7,11 @@ commands:
   serve                      run the petrel service (webhooks, builds, logs)
   executor                   run one build from the Nomad task environment
   run [--flavor F] [--debug] build the current working tree locally with the same executor
-  builds [--repo R] [--ref R] [--state S] [--limit N]
+  builds [--repo R] [--ref R] [--state S] [--limit N] [--cursor C]
                              list builds, newest first
   logs [-f] [--stderr] <id>  a build's log; with -f follows it and exits with the build's result
   cancel <id>                stop a build (admin token)
+  rerun <id>                 start a build again with the same inputs (admin token)
   dispatch <repo> <ref>      start a build by hand (admin token); --follow streams its logs
   repo add|show|list|rm      manage repositories in Consul (cluster mode) or PETREL_CONFIG (single machine)
   builder register <file.nomad.hcl>
@@ -32,6 +33,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   logs: async () => (await import("./builds.js")).logsCommand,
   cancel: async () => (await import("./builds.js")).cancelCommand,
   dispatch: async () => (await import("./builds.js")).dispatchCommand,
+  rerun: async () => (await import("./builds.js")).rerunCommand,
   repo: async () => (await import("./repo.js")).repoCommand,
   builder: async () => (await import("./builder.js")).builderCommand,
   replay: async () => (await import("./replay.js")).replayCommand,

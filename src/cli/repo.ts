@@ -372,9 +372,10 @@ async function repoRemove(argv: string[], env: Env, io: CliIo): Promise<number> 
   expectPositionals(parsed.positionals, 1, RM_USAGE);
   const key = keyOf(parsed.positionals[0] as string);
   return withStore(env, io, parsed.values.quiet, async (store) => {
-    const removed = await store.remove(key);
+    // Looked up first, so removing an unknown key writes nothing: the file stays byte for byte, Consul untouched.
+    const removed = (await store.get(key)) !== undefined && (await store.remove(key));
     if (parsed.values.json) io.stdout.write(`${JSON.stringify({ key, removed })}\n`);
-    if (!removed) throw new CliError(EXIT.notFound, `${key} is not registered in ${store.where}`);
+    if (!removed) throw new CliError(EXIT.notFound, `${key} is not registered in ${store.where}; nothing was changed`);
     if (!parsed.values.json) io.stdout.write(`removed ${key} from ${store.where}\n`);
     return EXIT.ok;
   });

@@ -10,7 +10,8 @@ import { isAdmin } from "../auth.js";
 import { BUILD_STATES, isTerminal } from "../builds/backend.js";
 import type { Build, BuildCursor, BuildFilter, BuildState, BuildSummary, LogType } from "../builds/backend.js";
 import { isBuildOf } from "../builds/dispatch.js";
-import { cloneUrlOf, metaForBuilder, planManual } from "../builds/plan.js";
+import { cloneUrlOf, isEntryCloneUrl, metaForBuilder, planManual } from "../builds/plan.js";
+import type { BuildPlan, Plan, PlanEvent } from "../builds/plan.js";
 import { entryOfBuild } from "../builds/statuses.js";
 import { AppError } from "../errors.js";
 import { isRefName } from "../gitea/binding.js";
@@ -29,13 +30,14 @@ const SSE_STATE_POLL_MS = 1000;
 /** How long `POST /builds` may spend fetching the ref to check that the commit is on it. */
 const COMMIT_CHECK_TIMEOUT_MS = 60_000;
 
-const TriggerBody = z.object({
+// Strict: a misspelt or retired field (`repo_url`) is refused, not silently ignored.
+const TriggerBody = z.strictObject({
   repo: z.string().min(1),
   ref: z.string().min(1),
   commit: z.string().regex(/^[0-9a-fA-F]{7,64}$/).optional(),
   flavor: z.string().min(1).optional(),
-  repo_url: z.string().min(1).optional(),
 });
+const PLAN_EVENTS: ReadonlySet<string> = new Set(["push", "tag", "pull_request", "manual"]);
 
 /** A listing cursor as it travels in `?cursor=`: opaque to callers, `<ms>.<id>` in base64url. */
 export function formatCursor(cursor: BuildCursor): string {
@@ -123,48 +125,19 @@ export function createBuildsRoute(deps: AppDeps): Hono {
     });
   });
 
-  app.post("/builds", async (c) => {
-    requireAdmin(c);
-    let body: z.infer<typeof TriggerBody>;
-    try {
-      body = TriggerBody.parse(await c.req.json());
-    } catch (err) {
-      // Neither bad JSON nor a bad field: reading the body failed, because the client hung up or timed out.
-      if (!(err instanceof z.ZodError) && !(err instanceof SyntaxError)) throw new AppError("aborted", 400, "the client closed the connection before the whole body arrived", { cause: err });
-      throw new AppError("bad_request", 400, `body must be {"repo", "ref", "commit"?, "flavor"?}: ${err instanceof z.ZodError ? err.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ") : "not JSON"}`);
-    }
-    const entry = await findEntry(deps.registry, body.repo);
-    const repoUrl = body.repo_url;
-    const fullRef = body.ref.startsWith("refs/") ? body.ref : `refs/heads/${body.ref}`;
-    if (!isRefName(fullRef)) throw new AppError("bad_request", 400, `ref ${JSON.stringify(body.ref.slice(0, 200))} is not a valid git ref name`);
-    // The same URL planManual gives the build: the entry's clone_url first.
-    const cloneUrl = entry.config.clone_url ?? repoUrl ?? cloneUrlOf(entry);
-    let commit: string;
-    if (body.commit === undefined) {
-      commit = await resolveRef(cloneUrl, fullRef);
-    } else {
-      // Trusted builds get the secrets: a commit only on a fork's pull request ref must not pass as `main`.
-      const check = await checkCommitOnRef({
-        url: cloneUrl,
-        ref: fullRef,
-        commit: body.commit,
-        timeoutMs: COMMIT_CHECK_TIMEOUT_MS,
-        signal: c.req.raw.signal,
-        ...(entry.deployKey === undefined ? {} : { deployKey: entry.deployKey }),
-      });
-      if (check.kind === "not_on_ref") throw new AppError("commit_not_on_ref", 400, check.message);
-      if (check.kind === "unfetchable") throw new AppError("bad_request", 400, `${check.message}; cannot check that the commit is on the ref`);
-      commit = check.commit;
-    }
-    const plan = planManual({
-      entry,
-      ref: body.ref,
-      commit,
-      flavor: body.flavor ?? "default",
-      defaultBuilder: deps.defaultBuilder,
-      nonce: randomBytes(8).toString("hex"),
-      ...(repoUrl === undefined ? {} : { repoUrl }),
-    });
+  /** The clone URL of a manual build: the entry's `clone_url`, else the repository's latest build's, else its forge's. */
+  const cloneUrlFor = async (entry: RepoEntry, signal: AbortSignal): Promise<string> => {
+    if (entry.config.clone_url !== undefined) return entry.config.clone_url;
+    const [, owner = "", name = ""] = entry.key.split("/");
+    // Only a URL of the entry's own forge: build meta is whatever was dispatched, and this build gets the secrets.
+    const page = await reader.listBuilds(
+      { repo: `${owner}/${name}`, limit: 1, visible: async (b) => (await entryOfBuild(deps.registry, b))?.key === entry.key && isEntryCloneUrl(entry, b.repoUrl) },
+      signal,
+    );
+    return page.builds[0]?.repoUrl ?? cloneUrlOf(entry);
+  };
+
+  const dispatchPlan = async (c: Context, plan: Plan): Promise<BuildPlan & { id: string }> => {
     if (plan.kind === "skip") throw new AppError("bad_request", 400, plan.reason);
     if (plan.kind === "reject") throw new AppError(plan.code, plan.status, plan.message);
     const params = await deps.backend.parameterized(plan.builder, c.req.raw.signal);
@@ -177,9 +150,100 @@ export function createBuildsRoute(deps: AppDeps): Hono {
       },
       c.req.raw.signal,
     );
-    deps.log.info({ build: result.id, repo: entry.key, ref: plan.ref, commit: plan.commit }, "manual build dispatched");
-    return c.json(buildLinks(deps.publicUrl, result.id), 201);
+    return { ...plan, id: result.id };
+  };
+
+  app.post("/builds", async (c) => {
+    requireAdmin(c);
+    let body: z.infer<typeof TriggerBody>;
+    try {
+      body = TriggerBody.parse(await c.req.json());
+    } catch (err) {
+      // Neither bad JSON nor a bad field: reading the body failed, because the client hung up or timed out.
+      if (!(err instanceof z.ZodError) && !(err instanceof SyntaxError)) throw new AppError("aborted", 400, "the client closed the connection before the whole body arrived", { cause: err });
+      throw new AppError("bad_request", 400, `body must be {"repo", "ref", "commit"?, "flavor"?}: ${err instanceof z.ZodError ? err.issues.map((i) => (i.path.length ? `${i.path.join(".")}: ${i.message}` : i.message)).join("; ") : "not JSON"}`);
+    }
+    const entry = await findEntry(deps.registry, body.repo);
+    const fullRef = body.ref.startsWith("refs/") ? body.ref : `refs/heads/${body.ref}`;
+    if (!isRefName(fullRef)) throw new AppError("bad_request", 400, `ref ${JSON.stringify(body.ref.slice(0, 200))} is not a valid git ref name`);
+    const cloneUrl = await cloneUrlFor(entry, c.req.raw.signal);
+    let commit: string;
+    if (body.commit === undefined) {
+      commit = await resolveRef(cloneUrl, fullRef);
+    } else {
+      // Trusted builds get the secrets: a commit only on a fork's pull request ref must not pass as `main`.
+      const check = await commitCheck(c, entry, cloneUrl, fullRef, body.commit);
+      if (check.kind === "not_on_ref") throw new AppError("commit_not_on_ref", 400, check.message);
+      if (check.kind === "unfetchable") throw new AppError("bad_request", 400, `${check.message}; cannot check that the commit is on the ref`);
+      commit = check.commit;
+    }
+    const plan = await dispatchPlan(
+      c,
+      planManual({
+        entry,
+        ref: body.ref,
+        commit,
+        flavor: body.flavor ?? "default",
+        defaultBuilder: deps.defaultBuilder,
+        nonce: randomBytes(8).toString("hex"),
+        repoUrl: cloneUrl,
+        ...(entry.config.private === undefined ? {} : { private: entry.config.private }),
+      }),
+    );
+    deps.log.info({ build: plan.id, repo: entry.key, ref: plan.ref, commit: plan.commit }, "manual build dispatched");
+    return c.json(buildLinks(deps.publicUrl, plan.id), 201);
   });
+
+  /**
+   * `POST /builds/<id>/rerun`: the same clone URL, commit, ref, flavor and event as build <id>, as a new build.
+   * Trust is decided again and never grows: only a trusted original whose commit its ref still reaches (at a
+   * clone URL of the entry's own forge) gives a trusted re-run; anything else runs without the secrets.
+   */
+  app.post("/builds/*", async (c) => {
+    const rest = c.req.path.slice("/builds/".length);
+    if (!rest.endsWith("/rerun")) throw new AppError("not_found", 404, `no such endpoint: POST ${c.req.path}`);
+    requireAdmin(c);
+    const id = decodePath(rest.slice(0, -"/rerun".length));
+    const original = await ourBuild(c, id);
+    const entry = await entryOfBuild(deps.registry, original);
+    if (entry === undefined) throw new AppError("not_registered", 404, `the repository of build ${id} (${original.repo}) is no longer registered with petrel`);
+    const ref = original.pr ? `refs/pull/${original.pr}/head` : original.tag !== undefined || original.event === "tag" ? `refs/tags/${original.tag ?? original.ref}` : `refs/heads/${original.ref}`;
+    if (!isRefName(ref)) throw new AppError("bad_request", 400, `build ${id} has no ref petrel can build again (${JSON.stringify(ref.slice(0, 200))})`);
+    const cloneUrl = entry.config.clone_url ?? original.repoUrl;
+    let untrusted: string | undefined;
+    if (!original.trusted) untrusted = "the original build was not trusted";
+    else if (!isEntryCloneUrl(entry, cloneUrl)) untrusted = "the original build's clone URL is not on the repository's forge";
+    else {
+      const check = await commitCheck(c, entry, cloneUrl, ref, original.commit);
+      if (check.kind !== "on_ref") untrusted = `the commit can no longer be checked to be on ${ref}: ${check.message}`;
+    }
+    const plan = await dispatchPlan(
+      c,
+      planManual({
+        entry,
+        ref,
+        commit: original.commit,
+        flavor: original.flavor,
+        defaultBuilder: deps.defaultBuilder,
+        nonce: randomBytes(8).toString("hex"),
+        repoUrl: cloneUrl,
+        ...(entry.config.private === undefined ? {} : { private: entry.config.private }),
+        rerun: { event: PLAN_EVENTS.has(original.event) ? (original.event as PlanEvent) : "manual", branch: original.ref, trusted: untrusted === undefined },
+      }),
+    );
+    deps.log.info({ build: plan.id, rerunOf: id, repo: entry.key, ref: plan.ref, commit: plan.commit, trusted: plan.trusted }, "build re-run dispatched");
+    return c.json({ ...buildLinks(deps.publicUrl, plan.id), rerun_of: id, trusted: plan.trusted, ...(untrusted === undefined ? {} : { untrusted_because: untrusted }) }, 201);
+  });
+
+  const commitCheck = (c: Context, entry: RepoEntry, url: string, ref: string, commit: string) =>
+    checkCommitOnRef({
+      url,
+      ref,
+      commit,
+      timeoutMs: COMMIT_CHECK_TIMEOUT_MS,
+      signal: c.req.raw.signal,
+      ...(entry.deployKey === undefined ? {} : { deployKey: entry.deployKey }),
+    });
 
   // Albatros-compatible follow: plain text, ends when the build ends.
   app.get("/build", async (c) => {
@@ -198,7 +262,10 @@ export function createBuildsRoute(deps: AppDeps): Hono {
       if (isLogs) throw new AppError("not_found", 404, "logs cannot be deleted");
       requireAdmin(c);
       const build = await ourBuild(c, id);
-      if (!isTerminal(build.state)) await reader.cancel(id, c.req.raw.signal);
+      if (isTerminal(build.state)) {
+        throw new AppError("already_finished", 409, `build ${id} had already ended: ${build.state}${build.reason ? ` (${build.reason})` : ""}; nothing to cancel`);
+      }
+      await reader.cancel(id, c.req.raw.signal);
       const after = (await reader.getBuild(id, c.req.raw.signal)) ?? build;
       deps.log.info({ build: id, state: after.state }, "build cancelled by an admin");
       return c.json(withLinks(deps.publicUrl, after), 202);
@@ -408,7 +475,9 @@ async function findEntry(registry: AppDeps["registry"], repo: string): Promise<R
   }
   const matches = (await registry.list()).filter((e) => e.key === wanted || e.key.endsWith(`/${wanted}`));
   if (matches.length === 1 && matches[0] !== undefined) return matches[0];
-  if (matches.length > 1) throw new AppError("bad_request", 400, `${repo} matches ${matches.length} repositories; give <host>/<owner>/<name>`);
+  if (matches.length > 1) {
+    throw new AppError("bad_request", 400, `${repo} matches ${matches.length} repositories (${matches.map((e) => e.key).sort().join(", ")}); give <host>/<owner>/<name>`);
+  }
   throw new AppError("not_registered", 404, `repository ${repo} is not registered with petrel`);
 }
 

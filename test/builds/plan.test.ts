@@ -1,7 +1,7 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { BuildMeta } from "../../src/builds/dispatch.js";
-import { metaForBuilder, planBuild, planManual, type BuildPlan, type Plan } from "../../src/builds/plan.js";
+import { isEntryCloneUrl, metaForBuilder, planBuild, planManual, type BuildPlan, type Plan } from "../../src/builds/plan.js";
 import { parseDelivery, type Delivery } from "../../src/gitea/events.js";
 import { RepoConfig, type RepoEntry } from "../../src/registry/schema.js";
 import { fixtureJson, headerReader } from "../gitea/fixtures.js";
@@ -420,6 +420,28 @@ describe("planManual", () => {
   it("derives https://<host>[:port] from the key without a gitea URL", () => {
     const entry = entryWith({}, { key: "git.example.test_3000/acme/widgets" });
     expect(built(planManual({ ...base, entry })).meta.REPO_URL).toBe("https://git.example.test:3000/acme/widgets.git");
+  });
+
+  it("re-runs keep the original's event and head branch, and are trusted only when the caller says so", () => {
+    const pr = built(planManual({ ...base, ref: "refs/pull/17/head", rerun: { event: "pull_request", branch: "fix/readme", trusted: false } }));
+    expect(pr.meta).toMatchObject({ EVENT: "pull_request", BRANCH: "fix/readme", PR: "17", TRUSTED: "false" });
+    expect(pr).not.toHaveProperty("payload");
+    const push = built(planManual({ ...base, rerun: { event: "push", branch: "main", trusted: false } }));
+    expect(push.trusted).toBe(false);
+    expect(push).not.toHaveProperty("payload");
+    expect(push.meta.EVENT).toBe("push");
+    expect(built(planManual({ ...base, rerun: { event: "push", branch: "main", trusted: true } })).payload).toEqual(TRUSTED_PAYLOAD);
+  });
+
+  it("tells clone URLs of the entry's forge from others", () => {
+    const entry = entryWith({ gitea: { url: "https://forge.example.test/", token: "t" } });
+    expect(isEntryCloneUrl(entry, "https://git.example.test/acme/widgets.git")).toBe(true);
+    expect(isEntryCloneUrl(entry, "ssh://git@forge.example.test:2222/acme/widgets.git")).toBe(true);
+    expect(isEntryCloneUrl(entry, "git@forge.example.test:acme/widgets.git")).toBe(true);
+    for (const url of ["https://evil.example.test/acme/widgets.git", "file:///srv/git/widgets.git", "/srv/git/widgets.git", "ext::sh -c x"]) {
+      expect(isEntryCloneUrl(entry, url)).toBe(false);
+    }
+    expect(isEntryCloneUrl(entryWith({ clone_url: "file:///srv/git/widgets.git" }), "file:///srv/git/widgets.git")).toBe(true);
   });
 
   it("rejects a commit that is not hex and a ref it cannot build", () => {

@@ -5,7 +5,7 @@ import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { buildsCommand, buildsTable, cancelCommand, dispatchCommand, exitForBuild, logsCommand } from "../../src/cli/builds.js";
+import { ALREADY_ENDED_EXIT, buildsCommand, buildsTable, cancelCommand, dispatchCommand, exitForBuild, logsCommand, rerunCommand } from "../../src/cli/builds.js";
 import type { ApiBuild } from "../../src/cli/builds.js";
 import { EXIT } from "../../src/cli/ops.js";
 import { ADMIN_TOKEN, captureIo, meta, runBin, startLocalPetrel, until } from "./harness.js";
@@ -64,6 +64,27 @@ describe("petrel builds", () => {
     expect(lines[2]).toContain(ok);
     expect(lines[2]).toMatch(/success\s+acme\/widgets\s+main\s+4c1d7e0\s/);
     expect(c.stderr()).toContain(`GET ${petrel.url}/builds?limit=20`);
+    expect(c.stderr()).toContain("1 build of private repositories hidden; set PETREL_ADMIN_TOKEN to see it\n");
+  });
+
+  it("passes the hidden count through with --json, still noting it on stderr", async () => {
+    const c = captureIo();
+    expect(await buildsCommand(["--json", "-q"], env, c.io)).toBe(0);
+    expect((JSON.parse(c.stdout()) as { hidden: number }).hidden).toBe(1);
+    expect(c.stderr()).toBe("1 build of private repositories hidden; set PETREL_ADMIN_TOKEN to see it\n");
+  });
+
+  it("says how to get the next page, and --cursor gets it", async () => {
+    const admin = { ...env, PETREL_ADMIN_TOKEN: ADMIN_TOKEN };
+    const first = captureIo();
+    expect(await buildsCommand(["--json", "-q", "--limit", "1", "--repo", "acme/widgets"], admin, first.io)).toBe(0);
+    const page = JSON.parse(first.stdout()) as { builds: ApiBuild[]; next_cursor: string };
+    expect(page.builds.map((b) => b.id)).toEqual([failed]);
+    expect(first.stderr()).toBe(`more builds: petrel builds --repo acme/widgets --limit 1 --cursor ${page.next_cursor}\n`);
+    const second = captureIo();
+    expect(await buildsCommand(["--limit", "1", "--repo", "acme/widgets", "--cursor", page.next_cursor], admin, second.io)).toBe(0);
+    expect(second.stdout()).toContain(ok);
+    expect(second.stdout()).not.toContain(failed);
   });
 
   it("prints petrel's JSON with --json and passes the filters on", async () => {
@@ -260,10 +281,29 @@ describe("petrel cancel and dispatch", () => {
     expect(c.stderr()).toMatch(/answered 401 to DELETE \/builds\/builder%2Fdispatch-.*: this endpoint needs Authorization: Bearer <PETREL_ADMIN_TOKEN> \(no token was sent/);
   });
 
-  it("says so when the build had already ended", async () => {
+  it("says so when the build had already ended, with its own exit code", async () => {
     const c = captureIo();
-    expect(await cancelCommand([ok], { ...env, PETREL_ADMIN_TOKEN: ADMIN_TOKEN }, c.io)).toBe(0);
-    expect(c.stdout()).toBe(`${ok} had already ended: success\n`);
+    expect(await cancelCommand([ok], { ...env, PETREL_ADMIN_TOKEN: ADMIN_TOKEN }, c.io)).toBe(ALREADY_ENDED_EXIT);
+    expect(ALREADY_ENDED_EXIT).toBe(8);
+    expect(c.stdout()).toBe(`${ok} had already ended: success; nothing was cancelled\n`);
+  });
+
+  it("cancels a running build once; a second cancel says it had already ended (409 already_finished)", async () => {
+    const admin = { ...env, PETREL_ADMIN_TOKEN: ADMIN_TOKEN };
+    const { id } = await petrel.backend.dispatch({ builder: "builder", meta: meta("sleep", OTHER), idempotencyToken: "cancel-twice" });
+    await until(async () => (await petrel.backend.getBuild(id))?.state === "running");
+    const first = captureIo();
+    expect(await cancelCommand([id, "-q"], admin, first.io)).toBe(0);
+    expect(first.stdout()).toMatch(/^cancel(led| requested for)/);
+    await finished(id);
+    const res = await fetch(`${petrel.url}/builds/${encodeURIComponent(id)}`, { method: "DELETE", headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    expect(res.status).toBe(409);
+    const body = (await res.json()) as { error: { code: string; message: string } };
+    expect(body.error.code).toBe("already_finished");
+    expect(body.error.message).toContain("had already ended: cancelled");
+    const second = captureIo();
+    expect(await cancelCommand([id, "--json"], admin, second.io)).toBe(ALREADY_ENDED_EXIT);
+    expect(JSON.parse(second.stdout())).toMatchObject({ id, state: "cancelled" });
   });
 
   it("refuses to dispatch without the admin token", async () => {
@@ -294,10 +334,60 @@ describe("petrel cancel and dispatch", () => {
     expect(c.stderr()).toContain("==> step header\n");
   });
 
+  it("dispatches <repo> <ref> with no flags: the commit from the ref, the clone URL from the entry", async () => {
+    const c = captureIo();
+    expect(await dispatchCommand(["acme/widgets", "main", "-q"], { ...env, PETREL_ADMIN_TOKEN: ADMIN_TOKEN }, c.io)).toBe(0);
+    const id = c.stdout().split("\n")[0] ?? "";
+    expect(await finished(id)).toMatchObject({ state: "success", commit: petrel.repo.main, repoUrl: petrel.repo.url, trusted: true });
+  });
+
+  it("no longer takes --repo-url", async () => {
+    const c = captureIo();
+    expect(await dispatchCommand(["acme/widgets", "main", "--repo-url", "file:///tmp/x.git"], env, c.io)).toBe(EXIT.usage);
+    expect(c.stderr()).toContain("unknown option --repo-url");
+  });
+
   it("exits 4 when the repository is not registered", async () => {
     const c = captureIo();
     expect(await dispatchCommand(["acme/unknown", "main", "--commit", COMMIT], { ...env, PETREL_ADMIN_TOKEN: ADMIN_TOKEN }, c.io)).toBe(EXIT.notFound);
     expect(c.stderr()).toContain("repository acme/unknown is not registered with petrel");
+  });
+});
+
+describe("petrel rerun", () => {
+  it("starts the same build again as a new build, and follows it to the same result", async () => {
+    const admin = { ...env, PETREL_ADMIN_TOKEN: ADMIN_TOKEN };
+    const d = captureIo();
+    expect(await dispatchCommand(["acme/widgets", "fail-3", "-q"], admin, d.io)).toBe(0);
+    const original = d.stdout().split("\n")[0] ?? "";
+    await finished(original);
+    const c = captureIo();
+    expect(await rerunCommand([original, "--follow", "--json", "-q"], admin, c.io)).toBe(3);
+    const [json, ...rest] = c.stdout().split("\n");
+    const answer = JSON.parse(json ?? "") as { build: string; rerun_of: string; trusted: boolean };
+    expect(answer).toMatchObject({ rerun_of: original, trusted: true });
+    expect(answer.build).not.toBe(original);
+    expect(rest.join("\n")).toContain("building");
+    const [a, b] = [await petrel.backend.getBuild(original), await petrel.backend.getBuild(answer.build)];
+    for (const key of ["repoUrl", "commit", "ref", "flavor", "event", "trusted"] as const) expect(b?.[key]).toEqual(a?.[key]);
+  });
+
+  it("says on stderr when the re-run gets no secrets", async () => {
+    const c = captureIo();
+    // `ok` was dispatched without TRUSTED: its re-run is untrusted too.
+    expect(await rerunCommand([ok, "-q"], { ...env, PETREL_ADMIN_TOKEN: ADMIN_TOKEN }, c.io)).toBe(0);
+    const id = c.stdout().split("\n")[0] ?? "";
+    expect(id).toMatch(/^builder\/dispatch-/);
+    expect(c.stderr()).toBe(`petrel rerun: ${id} runs untrusted (no secrets): the original build was not trusted\n`);
+    expect(await finished(id)).toMatchObject({ trusted: false, commit: COMMIT, ref: "main" });
+  });
+
+  it("exits 4 for an unknown build and 6 without the token", async () => {
+    const unknown = captureIo();
+    expect(await rerunCommand(["builder/dispatch-1731000000-00000000"], { ...env, PETREL_ADMIN_TOKEN: ADMIN_TOKEN }, unknown.io)).toBe(EXIT.notFound);
+    const anonymous = captureIo();
+    expect(await rerunCommand([ok], env, anonymous.io)).toBe(EXIT.unauthorized);
+    expect(anonymous.stderr()).toContain(`answered 401 to POST /builds/${encodeURIComponent(ok)}/rerun`);
   });
 });
 

@@ -169,7 +169,23 @@ describe("petrel repo against the YAML file (single-machine mode)", () => {
     expect((JSON.parse(json.stdout()) as { repos: { key: string }[] }).repos.map((r) => r.key)).toEqual(["git.example.test/acme/gadgets"]);
     const again = captureIo();
     expect(await repoCommand(["rm", KEY], env, again.io)).toBe(EXIT.notFound);
-    expect(again.stderr()).toContain(`${KEY} is not registered in file ${env.PETREL_CONFIG}`);
+    expect(again.stderr()).toContain(`${KEY} is not registered in file ${env.PETREL_CONFIG}; nothing was changed`);
+  });
+
+  it("writes nothing when removing a repository that is not registered", async () => {
+    await repoCommand(["add", URL_, "-q"], env, captureIo().io);
+    // A hand-written file with a comment: any rewrite would drop it.
+    const path = env.PETREL_CONFIG as string;
+    writeFileSync(path, `# kept by hand\n${readFileSync(path, "utf8")}`, { mode: 0o600 });
+    const before = readFileSync(path);
+    const mtime = statSync(path).mtimeMs;
+    const c = captureIo();
+    expect(await repoCommand(["rm", "git.example.test/acme/nothing"], env, c.io)).toBe(EXIT.notFound);
+    expect(c.stderr()).toContain("git.example.test/acme/nothing is not registered in file");
+    expect(c.stderr()).not.toContain("writing");
+    expect(c.stdout()).toBe("");
+    expect(readFileSync(path).equals(before)).toBe(true);
+    expect(statSync(path).mtimeMs).toBe(mtime);
   });
 
   it("exits 4 when showing an unknown repository and names the file when it is not YAML", async () => {
@@ -234,6 +250,17 @@ describe("petrel repo against Consul (cluster mode)", () => {
     expect(await repoCommand(["rm", URL_], env, rm.io)).toBe(0);
     expect(consul.entry(`petrel/repos/${KEY}`)).toBeUndefined();
     expect(consul.entry(`petrel/secrets/${KEY}`)).toBeUndefined();
+  });
+
+  it("leaves Consul untouched when removing a repository that is not registered", async () => {
+    await repoCommand(["add", URL_, "--secret", `DEPLOY_TOKEN=@${f.tokenFile}`, "-q"], env, captureIo().io);
+    const writes = () => consul.requests.filter((r) => r.method !== "GET").length;
+    const before = writes();
+    const c = captureIo();
+    expect(await repoCommand(["rm", "git.example.test/acme/nothing"], env, c.io)).toBe(EXIT.notFound);
+    expect(c.stderr()).toContain("git.example.test/acme/nothing is not registered in Consul");
+    expect(writes()).toBe(before);
+    expect(consul.entry(`petrel/repos/${KEY}`)).toBeDefined();
   });
 
   it("exits 6 with Consul's reason when the token is refused", async () => {
