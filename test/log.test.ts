@@ -32,9 +32,12 @@ function serveOutput(tty: boolean): Promise<string> {
       child.kill("SIGKILL");
       reject(new Error(`no start-up line in: ${out}`));
     }, 15_000);
+    let stopping = false;
     child.stdout.on("data", (c: Buffer) => {
       out += c.toString("utf8");
-      if (out.includes("petrel listening")) {
+      // Once: the terminal echoes ^C back, which would otherwise send another, and another.
+      if (!stopping && out.includes("petrel listening")) {
+        stopping = true;
         clearTimeout(timer);
         // Under script(1) the terminal's ^C is what stops petrel.
         if (tty) child.stdin.write("\x03");

@@ -83,7 +83,8 @@ async function localMode(): Promise<Mode> {
     script,
     `#!/bin/sh
 echo "TRUSTED=$NOMAD_META_TRUSTED"
-if [ -e "$NOMAD_TASK_DIR/payload.json" ]; then echo "PAYLOAD=$(cat "$NOMAD_TASK_DIR/payload.json")"; else echo "PAYLOAD=none"; fi
+# The local backend hands the payload over a pipe (PETREL_PAYLOAD_FD), never as a file.
+if [ -n "\${PETREL_PAYLOAD_FD:-}" ]; then echo "PAYLOAD=$(eval "cat <&$PETREL_PAYLOAD_FD")"; else echo "PAYLOAD=none"; fi
 `,
   );
   chmodSync(script, 0o755);
