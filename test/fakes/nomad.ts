@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { parse as parseHcl } from "@cdktf/hcl2json";
+import { assertExpected } from "./strict.js";
 import { ALLOC_DEFAULTS, DESIRED_TRANSITION, GROUP_DEFAULTS, JOB_DEFAULTS, TASK_DEFAULTS, TASK_EVENT_DEFAULTS, withDefaults } from "./nomad-defaults.js";
 
 // A Nomad agent on 127.0.0.1 that follows ../shared/contracts/nomad.md (section numbers below refer to it).
@@ -156,6 +157,8 @@ export interface TaskOptions {
 export interface NomadFake {
   url: string;
   requests: RecordedRequest[];
+  /** Requests the fake does not model (answered 501); `close()` rejects while this is not empty. */
+  unexpected: string[];
   close(): Promise<void>;
   /** Registers a job as `POST /v1/jobs` would; returns its ID. */
   registerJob(job: Record<string, unknown>, opts?: { namespace?: string }): string;
@@ -300,6 +303,7 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
   const region = opts.region ?? "global";
   /** The key that signs workload identities: one per agent. */
   const signingKeyId = randomUUID();
+  const unexpected: string[] = [];
   const state: State = {
     index: 1,
     tables: { jobs: 0, evals: 0, allocs: 0 },
@@ -934,7 +938,8 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       if (!ev) throw new NomadHttpError(404, "eval not found");
       return read(ev, ev.ModifyIndex);
     }
-    throw new NomadHttpError(404, "404 page not found\n");
+    unexpected.push(`${method} ${url.pathname}`);
+    throw new NomadHttpError(501, `nomad fake: ${method} ${url.pathname} is not modelled`);
   }
 
   async function jobRoute(req: IncomingMessage, method: string, rest: string, query: Query, ns: string, body: string) {
@@ -1514,12 +1519,14 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
   return {
     url: `http://127.0.0.1:${port}`,
     requests,
+    unexpected,
 
     async close() {
       closing = true;
       for (const wake of [...state.waiters]) wake();
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
+      assertExpected("nomad", unexpected);
     },
 
     registerJob(job, { namespace } = {}) {
