@@ -33,7 +33,7 @@ export interface ConsulFakeEntry {
   modifyIndex: bigint;
 }
 
-/** A Consul agent's KV and status endpoints, as contracts/consul-gitea.md §A describes them. */
+/** A Consul agent's KV and status endpoints, as https://developer.hashicorp.com/consul/api-docs/kv and hashicorp/consul agent/kvs_endpoint.go describe them. */
 export interface ConsulFake {
   url: string;
   requests: ConsulFakeRequest[];

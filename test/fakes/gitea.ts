@@ -35,7 +35,7 @@ export interface GiteaFakeOptions {
   emptyCombinedBody?: boolean;
 }
 
-/** Gitea's commit-status and version endpoints, as contracts/consul-gitea.md §D describes them. */
+/** Gitea's commit-status and version endpoints, as go-gitea/gitea routers/api/v1/repo/status.go and models/git/commit_status.go define them. */
 export interface GiteaFake {
   url: string;
   requests: GiteaFakeRequest[];

@@ -5,7 +5,8 @@ import { parse as parseHcl } from "@cdktf/hcl2json";
 import { assertExpected } from "./strict.js";
 import { ALLOC_DEFAULTS, DESIRED_TRANSITION, GROUP_DEFAULTS, JOB_DEFAULTS, TASK_DEFAULTS, TASK_EVENT_DEFAULTS, withDefaults } from "./nomad-defaults.js";
 
-// A Nomad agent on 127.0.0.1 that follows ../shared/contracts/nomad.md (section numbers below refer to it).
+// A Nomad agent on 127.0.0.1 that follows Nomad's HTTP API (https://developer.hashicorp.com/nomad/api-docs, source
+// https://github.com/hashicorp/nomad/tree/main/command/agent) and the recordings in test/fixtures/nomad.
 // State is one Raft-like index plus tables of jobs, evaluations and allocations; every change goes through
 // `commit`, which wakes blocking queries and hands the change's events to subscribers (a later event stream).
 
