@@ -23,7 +23,7 @@ import { percentile, verdict } from "./stats.js";
 const REQUESTS = Number(process.env.BENCH_HOOK_REQUESTS ?? 3000);
 const CONCURRENCY = Number(process.env.BENCH_HOOK_CONCURRENCY ?? 16);
 const WARMUP = 200;
-const PUSH = readFileSync(fileURLToPath(new URL("../../shared/fixtures/gitea/push.json", import.meta.url)), "utf8");
+const PUSH = readFileSync(fileURLToPath(new URL("../test/fixtures/gitea/push.json", import.meta.url)), "utf8");
 const COMMIT = "4c1d7e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d";
 
 interface Delivery {

@@ -1,6 +1,7 @@
 import { createServer } from "node:http";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import { assertExpected } from "./strict.js";
 
 /** One request the fake received, for assertions on what a client sent. */
 export interface ConsulFakeRequest {
@@ -32,10 +33,12 @@ export interface ConsulFakeEntry {
   modifyIndex: bigint;
 }
 
-/** A Consul agent's KV and status endpoints, as contracts/consul-gitea.md §A describes them. */
+/** A Consul agent's KV and status endpoints, as https://developer.hashicorp.com/consul/api-docs/kv and hashicorp/consul agent/kvs_endpoint.go describe them. */
 export interface ConsulFake {
   url: string;
   requests: ConsulFakeRequest[];
+  /** Requests the fake does not model (answered 501); `close()` rejects while this is not empty. */
+  unexpected: string[];
   /** Writes a key as a PUT would; returns its new ModifyIndex. */
   set(key: string, value: string | Buffer | null, flags?: bigint): bigint;
   /** Deletes a key (or, with `recurse`, a prefix) as a DELETE would. */
@@ -88,6 +91,7 @@ export async function startConsulFake(options: ConsulFakeOptions = {}): Promise<
   const tombstones = new Map<string, bigint>();
   const waiters = new Set<Waiter>();
   const requests: ConsulFakeRequest[] = [];
+  const unexpected: string[] = [];
   let raft = options.initialIndex ?? 10n;
   let forcedIndex: bigint | undefined;
   let failures: { status: number; body: string; count: number } | undefined;
@@ -301,7 +305,10 @@ export async function startConsulFake(options: ConsulFakeOptions = {}): Promise<
     if (token !== undefined) record.token = token;
     requests.push(record);
     if (url.pathname === "/v1/status/leader" && req.method === "GET") return send(res, 200, JSON.stringify(leader));
-    if (!url.pathname.startsWith("/v1/kv/") && url.pathname !== "/v1/kv") return send(res, 404, "404 page not found");
+    if (!url.pathname.startsWith("/v1/kv/") && url.pathname !== "/v1/kv") {
+      unexpected.push(`${req.method ?? ""} ${url.pathname}`);
+      return send(res, 501, `consul fake: ${req.method ?? ""} ${url.pathname} is not modelled`);
+    }
     if (failures !== undefined && failures.count > 0) {
       failures.count -= 1;
       return send(res, failures.status, failures.body);
@@ -342,6 +349,7 @@ export async function startConsulFake(options: ConsulFakeOptions = {}): Promise<
   return {
     url: `http://127.0.0.1:${port}`,
     requests,
+    unexpected,
     set: (key, value, flags = 0n) => put(key, value === null ? null : Buffer.from(value), flags),
     delete: (key, recurse = false) => remove(key, recurse),
     entry: (key) => kv.get(key),
@@ -395,6 +403,7 @@ export async function startConsulFake(options: ConsulFakeOptions = {}): Promise<
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections();
       await closed;
+      assertExpected("consul", unexpected);
     },
   };
 }

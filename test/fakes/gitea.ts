@@ -1,6 +1,7 @@
 import { createServer } from "node:http";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import { assertExpected } from "./strict.js";
 
 /** One request the fake received, for assertions on what a client sent. */
 export interface GiteaFakeRequest {
@@ -34,10 +35,12 @@ export interface GiteaFakeOptions {
   emptyCombinedBody?: boolean;
 }
 
-/** Gitea's commit-status and version endpoints, as contracts/consul-gitea.md §D describes them. */
+/** Gitea's commit-status and version endpoints, as go-gitea/gitea routers/api/v1/repo/status.go and models/git/commit_status.go define them. */
 export interface GiteaFake {
   url: string;
   requests: GiteaFakeRequest[];
+  /** Requests the fake does not model (answered 501); `close()` rejects while this is not empty. */
+  unexpected: string[];
   statuses: GiteaFakeStatus[];
   /** Answers the next `count` requests (any route) with `status` and a JSON `{"message","url"}` body. */
   failNext(count: number, status: number): void;
@@ -52,6 +55,7 @@ const SHA = /^[0-9a-f]{7,64}$/i;
 /** Starts the fake on 127.0.0.1 with an ephemeral port. */
 export async function startGiteaFake(options: GiteaFakeOptions): Promise<GiteaFake> {
   const requests: GiteaFakeRequest[] = [];
+  const unexpected: string[] = [];
   const statuses: GiteaFakeStatus[] = [];
   let failures: { count: number; status: number } = { count: 0, status: 500 };
   let unknownSha = 0;
@@ -169,7 +173,7 @@ export async function startGiteaFake(options: GiteaFakeOptions): Promise<GiteaFa
     }
     if (req.method === "GET" && path === "/api/v1/version") return send(res, 200, { version: options.version ?? "1.22.3" });
     const parts = path.split("/").slice(1).map(decodeURIComponent);
-    if (parts[0] !== "api" || parts[1] !== "v1" || parts[2] !== "repos") return apiError(res, 404, "not found");
+    if (parts[0] !== "api" || parts[1] !== "v1" || parts[2] !== "repos") return notModelled(req, res, path);
     const [, , , owner = "", repo = "", kind, a, b] = parts;
     if (req.method === "POST" && kind === "statuses" && a && parts.length === 7) {
       return createStatus(req, res, owner, repo, a, body);
@@ -177,7 +181,12 @@ export async function startGiteaFake(options: GiteaFakeOptions): Promise<GiteaFa
     if (req.method === "GET" && kind === "commits" && a && b === "status" && parts.length === 8) {
       return combined(res, owner, repo, a);
     }
-    return apiError(res, 404, "not found");
+    return notModelled(req, res, path);
+  }
+
+  function notModelled(req: IncomingMessage, res: ServerResponse, path: string): void {
+    unexpected.push(`${req.method ?? ""} ${path}`);
+    apiError(res, 501, `gitea fake: ${req.method ?? ""} ${path} is not modelled`);
   }
 
   const server = createServer((req, res) => {
@@ -204,6 +213,7 @@ export async function startGiteaFake(options: GiteaFakeOptions): Promise<GiteaFa
   return {
     url,
     requests,
+    unexpected,
     statuses,
     failNext(count, status) {
       failures = { count, status };
@@ -211,9 +221,10 @@ export async function startGiteaFake(options: GiteaFakeOptions): Promise<GiteaFa
     unknownShaFor(count) {
       unknownSha = count;
     },
-    close() {
+    async close() {
       server.closeAllConnections();
-      return new Promise((resolve) => server.close(() => resolve()));
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      assertExpected("gitea", unexpected);
     },
   };
 }

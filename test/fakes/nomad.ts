@@ -2,8 +2,11 @@ import { randomUUID } from "node:crypto";
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { parse as parseHcl } from "@cdktf/hcl2json";
+import { assertExpected } from "./strict.js";
+import { ALLOC_DEFAULTS, DESIRED_TRANSITION, GROUP_DEFAULTS, JOB_DEFAULTS, TASK_DEFAULTS, TASK_EVENT_DEFAULTS, withDefaults } from "./nomad-defaults.js";
 
-// A Nomad agent on 127.0.0.1 that follows ../shared/contracts/nomad.md (section numbers below refer to it).
+// A Nomad agent on 127.0.0.1 that follows Nomad's HTTP API (https://developer.hashicorp.com/nomad/api-docs, source
+// https://github.com/hashicorp/nomad/tree/main/command/agent) and the recordings in test/fixtures/nomad.
 // State is one Raft-like index plus tables of jobs, evaluations and allocations; every change goes through
 // `commit`, which wakes blocking queries and hands the change's events to subscribers (a later event stream).
 
@@ -102,7 +105,8 @@ export interface FakeEvent {
   Type: string;
   Key: string;
   Namespace: string;
-  FilterKeys: string[];
+  /** Null on Job events; the job ID and deployment ID on the others (test/fixtures/nomad/event-stream). */
+  FilterKeys: string[] | null;
   Index: number;
   Payload: Record<string, unknown>;
 }
@@ -154,6 +158,8 @@ export interface TaskOptions {
 export interface NomadFake {
   url: string;
   requests: RecordedRequest[];
+  /** Requests the fake does not model (answered 501); `close()` rejects while this is not empty. */
+  unexpected: string[];
   close(): Promise<void>;
   /** Registers a job as `POST /v1/jobs` would; returns its ID. */
   registerJob(job: Record<string, unknown>, opts?: { namespace?: string }): string;
@@ -296,6 +302,9 @@ type Query = URLSearchParams;
 /** Starts the fake on 127.0.0.1 with a free port. */
 export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<NomadFake> {
   const region = opts.region ?? "global";
+  /** The key that signs workload identities: one per agent. */
+  const signingKeyId = randomUUID();
+  const unexpected: string[] = [];
   const state: State = {
     index: 1,
     tables: { jobs: 0, evals: 0, allocs: 0 },
@@ -353,7 +362,7 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
   }
 
   function jobEvent(type: string, job: FakeJob): void {
-    emit({ Topic: "Job", Type: type, Key: job.ID, Namespace: job.Namespace, FilterKeys: [], Payload: { Job: clone(job) } });
+    emit({ Topic: "Job", Type: type, Key: job.ID, Namespace: job.Namespace, FilterKeys: null, Payload: { Job: clone(job) } });
   }
 
   function evalEvent(ev: FakeEval): void {
@@ -362,8 +371,9 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       Type: "EvaluationUpdated",
       Key: ev.ID,
       Namespace: ev.Namespace,
-      FilterKeys: [ev.JobID],
-      Payload: { Evaluation: clone(ev) },
+      FilterKeys: [ev.JobID, ""],
+      // Like allocations, evaluations travel the event stream omitempty-encoded (test/fixtures/nomad/event-stream).
+      Payload: { Evaluation: omitEmpty(clone(ev) as unknown as Record<string, unknown>) },
     });
   }
 
@@ -373,8 +383,9 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       Type: type,
       Key: alloc.ID,
       Namespace: alloc.Namespace,
-      FilterKeys: [alloc.JobID],
-      Payload: { Allocation: clone(alloc) },
+      FilterKeys: [alloc.JobID, ""],
+      // The state store's allocation: encoded with omitempty, and `JobType` only exists on list stubs.
+      Payload: { Allocation: omitEmpty({ ...fullAlloc(alloc), JobType: undefined }) },
     });
   }
 
@@ -465,7 +476,7 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
     const id = String(job.ID);
     const p = job.ParameterizedJob;
     const groups = Array.isArray(job.TaskGroups) ? job.TaskGroups : [];
-    return {
+    return withDefaults({
       ...job,
       ID: id,
       Name: typeof job.Name === "string" && job.Name ? job.Name : id,
@@ -485,13 +496,15 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       Periodic: job.Periodic ?? null,
       Payload: typeof job.Payload === "string" && job.Payload ? job.Payload : null,
       Meta: job.Meta && typeof job.Meta === "object" ? job.Meta : null,
-      TaskGroups: groups.map((g) => ({ ...g, Count: g.Count ?? 1, Tasks: g.Tasks ?? [] })),
+      TaskGroups: groups.map((g) =>
+        withDefaults({ ...g, Count: g.Count ?? 1, Tasks: (g.Tasks ?? []).map((t) => withDefaults(nilEmpty(t), TASK_DEFAULTS)) }, GROUP_DEFAULTS),
+      ),
       SubmitTime: 0,
       Version: 0,
       CreateIndex: 0,
       ModifyIndex: 0,
       JobModifyIndex: 0,
-    };
+    }, JOB_DEFAULTS);
   }
 
   /** §7.1 register: canonicalise, validate, upsert; a new version only when the spec changed. */
@@ -587,6 +600,10 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       VolumeEvalID: "",
       VolumeEvalIndex: 0,
       Index: idx,
+      // A write's `WriteMeta`/`QueryMeta` ride along in the body (test/fixtures/nomad/job.stop).
+      KnownLeader: false,
+      LastContact: 0,
+      NextToken: "",
     };
   }
 
@@ -767,8 +784,8 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       DesiredDescription: alloc.DesiredDescription,
       ClientStatus: alloc.ClientStatus,
       ClientDescription: alloc.ClientDescription,
-      DesiredTransition: {},
-      TaskStates: clone(alloc.TaskStates),
+      DesiredTransition: { ...DESIRED_TRANSITION },
+      TaskStates: taskStatesOut(alloc.TaskStates),
       DeploymentStatus: null,
       FollowupEvalID: alloc.FollowupEvalID,
       NextAllocation: alloc.NextAllocation,
@@ -779,6 +796,37 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       ModifyIndex: alloc.ModifyIndex,
       CreateTime: alloc.CreateTime,
       ModifyTime: alloc.ModifyTime,
+    };
+  }
+
+  /**
+   * `structs.Allocation` as `GET /v1/allocation/:id` and the event stream carry it: the stub's fields without the
+   * stub-only `JobType` and `DesiredTransition` (all nil), plus resources taken from the job's tasks.
+   */
+  function fullAlloc(alloc: FakeAlloc): Record<string, unknown> {
+    const record = state.allocs.get(alloc.ID);
+    const group = record?.job.TaskGroups.find((g) => g.Name === alloc.TaskGroup);
+    const tasks = (group?.Tasks ?? []).map((t) => {
+      const r = (t.Resources ?? {}) as { CPU?: number; MemoryMB?: number };
+      return { name: t.Name, cpu: r.CPU ?? 100, mem: r.MemoryMB ?? 300 };
+    });
+    const zero = { CPU: 0, Cores: 0, Devices: null, DiskMB: 0, IOPS: 0, MemoryMB: 0, MemoryMaxMB: 0, NUMA: null, Networks: null, SecretsMB: 0 };
+    const { JobType: _stubOnly, DesiredTransition: _unset, ...fields } = allocStub(alloc);
+    return {
+      ...fields,
+      ...structuredClone(ALLOC_DEFAULTS),
+      SigningKeyID: signingKeyId,
+      AllocModifyIndex: alloc.AllocModifyIndex,
+      AllocatedResources: {
+        Shared: { DiskMB: 300, Networks: null, Ports: null },
+        TaskLifecycles: Object.fromEntries(tasks.map((t) => [t.name, null])),
+        Tasks: Object.fromEntries(
+          tasks.map((t) => [t.name, { Cpu: { CpuShares: t.cpu, ReservedCores: null }, Devices: null, Memory: { MemoryMB: t.mem, MemoryMaxMB: 0 }, Networks: null }]),
+        ),
+      },
+      Resources: { ...zero, CPU: tasks.reduce((n, t) => n + t.cpu, 0), DiskMB: 300, MemoryMB: tasks.reduce((n, t) => n + t.mem, 0), MemoryMaxMB: tasks.reduce((n, t) => n + t.mem, 0) },
+      SharedResources: { ...zero, DiskMB: 300 },
+      TaskResources: Object.fromEntries(tasks.map((t) => [t.name, { ...zero, CPU: t.cpu, MemoryMB: t.mem }])),
     };
   }
 
@@ -877,7 +925,7 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       await block(query, () => state.allocs.get(id)?.alloc.ModifyIndex ?? state.tables.allocs);
       const record = state.allocs.get(id);
       if (!record) throw new NomadHttpError(404, "alloc not found");
-      return read(omitEmpty({ ...allocStub(record.alloc), Job: clone(record.job), AllocModifyIndex: record.alloc.AllocModifyIndex }), record.alloc.ModifyIndex);
+      return read(omitEmpty({ ...fullAlloc(record.alloc), Job: clone(record.job) }), record.alloc.ModifyIndex);
     }
     if (path.startsWith("/v1/evaluation/")) {
       if (method !== "GET") throw new NomadHttpError(405, "Invalid method");
@@ -891,7 +939,8 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       if (!ev) throw new NomadHttpError(404, "eval not found");
       return read(ev, ev.ModifyIndex);
     }
-    throw new NomadHttpError(404, "404 page not found\n");
+    unexpected.push(`${method} ${url.pathname}`);
+    throw new NomadHttpError(501, `nomad fake: ${method} ${url.pathname} is not modelled`);
   }
 
   async function jobRoute(req: IncomingMessage, method: string, rest: string, query: Query, ns: string, body: string) {
@@ -1063,12 +1112,12 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
   }
 
   function logFrame(fields: { Offset?: number; Data?: Buffer; File?: string; FileEvent?: string }): string {
-    // omitempty, in StreamFrame's field order; []byte as base64.
+    // omitempty, keys sorted as the agent sends them (test/fixtures/nomad/logs.stdout.framed); []byte as base64.
     const parts: string[] = [];
-    if (fields.Offset) parts.push(`"Offset":${fields.Offset}`);
     if (fields.Data && fields.Data.length > 0) parts.push(`"Data":"${fields.Data.toString("base64")}"`);
     if (fields.File) parts.push(`"File":${JSON.stringify(fields.File)}`);
     if (fields.FileEvent) parts.push(`"FileEvent":${JSON.stringify(fields.FileEvent)}`);
+    if (fields.Offset) parts.push(`"Offset":${fields.Offset}`);
     return `{${parts.join(",")}}`;
   }
 
@@ -1138,7 +1187,9 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
     };
     const handle = { cut: () => res.socket?.destroy() };
     const heartbeat = setInterval(() => {
-      if (!o.plain && !pumping) res.write("{}");
+      // Nomad's framer sends a heartbeat on every tick, data or not (hashicorp/nomad
+      // client/lib/streamframer/framer.go `run`); only plain streams have no frames to send it in.
+      if (!o.plain) res.write("{}");
     }, logHeartbeatMs);
     const onWrite = () => {
       if (done || batch) return;
@@ -1280,7 +1331,11 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
     const ns = query.get("namespace") || "default";
     const socket = req.socket;
     const raw = eventFraming === "close";
-    // Hijacking agents send the status line before they authorise the request (§4.2).
+    // Earlier agents wrote nothing before the stream's first message, so a refused token still got its 403
+    // (hashicorp/nomad command/agent/event_endpoint.go before commit d99775b134).
+    if (!raw) authorize(req);
+    // Hijacking agents send the status line before they authorise the request
+    // (hashicorp/nomad command/agent/event_endpoint.go, commits d99775b134 and 24e47df832).
     if (raw) {
       socket.write("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n");
     } else {
@@ -1304,7 +1359,7 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       if (ns !== "*" && ev.Namespace !== ns) return false;
       const keys = topics.get(ev.Topic) ?? topics.get("*");
       if (!keys) return false;
-      return keys.includes("*") || keys.includes(ev.Key) || ev.FilterKeys.some((k) => keys.includes(k));
+      return keys.includes("*") || keys.includes(ev.Key) || (ev.FilterKeys ?? []).some((k) => keys.includes(k));
     };
     const deliver = (batch: EventBatch) => {
       const events = batch.Events.filter(matches);
@@ -1465,12 +1520,14 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
   return {
     url: `http://127.0.0.1:${port}`,
     requests,
+    unexpected,
 
     async close() {
       closing = true;
       for (const wake of [...state.waiters]) wake();
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
+      assertExpected("nomad", unexpected);
     },
 
     registerJob(job, { namespace } = {}) {
@@ -1821,11 +1878,7 @@ function decodeBody(body: string): Record<string, unknown> {
   try {
     value = JSON.parse(body);
   } catch {
-    const first = body.trim()[0];
-    throw new NomadHttpError(
-      400,
-      first === undefined ? "EOF" : `invalid character '${first}' looking for beginning of value`,
-    );
+    throw new NomadHttpError(400, goSyntaxError(body));
   }
   if (value === null) return {};
   if (typeof value !== "object" || Array.isArray(value)) {
@@ -1835,6 +1888,42 @@ function decodeBody(body: string): Record<string, unknown> {
 }
 
 /** Go matches JSON keys to struct fields exactly first, then case-insensitively. */
+/** Go's `encoding/json` syntax error for the first places it checks: the first value and an object's first key. */
+function goSyntaxError(body: string): string {
+  const text = body.trim();
+  const first = text[0];
+  if (first === undefined) return "EOF";
+  if (first === "{") {
+    const key = text.slice(1).trim()[0];
+    if (key === undefined) return "unexpected end of JSON input";
+    if (key !== '"' && key !== "}") return `invalid character '${key}' looking for beginning of object key string`;
+  }
+  if (!/[{["\-0-9tfn]/.test(first)) return `invalid character '${first}' looking for beginning of value`;
+  return "invalid character after top-level value";
+}
+
+/** Empty template and volume lists decode to nil in Go, and nil slices encode as null. */
+function nilEmpty<T extends Record<string, unknown>>(task: T): T {
+  const out: Record<string, unknown> = { ...task };
+  for (const k of ["Templates", "VolumeMounts"]) if (Array.isArray(out[k]) && (out[k] as unknown[]).length === 0) out[k] = null;
+  return out as T;
+}
+
+/** Task states as the agent encodes them: a zero LastRestart is null, every event carries the deprecated flat fields. */
+function taskStatesOut(states: Record<string, FakeTaskState>): Record<string, unknown> {
+  return Object.fromEntries(
+    Object.entries(states).map(([name, ts]) => [
+      name,
+      {
+        ...clone(ts),
+        Paused: "",
+        LastRestart: ts.LastRestart === ZERO_TIME ? null : ts.LastRestart,
+        Events: ts.Events.map((e) => ({ ...TASK_EVENT_DEFAULTS, ...clone(e) })),
+      },
+    ]),
+  );
+}
+
 function pick(obj: Record<string, unknown>, field: string): unknown {
   if (field in obj) return obj[field];
   const lower = field.toLowerCase();
@@ -1921,7 +2010,7 @@ export function parseGoDuration(text: string): number | undefined {
 }
 
 function omitEmpty(obj: Record<string, unknown>): Record<string, unknown> {
-  // `structs.Allocation` is encoded with omitempty (§0.1): zero scalars may be absent on a real server too.
+  // Zero scalars are left out, as in the allocation and evaluation bodies of test/fixtures/nomad.
   return Object.fromEntries(Object.entries(obj).filter(([, v]) => v !== "" && v !== 0 && v !== false && v !== null));
 }
 

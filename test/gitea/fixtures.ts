@@ -2,13 +2,11 @@ import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import type { HeaderReader } from "../../src/gitea/signature.js";
 
-const SHARED = fileURLToPath(new URL("../../../shared/fixtures/gitea/", import.meta.url));
-const OWN = fileURLToPath(new URL("../fixtures/gitea/", import.meta.url));
-const SHARED_NAMES = new Set(["push.json", "pull_request.opened.fork.json"]);
+const DIR = fileURLToPath(new URL("../fixtures/gitea/", import.meta.url));
 
-/** The exact bytes of a webhook fixture: the two shared ones from ../shared, the rest from test/fixtures. */
+/** The exact bytes of a webhook fixture in test/fixtures/gitea. */
 export function fixtureBytes(name: string): Buffer {
-  return readFileSync(`${SHARED_NAMES.has(name) ? SHARED : OWN}${name}`);
+  return readFileSync(`${DIR}${name}`);
 }
 
 /** A fixture parsed, as the hook route hands it to parseDelivery. */

@@ -1,9 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startNomadFake } from "../fakes/nomad.js";
-import { builderJob, realNomad, startTarget, type NomadTarget } from "./target.js";
+import { startNomadFake } from "./nomad.js";
+import { builderJob, realNomad, startTarget, type NomadTarget } from "../nomad/target.js";
 
-// Raw HTTP against the fake (or a real Nomad when NOMAD_ADDR is set): the wire facts of
-// ../shared/contracts/nomad.md that the client and every later consumer of the fake rely on.
+// Raw HTTP against the fake (or a real Nomad when NOMAD_ADDR is set): the wire facts of Nomad's HTTP API
+// (https://developer.hashicorp.com/nomad/api-docs) that the client and every consumer of the fake rely on.
 
 const PLAIN = "text/plain; charset=utf-8";
 const META = { REPO_URL: "https://git.example.test/acme/widgets", COMMIT: "4c1d7e0", BRANCH: "main", FLAVOR: "default" };
