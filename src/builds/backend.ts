@@ -1,4 +1,4 @@
-import type { DispatchPayload } from "./dispatch.js";
+import type { DispatchPayload } from "../contract/dispatch.js";
 
 /** What a builder declares in its `parameterized` block. */
 export interface BuilderParams {

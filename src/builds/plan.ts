@@ -4,15 +4,17 @@ import { bindDelivery, isRefName, type BoundRepository } from "../gitea/binding.
 import type { Delivery, PullRequestEvent, PushEvent } from "../gitea/events.js";
 import { flavorsOf, isCloneUrl, type RepoEntry } from "../registry/schema.js";
 import {
+  DISPATCH_PAYLOAD_LIMIT,
   formatCaches,
   OPTIONAL_META,
+  payloadBytes,
   type BuildEvent,
   type BuildMeta,
   type DispatchPayload,
-} from "./dispatch.js";
+} from "../contract/dispatch.js";
 
 /** The event a build records: what the forge sent, or `manual` for `POST /builds`. */
-export type PlanEvent = BuildEvent | "manual";
+export type PlanEvent = NonNullable<BuildMeta["EVENT"]>;
 
 /** A build to dispatch: the builder job, its meta and (trusted builds only) its payload. */
 export interface BuildPlan {
@@ -62,8 +64,6 @@ const ZERO_ID = /^0+$/;
 const FLAVOR_NAME = /^[A-Za-z0-9._-]{1,64}$/;
 const COMMIT_ID = /^[0-9a-f]{7,64}$/;
 const BUILD_ACTIONS: ReadonlySet<string> = new Set(["opened", "synchronized", "reopened"]);
-/** Nomad refuses dispatch payloads over 16 KiB of decoded data (nomad/job_endpoint.go DispatchPayloadSizeLimit). */
-const PAYLOAD_LIMIT = 16 * 1024;
 
 /**
  * Decides what a verified delivery builds, pure: which builder, with which meta, and whether the build is
@@ -336,7 +336,7 @@ function build(parts: BuildParts): Plan {
     secrets: { ...entry.secrets },
     ...(entry.deployKey === undefined ? {} : { deploy_key: entry.deployKey }),
   };
-  if (Buffer.byteLength(JSON.stringify(payload), "utf8") > PAYLOAD_LIMIT) {
+  if (payloadBytes(payload) > DISPATCH_PAYLOAD_LIMIT) {
     return {
       kind: "reject",
       status: 500,

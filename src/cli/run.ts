@@ -3,6 +3,7 @@ import { isAbsolute, join, relative } from "node:path";
 import { executeBuild, type BuildPlan } from "../executor/build.js";
 import { colourVars, readRuntimeSettings } from "../executor/env.js";
 import { ExecutorError } from "../executor/errors.js";
+import { dispatchId } from "../contract/dispatch.js";
 import { randomSuffix } from "../executor/fsutil.js";
 import { git } from "../executor/git.js";
 import { parseCommandArgs, UsageError } from "./args.js";
@@ -68,7 +69,7 @@ export async function planFromWorkingTree(cwd: string, env: Env, flavor: string,
     return rel.startsWith("..") || isAbsolute(rel);
   });
   const cacheRoot = env.PETREL_CACHE_DIR || join(env.XDG_CACHE_HOME || join(env.HOME || homedir(), ".cache"), "petrel");
-  const id = `run/dispatch-${Math.floor(Date.now() / 1000)}-${randomSuffix()}`;
+  const id = dispatchId("run", randomSuffix());
   return {
     id,
     layout: cacheLayout(cacheRoot),

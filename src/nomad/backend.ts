@@ -1,10 +1,9 @@
 import type { BuildBackend, DispatchResult } from "../builds/backend.js";
+import { DISPATCH_PAYLOAD_LIMIT as NOMAD_PAYLOAD_LIMIT } from "../contract/dispatch.js";
 import { AppError, UpstreamError, errorMessage } from "../errors.js";
 import { isPermanentDispatchError } from "./client.js";
 import type { NomadClient } from "./client.js";
 
-/** Nomad refuses dispatch payloads over 16 KiB (contracts/nomad.md §1.2). */
-export const NOMAD_PAYLOAD_LIMIT = 16 * 1024;
 
 /** Cluster mode: every build is a dispatched child of a parameterized Nomad batch job. */
 export function createNomadBackend(options: { nomad: NomadClient }): BuildBackend {

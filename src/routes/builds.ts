@@ -9,7 +9,7 @@ import type { AppDeps } from "../app.js";
 import { isAdmin } from "../auth.js";
 import { BUILD_STATES, isTerminal } from "../builds/backend.js";
 import type { Build, BuildCursor, BuildFilter, BuildState, BuildSummary, LogType } from "../builds/backend.js";
-import { isBuildOf } from "../builds/dispatch.js";
+import { isBuildOf } from "../contract/dispatch.js";
 import { cloneUrlOf, isEntryCloneUrl, metaForBuilder, planManual } from "../builds/plan.js";
 import type { BuildPlan, Plan, PlanEvent } from "../builds/plan.js";
 import { entryOfBuild } from "../builds/statuses.js";

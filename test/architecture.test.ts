@@ -1,0 +1,112 @@
+import { readdirSync, readFileSync } from "node:fs";
+import { dirname, join, relative, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import ts from "typescript";
+import { describe, expect, it } from "vitest";
+
+const SRC = fileURLToPath(new URL("../src", import.meta.url));
+
+interface Module {
+  /** Path relative to src/, e.g. `builds/plan.ts`. */
+  path: string;
+  /** Modules this one imports or re-exports from, relative to src/ (type-only imports included). */
+  imports: string[];
+  /** Names this module declares and exports (not names it re-exports from elsewhere). */
+  declares: string[];
+}
+
+function sourceFiles(dir: string): string[] {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
+    const full = join(dir, e.name);
+    if (e.isDirectory()) return sourceFiles(full);
+    return e.name.endsWith(".ts") && !e.name.endsWith(".d.ts") ? [full] : [];
+  });
+}
+
+function isExported(node: ts.Node): boolean {
+  return ts.canHaveModifiers(node) && (ts.getModifiers(node) ?? []).some((m) => m.kind === ts.SyntaxKind.ExportKeyword);
+}
+
+/** Static `import … from` / `export … from` / `import "…"` targets and exported declarations of one file. */
+function readModule(file: string): Module {
+  const source = ts.createSourceFile(file, readFileSync(file, "utf8"), ts.ScriptTarget.ES2022, false);
+  const imports: string[] = [];
+  const declares: string[] = [];
+  for (const stmt of source.statements) {
+    if ((ts.isImportDeclaration(stmt) || ts.isExportDeclaration(stmt)) && stmt.moduleSpecifier && ts.isStringLiteral(stmt.moduleSpecifier)) {
+      const spec = stmt.moduleSpecifier.text;
+      if (spec.startsWith(".")) imports.push(relative(SRC, resolve(dirname(file), spec.replace(/\.js$/, ".ts"))));
+      continue;
+    }
+    if (!isExported(stmt)) continue;
+    if (
+      (ts.isInterfaceDeclaration(stmt) ||
+        ts.isTypeAliasDeclaration(stmt) ||
+        ts.isClassDeclaration(stmt) ||
+        ts.isFunctionDeclaration(stmt) ||
+        ts.isEnumDeclaration(stmt)) &&
+      stmt.name
+    ) {
+      declares.push(stmt.name.text);
+    } else if (ts.isVariableStatement(stmt)) {
+      for (const d of stmt.declarationList.declarations) if (ts.isIdentifier(d.name)) declares.push(d.name.text);
+    }
+  }
+  return { path: relative(SRC, file), imports: [...new Set(imports)], declares: [...new Set(declares)] };
+}
+
+function readGraph(): Map<string, Module> {
+  return new Map(sourceFiles(SRC).map((f) => readModule(f)).map((m) => [m.path, m]));
+}
+
+/** Every elementary cycle's first sighting, as `a → b → … → a`, found by depth-first search. */
+function findCycles(graph: Map<string, Module>): string[] {
+  const cycles = new Set<string>();
+  const state = new Map<string, "open" | "done">();
+  const stack: string[] = [];
+  const visit = (path: string) => {
+    state.set(path, "open");
+    stack.push(path);
+    for (const next of graph.get(path)?.imports ?? []) {
+      if (!graph.has(next)) continue;
+      if (state.get(next) === "open") {
+        cycles.add([...stack.slice(stack.indexOf(next)), next].join(" → "));
+      } else if (state.get(next) === undefined) visit(next);
+    }
+    stack.pop();
+    state.set(path, "done");
+  };
+  for (const path of [...graph.keys()].sort()) if (!state.has(path)) visit(path);
+  return [...cycles];
+}
+
+describe("the module structure of src/", () => {
+  const graph = readGraph();
+
+  it("reads the whole tree and resolves every relative import to a file in it", () => {
+    expect(graph.size).toBeGreaterThan(40);
+    const dangling = [...graph.values()].flatMap((m) => m.imports.filter((i) => !graph.has(i)).map((i) => `${m.path} → ${i}`));
+    expect(dangling).toEqual([]);
+  });
+
+  it("has no import cycles (type-only imports count)", () => {
+    const cycles = findCycles(graph);
+    expect(cycles, `import cycles:\n${cycles.join("\n")}`).toEqual([]);
+  });
+
+  it("gives no two exported declarations the same name", () => {
+    const owners = new Map<string, string[]>();
+    for (const m of graph.values()) for (const name of m.declares) owners.set(name, [...(owners.get(name) ?? []), m.path]);
+    const clashes = [...owners].filter(([, paths]) => paths.length > 1).map(([name, paths]) => `${name}: ${paths.sort().join(", ")}`);
+    expect(clashes, `exported twice:\n${clashes.join("\n")}`).toEqual([]);
+  });
+});
+
+describe("the checks of the architecture test itself", () => {
+  it("finds a cycle through type-only imports and names it", () => {
+    const mod = (path: string, imports: string[]): [string, Module] => [path, { path, imports, declares: [] }];
+    const graph = new Map([mod("a.ts", ["b.ts"]), mod("b.ts", ["c.ts"]), mod("c.ts", ["a.ts"]), mod("d.ts", ["a.ts"])]);
+    expect(findCycles(graph)).toEqual(["a.ts → b.ts → c.ts → a.ts"]);
+    expect(findCycles(new Map([mod("a.ts", ["b.ts"]), mod("b.ts", [])]))).toEqual([]);
+  });
+});
