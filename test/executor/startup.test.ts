@@ -41,6 +41,13 @@ describe("executor start-up", () => {
     expect(files).toContain("dist/executor/sandbox.js");
   });
 
+  it("starts from bin/petrel.js, whose CLI loads nothing but Node built-ins before the command", () => {
+    expect(staticImports(join(ROOT, "bin/petrel.js"))).toEqual(["../dist/cli/main.js"]);
+    const { files, external } = eagerGraph(join(ROOT, "dist/cli/main.js"));
+    expect(files).toEqual(["dist/cli/main.js"]);
+    expect(external.every((s) => s.startsWith("node:")), external.join(", ")).toBe(true);
+  });
+
   it("keeps `petrel run` as light", () => {
     const { external } = eagerGraph(join(ROOT, "dist/cli/run.js"));
     expect(external.every((s) => s.startsWith("node:")), external.join(", ")).toBe(true);
