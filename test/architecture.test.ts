@@ -9,7 +9,10 @@ const SRC = fileURLToPath(new URL("../src", import.meta.url));
 interface Module {
   /** Path relative to src/, e.g. `builds/plan.ts`. */
   path: string;
-  /** Modules this one imports or re-exports from, relative to src/ (type-only imports included). */
+  /**
+   * Modules this one imports or re-exports from, relative to src/: type-only imports count (they tie the
+   * modules' meanings together), and so do `import("./x.js")` calls (a lazy load is still a dependency).
+   */
   imports: string[];
   /** Names this module declares and exports (not names it re-exports from elsewhere). */
   declares: string[];
@@ -27,17 +30,24 @@ function isExported(node: ts.Node): boolean {
   return ts.canHaveModifiers(node) && (ts.getModifiers(node) ?? []).some((m) => m.kind === ts.SyntaxKind.ExportKeyword);
 }
 
-/** Static `import … from` / `export … from` / `import "…"` targets and exported declarations of one file. */
-function readModule(file: string): Module {
-  const source = ts.createSourceFile(file, readFileSync(file, "utf8"), ts.ScriptTarget.ES2022, false);
-  const imports: string[] = [];
+/** The relative imports (static, type-only, re-exports and `import()` of a literal) and exported declarations. */
+function readModule(file: string, text: string = readFileSync(file, "utf8")): Module {
+  const source = ts.createSourceFile(file, text, ts.ScriptTarget.ES2022, true);
+  const specs: string[] = [];
   const declares: string[] = [];
+  const visit = (node: ts.Node) => {
+    if (ts.isCallExpression(node) && node.expression.kind === ts.SyntaxKind.ImportKeyword) {
+      const [arg] = node.arguments;
+      if (arg && ts.isStringLiteralLike(arg)) specs.push(arg.text);
+    }
+    ts.forEachChild(node, visit);
+  };
   for (const stmt of source.statements) {
     if ((ts.isImportDeclaration(stmt) || ts.isExportDeclaration(stmt)) && stmt.moduleSpecifier && ts.isStringLiteral(stmt.moduleSpecifier)) {
-      const spec = stmt.moduleSpecifier.text;
-      if (spec.startsWith(".")) imports.push(relative(SRC, resolve(dirname(file), spec.replace(/\.js$/, ".ts"))));
+      specs.push(stmt.moduleSpecifier.text);
       continue;
     }
+    visit(stmt);
     if (!isExported(stmt)) continue;
     if (
       (ts.isInterfaceDeclaration(stmt) ||
@@ -52,6 +62,7 @@ function readModule(file: string): Module {
       for (const d of stmt.declarationList.declarations) if (ts.isIdentifier(d.name)) declares.push(d.name.text);
     }
   }
+  const imports = specs.filter((spec) => spec.startsWith(".")).map((spec) => relative(SRC, resolve(dirname(file), spec.replace(/\.js$/, ".ts"))));
   return { path: relative(SRC, file), imports: [...new Set(imports)], declares: [...new Set(declares)] };
 }
 
@@ -103,10 +114,30 @@ describe("the module structure of src/", () => {
 });
 
 describe("the checks of the architecture test itself", () => {
-  it("finds a cycle through type-only imports and names it", () => {
+  it("reads type-only imports, re-exports and lazy imports as edges, and only declarations as exports", () => {
+    const m = readModule(
+      join(SRC, "x", "a.ts"),
+      [
+        'import type { T } from "./t.js";',
+        'import { u } from "../u.js";',
+        'export { V } from "./v.js";',
+        'import "node:fs";',
+        'export async function load() { return import("./lazy.js"); }',
+        "export interface Shape {}",
+        "export const Schema = 1;",
+        "export type Alias = string;",
+        "class Hidden {}",
+        "export { Hidden };",
+      ].join("\n"),
+    );
+    expect(m.imports.sort()).toEqual(["u.ts", "x/lazy.ts", "x/t.ts", "x/v.ts"]);
+    expect(m.declares.sort()).toEqual(["Alias", "Schema", "Shape", "load"]);
+  });
+
+  it("finds a cycle and names it, and none where there is none", () => {
     const mod = (path: string, imports: string[]): [string, Module] => [path, { path, imports, declares: [] }];
     const graph = new Map([mod("a.ts", ["b.ts"]), mod("b.ts", ["c.ts"]), mod("c.ts", ["a.ts"]), mod("d.ts", ["a.ts"])]);
     expect(findCycles(graph)).toEqual(["a.ts → b.ts → c.ts → a.ts"]);
-    expect(findCycles(new Map([mod("a.ts", ["b.ts"]), mod("b.ts", [])]))).toEqual([]);
+    expect(findCycles(new Map([mod("a.ts", ["b.ts"]), mod("b.ts", []), mod("c.ts", ["b.ts"])]))).toEqual([]);
   });
 });

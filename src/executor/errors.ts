@@ -1,3 +1,5 @@
+import { freeBytes } from "./fsutil.js";
+
 /** Why the executor stopped before or around the build script, as opposed to the script's own failure. */
 export type ExecutorFailure =
   | "bad_environment"
@@ -51,4 +53,11 @@ export function isDiskFull(err: unknown): boolean {
     e = (e as { cause?: unknown }).cause;
   }
   return false;
+}
+
+/** The one-line error for a full disk under the cache root. */
+export async function diskFull(root: string, cause: unknown): Promise<ExecutorError> {
+  const free = await freeBytes(root);
+  const left = free === undefined ? "" : ` (${Math.floor(free / 1024)} KiB free)`;
+  return new ExecutorError("disk_full", `disk full: no space left under ${root}${left}`, { cause });
 }

@@ -5,7 +5,7 @@ import { Hono } from "hono";
 import type { Context } from "hono";
 import { streamSSE } from "hono/streaming";
 import { z } from "zod";
-import type { AppDeps } from "../app.js";
+import type { AppDeps } from "./deps.js";
 import { isAdmin } from "../auth.js";
 import { BUILD_STATES, isTerminal } from "../builds/backend.js";
 import type { Build, BuildCursor, BuildFilter, BuildState, BuildSummary, LogType } from "../builds/backend.js";
