@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import type { ErrorCode } from "../errors.js";
+import type { BuilderParams } from "./backend.js";
 import { bindDelivery, isRefName, type BoundRepository } from "../gitea/binding.js";
 import type { Delivery, PullRequestEvent, PushEvent } from "../gitea/events.js";
 import { flavorsOf, isCloneUrl, type RepoEntry } from "../registry/schema.js";
@@ -158,18 +159,12 @@ export function planManual(input: PlanManualInput): Plan {
   });
 }
 
-/** The dispatch-meta schema of a builder job: its `parameterized` block. */
-export interface BuilderParams {
-  metaRequired: readonly string[];
-  metaOptional: readonly string[];
-}
-
 /**
  * The meta to send to one builder, as Nomad's dispatch `Meta` map: the four required keys always, the optional
  * ones only when the builder declares them, since Nomad refuses undeclared keys (an Albatros builder knows
  * just the required four).
  */
-export function metaForBuilder(meta: BuildMeta, params: BuilderParams): Record<string, string> {
+export function metaForBuilder(meta: BuildMeta, params: Pick<BuilderParams, "metaRequired" | "metaOptional">): Record<string, string> {
   const declared = new Set([...params.metaRequired, ...params.metaOptional]);
   const out: Record<string, string> = {
     REPO_URL: meta.REPO_URL,

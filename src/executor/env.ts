@@ -3,7 +3,7 @@ import { readFile, stat, unlink } from "node:fs/promises";
 import { homedir } from "node:os";
 import { isAbsolute, join } from "node:path";
 import { OPTIONAL_META, parseCaches, REQUIRED_META, type BuildMeta, type DispatchPayload } from "../contract/dispatch.js";
-import type { BuildPlan } from "./build.js";
+import type { ExecutorPlan } from "./build.js";
 import { ExecutorError } from "./errors.js";
 import { cacheLayout, redactUrl, repoNameFromUrl, repoSlug } from "./layout.js";
 import { validateBuildMeta, validateDispatchPayload } from "./meta.js";
@@ -129,7 +129,7 @@ export function readRuntimeSettings(env: Env): { isolation: Isolation; killGrace
 }
 
 /** The build a Nomad task environment describes (SPEC §6): meta, payload, cache and secrets directories. */
-export async function planFromNomadEnv(env: Env): Promise<BuildPlan> {
+export async function planFromNomadEnv(env: Env): Promise<ExecutorPlan> {
   const id = env.NOMAD_JOB_ID;
   if (!id) {
     throw new ExecutorError("bad_environment", "NOMAD_JOB_ID is not set: petrel executor runs as a Nomad task (use petrel run locally)");
@@ -151,7 +151,7 @@ export async function planFromNomadEnv(env: Env): Promise<BuildPlan> {
   const trusted = meta.TRUSTED === "true";
   const secretsDir = env.NOMAD_SECRETS_DIR && (await isDir(env.NOMAD_SECRETS_DIR)) ? env.NOMAD_SECRETS_DIR : undefined;
   const name = meta.REPO || repoNameFromUrl(meta.REPO_URL);
-  const plan: BuildPlan = {
+  const plan: ExecutorPlan = {
     id,
     layout: cacheLayout(cacheRoot),
     label: `${name}@${meta.COMMIT.slice(0, 7)}`,

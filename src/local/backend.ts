@@ -14,8 +14,8 @@ import type {
   BuildListener,
   BuildReader,
   BuilderParams,
-  DispatchRequest,
-  DispatchResult,
+  BuildDispatch,
+  DispatchedBuild,
   LogRequest,
 } from "../builds/backend.js";
 import { isAfterCursor, isTerminal, newestFirst } from "../builds/backend.js";
@@ -357,7 +357,7 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
       return { payload: "optional", metaRequired: [...REQUIRED_META], metaOptional: [...OPTIONAL_META] };
     },
 
-    async dispatch(request: DispatchRequest): Promise<DispatchResult> {
+    async dispatch(request: BuildDispatch): Promise<DispatchedBuild> {
       if (closed) throw new AppError("nomad_unavailable", 503, "petrel is shutting down; redeliver the webhook");
       const existing = byToken.get(request.idempotencyToken);
       if (existing !== undefined) return { id: existing, duplicate: true };
