@@ -83,17 +83,15 @@ function timeIt(argv: string[], env: NodeJS.ProcessEnv, marker?: string): Promis
 
 /** Runs the benchmark, prints the figures and the targets, and returns them. */
 export async function main(): Promise<ExecutorBench> {
-  const entry = join(ROOT, "dist/cli/main.js");
-  if (!existsSync(join(ROOT, "dist/executor/entry.js")) || !existsSync(entry)) {
+  // The production entry, as a Nomad task runs it: bin/petrel.js loads dist/cli/main.js.
+  if (!existsSync(join(ROOT, "dist/cli/main.js"))) {
     try {
       execFileSync(process.execPath, [join(ROOT, "node_modules/typescript/bin/tsc"), "-p", "tsconfig.build.json"], { cwd: ROOT, stdio: "ignore" });
     } catch {
       // tsc reports type errors elsewhere but still emits dist/.
     }
   }
-  const argv = existsSync(entry)
-    ? [process.execPath, join(ROOT, "bin/petrel.js"), "executor"]
-    : [process.execPath, join(ROOT, "dist/executor/entry.js"), "executor"];
+  const argv = [process.execPath, join(ROOT, "bin/petrel.js"), "executor"];
   const dir = mkdtempSync(join(tmpdir(), "petrel-bench-"));
   try {
     process.stdout.write(`creating a ${FILES}-file repository...\n`);

@@ -2,31 +2,10 @@ import { Hono } from "hono";
 import type { Context } from "hono";
 import { HTTPException } from "hono/http-exception";
 import { AppError, UpstreamError } from "./errors.js";
-import type { BuildBackend, BuildReader } from "./builds/backend.js";
-import type { StatusReporter } from "./gitea/client.js";
-import type { Logger } from "./log.js";
-import type { Metrics } from "./metrics.js";
-import type { Registry } from "./registry/schema.js";
 import { createHookRoute } from "./routes/hook.js";
 import { createHealthRoute } from "./routes/health.js";
 import { createBuildsRoute } from "./routes/builds.js";
-
-/** Everything the HTTP app needs, injected so tests wire fakes and main wires the real clients. */
-export interface AppDeps {
-  log: Logger;
-  metrics: Metrics;
-  registry: Registry;
-  backend: BuildBackend;
-  reader: BuildReader;
-  adminToken?: string;
-  /** Aborted when petrel stops: log streams end so the server can close. */
-  shutdown?: AbortSignal;
-  reporter: StatusReporter;
-  publicUrl: string;
-  defaultBuilder: string;
-  /** Checks for /health besides the registry and the backend, e.g. Consul's leader. */
-  extraHealth?: Record<string, (signal: AbortSignal) => Promise<{ ok: boolean; error?: string }>>;
-}
+import type { AppDeps } from "./routes/deps.js";
 
 /** An error body as SPEC gives it: `{"error": {"code", "message"}}`. */
 export function errorBody(code: string, message: string): { error: { code: string; message: string } } {

@@ -1,4 +1,4 @@
-import type { DispatchPayload } from "./dispatch.js";
+import type { DispatchPayload } from "../contract/dispatch.js";
 
 /** What a builder declares in its `parameterized` block. */
 export interface BuilderParams {
@@ -7,7 +7,8 @@ export interface BuilderParams {
   metaOptional: string[];
 }
 
-export interface DispatchRequest {
+/** A build to dispatch: the builder, its meta, and (trusted builds only) the payload. */
+export interface BuildDispatch {
   builder: string;
   meta: Record<string, string>;
   /** Only for trusted builds. */
@@ -15,7 +16,8 @@ export interface DispatchRequest {
   idempotencyToken: string;
 }
 
-export interface DispatchResult {
+/** The build a dispatch started, or found already started for its idempotency token. */
+export interface DispatchedBuild {
   /** The build ID, `<builder>/dispatch-<unix seconds>-<8 hex>`. */
   id: string;
   /** True when the idempotency token named a build that already existed. */
@@ -112,7 +114,7 @@ export interface BuildBackend {
   readonly kind: "nomad" | "local";
   /** The builder jobs whose children are petrel's builds; nothing else is ever served. */
   parameterized(builder: string, signal?: AbortSignal): Promise<BuilderParams>;
-  dispatch(request: DispatchRequest, signal?: AbortSignal): Promise<DispatchResult>;
+  dispatch(request: BuildDispatch, signal?: AbortSignal): Promise<DispatchedBuild>;
   /** Reachability for /health; never throws. */
   health(signal?: AbortSignal): Promise<{ ok: boolean; error?: string }>;
 }

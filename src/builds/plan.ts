@@ -1,18 +1,21 @@
 import { createHash } from "node:crypto";
 import type { ErrorCode } from "../errors.js";
+import type { BuilderParams } from "./backend.js";
 import { bindDelivery, isRefName, type BoundRepository } from "../gitea/binding.js";
 import type { Delivery, PullRequestEvent, PushEvent } from "../gitea/events.js";
 import { flavorsOf, isCloneUrl, type RepoEntry } from "../registry/schema.js";
 import {
+  DISPATCH_PAYLOAD_LIMIT,
   formatCaches,
   OPTIONAL_META,
+  payloadBytes,
   type BuildEvent,
   type BuildMeta,
   type DispatchPayload,
-} from "./dispatch.js";
+} from "../contract/dispatch.js";
 
 /** The event a build records: what the forge sent, or `manual` for `POST /builds`. */
-export type PlanEvent = BuildEvent | "manual";
+export type PlanEvent = NonNullable<BuildMeta["EVENT"]>;
 
 /** A build to dispatch: the builder job, its meta and (trusted builds only) its payload. */
 export interface BuildPlan {
@@ -62,8 +65,6 @@ const ZERO_ID = /^0+$/;
 const FLAVOR_NAME = /^[A-Za-z0-9._-]{1,64}$/;
 const COMMIT_ID = /^[0-9a-f]{7,64}$/;
 const BUILD_ACTIONS: ReadonlySet<string> = new Set(["opened", "synchronized", "reopened"]);
-/** Nomad refuses dispatch payloads over 16 KiB of decoded data (nomad/job_endpoint.go DispatchPayloadSizeLimit). */
-const PAYLOAD_LIMIT = 16 * 1024;
 
 /**
  * Decides what a verified delivery builds, pure: which builder, with which meta, and whether the build is
@@ -158,18 +159,12 @@ export function planManual(input: PlanManualInput): Plan {
   });
 }
 
-/** The dispatch-meta schema of a builder job: its `parameterized` block. */
-export interface BuilderParams {
-  metaRequired: readonly string[];
-  metaOptional: readonly string[];
-}
-
 /**
  * The meta to send to one builder, as Nomad's dispatch `Meta` map: the four required keys always, the optional
  * ones only when the builder declares them, since Nomad refuses undeclared keys (an Albatros builder knows
  * just the required four).
  */
-export function metaForBuilder(meta: BuildMeta, params: BuilderParams): Record<string, string> {
+export function metaForBuilder(meta: BuildMeta, params: Pick<BuilderParams, "metaRequired" | "metaOptional">): Record<string, string> {
   const declared = new Set([...params.metaRequired, ...params.metaOptional]);
   const out: Record<string, string> = {
     REPO_URL: meta.REPO_URL,
@@ -336,7 +331,7 @@ function build(parts: BuildParts): Plan {
     secrets: { ...entry.secrets },
     ...(entry.deployKey === undefined ? {} : { deploy_key: entry.deployKey }),
   };
-  if (Buffer.byteLength(JSON.stringify(payload), "utf8") > PAYLOAD_LIMIT) {
+  if (payloadBytes(payload) > DISPATCH_PAYLOAD_LIMIT) {
     return {
       kind: "reject",
       status: 500,

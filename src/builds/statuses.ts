@@ -1,13 +1,12 @@
 import type { StatusReporter } from "../gitea/client.js";
+import type { CommitState } from "../gitea/schema.js";
 import type { Logger } from "../log.js";
 import { repoKeyFromUrl } from "../registry/schema.js";
 import type { RepoEntry, Registry } from "../registry/schema.js";
 import type { Build } from "./backend.js";
 
-export type CommitState = "pending" | "success" | "failure" | "error";
-
 /** The commit status a build state stands for; undefined for `queued` (the webhook already said pending). */
-export function commitStatusOf(build: Build): { state: CommitState; description: string } | undefined {
+export function commitStatusOf(build: Build): { state: Exclude<CommitState, "warning">; description: string } | undefined {
   switch (build.state) {
     case "queued":
       return undefined;

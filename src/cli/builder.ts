@@ -1,6 +1,6 @@
 import { readFile } from "node:fs/promises";
 import { Agent } from "undici";
-import { OPTIONAL_META, REQUIRED_META } from "../builds/dispatch.js";
+import { OPTIONAL_META, REQUIRED_META } from "../contract/dispatch.js";
 import { UpstreamError } from "../errors.js";
 import { createNomadClient, nomadAgentOptions } from "../nomad/client.js";
 import { CliError, EXIT, expectPositionals, exitForUpstream, parseCommandArgs, processIo, progressTo, runCommand } from "./ops.js";

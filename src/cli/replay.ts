@@ -32,7 +32,7 @@ Exit code 0 when petrel answers 2xx.
 `;
 
 /** What `replay` sends: the bytes, and the event names for X-Gitea-Event / X-Gitea-Event-Type. */
-export interface Delivery {
+export interface SavedDelivery {
   body: Buffer;
   payload: unknown;
   event: string;
@@ -63,7 +63,7 @@ function headerOf(headers: Record<string, unknown>, names: readonly string[]): s
 }
 
 /** Reads a saved delivery: a bare payload, or `{headers, body}`; `event` overrides what the file says. */
-export function parseDeliveryFile(file: string, bytes: Buffer, event: string | undefined): Delivery {
+export function parseDeliveryFile(file: string, bytes: Buffer, event: string | undefined): SavedDelivery {
   let json: unknown;
   try {
     json = JSON.parse(bytes.toString("utf8"));

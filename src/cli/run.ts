@@ -1,8 +1,9 @@
 import { homedir } from "node:os";
 import { isAbsolute, join, relative } from "node:path";
-import { executeBuild, type BuildPlan } from "../executor/build.js";
+import { executeBuild, type ExecutorPlan } from "../executor/build.js";
 import { colourVars, readRuntimeSettings } from "../executor/env.js";
 import { ExecutorError } from "../executor/errors.js";
+import { dispatchId } from "../contract/dispatch.js";
 import { randomSuffix } from "../executor/fsutil.js";
 import { git } from "../executor/git.js";
 import { parseCommandArgs, UsageError } from "./args.js";
@@ -51,7 +52,7 @@ export async function runLocalCommand(argv: readonly string[], env: Env): Promis
 }
 
 /** The build `petrel run` describes: the git toplevel of `cwd` as the lower layer, mounted over itself. */
-export async function planFromWorkingTree(cwd: string, env: Env, flavor: string, debug: boolean): Promise<BuildPlan> {
+export async function planFromWorkingTree(cwd: string, env: Env, flavor: string, debug: boolean): Promise<ExecutorPlan> {
   const top = await git(["rev-parse", "--show-toplevel"], { cwd });
   if (top.code !== 0) throw new ExecutorError("bad_environment", `not inside a git working tree: ${cwd}`);
   const dir = top.stdout.trim();
@@ -68,7 +69,7 @@ export async function planFromWorkingTree(cwd: string, env: Env, flavor: string,
     return rel.startsWith("..") || isAbsolute(rel);
   });
   const cacheRoot = env.PETREL_CACHE_DIR || join(env.XDG_CACHE_HOME || join(env.HOME || homedir(), ".cache"), "petrel");
-  const id = `run/dispatch-${Math.floor(Date.now() / 1000)}-${randomSuffix()}`;
+  const id = dispatchId("run", randomSuffix());
   return {
     id,
     layout: cacheLayout(cacheRoot),

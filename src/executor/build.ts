@@ -2,8 +2,9 @@ import { rmSync } from "node:fs";
 import { chmod, chown, lstat, mkdir, readlink, realpath, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, dirname, isAbsolute, join, normalize, relative } from "node:path";
-import { checkoutCommit, diskFull, type CheckoutRequest } from "./checkout.js";
-import { ExecutorError, exitCodeOf, isDiskFull } from "./errors.js";
+import { checkoutCommit } from "./checkout.js";
+import type { CheckoutRequest } from "./materialize.js";
+import { diskFull, ExecutorError, exitCodeOf, isDiskFull } from "./errors.js";
 import { randomSuffix, touch } from "./fsutil.js";
 import { buildSlug, type CacheLayout } from "./layout.js";
 import type { FileLock } from "./lock.js";
@@ -25,7 +26,7 @@ export type BuildSource =
   | { kind: "worktree"; dir: string };
 
 /** One build, fully decided: what `petrel executor` and `petrel run` hand to `executeBuild`. */
-export interface BuildPlan {
+export interface ExecutorPlan {
   id: string;
   layout: CacheLayout;
   /** `owner/name@short`, for headers. */
@@ -84,7 +85,7 @@ const OUTPUT_DRAIN_MS = 1000;
  * Runs one build in the order of SPEC §6 (checkout, overlay, caches, run, clean up) and returns the exit code:
  * the script's, or the executor's own (docs/executor.md) when a step before it failed.
  */
-export async function executeBuild(plan: BuildPlan, io: BuildIo, signal?: AbortSignal): Promise<number> {
+export async function executeBuild(plan: ExecutorPlan, io: BuildIo, signal?: AbortSignal): Promise<number> {
   const say = (line: string) => io.stderr.write(`==> ${line}\n`);
   const held: FileLock[] = [];
   let secretsFile: SecretsFile | undefined;
@@ -190,7 +191,7 @@ export async function executeBuild(plan: BuildPlan, io: BuildIo, signal?: AbortS
 }
 
 async function prepareSource(
-  plan: BuildPlan,
+  plan: ExecutorPlan,
   say: (line: string) => void,
   held: FileLock[],
   signal: AbortSignal | undefined,
@@ -230,7 +231,7 @@ interface PlannedCache {
 }
 
 /** The caches' mount points, or a `cache_refused` error naming the first cache that cannot be mounted. */
-function planCaches(plan: BuildPlan, buildDir: string): PlannedCache[] {
+function planCaches(plan: ExecutorPlan, buildDir: string): PlannedCache[] {
   const out: PlannedCache[] = [];
   for (const name of Object.keys(plan.caches).sort()) {
     const path = plan.caches[name] as string;
@@ -316,7 +317,7 @@ async function realpathLoose(path: string, depth = 0): Promise<string> {
   }
 }
 
-async function prepareCaches(plan: BuildPlan, planned: readonly PlannedCache[]): Promise<{ mounts: CacheMount[]; lock?: string }> {
+async function prepareCaches(plan: ExecutorPlan, planned: readonly PlannedCache[]): Promise<{ mounts: CacheMount[]; lock?: string }> {
   if (planned.length === 0) return { mounts: [] };
   // Untrusted builds (forks, unknown senders) get their own set, so they can never poison trusted builds' caches.
   const ns = plan.trusted ? "trusted" : "untrusted";
@@ -338,7 +339,7 @@ async function prepareCaches(plan: BuildPlan, planned: readonly PlannedCache[]):
  * unless the build is trusted and the executor is root: the build then runs as an unprivileged user and the
  * cache root is made private to root. Returns that user, or undefined when the build runs as the executor.
  */
-async function copyModeUser(plan: BuildPlan, modes: readonly string[], uid: number): Promise<typeof COPY_BUILD_USER | undefined> {
+async function copyModeUser(plan: ExecutorPlan, modes: readonly string[], uid: number): Promise<typeof COPY_BUILD_USER | undefined> {
   if (!modes.includes("copy") || plan.source.kind !== "commit") return undefined;
   if (!plan.trusted) {
     throw new ExecutorError(
@@ -373,7 +374,7 @@ function describeTree(mode: IsolationMode, buildDir: string, setupMs: number): s
   return `overlay at ${buildDir} (${how}) ${formatMs(setupMs)}`;
 }
 
-function describeCaches(plan: BuildPlan, caches: readonly CacheMount[], mode: IsolationMode): string {
+function describeCaches(plan: ExecutorPlan, caches: readonly CacheMount[], mode: IsolationMode): string {
   const list = caches.map((c) => `${c.name}=${plan.caches[c.name] ?? c.target}`).join(", ");
   if (mode === "copy") return `caches: not mounted without mount namespaces (${list})`;
   return `caches ${list} (${plan.trusted ? "trusted" : "untrusted: separate from trusted builds"})`;
@@ -384,7 +385,7 @@ function describeSecrets(file: SecretsFile): string {
   return `secrets: ${file.count} in $PETREL_SECRETS${skipped ? `; skipped ${skipped} (not shell names)` : ""}`;
 }
 
-async function asExecutorError(err: unknown, plan: BuildPlan, signal: AbortSignal | undefined): Promise<ExecutorError> {
+async function asExecutorError(err: unknown, plan: ExecutorPlan, signal: AbortSignal | undefined): Promise<ExecutorError> {
   if (err instanceof ExecutorError) return err;
   if (signal?.aborted || (err as Error | undefined)?.name === "AbortError") {
     return new ExecutorError("cancelled", "cancelled", { cause: err });
@@ -393,7 +394,7 @@ async function asExecutorError(err: unknown, plan: BuildPlan, signal: AbortSigna
   return new ExecutorError("internal", (err as Error | undefined)?.message ?? String(err), { cause: err });
 }
 
-async function evict(plan: BuildPlan, say: (line: string) => void): Promise<void> {
+async function evict(plan: ExecutorPlan, say: (line: string) => void): Promise<void> {
   if (!plan.eviction) return;
   const started = performance.now();
   try {

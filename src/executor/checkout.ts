@@ -1,22 +1,10 @@
 import { mkdir, readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { ExecutorError } from "./errors.js";
-import { exists, freeBytes, removeTree, touch } from "./fsutil.js";
-import { repoSlug, type CacheLayout } from "./layout.js";
+import { exists, removeTree, signalOf, touch } from "./fsutil.js";
+import { repoSlug } from "./layout.js";
 import { lockFile, type FileLock } from "./lock.js";
-
-/** One commit of one repository to make available as a base worktree. */
-export interface CheckoutRequest {
-  layout: CacheLayout;
-  url: string;
-  commit: string;
-  /** `owner/name@short`, for messages. */
-  label: string;
-  /** Refs that should contain the commit, fetched in this order (`refs/heads/main`, `refs/pull/7/head`). */
-  refs: readonly string[];
-  deployKey?: string;
-  signal?: AbortSignal;
-}
+import type { CheckoutRequest } from "./materialize.js";
 
 /**
  * A base worktree to use read-only. Whoever uses it must hold `lockPath` shared (eviction needs it exclusively):
@@ -80,16 +68,4 @@ export async function checkoutCommit(req: CheckoutRequest): Promise<Checkout> {
 async function removeStale(dir: string, commit: string): Promise<void> {
   const prefix = `.tmp-${commit}-`;
   for (const name of await readdir(dir)) if (name.startsWith(prefix)) await removeTree(join(dir, name));
-}
-
-/** `{ signal }` when the request has one (exactOptionalPropertyTypes forbids passing undefined). */
-export function signalOf(req: { signal?: AbortSignal | undefined }): { signal?: AbortSignal } {
-  return req.signal ? { signal: req.signal } : {};
-}
-
-/** The one-line error for a full disk under the cache root. */
-export async function diskFull(root: string, cause: unknown): Promise<ExecutorError> {
-  const free = await freeBytes(root);
-  const left = free === undefined ? "" : ` (${Math.floor(free / 1024)} KiB free)`;
-  return new ExecutorError("disk_full", `disk full: no space left under ${root}${left}`, { cause });
 }

@@ -2,11 +2,11 @@ import { closeSync, readFileSync } from "node:fs";
 import { readFile, stat, unlink } from "node:fs/promises";
 import { homedir } from "node:os";
 import { isAbsolute, join } from "node:path";
-import type { BuildMeta, DispatchPayload } from "../builds/dispatch.js";
-import type { BuildPlan } from "./build.js";
+import { OPTIONAL_META, parseCaches, REQUIRED_META, type BuildMeta, type DispatchPayload } from "../contract/dispatch.js";
+import type { ExecutorPlan } from "./build.js";
 import { ExecutorError } from "./errors.js";
 import { cacheLayout, redactUrl, repoNameFromUrl, repoSlug } from "./layout.js";
-import { META_OPTIONAL, META_REQUIRED, validateBuildMeta, validateDispatchPayload } from "./meta.js";
+import { validateBuildMeta, validateDispatchPayload } from "./meta.js";
 import type { Isolation } from "./sandbox.js";
 import { parseDuration, readEvictionSettings } from "./settings.js";
 
@@ -23,7 +23,7 @@ const ISOLATIONS: readonly Isolation[] = ["auto", "mount", "userns", "copy"];
  */
 export function readNomadMeta(env: Env): Record<string, string> {
   const raw: Record<string, string> = {};
-  for (const key of META_REQUIRED) {
+  for (const key of REQUIRED_META) {
     const value = env[`NOMAD_META_${key}`];
     if (value === undefined) {
       throw new ExecutorError(
@@ -33,7 +33,7 @@ export function readNomadMeta(env: Env): Record<string, string> {
     }
     raw[key] = value;
   }
-  for (const key of META_OPTIONAL) {
+  for (const key of OPTIONAL_META) {
     const value = env[`NOMAD_META_${key}`];
     if (value !== undefined && value !== "") raw[key] = value;
   }
@@ -78,7 +78,7 @@ function readPayloadFd(value: string): string {
   }
 }
 
-async function parsePayload(text: string, path: string): Promise<DispatchPayload> {
+function parsePayload(text: string, path: string): DispatchPayload {
   let raw: unknown;
   try {
     raw = JSON.parse(text);
@@ -129,12 +129,12 @@ export function readRuntimeSettings(env: Env): { isolation: Isolation; killGrace
 }
 
 /** The build a Nomad task environment describes (SPEC §6): meta, payload, cache and secrets directories. */
-export async function planFromNomadEnv(env: Env): Promise<BuildPlan> {
+export async function planFromNomadEnv(env: Env): Promise<ExecutorPlan> {
   const id = env.NOMAD_JOB_ID;
   if (!id) {
     throw new ExecutorError("bad_environment", "NOMAD_JOB_ID is not set: petrel executor runs as a Nomad task (use petrel run locally)");
   }
-  const meta = await validateBuildMeta(readNomadMeta(env));
+  const meta = validateBuildMeta(readNomadMeta(env));
   const cacheRoot = env.PETREL_CACHE_DIR || DEFAULT_CACHE_DIR;
   if (!isAbsolute(cacheRoot)) {
     throw new ExecutorError("bad_environment", `PETREL_CACHE_DIR=${cacheRoot}: must be an absolute path`);
@@ -151,7 +151,7 @@ export async function planFromNomadEnv(env: Env): Promise<BuildPlan> {
   const trusted = meta.TRUSTED === "true";
   const secretsDir = env.NOMAD_SECRETS_DIR && (await isDir(env.NOMAD_SECRETS_DIR)) ? env.NOMAD_SECRETS_DIR : undefined;
   const name = meta.REPO || repoNameFromUrl(meta.REPO_URL);
-  const plan: BuildPlan = {
+  const plan: ExecutorPlan = {
     id,
     layout: cacheLayout(cacheRoot),
     label: `${name}@${meta.COMMIT.slice(0, 7)}`,
@@ -177,7 +177,7 @@ export async function planFromNomadEnv(env: Env): Promise<BuildPlan> {
     },
     trusted,
     secrets: trusted ? (payload?.secrets ?? {}) : {},
-    caches: parseCachesMeta(meta.CACHES),
+    caches: parseCaches(meta.CACHES),
     home: env.HOME || homedir(),
     hideCacheRoot: true,
     isolation: runtime.isolation,
@@ -189,17 +189,6 @@ export async function planFromNomadEnv(env: Env): Promise<BuildPlan> {
   if (taskDir) plan.buildDir = join(taskDir, "build");
   if (secretsDir) plan.secretsDir = secretsDir;
   return plan;
-}
-
-/** `name=path,name=path` (the CACHES meta key) as a map; same rules as parseCaches in src/builds/dispatch.ts. */
-export function parseCachesMeta(value: string | undefined): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const part of (value ?? "").split(",")) {
-    const eq = part.indexOf("=");
-    if (eq <= 0) continue;
-    out[part.slice(0, eq).trim()] = part.slice(eq + 1).trim();
-  }
-  return out;
 }
 
 async function isDir(path: string): Promise<boolean> {

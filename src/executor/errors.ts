@@ -1,4 +1,4 @@
-import { AppError, type ErrorCode } from "../errors.js";
+import { freeBytes } from "./fsutil.js";
 
 /** Why the executor stopped before or around the build script, as opposed to the script's own failure. */
 export type ExecutorFailure =
@@ -13,36 +13,36 @@ export type ExecutorFailure =
   | "cancelled"
   | "internal";
 
-// sysexits(3) codes, so a failing setup is told apart from the usual 1/2 of a failing build script.
-const FAILURES: Record<ExecutorFailure, { code: ErrorCode; status: number; exitCode: number }> = {
-  bad_environment: { code: "config_invalid", status: 400, exitCode: 64 },
-  missing_commit: { code: "not_found", status: 404, exitCode: 65 },
-  no_build_script: { code: "not_found", status: 404, exitCode: 66 },
-  unreachable: { code: "upstream_error", status: 502, exitCode: 69 },
-  internal: { code: "internal", status: 500, exitCode: 70 },
-  mount_failed: { code: "internal", status: 500, exitCode: 71 },
-  isolation_refused: { code: "config_invalid", status: 400, exitCode: 77 },
-  cache_refused: { code: "config_invalid", status: 400, exitCode: 78 },
-  disk_full: { code: "internal", status: 507, exitCode: 74 },
-  cancelled: { code: "gone", status: 410, exitCode: 143 },
+// sysexits(3) codes, so a failing setup is told apart from the usual 1/2 of a failing build script. The executor
+// answers no HTTP request: its failures carry an exit code, not a status.
+const EXIT_CODES: Record<ExecutorFailure, number> = {
+  bad_environment: 64,
+  missing_commit: 65,
+  no_build_script: 66,
+  unreachable: 69,
+  internal: 70,
+  mount_failed: 71,
+  disk_full: 74,
+  isolation_refused: 77,
+  cache_refused: 78,
+  cancelled: 143,
 };
 
 /** The exit code the executor ends with for each failure of its own. */
 export function exitCodeOf(failure: ExecutorFailure): number {
-  return FAILURES[failure].exitCode;
+  return EXIT_CODES[failure];
 }
 
 /** A failure of the executor itself; its message is the one line printed after `==> error:`. */
-export class ExecutorError extends AppError {
+export class ExecutorError extends Error {
   readonly failure: ExecutorFailure;
   readonly exitCode: number;
 
   constructor(failure: ExecutorFailure, message: string, options?: { cause?: unknown }) {
-    const f = FAILURES[failure];
-    super(f.code, f.status, message, options);
+    super(message, options);
     this.name = "ExecutorError";
     this.failure = failure;
-    this.exitCode = f.exitCode;
+    this.exitCode = EXIT_CODES[failure];
   }
 }
 
@@ -53,4 +53,11 @@ export function isDiskFull(err: unknown): boolean {
     e = (e as { cause?: unknown }).cause;
   }
   return false;
+}
+
+/** The one-line error for a full disk under the cache root. */
+export async function diskFull(root: string, cause: unknown): Promise<ExecutorError> {
+  const free = await freeBytes(root);
+  const left = free === undefined ? "" : ` (${Math.floor(free / 1024)} KiB free)`;
+  return new ExecutorError("disk_full", `disk full: no space left under ${root}${left}`, { cause });
 }

@@ -72,3 +72,8 @@ export async function freeBytes(path: string): Promise<number | undefined> {
     return undefined;
   }
 }
+
+/** `{ signal }` when the request has one (exactOptionalPropertyTypes forbids passing undefined). */
+export function signalOf(req: { signal?: AbortSignal | undefined }): { signal?: AbortSignal } {
+  return req.signal ? { signal: req.signal } : {};
+}

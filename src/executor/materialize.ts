@@ -1,12 +1,24 @@
 import { mkdir, rename } from "node:fs/promises";
 import { join } from "node:path";
-import { diskFull, signalOf, type CheckoutRequest } from "./checkout.js";
-import { ExecutorError } from "./errors.js";
-import { exists, randomSuffix, removeTree, touch } from "./fsutil.js";
+import { diskFull, ExecutorError } from "./errors.js";
+import { exists, randomSuffix, removeTree, signalOf, touch } from "./fsutil.js";
 import { git, withSshEnv } from "./git.js";
-import { redactUrl } from "./layout.js";
+import { redactUrl, type CacheLayout } from "./layout.js";
 import { lockFile } from "./lock.js";
 import { lastLine, type ProcessResult } from "./proc.js";
+
+/** One commit of one repository to make available as a base worktree. */
+export interface CheckoutRequest {
+  layout: CacheLayout;
+  url: string;
+  commit: string;
+  /** `owner/name@short`, for messages. */
+  label: string;
+  /** Refs that should contain the commit, fetched in this order (`refs/heads/main`, `refs/pull/7/head`). */
+  refs: readonly string[];
+  deployKey?: string;
+  signal?: AbortSignal;
+}
 
 /** Fetches the commit into the repository's bare mirror if needed and checks it out into `final`, atomically. */
 export async function createWorktree(req: CheckoutRequest, slug: string, dir: string, final: string): Promise<string> {

@@ -14,13 +14,12 @@ import type {
   BuildListener,
   BuildReader,
   BuilderParams,
-  DispatchRequest,
-  DispatchResult,
+  BuildDispatch,
+  DispatchedBuild,
   LogRequest,
 } from "../builds/backend.js";
 import { isAfterCursor, isTerminal, newestFirst } from "../builds/backend.js";
-import { OPTIONAL_META, REQUIRED_META } from "../builds/dispatch.js";
-import type { DispatchPayload } from "../builds/dispatch.js";
+import { dispatchId, OPTIONAL_META, REQUIRED_META, type DispatchPayload } from "../contract/dispatch.js";
 import { buildFromMeta, matchesFilter } from "../builds/model.js";
 import { AppError } from "../errors.js";
 import type { Logger } from "../log.js";
@@ -358,11 +357,11 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
       return { payload: "optional", metaRequired: [...REQUIRED_META], metaOptional: [...OPTIONAL_META] };
     },
 
-    async dispatch(request: DispatchRequest): Promise<DispatchResult> {
+    async dispatch(request: BuildDispatch): Promise<DispatchedBuild> {
       if (closed) throw new AppError("nomad_unavailable", 503, "petrel is shutting down; redeliver the webhook");
       const existing = byToken.get(request.idempotencyToken);
       if (existing !== undefined) return { id: existing, duplicate: true };
-      const id = `${request.builder}/dispatch-${Math.floor(Date.now() / 1000)}-${randomBytes(4).toString("hex")}`;
+      const id = dispatchId(request.builder, randomBytes(4).toString("hex"));
       const record: BuildRecord = {
         id,
         builder: request.builder,

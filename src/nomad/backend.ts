@@ -1,16 +1,15 @@
-import type { BuildBackend, DispatchResult } from "../builds/backend.js";
+import type { BuildBackend, DispatchedBuild } from "../builds/backend.js";
+import { DISPATCH_PAYLOAD_LIMIT as NOMAD_PAYLOAD_LIMIT } from "../contract/dispatch.js";
 import { AppError, UpstreamError, errorMessage } from "../errors.js";
 import { isPermanentDispatchError } from "./client.js";
 import type { NomadClient } from "./client.js";
 
-/** Nomad refuses dispatch payloads over 16 KiB (contracts/nomad.md §1.2). */
-export const NOMAD_PAYLOAD_LIMIT = 16 * 1024;
 
 /** Cluster mode: every build is a dispatched child of a parameterized Nomad batch job. */
 export function createNomadBackend(options: { nomad: NomadClient }): BuildBackend {
   const { nomad } = options;
   // Concurrent identical deliveries share one dispatch; all but the first hear it as the duplicate it is.
-  const inFlight = new Map<string, Promise<DispatchResult>>();
+  const inFlight = new Map<string, Promise<DispatchedBuild>>();
 
   async function send(
     builder: string,
@@ -18,7 +17,7 @@ export function createNomadBackend(options: { nomad: NomadClient }): BuildBacken
     idempotencyToken: string,
     payload: Buffer | undefined,
     signal: AbortSignal | undefined,
-  ): Promise<DispatchResult> {
+  ): Promise<DispatchedBuild> {
     try {
       const result = await nomad.dispatch(
         builder,

@@ -1,6 +1,6 @@
 import type { Build, BuildPage, BuildReader, BuildState, BuildSummary } from "../builds/backend.js";
 import { isAfterCursor, isTerminal, newestFirst } from "../builds/backend.js";
-import { isBuildOf, parentOfBuildId } from "../builds/dispatch.js";
+import { isBuildOf, parentOfBuildId } from "../contract/dispatch.js";
 import { buildFromMeta, matchesFilter } from "../builds/model.js";
 import { AppError } from "../errors.js";
 import type { Logger } from "../log.js";

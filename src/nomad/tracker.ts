@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Build, BuildState } from "../builds/backend.js";
 import { isTerminal } from "../builds/backend.js";
-import { isBuildOf } from "../builds/dispatch.js";
+import { isBuildOf } from "../contract/dispatch.js";
 import { errorMessage } from "../errors.js";
 import type { Logger } from "../log.js";
 import { createNomadBuildReader } from "./builds.js";

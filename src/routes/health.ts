@@ -1,5 +1,5 @@
 import { Hono } from "hono";
-import type { AppDeps } from "../app.js";
+import type { AppDeps } from "./deps.js";
 
 const CHECK_TIMEOUT_MS = 2000;
 

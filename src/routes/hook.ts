@@ -1,7 +1,7 @@
 import type { IncomingMessage } from "node:http";
 import { Hono } from "hono";
 import type { Context } from "hono";
-import type { AppDeps } from "../app.js";
+import type { AppDeps } from "./deps.js";
 import { AppError, UpstreamError } from "../errors.js";
 import { metaForBuilder, planBuild } from "../builds/plan.js";
 import { parseDelivery } from "../gitea/events.js";

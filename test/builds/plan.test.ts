@@ -1,6 +1,6 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { BuildMeta } from "../../src/builds/dispatch.js";
+import { checkBuildMeta, type BuildMeta } from "../../src/contract/dispatch.js";
 import { isEntryCloneUrl, metaForBuilder, planBuild, planManual, type BuildPlan, type Plan } from "../../src/builds/plan.js";
 import { parseDelivery, type Delivery } from "../../src/gitea/events.js";
 import { RepoConfig, type RepoEntry } from "../../src/registry/schema.js";
@@ -140,7 +140,7 @@ describe("planBuild: what builds", () => {
       expect(p.commit).toBe(p.meta.COMMIT);
       if (c.trusted) expect(p.payload).toEqual(TRUSTED_PAYLOAD);
       else expect(p).not.toHaveProperty("payload");
-      expect(BuildMeta.safeParse(p.meta).success).toBe(true);
+      expect(checkBuildMeta({ ...p.meta })).toEqual({ ok: true, value: p.meta });
       expect(p.idempotencyToken).toMatch(/^[0-9a-f]{64}$/);
     });
   }
@@ -390,7 +390,7 @@ describe("planManual", () => {
       TRUSTED: "true",
     });
     expect(p.payload).toEqual(TRUSTED_PAYLOAD);
-    expect(BuildMeta.safeParse(p.meta).success).toBe(true);
+    expect(checkBuildMeta({ ...p.meta })).toEqual({ ok: true, value: p.meta });
   });
 
   it("is a fresh build for every nonce, and the same one for a repeated nonce", () => {

@@ -6,8 +6,8 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 export const ROOT = fileURLToPath(new URL("../..", import.meta.url));
-/** The compiled entry (built by test/global-setup.ts). */
-export const ENTRY = join(ROOT, "dist/executor/entry.js");
+/** The production entry, `petrel` (runs dist/, built by test/global-setup.ts). */
+export const PETREL = join(ROOT, "bin/petrel.js");
 
 /** A fresh directory under the system temp dir, removed by `cleanup()`. */
 export function tempDir(prefix: string): string {
@@ -76,6 +76,8 @@ export interface RunOptions {
   jobId?: string;
   env?: NodeJS.ProcessEnv;
   payload?: unknown;
+  /** Text handed over a pipe as descriptor 3 with PETREL_PAYLOAD_FD=3, as the single-machine backend does. */
+  payloadPipe?: string;
   /** Wrap the command (e.g. `unshare --mount sh -c '...' --`). */
   prefix?: string[];
   onStdout?: (text: string, pid: number) => void;
@@ -91,7 +93,7 @@ export interface RunResult {
   ms: number;
 }
 
-/** Runs `petrel executor` (the compiled entry) as a Nomad task would, in its own process group. */
+/** Runs `petrel executor` (bin/petrel.js) as a Nomad task would, in its own process group. */
 export function runExecutor(opts: RunOptions): Promise<RunResult> {
   const env: NodeJS.ProcessEnv = {
     PATH: process.env.PATH,
@@ -109,10 +111,17 @@ export function runExecutor(opts: RunOptions): Promise<RunResult> {
     if (opts.payload !== undefined) writeFileSync(join(opts.taskDir, "payload.json"), JSON.stringify(opts.payload));
   }
   if (opts.secretsDir) env.NOMAD_SECRETS_DIR = opts.secretsDir;
-  const argv = [...(opts.prefix ?? []), process.execPath, ENTRY, "executor"];
+  if (opts.payloadPipe !== undefined) env.PETREL_PAYLOAD_FD = "3";
+  const argv = [...(opts.prefix ?? []), process.execPath, PETREL, "executor"];
   const started = performance.now();
   return new Promise((resolve, reject) => {
-    const child = spawn(argv[0] as string, argv.slice(1), { env, stdio: ["ignore", "pipe", "pipe"], detached: true });
+    const stdio = opts.payloadPipe === undefined ? ["ignore", "pipe", "pipe"] : ["ignore", "pipe", "pipe", "pipe"];
+    const child = spawn(argv[0] as string, argv.slice(1), { env, stdio: stdio as ["ignore", "pipe", "pipe"], detached: true });
+    if (opts.payloadPipe !== undefined) {
+      const pipe = child.stdio[3] as NodeJS.WritableStream;
+      pipe.on("error", () => undefined);
+      pipe.end(opts.payloadPipe);
+    }
     let stdout = "";
     let stderr = "";
     child.stdout.setEncoding("utf8").on("data", (d: string) => {

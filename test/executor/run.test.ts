@@ -2,7 +2,7 @@ import { spawn } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { cleanup, createRepo, ENTRY, mountPoints, mountSupport, sh, tempDir, treeDigest, type TestRepo } from "./helpers.js";
+import { cleanup, createRepo, PETREL, mountPoints, mountSupport, sh, tempDir, treeDigest, type TestRepo } from "./helpers.js";
 
 const support = mountSupport();
 if (!support.ok) console.warn(`SKIPPED petrel run overlay tests: this process may not mount overlayfs (${support.reason})`);
@@ -15,7 +15,7 @@ interface Run {
 
 function petrelRun(cwd: string, args: string[], env: NodeJS.ProcessEnv, input?: string): Promise<Run> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [ENTRY, "run", ...args], {
+    const child = spawn(process.execPath, [PETREL, "run", ...args], {
       cwd,
       env: { PATH: process.env.PATH, ...env },
       stdio: [input === undefined ? "ignore" : "pipe", "pipe", "pipe"],

@@ -31,12 +31,21 @@ describe("executor start-up", () => {
   it("loads only Node built-ins and its own modules before the build starts", () => {
     const { files, external } = eagerGraph(join(ROOT, "dist/cli/executor.js"));
     expect(external.every((s) => s.startsWith("node:")), external.join(", ")).toBe(true);
-    // zod, git and eviction are loaded on demand only (an invalid meta, a cold checkout, after the build).
-    expect(files).not.toContain("dist/builds/dispatch.js");
+    // The dispatch contract is checked without zod; git and eviction are loaded on demand only (a cold
+    // checkout, after the build).
+    expect(files).toContain("dist/contract/dispatch.js");
+    expect(files).not.toContain("dist/errors.js");
     expect(files).not.toContain("dist/executor/materialize.js");
     expect(files).not.toContain("dist/executor/evict.js");
     expect(external).not.toContain("node:crypto");
     expect(files).toContain("dist/executor/sandbox.js");
+  });
+
+  it("starts from bin/petrel.js, whose CLI loads nothing but Node built-ins before the command", () => {
+    expect(staticImports(join(ROOT, "bin/petrel.js"))).toEqual(["../dist/cli/main.js"]);
+    const { files, external } = eagerGraph(join(ROOT, "dist/cli/main.js"));
+    expect(files).toEqual(["dist/cli/main.js"]);
+    expect(external.every((s) => s.startsWith("node:")), external.join(", ")).toBe(true);
   });
 
   it("keeps `petrel run` as light", () => {

@@ -8,7 +8,7 @@ import { lockFile } from "../../src/executor/lock.js";
 import { modesFor } from "../../src/executor/sandbox.js";
 import { formatSecrets, writeSecretsFile } from "../../src/executor/secrets.js";
 import { DEFAULT_EVICTION, formatMs, parseDuration, parseSize, readEvictionSettings } from "../../src/executor/settings.js";
-import { cleanup, ENTRY, tempDir, waitFor } from "./helpers.js";
+import { cleanup, ROOT, tempDir, waitFor } from "./helpers.js";
 
 const dir = tempDir("units");
 afterAll(() => cleanup(dir));
@@ -47,7 +47,7 @@ describe("file locks", () => {
 
   it("frees the lock when the holding process is killed", async () => {
     const path = join(dir, "c.lock");
-    const lockJs = join(ENTRY, "..", "lock.js");
+    const lockJs = join(ROOT, "dist/executor/lock.js");
     const holder = spawn(process.execPath, ["--input-type=module", "-e", `const { lockFile } = await import(${JSON.stringify(lockJs)}); await lockFile(${JSON.stringify(path)}); console.log("held"); setInterval(() => {}, 1000);`], { stdio: ["ignore", "pipe", "inherit"] });
     let out = "";
     holder.stdout.on("data", (d: Buffer) => (out += d.toString()));

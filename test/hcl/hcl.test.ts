@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { parse } from "@cdktf/hcl2json";
 import { describe, expect, it } from "vitest";
-import { OPTIONAL_META, REQUIRED_META } from "../../src/builds/dispatch.js";
+import { OPTIONAL_META, REQUIRED_META } from "../../src/contract/dispatch.js";
 import { findByEnv } from "../../src/local/isolate.js";
 import { ROOT } from "../executor/helpers.js";
 

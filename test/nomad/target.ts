@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { Agent, request } from "undici";
-import { OPTIONAL_META, REQUIRED_META } from "../../src/builds/dispatch.js";
+import { OPTIONAL_META, REQUIRED_META } from "../../src/contract/dispatch.js";
 import { startNomadFake, type NomadFake, type NomadFakeOptions } from "../fakes/nomad.js";
 
 /** True when the contract tests run against a real Nomad (`NOMAD_ADDR` set for the test run). */

@@ -1,0 +1,22 @@
+import type { BuildBackend, BuildReader } from "../builds/backend.js";
+import type { StatusReporter } from "../gitea/client.js";
+import type { Logger } from "../log.js";
+import type { Metrics } from "../metrics.js";
+import type { Registry } from "../registry/schema.js";
+
+/** Everything the HTTP app needs, injected so tests wire fakes and main wires the real clients. */
+export interface AppDeps {
+  log: Logger;
+  metrics: Metrics;
+  registry: Registry;
+  backend: BuildBackend;
+  reader: BuildReader;
+  adminToken?: string;
+  /** Aborted when petrel stops: log streams end so the server can close. */
+  shutdown?: AbortSignal;
+  reporter: StatusReporter;
+  publicUrl: string;
+  defaultBuilder: string;
+  /** Checks for /health besides the registry and the backend, e.g. Consul's leader. */
+  extraHealth?: Record<string, (signal: AbortSignal) => Promise<{ ok: boolean; error?: string }>>;
+}
