@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { z } from "zod";
+import { AppError } from "./errors.js";
 
 /** TLS material for one HashiCorp client, in HashiCorp's own terms. */
 export interface TlsConfig {
@@ -51,10 +52,10 @@ export interface Config {
 }
 
 /** A bad or missing setting: the message names the variable and the fix, on one line. */
-export class ConfigError extends Error {
+export class ConfigError extends AppError {
   readonly variable: string;
   constructor(variable: string, message: string) {
-    super(`${variable}: ${message}`);
+    super("config_invalid", `${variable}: ${message}`);
     this.name = "ConfigError";
     this.variable = variable;
   }

@@ -71,7 +71,7 @@ export async function serveCommand(env: NodeJS.ProcessEnv = process.env, cwd: st
 
 /** Why petrel could not start, as one line: the setting or file and what was wrong with it. */
 function startFailure(err: unknown): string {
-  if (err instanceof ConfigError || err instanceof AppError) return err.message.replace(/\s*\n\s*/g, " ");
+  if (err instanceof AppError) return err.message.replace(/\s*\n\s*/g, " ");
   const e = err as NodeJS.ErrnoException;
   const message = e instanceof Error ? e.message : String(err);
   return `could not start: ${message.replace(/\s*\n\s*/g, " ")}`;

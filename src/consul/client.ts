@@ -108,7 +108,7 @@ export function consulAgentOptions(tls: ConsulTlsOptions): Agent.Options {
   const waitMs = Math.min(parseGoDuration(tls.maxWait ?? "10m") ?? MAX_WAIT_MS, MAX_WAIT_MS);
   const timeout = blockingTimeoutMs(waitMs);
   if ((tls.clientCert === undefined) !== (tls.clientKey === undefined)) {
-    throw new AppError("config_invalid", 500, "Consul client certificate and key must be given together");
+    throw new AppError("config_invalid", "Consul client certificate and key must be given together");
   }
   const ca: string[] = [];
   if (tls.cacert !== undefined) ca.push(readTlsFile(tls.cacert, "CA certificate"));
@@ -129,7 +129,7 @@ function readTlsFile(path: string, what: string): string {
   try {
     return readFileSync(path, "utf8");
   } catch (err) {
-    throw new AppError("config_invalid", 500, `cannot read Consul ${what} ${path}: ${errorMessage(err)}`, {
+    throw new AppError("config_invalid", `cannot read Consul ${what} ${path}: ${errorMessage(err)}`, {
       cause: err,
     });
   }
@@ -140,7 +140,7 @@ function readCaDir(dir: string): string[] {
   try {
     names = readdirSync(dir).sort();
   } catch (err) {
-    throw new AppError("config_invalid", 500, `cannot read Consul CA directory ${dir}: ${errorMessage(err)}`, {
+    throw new AppError("config_invalid", `cannot read Consul CA directory ${dir}: ${errorMessage(err)}`, {
       cause: err,
     });
   }
@@ -172,7 +172,7 @@ function blockingTimeoutMs(waitMs: number): number {
 function encodeKey(key: string): string {
   // A `.` or `..` segment would be resolved away by URL parsing and address another key.
   if (key.startsWith("/") || key.split("/").some((s) => s === "." || s === "..")) {
-    throw new AppError("bad_request", 400, `invalid Consul key ${JSON.stringify(key)}`);
+    throw new AppError("bad_request", `invalid Consul key ${JSON.stringify(key)}`);
   }
   return key.split("/").map(encodeURIComponent).join("/");
 }

@@ -14,17 +14,17 @@ export type ExecutorFailure =
   | "internal";
 
 // sysexits(3) codes, so a failing setup is told apart from the usual 1/2 of a failing build script.
-const FAILURES: Record<ExecutorFailure, { code: ErrorCode; status: number; exitCode: number }> = {
-  bad_environment: { code: "config_invalid", status: 400, exitCode: 64 },
-  missing_commit: { code: "not_found", status: 404, exitCode: 65 },
-  no_build_script: { code: "not_found", status: 404, exitCode: 66 },
-  unreachable: { code: "upstream_error", status: 502, exitCode: 69 },
-  internal: { code: "internal", status: 500, exitCode: 70 },
-  mount_failed: { code: "internal", status: 500, exitCode: 71 },
-  isolation_refused: { code: "config_invalid", status: 400, exitCode: 77 },
-  cache_refused: { code: "config_invalid", status: 400, exitCode: 78 },
-  disk_full: { code: "internal", status: 507, exitCode: 74 },
-  cancelled: { code: "gone", status: 410, exitCode: 143 },
+const FAILURES: Record<ExecutorFailure, { code: ErrorCode; exitCode: number }> = {
+  bad_environment: { code: "config_invalid", exitCode: 64 },
+  missing_commit: { code: "not_found", exitCode: 65 },
+  no_build_script: { code: "not_found", exitCode: 66 },
+  unreachable: { code: "upstream_error", exitCode: 69 },
+  internal: { code: "internal", exitCode: 70 },
+  mount_failed: { code: "internal", exitCode: 71 },
+  isolation_refused: { code: "config_invalid", exitCode: 77 },
+  cache_refused: { code: "config_invalid", exitCode: 78 },
+  disk_full: { code: "insufficient_storage", exitCode: 74 },
+  cancelled: { code: "gone", exitCode: 143 },
 };
 
 /** The exit code the executor ends with for each failure of its own. */
@@ -39,7 +39,7 @@ export class ExecutorError extends AppError {
 
   constructor(failure: ExecutorFailure, message: string, options?: { cause?: unknown }) {
     const f = FAILURES[failure];
-    super(f.code, f.status, message, options);
+    super(f.code, message, options);
     this.name = "ExecutorError";
     this.failure = failure;
     this.exitCode = f.exitCode;

@@ -321,10 +321,10 @@ function apiUrl(baseUrl: string, path: string): URL {
   try {
     base = new URL(baseUrl);
   } catch {
-    throw new AppError("config_invalid", 500, "gitea.url is not a valid URL");
+    throw new AppError("config_invalid", "gitea.url is not a valid URL");
   }
   if (base.protocol !== "http:" && base.protocol !== "https:") {
-    throw new AppError("config_invalid", 500, "gitea.url must be an http or https URL");
+    throw new AppError("config_invalid", "gitea.url must be an http or https URL");
   }
   return new URL(`${base.origin}${base.pathname.replace(/\/+$/, "")}/api/v1${path}`);
 }

@@ -30,7 +30,7 @@ export function createNomadBackend(options: { nomad: NomadClient }): BuildBacken
       // Nomad answers 500 to requests it will never accept (contracts/nomad.md §1.6); a redelivery cannot
       // cure those, so they must not read as an outage.
       if (err instanceof UpstreamError && isPermanentDispatchError(err)) {
-        throw new AppError("upstream_error", 502, `Nomad refused to dispatch ${builder}: ${err.upstreamBody}`, { cause: err });
+        throw new AppError("upstream_error", `Nomad refused to dispatch ${builder}: ${err.upstreamBody}`, { cause: err });
       }
       throw err;
     }
@@ -45,10 +45,7 @@ export function createNomadBackend(options: { nomad: NomadClient }): BuildBacken
         payload = Buffer.from(JSON.stringify(request.payload));
         if (payload.length > NOMAD_PAYLOAD_LIMIT) {
           // Checked here so the operator reads which limit was hit instead of Nomad's bare size message.
-          throw new AppError(
-            "config_invalid",
-            500,
-            `the repository's secrets and deploy key take ${payload.length} bytes; Nomad's dispatch payload limit is ${NOMAD_PAYLOAD_LIMIT}`,
+          throw new AppError("config_invalid", `the repository's secrets and deploy key take ${payload.length} bytes; Nomad's dispatch payload limit is ${NOMAD_PAYLOAD_LIMIT}`,
           );
         }
       }

@@ -57,7 +57,7 @@ export function createNomadBuildReader(options: NomadBuildReaderOptions): NomadB
 
   const refuse = (id: string): void => {
     if (!isBuildOf(id, options.builders())) {
-      throw new AppError("not_found", 404, `${id} is not a petrel build (not a dispatched child of a configured builder job)`);
+      throw new AppError("not_found", `${id} is not a petrel build (not a dispatched child of a configured builder job)`);
     }
   };
 

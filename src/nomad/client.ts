@@ -362,20 +362,17 @@ export function createNomadClient(opts: NomadClientOptions): NomadClient {
       signal,
     );
     if (!answer) {
-      throw new AppError("not_found", 404, `Nomad job "${jobId}" not found${inNamespace(opts.namespace)}`);
+      throw new AppError("not_found", `Nomad job "${jobId}" not found${inNamespace(opts.namespace)}`);
     }
     const job = answer.value;
     const p = job.ParameterizedJob;
     if (!p || job.Dispatched) {
-      throw new AppError(
-        "config_invalid",
-        500,
-        `Nomad job "${jobId}" is not a parameterized job; a builder must be a parameterized batch job`,
+      throw new AppError("config_invalid", `Nomad job "${jobId}" is not a parameterized job; a builder must be a parameterized batch job`,
       );
     }
     const payload = p.Payload === "" ? "optional" : p.Payload;
     if (payload !== "optional" && payload !== "required" && payload !== "forbidden") {
-      throw new AppError("config_invalid", 500, `Nomad job "${jobId}" has an unknown payload rule "${payload}"`);
+      throw new AppError("config_invalid", `Nomad job "${jobId}" has an unknown payload rule "${payload}"`);
     }
     return { payload, metaRequired: p.MetaRequired, metaOptional: p.MetaOptional };
   }
