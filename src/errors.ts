@@ -28,8 +28,6 @@ export const ERROR_STATUS = {
   config_invalid: 500,
   internal: 500,
   upstream_error: 502,
-  /** An upstream refused a request on grounds petrel checks before sending it (a builder's declared parameters). */
-  upstream_refused: 502,
   nomad_unavailable: 503,
   consul_unavailable: 503,
   gitea_unavailable: 503,
@@ -61,7 +59,15 @@ export class AppError extends Error {
   }
 }
 
-export type UpstreamService = "nomad" | "consul" | "gitea";
+/** The services petrel calls; `petrel` is its own API, as the CLI calls it. */
+export type UpstreamService = "nomad" | "consul" | "gitea" | "petrel";
+
+const UNAVAILABLE: Record<UpstreamService, ErrorCode> = {
+  nomad: "nomad_unavailable",
+  consul: "consul_unavailable",
+  gitea: "gitea_unavailable",
+  petrel: "unreachable",
+};
 
 const MAX_BODY_IN_MESSAGE = 512;
 
@@ -90,7 +96,7 @@ export class UpstreamError extends AppError {
         ? `${what} unreachable${body ? `: ${body}` : ""}`
         : `${what} answered ${upstreamStatus}${body ? `: ${body}` : ""}`;
     super(
-      unavailable ? (`${service}_unavailable` as const) : "upstream_error",
+      unavailable ? UNAVAILABLE[service] : "upstream_error",
       detail,
       options?.cause === undefined ? undefined : { cause: options.cause },
     );

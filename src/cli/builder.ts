@@ -2,7 +2,8 @@ import { readFile } from "node:fs/promises";
 import { Agent } from "undici";
 import { OPTIONAL_META, REQUIRED_META } from "../builds/dispatch.js";
 import { UpstreamError } from "../errors.js";
-import { createNomadClient, nomadAgentOptions } from "../nomad/client.js";
+import { tlsAgentOptions } from "../http/tls.js";
+import { createNomadClient } from "../nomad/client.js";
 import { CliError, EXIT, expectPositionals, codeForUpstream, parseCommandArgs, processIo, progressTo, runCommand } from "./ops.js";
 import type { CliIo, Env } from "./ops.js";
 import { cliConfig } from "./repo-store.js";
@@ -129,7 +130,7 @@ async function register(argv: string[], env: Env, io: CliIo): Promise<number> {
   }
 
   const nomadConfig = config.nomad;
-  const agent = new Agent(nomadAgentOptions({ ...nomadConfig.tls, skipVerify: !nomadConfig.tls.verify }));
+  const agent = new Agent(tlsAgentOptions("Nomad", nomadConfig.tls));
   const nomad = createNomadClient({
     addr: nomadConfig.addr,
     dispatcher: agent,

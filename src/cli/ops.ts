@@ -62,7 +62,6 @@ const EXIT_OF_CODE: Record<ErrorCode, ExitCode> = {
   config_invalid: EXIT.refused,
   internal: EXIT.failure,
   upstream_error: EXIT.refused,
-  upstream_refused: EXIT.refused,
   nomad_unavailable: EXIT.unreachable,
   consul_unavailable: EXIT.unreachable,
   gitea_unavailable: EXIT.unreachable,
