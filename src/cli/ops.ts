@@ -1,7 +1,8 @@
 import type { Readable, Writable } from "node:stream";
-import { Agent, request } from "undici";
+import { Agent } from "undici";
 import type { Dispatcher } from "undici";
 import { AppError, UpstreamError, type ErrorCode } from "../errors.js";
+import { openStream, request } from "../http/request.js";
 
 /**
  * Exit codes of the operator commands (docs/cli.md). `logs -f` and `dispatch --follow` also exit with a failed
@@ -219,69 +220,69 @@ export function createPetrelApi(opts: PetrelApiOptions): PetrelApi {
     return new CliError(codeForStatus(status), `petrel at ${opts.url} answered ${status} to ${method} ${path}: ${message || "(empty body)"}${hint}`);
   };
 
+  /** The CLI's wording for what the shared HTTP layer throws: which address, and what to check. */
+  const translate = (method: string, path: string, err: unknown): unknown => {
+    if (!(err instanceof UpstreamError) || err.service !== "petrel") return err;
+    if (err.upstreamStatus === 0) return fail(method, path, err.cause ?? err);
+    return refuse(method, path, err.upstreamStatus, err.upstreamBody);
+  };
+
   return {
     url: opts.url,
     hasToken: Boolean(opts.token),
     async json<T>(method: "GET" | "POST" | "DELETE", path: string, body?: unknown) {
       opts.progress(`${method} ${opts.url}${path}`);
-      let res: Dispatcher.ResponseData;
-      let text: string;
+      const answer = await request({
+        service: "petrel",
+        action: `${method} ${path}`,
+        dispatcher,
+        method,
+        url: new URL(`${opts.url}${path}`),
+        headers: headers(body === undefined ? {} : { "content-type": "application/json" }),
+        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+        headersTimeoutMs: 30_000,
+        bodyTimeoutMs: 30_000,
+      }).catch((err: unknown) => {
+        throw translate(method, path, err);
+      });
       try {
-        res = await request(`${opts.url}${path}`, {
-          method,
-          dispatcher,
-          headers: headers(body === undefined ? {} : { "content-type": "application/json" }),
-          headersTimeout: 30_000,
-          bodyTimeout: 30_000,
-          ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-        });
-        text = await res.body.text();
-      } catch (err) {
-        throw fail(method, path, err);
-      }
-      if (res.statusCode < 200 || res.statusCode >= 300) throw refuse(method, path, res.statusCode, text);
-      try {
-        return { status: res.statusCode, body: JSON.parse(text) as T };
+        return { status: answer.status, body: JSON.parse(answer.text) as T };
       } catch {
         throw new CliError("internal", `petrel at ${opts.url} answered ${method} ${path} with something that is not JSON (is that petrel?)`);
       }
     },
     async raw(method, path, extra, body, shown = path) {
       opts.progress(`${method} ${opts.url}${shown}`);
-      try {
-        const res = await request(`${opts.url}${path}`, {
-          method,
-          dispatcher,
-          headers: { "user-agent": "petrel-cli", ...extra },
-          body,
-          headersTimeout: 30_000,
-          bodyTimeout: 30_000,
-        });
-        return { status: res.statusCode, text: await res.body.text() };
-      } catch (err) {
-        throw fail(method, shown, err);
-      }
+      const answer = await request({
+        service: "petrel",
+        action: `${method} ${shown}`,
+        dispatcher,
+        method,
+        url: new URL(`${opts.url}${path}`),
+        headers: { "user-agent": "petrel-cli", ...extra },
+        body,
+        answers: () => true,
+        headersTimeoutMs: 30_000,
+        bodyTimeoutMs: 30_000,
+      }).catch((err: unknown) => {
+        throw translate(method, shown, err);
+      });
+      return { status: answer.status, text: answer.text };
     },
-    async stream(path, signal) {
-      let res: Dispatcher.ResponseData;
-      try {
-        res = await request(`${opts.url}${path}`, {
-          method: "GET",
-          dispatcher,
-          headers: headers({ accept: "text/plain" }),
-          headersTimeout: 60_000,
-          // A build may print nothing for a long time; the stream ends when the build does.
-          bodyTimeout: 0,
-          ...(signal === undefined ? {} : { signal }),
-        });
-      } catch (err) {
-        throw fail("GET", path, err);
-      }
-      if (res.statusCode < 200 || res.statusCode >= 300) {
-        const text = await res.body.text().catch(() => "");
-        throw refuse("GET", path, res.statusCode, text);
-      }
-      return res;
+    stream(path, signal) {
+      return openStream({
+        service: "petrel",
+        action: `GET ${path}`,
+        dispatcher,
+        url: new URL(`${opts.url}${path}`),
+        headers: headers({ accept: "text/plain" }),
+        signal,
+        headersTimeoutMs: 60_000,
+        // A build may print nothing for a long time; the stream ends when the build does.
+        bodyTimeoutMs: 0,
+      }).catch((err: unknown) => {
+        throw translate("GET", path, err);
+      });
     },
     async close() {
       await owned?.close();
