@@ -1,30 +1,22 @@
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { z } from "zod";
+import { AppError } from "./errors.js";
+import type { TlsOptions } from "./http/tls.js";
 
-/** TLS material for one HashiCorp client, in HashiCorp's own terms. */
-export interface TlsConfig {
-  cacert?: string;
-  capath?: string;
-  clientCert?: string;
-  clientKey?: string;
-  serverName?: string;
-  /** false skips server certificate verification (NOMAD_SKIP_VERIFY=true, CONSUL_HTTP_SSL_VERIFY=false). */
-  verify: boolean;
-}
 
 export interface NomadConfig {
   addr: string;
   token?: string;
   region?: string;
   namespace?: string;
-  tls: TlsConfig;
+  tls: TlsOptions;
 }
 
 export interface ConsulConfig {
   addr: string;
   token?: string;
-  tls: TlsConfig;
+  tls: TlsOptions;
 }
 
 /** Everything petrel reads from its environment, validated. */
@@ -51,10 +43,10 @@ export interface Config {
 }
 
 /** A bad or missing setting: the message names the variable and the fix, on one line. */
-export class ConfigError extends Error {
+export class ConfigError extends AppError {
   readonly variable: string;
   constructor(variable: string, message: string) {
-    super(`${variable}: ${message}`);
+    super("config_invalid", `${variable}: ${message}`);
     this.name = "ConfigError";
     this.variable = variable;
   }
@@ -110,14 +102,14 @@ function tokenFrom(env: Env, fileVar: string, tokenVar: string): string | undefi
   return value(env, tokenVar);
 }
 
-function tls(env: Env, prefix: "NOMAD" | "CONSUL", verify: boolean): TlsConfig {
+function tls(env: Env, prefix: "NOMAD" | "CONSUL", verify: boolean): TlsOptions {
   const cert = readable(env, `${prefix}_CLIENT_CERT`);
   const key = readable(env, `${prefix}_CLIENT_KEY`);
   if ((cert === undefined) !== (key === undefined)) {
     const missing = cert === undefined ? `${prefix}_CLIENT_CERT` : `${prefix}_CLIENT_KEY`;
     throw new ConfigError(missing, `must be set together with ${cert === undefined ? `${prefix}_CLIENT_KEY` : `${prefix}_CLIENT_CERT`}`);
   }
-  const out: TlsConfig = { verify };
+  const out: TlsOptions = { verify };
   const cacert = readable(env, `${prefix}_CACERT`);
   const capath = value(env, `${prefix}_CAPATH`);
   const serverName = value(env, `${prefix}_TLS_SERVER_NAME`);

@@ -1,39 +1,73 @@
-/** Stable error codes that reach clients in `{"error": {"code", "message"}}` bodies. */
-export type ErrorCode =
-  | "bad_request"
-  | "malformed_body"
-  | "unauthorized"
-  | "forbidden"
-  | "not_registered"
-  | "repository_mismatch"
-  | "commit_not_on_ref"
-  | "not_found"
-  | "already_finished"
-  | "gone"
-  | "payload_too_large"
-  | "unsupported_media_type"
-  | "nomad_unavailable"
-  | "consul_unavailable"
-  | "gitea_unavailable"
-  | "upstream_error"
-  | "config_invalid"
-  | "aborted"
-  | "internal";
+/**
+ * Every stable error code and the HTTP status it is answered with: the status is a function of the code, so no
+ * call site chooses one. Codes that only the CLI or the configuration reader use still have a status, for the
+ * rare path where they reach an HTTP answer.
+ */
+export const ERROR_STATUS = {
+  bad_request: 400,
+  malformed_body: 400,
+  repository_mismatch: 400,
+  commit_not_on_ref: 400,
+  /** A repository entry (config or secrets) an operator sent is invalid. */
+  entry_invalid: 400,
+  /** The client closed the connection before its request arrived whole. */
+  aborted: 400,
+  /** A command line petrel cannot read. */
+  usage: 400,
+  unauthorized: 401,
+  forbidden: 403,
+  not_registered: 404,
+  not_found: 404,
+  already_finished: 409,
+  gone: 410,
+  payload_too_large: 413,
+  unsupported_media_type: 415,
+  /** The output a command writes to was closed by its reader. */
+  output_closed: 499,
+  /** petrel's own configuration (environment, files, builder jobs) is wrong: an operator must fix it. */
+  config_invalid: 500,
+  internal: 500,
+  upstream_error: 502,
+  nomad_unavailable: 503,
+  consul_unavailable: 503,
+  gitea_unavailable: 503,
+  /** petrel's own API could not be reached (the CLI). */
+  unreachable: 503,
+  insufficient_storage: 507,
+} as const satisfies Record<string, number>;
 
-/** An error petrel answers with on purpose: a literal code, an HTTP status and a message safe to show. */
+/** Stable error codes that reach clients in `{"error": {"code", "message"}}` bodies. */
+export type ErrorCode = keyof typeof ERROR_STATUS;
+
+/** The HTTP status an error code is answered with. */
+export function statusOf(code: ErrorCode): number {
+  return ERROR_STATUS[code];
+}
+
+/** An error petrel answers with on purpose: a literal code (its HTTP status follows) and a message safe to show. */
 export class AppError extends Error {
   readonly code: ErrorCode;
-  readonly status: number;
 
-  constructor(code: ErrorCode, status: number, message: string, options?: { cause?: unknown }) {
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.name = "AppError";
     this.code = code;
-    this.status = status;
+  }
+
+  get status(): number {
+    return statusOf(this.code);
   }
 }
 
-export type UpstreamService = "nomad" | "consul" | "gitea";
+/** The services petrel calls; `petrel` is its own API, as the CLI calls it. */
+export type UpstreamService = "nomad" | "consul" | "gitea" | "petrel";
+
+const UNAVAILABLE: Record<UpstreamService, ErrorCode> = {
+  nomad: "nomad_unavailable",
+  consul: "consul_unavailable",
+  gitea: "gitea_unavailable",
+  petrel: "unreachable",
+};
 
 const MAX_BODY_IN_MESSAGE = 512;
 
@@ -62,8 +96,7 @@ export class UpstreamError extends AppError {
         ? `${what} unreachable${body ? `: ${body}` : ""}`
         : `${what} answered ${upstreamStatus}${body ? `: ${body}` : ""}`;
     super(
-      unavailable ? (`${service}_unavailable` as ErrorCode) : "upstream_error",
-      unavailable ? 503 : 502,
+      unavailable ? UNAVAILABLE[service] : "upstream_error",
       detail,
       options?.cause === undefined ? undefined : { cause: options.cause },
     );

@@ -7,6 +7,7 @@ import { createStatusNotifier } from "./builds/statuses.js";
 import { readConfig, ConfigError } from "./config.js";
 import type { Config } from "./config.js";
 import { consulAgentOptions, createConsulClient } from "./consul/client.js";
+import { tlsAgentOptions } from "./http/tls.js";
 import { createConsulRegistry } from "./consul/registry.js";
 import { AppError } from "./errors.js";
 import { createGiteaClient, createStatusReporter } from "./gitea/client.js";
@@ -71,7 +72,7 @@ export async function serveCommand(env: NodeJS.ProcessEnv = process.env, cwd: st
 
 /** Why petrel could not start, as one line: the setting or file and what was wrong with it. */
 function startFailure(err: unknown): string {
-  if (err instanceof ConfigError || err instanceof AppError) return err.message.replace(/\s*\n\s*/g, " ");
+  if (err instanceof AppError) return err.message.replace(/\s*\n\s*/g, " ");
   const e = err as NodeJS.ErrnoException;
   const message = e instanceof Error ? e.message : String(err);
   return `could not start: ${message.replace(/\s*\n\s*/g, " ")}`;
@@ -113,12 +114,12 @@ async function compose(config: Config, log: Logger, env: NodeJS.ProcessEnv, clos
   let notify: (build: Build) => void = () => undefined;
 
   if (config.mode === "cluster" && config.nomad !== undefined) {
-    const { createNomadClient, nomadAgentOptions } = await import("./nomad/client.js");
+    const { createNomadClient } = await import("./nomad/client.js");
     const { createNomadBackend } = await import("./nomad/backend.js");
     const { createNomadBuildReader } = await import("./nomad/builds.js");
     const { createNomadTracker } = await import("./nomad/tracker.js");
     const consulAgent = new Agent(consulAgentOptions(config.consul.tls));
-    const nomadAgent = new Agent(nomadAgentOptions({ ...config.nomad.tls, skipVerify: !config.nomad.tls.verify }));
+    const nomadAgent = new Agent(tlsAgentOptions("Nomad", config.nomad.tls));
     closers.push(() => consulAgent.close(), () => nomadAgent.close());
     const consul = createConsulClient({
       addr: config.consul.addr,

@@ -1,15 +1,16 @@
 import { parseArgs } from "node:util";
 import type { ParseArgsConfig } from "node:util";
 import type { Writable } from "node:stream";
+import { AppError } from "../errors.js";
 
 /** The exit code of a command line petrel cannot read (sysexits' EX_USAGE). */
 export const USAGE_EXIT = 64;
 
 /** A command line petrel cannot read: one line of our own wording, exit 64. */
-export class UsageError extends Error {
+export class UsageError extends AppError {
   readonly exit = USAGE_EXIT;
   constructor(message: string) {
-    super(message);
+    super("usage", message);
     this.name = "UsageError";
   }
 }

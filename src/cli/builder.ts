@@ -2,8 +2,9 @@ import { readFile } from "node:fs/promises";
 import { Agent } from "undici";
 import { OPTIONAL_META, REQUIRED_META } from "../contract/dispatch.js";
 import { UpstreamError } from "../errors.js";
-import { createNomadClient, nomadAgentOptions } from "../nomad/client.js";
-import { CliError, EXIT, expectPositionals, exitForUpstream, parseCommandArgs, processIo, progressTo, runCommand } from "./ops.js";
+import { tlsAgentOptions } from "../http/tls.js";
+import { createNomadClient } from "../nomad/client.js";
+import { CliError, EXIT, expectPositionals, codeForUpstream, parseCommandArgs, processIo, progressTo, runCommand } from "./ops.js";
 import type { CliIo, Env } from "./ops.js";
 import { cliConfig } from "./repo-store.js";
 
@@ -117,7 +118,7 @@ async function register(argv: string[], env: Env, io: CliIo): Promise<number> {
   const config = cliConfig(env);
   if (config.nomad === undefined) {
     throw new CliError(
-      EXIT.refused,
+      "bad_request",
       "builder register talks to Nomad: set NOMAD_ADDR (and NOMAD_TOKEN). Single-machine mode runs `petrel executor` itself and needs no builder job",
     );
   }
@@ -125,11 +126,11 @@ async function register(argv: string[], env: Env, io: CliIo): Promise<number> {
   try {
     hcl = await readFile(file, "utf8");
   } catch (err) {
-    throw new CliError(EXIT.refused, `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    throw new CliError("bad_request", `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
 
   const nomadConfig = config.nomad;
-  const agent = new Agent(nomadAgentOptions({ ...nomadConfig.tls, skipVerify: !nomadConfig.tls.verify }));
+  const agent = new Agent(tlsAgentOptions("Nomad", nomadConfig.tls));
   const nomad = createNomadClient({
     addr: nomadConfig.addr,
     dispatcher: agent,
@@ -143,7 +144,7 @@ async function register(argv: string[], env: Env, io: CliIo): Promise<number> {
     try {
       return await fn();
     } catch (err) {
-      if (err instanceof UpstreamError) throw new CliError(exitForUpstream(err), `Nomad at ${nomadConfig.addr}: ${err.message}`, { cause: err });
+      if (err instanceof UpstreamError) throw new CliError(codeForUpstream(err), `Nomad at ${nomadConfig.addr}: ${err.message}`, { cause: err });
       throw err;
     }
   };
@@ -163,7 +164,7 @@ async function register(argv: string[], env: Env, io: CliIo): Promise<number> {
     if (id !== config.builderJob) human(`  note     petrel's default builder is "${config.builderJob}" (PETREL_BUILDER_JOB); name this job in a flavor to use it`);
     if (check.problems.length > 0) {
       if (values.json) io.stdout.write(`${JSON.stringify(out)}\n`);
-      throw new CliError(EXIT.refused, `${file} is not a petrel builder (${check.problems.length} problem${check.problems.length === 1 ? "" : "s"}); nothing registered`);
+      throw new CliError("bad_request", `${file} is not a petrel builder (${check.problems.length} problem${check.problems.length === 1 ? "" : "s"}); nothing registered`);
     }
     if (values["dry-run"]) {
       human("dry run: nothing registered");

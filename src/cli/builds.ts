@@ -219,7 +219,7 @@ export async function logsCommand(argv: string[], env: Env, io: CliIo = processI
     const { values, positionals } = parsed;
     expectPositionals(positionals, 1, LOGS_USAGE);
     if ([values.stdout, values.stderr, values.all].filter(Boolean).length > 1) {
-      throw new CliError(EXIT.usage, "--stdout, --stderr and --all cannot be combined");
+      throw new CliError("usage", "--stdout, --stderr and --all cannot be combined");
     }
     const type: LogKind = values.stdout ? "stdout" : values.stderr ? "stderr" : "all";
     const id = positionals[0] as string;
@@ -270,7 +270,7 @@ const MAX_RECONNECTS = 5;
 /** Our own output went away (`petrel logs -f id | head`): stop quietly, as a program killed by SIGPIPE would. */
 class OutputClosed extends CliError {
   constructor() {
-    super(EXIT.outputClosed, "output closed");
+    super("output_closed", "output closed");
   }
 }
 
@@ -342,7 +342,7 @@ async function copyLogLoop(
       broken = err;
     }
     if (!follow) {
-      if (broken !== undefined) throw new CliError(EXIT.unreachable, `the ${name} log from ${api.url} broke off after ${offset} bytes: ${(broken as Error).message}`);
+      if (broken !== undefined) throw new CliError("unreachable", `the ${name} log from ${api.url} broke off after ${offset} bytes: ${(broken as Error).message}`);
       return undefined;
     }
     if (broken === undefined) {
@@ -352,7 +352,7 @@ async function copyLogLoop(
     } else {
       failures++;
       if (failures > MAX_RECONNECTS) {
-        throw new CliError(EXIT.unreachable, `lost the ${name} log from ${api.url} ${failures} times in a row: ${(broken as Error).message}`);
+        throw new CliError("unreachable", `lost the ${name} log from ${api.url} ${failures} times in a row: ${(broken as Error).message}`);
       }
       progress(`lost the ${name} log (${(broken as Error).message}); resuming at byte ${offset}`);
     }

@@ -1,8 +1,8 @@
 import type { Readable, Writable } from "node:stream";
-import { Agent, request } from "undici";
+import { Agent } from "undici";
 import type { Dispatcher } from "undici";
-import { AppError, UpstreamError } from "../errors.js";
-import { UsageError } from "./args.js";
+import { AppError, UpstreamError, type ErrorCode } from "../errors.js";
+import { openStream, request } from "../http/request.js";
 
 /**
  * Exit codes of the operator commands (docs/cli.md). `logs -f` and `dispatch --follow` also exit with a failed
@@ -42,13 +42,64 @@ export function processIo(): CliIo {
   return { stdout: process.stdout, stderr: process.stderr, stdin: process.stdin };
 }
 
-/** A command's failure: a one-line message for stderr and the exit code scripts see. */
-export class CliError extends Error {
-  readonly exit: number;
-  constructor(exit: number, message: string, options?: { cause?: unknown }) {
-    super(message, options);
+/** The exit code of each error code: one table, so every command fails the same way for the same cause. */
+const EXIT_OF_CODE: Record<ErrorCode, ExitCode> = {
+  bad_request: EXIT.refused,
+  malformed_body: EXIT.refused,
+  repository_mismatch: EXIT.refused,
+  commit_not_on_ref: EXIT.refused,
+  entry_invalid: EXIT.refused,
+  aborted: EXIT.refused,
+  usage: EXIT.usage,
+  unauthorized: EXIT.unauthorized,
+  forbidden: EXIT.unauthorized,
+  not_registered: EXIT.notFound,
+  not_found: EXIT.notFound,
+  already_finished: EXIT.refused,
+  gone: EXIT.notFound,
+  payload_too_large: EXIT.refused,
+  unsupported_media_type: EXIT.refused,
+  output_closed: EXIT.outputClosed,
+  config_invalid: EXIT.refused,
+  internal: EXIT.failure,
+  upstream_error: EXIT.refused,
+  nomad_unavailable: EXIT.unreachable,
+  consul_unavailable: EXIT.unreachable,
+  gitea_unavailable: EXIT.unreachable,
+  unreachable: EXIT.unreachable,
+  insufficient_storage: EXIT.failure,
+};
+
+/** The exit code of an error; an upstream's 4xx is told apart by its status (401/403, 404, others). */
+export function exitOf(err: AppError): number {
+  return EXIT_OF_CODE[err instanceof UpstreamError ? codeForUpstream(err) : err.code];
+}
+
+/** The code that says what a failed Nomad or Consul call means to an operator. */
+export function codeForUpstream(err: UpstreamError): ErrorCode {
+  if (err.unavailable) return err.code;
+  if (err.upstreamStatus === 401 || err.upstreamStatus === 403) return "unauthorized";
+  if (err.upstreamStatus === 404) return "not_found";
+  return err.code;
+}
+
+/** The code of an HTTP status petrel answered with (its body's code is not trusted: a proxy may answer). */
+export function codeForStatus(status: number): ErrorCode {
+  if (status === 401 || status === 403) return "unauthorized";
+  if (status === 404 || status === 410) return "not_found";
+  if (status >= 500) return "unreachable";
+  return "bad_request";
+}
+
+/** A command's failure: a one-line message for stderr; the exit code scripts see follows from its code. */
+export class CliError extends AppError {
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
     this.name = "CliError";
-    this.exit = exit;
+  }
+
+  get exit(): number {
+    return exitOf(this);
   }
 }
 
@@ -72,41 +123,13 @@ export async function runCommand(name: string, io: CliIo, body: () => Promise<nu
   try {
     return await body();
   } catch (err) {
-    if (err instanceof UsageError) {
-      io.stderr.write(`petrel ${name}: ${err.message}\n`);
-      return err.exit;
-    }
-    if (err instanceof CliError) {
-      if (err.exit !== EXIT.outputClosed) io.stderr.write(`petrel ${name}: ${err.message}\n`);
-      return err.exit;
-    }
-    if (err instanceof UpstreamError) {
-      io.stderr.write(`petrel ${name}: ${err.message}\n`);
-      return exitForUpstream(err);
-    }
     if (err instanceof AppError) {
-      io.stderr.write(`petrel ${name}: ${err.message}\n`);
-      return err.code === "config_invalid" ? EXIT.refused : exitForStatus(err.status);
+      if (err.code !== "output_closed") io.stderr.write(`petrel ${name}: ${err.message}\n`);
+      return exitOf(err);
     }
     io.stderr.write(`petrel ${name}: unexpected error: ${err instanceof Error ? err.message : String(err)}\n`);
     return EXIT.failure;
   }
-}
-
-/** The exit code of a failed Nomad or Consul call. */
-export function exitForUpstream(err: UpstreamError): number {
-  if (err.unavailable) return EXIT.unreachable;
-  if (err.upstreamStatus === 401 || err.upstreamStatus === 403) return EXIT.unauthorized;
-  if (err.upstreamStatus === 404) return EXIT.notFound;
-  return EXIT.refused;
-}
-
-/** The exit code of an HTTP status from petrel. */
-export function exitForStatus(status: number): number {
-  if (status === 401 || status === 403) return EXIT.unauthorized;
-  if (status === 404 || status === 410) return EXIT.notFound;
-  if (status >= 500) return EXIT.unreachable;
-  return EXIT.refused;
 }
 
 /** petrel's address for the API commands: `--url`, else PETREL_URL, else `http://<PETREL_LISTEN>`. */
@@ -117,10 +140,10 @@ export function petrelUrl(flag: string | undefined, env: Env): string {
   try {
     url = new URL(withScheme);
   } catch {
-    throw new CliError(EXIT.usage, `${JSON.stringify(raw)} is not petrel's address; use --url http://host:port`);
+    throw new CliError("usage", `${JSON.stringify(raw)} is not petrel's address; use --url http://host:port`);
   }
   if (url.protocol !== "http:" && url.protocol !== "https:") {
-    throw new CliError(EXIT.usage, `petrel's address must be http:// or https://, got ${url.protocol}`);
+    throw new CliError("usage", `petrel's address must be http:// or https://, got ${url.protocol}`);
   }
   return withScheme.replace(/\/+$/, "");
 }
@@ -177,7 +200,7 @@ export function createPetrelApi(opts: PetrelApiOptions): PetrelApi {
     const what = err instanceof Error ? err.message : String(err);
     const detail = typeof code === "string" && !what.includes(code) ? `${code}: ${what}` : what;
     return new CliError(
-      EXIT.unreachable,
+      "unreachable",
       `cannot reach petrel at ${opts.url} (${method} ${path}): ${detail}; is \`petrel serve\` running there? (--url or PETREL_URL)`,
       { cause: err },
     );
@@ -194,7 +217,14 @@ export function createPetrelApi(opts: PetrelApiOptions): PetrelApi {
     let hint = "";
     if (status === 401 && !opts.token) hint = " (no token was sent: pass --token or set PETREL_ADMIN_TOKEN)";
     else if (status === 401) hint = " (the token was refused: check --token / PETREL_ADMIN_TOKEN)";
-    return new CliError(exitForStatus(status), `petrel at ${opts.url} answered ${status} to ${method} ${path}: ${message || "(empty body)"}${hint}`);
+    return new CliError(codeForStatus(status), `petrel at ${opts.url} answered ${status} to ${method} ${path}: ${message || "(empty body)"}${hint}`);
+  };
+
+  /** The CLI's wording for what the shared HTTP layer throws: which address, and what to check. */
+  const translate = (method: string, path: string, err: unknown): unknown => {
+    if (!(err instanceof UpstreamError) || err.service !== "petrel") return err;
+    if (err.upstreamStatus === 0) return fail(method, path, err.cause ?? err);
+    return refuse(method, path, err.upstreamStatus, err.upstreamBody);
   };
 
   return {
@@ -202,64 +232,57 @@ export function createPetrelApi(opts: PetrelApiOptions): PetrelApi {
     hasToken: Boolean(opts.token),
     async json<T>(method: "GET" | "POST" | "DELETE", path: string, body?: unknown) {
       opts.progress(`${method} ${opts.url}${path}`);
-      let res: Dispatcher.ResponseData;
-      let text: string;
+      const answer = await request({
+        service: "petrel",
+        action: `${method} ${path}`,
+        dispatcher,
+        method,
+        url: new URL(`${opts.url}${path}`),
+        headers: headers(body === undefined ? {} : { "content-type": "application/json" }),
+        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+        headersTimeoutMs: 30_000,
+        bodyTimeoutMs: 30_000,
+      }).catch((err: unknown) => {
+        throw translate(method, path, err);
+      });
       try {
-        res = await request(`${opts.url}${path}`, {
-          method,
-          dispatcher,
-          headers: headers(body === undefined ? {} : { "content-type": "application/json" }),
-          headersTimeout: 30_000,
-          bodyTimeout: 30_000,
-          ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-        });
-        text = await res.body.text();
-      } catch (err) {
-        throw fail(method, path, err);
-      }
-      if (res.statusCode < 200 || res.statusCode >= 300) throw refuse(method, path, res.statusCode, text);
-      try {
-        return { status: res.statusCode, body: JSON.parse(text) as T };
+        return { status: answer.status, body: JSON.parse(answer.text) as T };
       } catch {
-        throw new CliError(EXIT.failure, `petrel at ${opts.url} answered ${method} ${path} with something that is not JSON (is that petrel?)`);
+        throw new CliError("internal", `petrel at ${opts.url} answered ${method} ${path} with something that is not JSON (is that petrel?)`);
       }
     },
     async raw(method, path, extra, body, shown = path) {
       opts.progress(`${method} ${opts.url}${shown}`);
-      try {
-        const res = await request(`${opts.url}${path}`, {
-          method,
-          dispatcher,
-          headers: { "user-agent": "petrel-cli", ...extra },
-          body,
-          headersTimeout: 30_000,
-          bodyTimeout: 30_000,
-        });
-        return { status: res.statusCode, text: await res.body.text() };
-      } catch (err) {
-        throw fail(method, shown, err);
-      }
+      const answer = await request({
+        service: "petrel",
+        action: `${method} ${shown}`,
+        dispatcher,
+        method,
+        url: new URL(`${opts.url}${path}`),
+        headers: { "user-agent": "petrel-cli", ...extra },
+        body,
+        answers: () => true,
+        headersTimeoutMs: 30_000,
+        bodyTimeoutMs: 30_000,
+      }).catch((err: unknown) => {
+        throw translate(method, shown, err);
+      });
+      return { status: answer.status, text: answer.text };
     },
-    async stream(path, signal) {
-      let res: Dispatcher.ResponseData;
-      try {
-        res = await request(`${opts.url}${path}`, {
-          method: "GET",
-          dispatcher,
-          headers: headers({ accept: "text/plain" }),
-          headersTimeout: 60_000,
-          // A build may print nothing for a long time; the stream ends when the build does.
-          bodyTimeout: 0,
-          ...(signal === undefined ? {} : { signal }),
-        });
-      } catch (err) {
-        throw fail("GET", path, err);
-      }
-      if (res.statusCode < 200 || res.statusCode >= 300) {
-        const text = await res.body.text().catch(() => "");
-        throw refuse("GET", path, res.statusCode, text);
-      }
-      return res;
+    stream(path, signal) {
+      return openStream({
+        service: "petrel",
+        action: `GET ${path}`,
+        dispatcher,
+        url: new URL(`${opts.url}${path}`),
+        headers: headers({ accept: "text/plain" }),
+        signal,
+        headersTimeoutMs: 60_000,
+        // A build may print nothing for a long time; the stream ends when the build does.
+        bodyTimeoutMs: 0,
+      }).catch((err: unknown) => {
+        throw translate("GET", path, err);
+      });
     },
     async close() {
       await owned?.close();

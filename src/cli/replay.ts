@@ -7,7 +7,7 @@ import {
   EXIT,
   createPetrelApi,
   expectPositionals,
-  exitForStatus,
+  codeForStatus,
   parseCommandArgs,
   petrelUrl,
   processIo,
@@ -68,9 +68,9 @@ export function parseDeliveryFile(file: string, bytes: Buffer, event: string | u
   try {
     json = JSON.parse(bytes.toString("utf8"));
   } catch (err) {
-    throw new CliError(EXIT.refused, `${file} is not JSON: ${(err as Error).message}`);
+    throw new CliError("bad_request", `${file} is not JSON: ${(err as Error).message}`);
   }
-  if (typeof json !== "object" || json === null || Array.isArray(json)) throw new CliError(EXIT.refused, `${file} is not a JSON object`);
+  if (typeof json !== "object" || json === null || Array.isArray(json)) throw new CliError("bad_request", `${file} is not a JSON object`);
   const top = json as Record<string, unknown>;
   let body = bytes;
   let payload: unknown = json;
@@ -83,7 +83,7 @@ export function parseDeliveryFile(file: string, bytes: Buffer, event: string | u
       try {
         payload = JSON.parse(top.body);
       } catch (err) {
-        throw new CliError(EXIT.refused, `${file}: "body" is a string that is not JSON: ${(err as Error).message}`);
+        throw new CliError("bad_request", `${file}: "body" is a string that is not JSON: ${(err as Error).message}`);
       }
     } else {
       payload = top.body;
@@ -94,7 +94,7 @@ export function parseDeliveryFile(file: string, bytes: Buffer, event: string | u
   const p = (typeof payload === "object" && payload !== null ? payload : {}) as Record<string, unknown>;
   const name = event ?? headerOf(saved, ["X-Gitea-Event", "X-Forgejo-Event", "X-GitHub-Event", "X-Gogs-Event"]) ?? inferEvent(p);
   if (name === undefined) {
-    throw new CliError(EXIT.usage, `cannot tell which event ${file} is (no pull_request, no ref/after); pass --event push|pull_request|...`);
+    throw new CliError("usage", `cannot tell which event ${file} is (no pull_request, no ref/after); pass --event push|pull_request|...`);
   }
   const savedType = event === undefined ? headerOf(saved, ["X-Gitea-Event-Type", "X-Forgejo-Event-Type", "X-GitHub-Event-Type"]) : undefined;
   const action = typeof p.action === "string" ? p.action : "";
@@ -133,28 +133,28 @@ export async function replayCommand(argv: string[], env: Env, io: CliIo = proces
     try {
       bytes = await readFile(file);
     } catch (err) {
-      throw new CliError(EXIT.refused, `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      throw new CliError("bad_request", `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
     }
     const delivery = parseDeliveryFile(file, bytes, values.event);
     const repository = (delivery.payload as { repository?: { html_url?: unknown } }).repository;
     const htmlUrl = typeof repository?.html_url === "string" ? repository.html_url : undefined;
-    if (htmlUrl === undefined) throw new CliError(EXIT.refused, `${file} names no repository (repository.html_url is missing)`);
+    if (htmlUrl === undefined) throw new CliError("bad_request", `${file} names no repository (repository.html_url is missing)`);
     const key = repoKeyFromUrl(htmlUrl);
-    if (key === undefined) throw new CliError(EXIT.refused, `repository.html_url ${JSON.stringify(htmlUrl)} is not a repository URL`);
+    if (key === undefined) throw new CliError("bad_request", `repository.html_url ${JSON.stringify(htmlUrl)} is not a repository URL`);
 
     const config = cliConfig(env);
     const store = openRepoStore(config, progress);
     let hook: { secret?: unknown; token?: unknown } | undefined;
     try {
       const repo = await store.get(key);
-      if (repo === undefined) throw new CliError(EXIT.notFound, `${key} is not registered in ${store.where}; petrel would answer 404`);
+      if (repo === undefined) throw new CliError("not_found", `${key} is not registered in ${store.where}; petrel would answer 404`);
       hook = (repo.config?.hook ?? repo.raw.hook) as typeof hook;
     } finally {
       await store.close();
     }
     const secret = typeof hook?.secret === "string" && hook.secret !== "" ? hook.secret : undefined;
     const token = typeof hook?.token === "string" && hook.token !== "" ? hook.token : undefined;
-    if (secret === undefined && token === undefined) throw new CliError(EXIT.refused, `${key} has neither hook.secret nor hook.token; petrel refuses its deliveries`);
+    if (secret === undefined && token === undefined) throw new CliError("bad_request", `${key} has neither hook.secret nor hook.token; petrel refuses its deliveries`);
 
     const headers: Record<string, string> = {
       "content-type": "application/json",
@@ -195,7 +195,7 @@ export async function replayCommand(argv: string[], env: Env, io: CliIo = proces
       } else {
         io.stdout.write(`${answer.status}\n${answer.text.trimEnd()}\n`);
       }
-      if (!ok) throw new CliError(exitForStatus(answer.status), `petrel at ${api.url} answered ${answer.status} to POST ${shown}`);
+      if (!ok) throw new CliError(codeForStatus(answer.status), `petrel at ${api.url} answered ${answer.status} to POST ${shown}`);
       return EXIT.ok;
     } finally {
       await api.close();

@@ -2,7 +2,7 @@ import { readFile } from "node:fs/promises";
 import yaml from "js-yaml";
 import { Agent } from "undici";
 import type { z } from "zod";
-import { ConfigError, readConfig } from "../config.js";
+import { readConfig } from "../config.js";
 import type { Config } from "../config.js";
 import { consulAgentOptions, createConsulClient } from "../consul/client.js";
 import type { ConsulClient } from "../consul/client.js";
@@ -11,7 +11,7 @@ import { AppError, UpstreamError } from "../errors.js";
 import { removeRepo, writeRepo } from "../registry/file.js";
 import { RepoConfig, RepoSecrets, describeIssues, isRepoKey } from "../registry/schema.js";
 import type { RepoKey } from "../registry/schema.js";
-import { CliError, EXIT, exitForUpstream } from "./ops.js";
+import { CliError, EXIT, codeForUpstream } from "./ops.js";
 import type { Env, Progress } from "./ops.js";
 
 /** One repository as stored, before defaults: what `repo show` prints (masked) and `replay` signs with. */
@@ -44,14 +44,9 @@ export interface RepoStore {
   close(): Promise<void>;
 }
 
-/** petrel's configuration for a CLI command: ConfigError becomes a one-line refusal. */
+/** petrel's configuration for a CLI command; a ConfigError is a `config_invalid` refusal like any other. */
 export function cliConfig(env: Env): Config {
-  try {
-    return readConfig(env);
-  } catch (err) {
-    if (err instanceof ConfigError) throw new CliError(EXIT.refused, err.message);
-    throw err;
-  }
+  return readConfig(env);
 }
 
 /** The store of the mode petrel runs in: Consul when NOMAD_ADDR is set, else PETREL_CONFIG. */
@@ -95,7 +90,7 @@ function consulStore(config: Config, progress: Progress): RepoStore {
     try {
       return await fn();
     } catch (err) {
-      if (err instanceof UpstreamError) throw new CliError(exitForUpstream(err), `Consul at ${addr}: ${err.message}`, { cause: err });
+      if (err instanceof UpstreamError) throw new CliError(codeForUpstream(err), `Consul at ${addr}: ${err.message}`, { cause: err });
       throw err;
     }
   };
@@ -187,7 +182,7 @@ function fileStore(path: string, progress: Progress): RepoStore {
       text = await readFile(path, "utf8");
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === "ENOENT") return {};
-      throw new CliError(EXIT.refused, `cannot read ${path}: ${(err as Error).message}`);
+      throw new CliError("bad_request", `cannot read ${path}: ${(err as Error).message}`);
     }
     let doc: unknown;
     try {
@@ -195,7 +190,7 @@ function fileStore(path: string, progress: Progress): RepoStore {
     } catch (err) {
       // The reason and the line, never js-yaml's excerpt: the file holds secrets.
       const where = err instanceof yaml.YAMLException && err.mark !== undefined ? `line ${err.mark.line + 1}: ` : "";
-      throw new CliError(EXIT.refused, `${path} is not valid YAML: ${where}${err instanceof yaml.YAMLException ? err.reason : "unreadable"}`);
+      throw new CliError("bad_request", `${path} is not valid YAML: ${where}${err instanceof yaml.YAMLException ? err.reason : "unreadable"}`);
     }
     const repos = asObject(asObject(doc)?.repos);
     return repos ?? {};
@@ -218,8 +213,8 @@ function fileStore(path: string, progress: Progress): RepoStore {
     try {
       return await fn();
     } catch (err) {
-      if (err instanceof AppError) throw new CliError(EXIT.refused, err.message, { cause: err });
-      throw new CliError(EXIT.refused, `cannot write ${path}: ${(err as Error).message}`, { cause: err });
+      if (err instanceof AppError) throw new CliError("bad_request", err.message, { cause: err });
+      throw new CliError("bad_request", `cannot write ${path}: ${(err as Error).message}`, { cause: err });
     }
   };
 

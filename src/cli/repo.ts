@@ -102,7 +102,7 @@ export function keyOf(arg: string): RepoKey {
   if (isRepoKey(lower)) return lower;
   const key = repoKeyFromUrl(arg.trim());
   if (key === undefined) {
-    throw new CliError(EXIT.usage, `${JSON.stringify(arg)} is neither <host>/<owner>/<name> nor a repository URL like https://git.example.test/acme/widgets`);
+    throw new CliError("usage", `${JSON.stringify(arg)} is neither <host>/<owner>/<name> nor a repository URL like https://git.example.test/acme/widgets`);
   }
   return key;
 }
@@ -121,10 +121,10 @@ function pairs(values: string[] | undefined, flag: string, what: string): Record
   const out: Record<string, string> = {};
   for (const raw of values ?? []) {
     const eq = raw.indexOf("=");
-    if (eq <= 0 || eq === raw.length - 1) throw new CliError(EXIT.usage, `${flag} wants name=value, got ${JSON.stringify(raw)}`);
+    if (eq <= 0 || eq === raw.length - 1) throw new CliError("usage", `${flag} wants name=value, got ${JSON.stringify(raw)}`);
     const name = raw.slice(0, eq);
     if (!/^[A-Za-z0-9._-]+$/.test(name)) {
-      throw new CliError(EXIT.usage, `${flag}: ${what} names are letters, digits, '.', '_' and '-', got ${JSON.stringify(name)}`);
+      throw new CliError("usage", `${flag}: ${what} names are letters, digits, '.', '_' and '-', got ${JSON.stringify(name)}`);
     }
     out[name] = raw.slice(eq + 1);
   }
@@ -135,7 +135,7 @@ async function readSecretFile(path: string, what: string, io: CliIo): Promise<st
   try {
     return path === "-" ? await readAllText(io.stdin) : await readFile(path, "utf8");
   } catch (err) {
-    throw new CliError(EXIT.refused, `cannot read ${what} from ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    throw new CliError("bad_request", `cannot read ${what} from ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
 }
 
@@ -150,13 +150,13 @@ async function buildSecrets(specs: string[] | undefined, io: CliIo): Promise<Rec
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name) || !source.startsWith("@") || source.length < 2) {
       // Never echo the argument: it may be a secret typed by mistake.
       throw new CliError(
-        EXIT.usage,
+        "usage",
         `--secret wants NAME=@file (or NAME=@- for stdin); secret values are never taken from the command line, where they would land in the shell history and ps${name ? ` (secret ${name})` : ""}`,
       );
     }
     const path = source.slice(1);
     if (path === "-") {
-      if (stdinUsed) throw new CliError(EXIT.usage, "only one --secret can read stdin (@-)");
+      if (stdinUsed) throw new CliError("usage", "only one --secret can read stdin (@-)");
       stdinUsed = true;
     }
     let value = await readSecretFile(path, `secret ${name}`, io);
@@ -199,15 +199,15 @@ async function repoAdd(argv: string[], env: Env, io: CliIo): Promise<number> {
   expectPositionals(positionals, 1, ADD_USAGE);
   const key = keyOf(positionals[0] as string);
   if ((values["gitea-url"] === undefined) !== (values["gitea-token-from-file"] === undefined)) {
-    throw new CliError(EXIT.usage, "--gitea-url and --gitea-token-from-file go together");
+    throw new CliError("usage", "--gitea-url and --gitea-token-from-file go together");
   }
   if (values.logs !== undefined && values.logs !== "public" && values.logs !== "token") {
-    throw new CliError(EXIT.usage, `--logs is public or token, got ${JSON.stringify(values.logs)}`);
+    throw new CliError("usage", `--logs is public or token, got ${JSON.stringify(values.logs)}`);
   }
 
   const secretFile = values["secret-from-file"];
   const hookSecret = secretFile === undefined ? randomSecret() : (await readSecretFile(secretFile, "the webhook secret", io)).trim();
-  if (hookSecret === "") throw new CliError(EXIT.refused, `${secretFile} is empty; write the webhook secret into it`);
+  if (hookSecret === "") throw new CliError("bad_request", `${secretFile} is empty; write the webhook secret into it`);
   const hookToken = values.token ? randomSecret() : undefined;
 
   const config: z.input<typeof RepoConfig> = { hook: { secret: hookSecret, ...(hookToken === undefined ? {} : { token: hookToken }) } };
@@ -227,7 +227,7 @@ async function repoAdd(argv: string[], env: Env, io: CliIo): Promise<number> {
   if (Object.keys(caches).length > 0) config.caches = caches;
   if (values.logs !== undefined) config.logs = values.logs as "public" | "token";
   const checked = RepoConfig.safeParse(config);
-  if (!checked.success) throw new CliError(EXIT.usage, `the entry would be invalid: ${describeIssues(checked.error)}`);
+  if (!checked.success) throw new CliError("usage", `the entry would be invalid: ${describeIssues(checked.error)}`);
   const secrets = await buildSecrets(values.secret, io);
 
   const settings = cliConfig(env);
@@ -235,7 +235,7 @@ async function repoAdd(argv: string[], env: Env, io: CliIo): Promise<number> {
     const existing = await store.get(key);
     if (existing !== undefined && !values.force) {
       throw new CliError(
-        EXIT.refused,
+        "bad_request",
         `${key} is already registered (${store.location(key)}); add --force to replace it (with a new webhook secret unless --secret-from-file is given)`,
       );
     }
@@ -304,7 +304,7 @@ async function repoShow(argv: string[], env: Env, io: CliIo): Promise<number> {
   const key = keyOf(parsed.positionals[0] as string);
   return withStore(env, io, parsed.values.quiet, async (store) => {
     const repo = await store.get(key);
-    if (repo === undefined) throw new CliError(EXIT.notFound, `${key} is not registered in ${store.where}`);
+    if (repo === undefined) throw new CliError("not_found", `${key} is not registered in ${store.where}`);
     const masked = maskedEntry(repo);
     if (parsed.values.json) {
       const out: Record<string, unknown> = { key, location: store.location(key), entry: masked };
@@ -375,7 +375,7 @@ async function repoRemove(argv: string[], env: Env, io: CliIo): Promise<number> 
     // Looked up first, so removing an unknown key writes nothing: the file stays byte for byte, Consul untouched.
     const removed = (await store.get(key)) !== undefined && (await store.remove(key));
     if (parsed.values.json) io.stdout.write(`${JSON.stringify({ key, removed })}\n`);
-    if (!removed) throw new CliError(EXIT.notFound, `${key} is not registered in ${store.where}; nothing was changed`);
+    if (!removed) throw new CliError("not_found", `${key} is not registered in ${store.where}; nothing was changed`);
     if (!parsed.values.json) io.stdout.write(`removed ${key} from ${store.where}\n`);
     return EXIT.ok;
   });

@@ -1,10 +1,10 @@
-import { readdirSync, readFileSync, statSync } from "node:fs";
-import { join } from "node:path";
-import pRetry from "p-retry";
 import type { Logger } from "pino";
-import { request } from "undici";
 import type { Agent, Dispatcher } from "undici";
+import type { z } from "zod";
 import { AppError, UpstreamError, errorMessage } from "../errors.js";
+import { type HttpAnswer, type Method, headerValue, request } from "../http/request.js";
+import { type TlsOptions, tlsAgentOptions } from "../http/tls.js";
+import { sleep } from "../util/abort.js";
 import { Leader, WriteResult, parseKvBody } from "./schema.js";
 import type { KvEntry } from "./schema.js";
 import { createTokenBucket } from "./token-bucket.js";
@@ -87,17 +87,8 @@ export interface ConsulClientOptions {
   retry?: { retries?: number; minTimeoutMs?: number };
 }
 
-/** TLS material in HashiCorp's terms (CONSUL_CACERT, CONSUL_CAPATH, ...). */
-export interface ConsulTlsOptions {
-  cacert?: string;
-  capath?: string;
-  clientCert?: string;
-  clientKey?: string;
-  serverName?: string;
-  verify: boolean;
-  /** Longest blocking wait the agent must carry (Go duration, default 10m, Consul's cap). */
-  maxWait?: string;
-}
+/** TLS material plus the longest blocking wait the agent must carry (Go duration, default 10m, Consul's cap). */
+export type ConsulTlsOptions = TlsOptions & { maxWait?: string };
 
 /**
  * undici `Agent` options for Consul: TLS from files, and header/body timeouts above the longest blocking
@@ -107,47 +98,7 @@ export interface ConsulTlsOptions {
 export function consulAgentOptions(tls: ConsulTlsOptions): Agent.Options {
   const waitMs = Math.min(parseGoDuration(tls.maxWait ?? "10m") ?? MAX_WAIT_MS, MAX_WAIT_MS);
   const timeout = blockingTimeoutMs(waitMs);
-  if ((tls.clientCert === undefined) !== (tls.clientKey === undefined)) {
-    throw new AppError("config_invalid", 500, "Consul client certificate and key must be given together");
-  }
-  const ca: string[] = [];
-  if (tls.cacert !== undefined) ca.push(readTlsFile(tls.cacert, "CA certificate"));
-  if (tls.capath !== undefined) ca.push(...readCaDir(tls.capath));
-  const connect: NonNullable<Agent.Options["connect"]> & Record<string, unknown> = {
-    rejectUnauthorized: tls.verify,
-  };
-  if (ca.length > 0) connect.ca = ca;
-  if (tls.clientCert !== undefined && tls.clientKey !== undefined) {
-    connect.cert = readTlsFile(tls.clientCert, "client certificate");
-    connect.key = readTlsFile(tls.clientKey, "client key");
-  }
-  if (tls.serverName !== undefined) connect.servername = tls.serverName.replace(/:\d+$/, "");
-  return { headersTimeout: timeout, bodyTimeout: timeout, connect };
-}
-
-function readTlsFile(path: string, what: string): string {
-  try {
-    return readFileSync(path, "utf8");
-  } catch (err) {
-    throw new AppError("config_invalid", 500, `cannot read Consul ${what} ${path}: ${errorMessage(err)}`, {
-      cause: err,
-    });
-  }
-}
-
-function readCaDir(dir: string): string[] {
-  let names: string[];
-  try {
-    names = readdirSync(dir).sort();
-  } catch (err) {
-    throw new AppError("config_invalid", 500, `cannot read Consul CA directory ${dir}: ${errorMessage(err)}`, {
-      cause: err,
-    });
-  }
-  return names
-    .map((name) => join(dir, name))
-    .filter((path) => statSync(path).isFile())
-    .map((path) => readTlsFile(path, "CA certificate"));
+  return { ...tlsAgentOptions("Consul", tls), headersTimeout: timeout, bodyTimeout: timeout };
 }
 
 const GO_UNITS: Record<string, number> = { ns: 1e-6, us: 1e-3, "µs": 1e-3, "μs": 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
@@ -172,14 +123,9 @@ function blockingTimeoutMs(waitMs: number): number {
 function encodeKey(key: string): string {
   // A `.` or `..` segment would be resolved away by URL parsing and address another key.
   if (key.startsWith("/") || key.split("/").some((s) => s === "." || s === "..")) {
-    throw new AppError("bad_request", 400, `invalid Consul key ${JSON.stringify(key)}`);
+    throw new AppError("bad_request", `invalid Consul key ${JSON.stringify(key)}`);
   }
   return key.split("/").map(encodeURIComponent).join("/");
-}
-
-function header(headers: Record<string, string | string[] | undefined>, name: string): string | undefined {
-  const v = headers[name];
-  return Array.isArray(v) ? v[0] : v;
 }
 
 function parseIndex(value: string | undefined): bigint {
@@ -199,13 +145,6 @@ function hintFor(status: number, body: string): string | undefined {
   return undefined;
 }
 
-function upstreamError(status: number, body: string, action: string, cause?: unknown): UpstreamError {
-  const err = new UpstreamError("consul", status, body, cause === undefined ? { action } : { action, cause });
-  const hint = hintFor(status, body);
-  if (hint !== undefined) err.message = `${err.message} (${hint})`;
-  return err;
-}
-
 function sameEntries(a: KvEntry[] | null, b: KvEntry[] | null): boolean {
   if (a === null || b === null) return a === b;
   if (a.length !== b.length) return false;
@@ -217,24 +156,8 @@ function sameEntries(a: KvEntry[] | null, b: KvEntry[] | null): boolean {
   });
 }
 
-/** Resolves true after `ms`, or false as soon as `signal` aborts. */
-function sleep(ms: number, signal: AbortSignal): Promise<boolean> {
-  if (signal.aborted) return Promise.resolve(false);
-  return new Promise((resolve) => {
-    const onAbort = (): void => {
-      clearTimeout(timer);
-      resolve(false);
-    };
-    const timer = setTimeout(() => {
-      signal.removeEventListener("abort", onAbort);
-      resolve(true);
-    }, ms);
-    signal.addEventListener("abort", onAbort, { once: true });
-  });
-}
-
 interface Call {
-  method: "GET" | "PUT" | "DELETE";
+  method: Method;
   path: string;
   query?: Record<string, string>;
   body?: string | Buffer;
@@ -242,6 +165,9 @@ interface Call {
   timeoutMs: number;
   action: string;
   retry: boolean;
+  /** Statuses the caller reads itself instead of an error (a 404 that means "no such key"). */
+  answers?: (status: number) => boolean;
+  schema?: z.ZodType;
 }
 
 /** Builds a Consul KV client; see {@link ConsulClient}. */
@@ -251,50 +177,36 @@ export function createConsulClient(opts: ConsulClientOptions): ConsulClient {
   const retries = opts.retry?.retries ?? 2;
   const minTimeout = opts.retry?.minTimeoutMs ?? 200;
 
-  async function once(c: Call): Promise<{ status: number; index: bigint; text: string }> {
+  async function call(c: Call): Promise<{ status: number; index: bigint; text: string; value: unknown }> {
     const url = new URL(`${base}${c.path}`);
     if (opts.datacenter !== undefined) url.searchParams.set("dc", opts.datacenter);
     for (const [k, v] of Object.entries(c.query ?? {})) url.searchParams.set(k, v);
     const headers: Record<string, string> = {};
     if (opts.token !== undefined) headers["x-consul-token"] = opts.token;
     if (c.body !== undefined) headers["content-type"] = "application/octet-stream";
-    const started = performance.now();
-    let res: Dispatcher.ResponseData;
-    let text: string;
-    try {
-      res = await request(url, {
-        method: c.method,
-        headers,
-        dispatcher: opts.dispatcher,
-        headersTimeout: c.timeoutMs,
-        bodyTimeout: c.timeoutMs,
-        ...(c.body === undefined ? {} : { body: c.body }),
-        ...(c.signal === undefined ? {} : { signal: c.signal }),
-      });
-      text = await res.body.text();
-    } catch (err) {
-      if (c.signal?.aborted) throw err;
-      throw upstreamError(0, errorMessage(err), c.action, err);
-    }
-    opts.log?.debug(
-      { method: c.method, path: c.path, status: res.statusCode, ms: Math.round(performance.now() - started) },
-      "consul request",
-    );
-    // Thrown here, inside the retry loop, so that an outage (5xx, 429) is retried like a network error.
-    if (res.statusCode >= 500 || res.statusCode === 429) throw upstreamError(res.statusCode, text, c.action);
-    return { status: res.statusCode, index: parseIndex(header(res.headers, "x-consul-index")), text };
-  }
-
-  function call(c: Call): Promise<{ status: number; index: bigint; text: string }> {
-    if (!c.retry || retries === 0) return once(c);
-    return pRetry(() => once(c), {
-      retries,
-      minTimeout,
-      factor: 2,
-      randomize: true,
-      ...(c.signal === undefined ? {} : { signal: c.signal }),
-      shouldRetry: ({ error }) => error instanceof UpstreamError && error.unavailable && !c.signal?.aborted,
+    const res: HttpAnswer<unknown> = await request({
+      service: "consul",
+      action: c.action,
+      dispatcher: opts.dispatcher,
+      method: c.method,
+      url,
+      headers,
+      ...(c.body === undefined ? {} : { body: c.body }),
+      ...(c.answers ? { answers: c.answers } : {}),
+      ...(c.schema ? { schema: c.schema } : {}),
+      hint: hintFor,
+      headersTimeoutMs: c.timeoutMs,
+      bodyTimeoutMs: c.timeoutMs,
+      ...(c.retry ? { retry: { retries, minDelayMs: minTimeout, randomize: true } } : {}),
+      signal: c.signal,
+      log: opts.log,
     });
+    return {
+      status: res.status,
+      index: parseIndex(headerValue(res.headers, "x-consul-index")),
+      text: res.text,
+      value: res.value,
+    };
   }
 
   async function get(key: string, o: GetOptions, retry: boolean): Promise<KvResult> {
@@ -318,13 +230,13 @@ export function createConsulClient(opts: ConsulClientOptions): ConsulClient {
       timeoutMs: callTimeout,
       action,
       retry: retry && o.index === undefined,
+      answers: (status) => status === 404,
     });
     if (res.status === 404) return { entries: null, index: res.index };
-    if (res.status !== 200) throw upstreamError(res.status, res.text, action);
     try {
       return { entries: parseKvBody(res.text), index: res.index };
     } catch (err) {
-      throw upstreamError(200, `unexpected KV body: ${errorMessage(err)}`, action, err);
+      throw new UpstreamError("consul", res.status, `unexpected KV body: ${errorMessage(err)}`, { action, cause: err });
     }
   }
 
@@ -346,12 +258,10 @@ export function createConsulClient(opts: ConsulClientOptions): ConsulClient {
       action,
       // A retried CAS write whose first answer was lost would report our own write as a lost race.
       retry: !cas,
+      schema: WriteResult,
       ...(body === undefined ? {} : { body }),
     });
-    if (res.status !== 200) throw upstreamError(res.status, res.text, action);
-    const parsed = WriteResult.safeParse(safeJson(res.text));
-    if (!parsed.success) throw upstreamError(200, `unexpected ${method} body: ${res.text}`, action);
-    return parsed.data;
+    return WriteResult.parse(res.value);
   }
 
   const client: ConsulClient = {
@@ -373,16 +283,14 @@ export function createConsulClient(opts: ConsulClientOptions): ConsulClient {
 
     async leader(signal) {
       const action = "GET /v1/status/leader";
-      const res = await call({ method: "GET", path: "/v1/status/leader", signal, timeoutMs, action, retry: false });
-      if (res.status !== 200) throw upstreamError(res.status, res.text, action);
-      const parsed = Leader.safeParse(safeJson(res.text));
-      if (!parsed.success) throw upstreamError(200, `unexpected leader body: ${res.text}`, action);
-      if (parsed.data === "") {
-        const err = upstreamError(503, "no cluster leader", action);
+      const res = await call({ method: "GET", path: "/v1/status/leader", signal, timeoutMs, action, retry: false, schema: Leader });
+      const leader = Leader.parse(res.value);
+      if (leader === "") {
+        const err = new UpstreamError("consul", 503, "no cluster leader", { action });
         err.message = "consul has no cluster leader (GET /v1/status/leader answered \"\")";
         throw err;
       }
-      return parsed.data;
+      return leader;
     },
 
     async watch(key, o) {
@@ -432,12 +340,4 @@ export function createConsulClient(opts: ConsulClientOptions): ConsulClient {
     },
   };
   return client;
-}
-
-function safeJson(text: string): unknown {
-  try {
-    return JSON.parse(text);
-  } catch {
-    return undefined;
-  }
 }

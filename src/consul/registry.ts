@@ -36,7 +36,7 @@ export interface ConsulRegistryOptions {
 
 /** The Consul key of a repository's config or secrets: `<prefix>/<kind>/<host>/<owner>/<name>`. */
 export function repoKeyPath(prefix: string, kind: Kind, key: RepoKey): string {
-  if (!isRepoKey(key)) throw new AppError("bad_request", 400, `${JSON.stringify(key)} is not <host>/<owner>/<name>`);
+  if (!isRepoKey(key)) throw new AppError("bad_request", `${JSON.stringify(key)} is not <host>/<owner>/<name>`);
   return `${kindPrefix(prefix, kind)}${key}`;
 }
 
@@ -233,7 +233,7 @@ export function createConsulRegistry(opts: ConsulRegistryOptions): Registry {
 
   async function whenReady(): Promise<void> {
     if (isReady) return;
-    if (closed) throw new AppError("consul_unavailable", 503, "registry closed");
+    if (closed) throw new AppError("consul_unavailable", "registry closed");
     const wait = deadline - now();
     const failure = (): UpstreamError => {
       const err = health().lastError;
@@ -253,7 +253,7 @@ export function createConsulRegistry(opts: ConsulRegistryOptions): Registry {
     clearTimeout(timer);
     controller.signal.removeEventListener("abort", onAbort);
     if (outcome === "ready") return;
-    if (closed) throw new AppError("consul_unavailable", 503, "registry closed");
+    if (closed) throw new AppError("consul_unavailable", "registry closed");
     throw failure();
   }
 
@@ -290,13 +290,13 @@ export async function putRepo(
 ): Promise<void> {
   const checked = RepoConfig.safeParse(config);
   if (!checked.success) {
-    throw new AppError("config_invalid", 400, `${repoKeyPath(prefix, "repos", key)}: ${describeIssues(checked.error)}`);
+    throw new AppError("entry_invalid", `${repoKeyPath(prefix, "repos", key)}: ${describeIssues(checked.error)}`);
   }
   const s = signal === undefined ? {} : { signal };
   if (secrets !== undefined) {
     const checkedSecrets = RepoSecrets.safeParse(secrets);
     if (!checkedSecrets.success) {
-      throw new AppError("config_invalid", 400, `${repoKeyPath(prefix, "secrets", key)}: ${describeIssues(checkedSecrets.error)}`);
+      throw new AppError("entry_invalid", `${repoKeyPath(prefix, "secrets", key)}: ${describeIssues(checkedSecrets.error)}`);
     }
     await consul.put(repoKeyPath(prefix, "secrets", key), JSON.stringify(secrets, null, 2), s);
   }

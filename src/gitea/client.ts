@@ -1,8 +1,8 @@
-import pRetry from "p-retry";
 import type { Logger } from "pino";
-import { request, type Dispatcher } from "undici";
+import type { Dispatcher } from "undici";
 import { z } from "zod";
 import { AppError, UpstreamError, errorMessage } from "../errors.js";
+import { request } from "../http/request.js";
 import { ApiError, CombinedStatus, CommitStatus, Version, type CommitState } from "./schema.js";
 
 /** The forge a call goes to: the instance URL (may carry a sub-path) and an API token. */
@@ -79,69 +79,40 @@ export function createGiteaClient(opts: GiteaClientOptions): GiteaClient {
   const policy: RetryPolicy = { ...DEFAULT_RETRY, ...opts.retries };
   const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
 
-  async function once<S extends z.ZodType>(call: Call<S>, signal: AbortSignal | undefined): Promise<z.output<S>> {
-    const url = apiUrl(call.baseUrl, call.path);
+  async function retried<S extends z.ZodType>(call: Call<S>, callOpts: CallOptions = {}): Promise<z.output<S>> {
+    const { signal, giveUp } = callOpts;
     const headers: Record<string, string> = { accept: "application/json" };
     // Gitea matches the scheme `token` case-sensitively; `Token` would be ignored (services/auth/oauth2.go).
     if (call.token) headers.authorization = `token ${call.token}`;
     if (call.body !== undefined) headers["content-type"] = "application/json";
-    let status: number;
-    let text: string;
-    try {
-      const res = await request(url, {
-        method: call.method,
-        headers,
-        dispatcher: opts.dispatcher,
-        headersTimeout: timeoutMs,
-        bodyTimeout: timeoutMs,
-        ...(call.body === undefined ? {} : { body: JSON.stringify(call.body) }),
-        ...(signal ? { signal } : {}),
-      });
-      status = res.statusCode;
-      text = await res.body.text();
-    } catch (err) {
-      if (signal?.aborted) throw signal.reason;
-      throw new UpstreamError("gitea", 0, errorMessage(err), { cause: err, action: call.action });
-    }
-    if (status < 200 || status >= 300) {
-      throw new UpstreamError("gitea", status, apiMessage(text), { action: call.action });
-    }
-    // Older Gitea answers an empty combined status with no body at all (contracts D.3).
-    let json: unknown = {};
-    let notJson = false;
-    try {
-      if (text.trim() !== "") json = JSON.parse(text);
-    } catch {
-      json = undefined;
-      notJson = true;
-    }
-    const parsed = call.schema.safeParse(json);
-    if (!parsed.success) {
-      const detail = notJson ? `answer is not JSON: ${text}` : `unexpected answer: ${parsed.error.message}`;
-      throw new UpstreamError("gitea", status, detail, { action: call.action });
-    }
-    return parsed.data;
-  }
-
-  function retried<S extends z.ZodType>(call: Call<S>, callOpts: CallOptions = {}): Promise<z.output<S>> {
-    const { signal, giveUp } = callOpts;
-    return pRetry(() => once(call, signal), {
-      retries: policy.retries,
-      minTimeout: policy.minDelayMs,
-      maxTimeout: policy.maxDelayMs,
-      factor: 2,
-      ...(signal ? { signal } : {}),
-      shouldRetry: ({ error, attemptNumber }) => {
-        if (!(error instanceof UpstreamError)) return false;
-        if (!error.unavailable && !(call.retryOn ?? []).includes(error.upstreamStatus)) return false;
-        if (giveUp?.()) return false;
-        opts.log?.warn(
-          { ...call.logFields, action: call.action, attempt: attemptNumber, status: error.upstreamStatus },
-          "gitea request failed; retrying",
-        );
-        return true;
+    const answer = await request({
+      service: "gitea",
+      action: call.action,
+      dispatcher: opts.dispatcher,
+      method: call.method,
+      url: apiUrl(call.baseUrl, call.path),
+      headers,
+      ...(call.body === undefined ? {} : { body: JSON.stringify(call.body) }),
+      schema: call.schema,
+      // Older Gitea answers an empty combined status with no body at all (contracts D.3).
+      emptyBody: {},
+      errorText: apiMessage,
+      headersTimeoutMs: timeoutMs,
+      bodyTimeoutMs: timeoutMs,
+      retry: {
+        retries: policy.retries,
+        minDelayMs: policy.minDelayMs,
+        maxDelayMs: policy.maxDelayMs,
+        retryable: (err) => (err.unavailable || (call.retryOn ?? []).includes(err.upstreamStatus)) && !giveUp?.(),
+        onRetry: (err, { attempt }) =>
+          opts.log?.warn(
+            { ...call.logFields, action: call.action, attempt, status: err.upstreamStatus },
+            "gitea request failed; retrying",
+          ),
       },
+      signal,
     });
+    return answer.value as z.output<S>;
   }
 
   return {
@@ -321,10 +292,10 @@ function apiUrl(baseUrl: string, path: string): URL {
   try {
     base = new URL(baseUrl);
   } catch {
-    throw new AppError("config_invalid", 500, "gitea.url is not a valid URL");
+    throw new AppError("config_invalid", "gitea.url is not a valid URL");
   }
   if (base.protocol !== "http:" && base.protocol !== "https:") {
-    throw new AppError("config_invalid", 500, "gitea.url must be an http or https URL");
+    throw new AppError("config_invalid", "gitea.url must be an http or https URL");
   }
   return new URL(`${base.origin}${base.pathname.replace(/\/+$/, "")}/api/v1${path}`);
 }

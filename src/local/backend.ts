@@ -135,7 +135,7 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
 
   const known = (id: string): BuildRecord => {
     const record = records.get(id);
-    if (record === undefined) throw new AppError("not_found", 404, `no build ${id}`);
+    if (record === undefined) throw new AppError("not_found", `no build ${id}`);
     return record;
   };
 
@@ -353,12 +353,12 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
   return {
     kind: "local",
     async parameterized(builder): Promise<BuilderParams> {
-      if (!JOB_ID.test(builder)) throw new AppError("bad_request", 400, `${JSON.stringify(builder)} is not a builder name`);
+      if (!JOB_ID.test(builder)) throw new AppError("bad_request", `${JSON.stringify(builder)} is not a builder name`);
       return { payload: "optional", metaRequired: [...REQUIRED_META], metaOptional: [...OPTIONAL_META] };
     },
 
     async dispatch(request: BuildDispatch): Promise<DispatchedBuild> {
-      if (closed) throw new AppError("nomad_unavailable", 503, "petrel is shutting down; redeliver the webhook");
+      if (closed) throw new AppError("nomad_unavailable", "petrel is shutting down; redeliver the webhook");
       const existing = byToken.get(request.idempotencyToken);
       if (existing !== undefined) return { id: existing, duplicate: true };
       const id = dispatchId(request.builder, randomBytes(4).toString("hex"));
@@ -384,7 +384,7 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
         records.delete(id);
         await store.remove(id).catch(() => undefined);
         const code = (err as NodeJS.ErrnoException).code;
-        throw new AppError("internal", code === "ENOSPC" ? 507 : 500, `cannot record the build in ${store.root}: ${code ?? (err as Error).message}`);
+        throw new AppError(code === "ENOSPC" ? "insufficient_storage" : "internal", `cannot record the build in ${store.root}: ${code ?? (err as Error).message}`);
       }
       queue.push(id);
       pump();
@@ -449,7 +449,7 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
           }
         }
         if (ended || !request.follow) {
-          if (!records.has(id)) throw new AppError("gone", 410, `build ${id} was removed by retention while its log was read`);
+          if (!records.has(id)) throw new AppError("gone", `build ${id} was removed by retention while its log was read`);
           return;
         }
         await waitFor(id, request.signal, POLL_MS);

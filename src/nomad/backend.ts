@@ -1,35 +1,63 @@
-import type { BuildBackend, DispatchedBuild } from "../builds/backend.js";
+import type { BuilderParams, BuildBackend, DispatchedBuild } from "../builds/backend.js";
 import { DISPATCH_PAYLOAD_LIMIT as NOMAD_PAYLOAD_LIMIT } from "../contract/dispatch.js";
 import { AppError, UpstreamError, errorMessage } from "../errors.js";
+import { createSharedCalls } from "../util/abort.js";
 import { isPermanentDispatchError } from "./client.js";
 import type { NomadClient } from "./client.js";
 
 
+/**
+ * Why Nomad would refuse a dispatch with these meta keys and this payload under the builder's `parameterized`
+ * block, in the order Nomad checks (contracts/nomad.md §1.6: payload, unpermitted keys, missing keys); or
+ * undefined when it would accept them.
+ */
+export function dispatchRefusal(
+  params: BuilderParams,
+  meta: Record<string, string>,
+  payloadBytes: number | undefined,
+): string | undefined {
+  if (params.payload === "required" && payloadBytes === undefined) return "it requires a payload and none is sent";
+  if (params.payload === "forbidden" && payloadBytes !== undefined) return "it forbids a payload and one is sent";
+  const allowed = new Set([...params.metaRequired, ...params.metaOptional]);
+  const unpermitted = Object.keys(meta).filter((k) => !allowed.has(k));
+  if (unpermitted.length > 0) return `it does not declare the meta keys ${unpermitted.join(", ")}`;
+  const missing = params.metaRequired.filter((k) => !(k in meta));
+  if (missing.length > 0) return `it requires the meta keys ${missing.join(", ")}, which are not sent`;
+  return undefined;
+}
+
 /** Cluster mode: every build is a dispatched child of a parameterized Nomad batch job. */
 export function createNomadBackend(options: { nomad: NomadClient }): BuildBackend {
   const { nomad } = options;
-  // Concurrent identical deliveries share one dispatch; all but the first hear it as the duplicate it is.
-  const inFlight = new Map<string, Promise<DispatchedBuild>>();
+  // Nomad before 1.11.2 could create two children for concurrent identical dispatches (hashicorp/nomad#26690),
+  // so concurrent identical dispatches share one request; all but the first hear it as the duplicate it is.
+  const flights = createSharedCalls<DispatchedBuild>();
 
   async function send(
     builder: string,
     meta: Record<string, string>,
     idempotencyToken: string,
     payload: Buffer | undefined,
-    signal: AbortSignal | undefined,
+    signal: AbortSignal,
   ): Promise<DispatchedBuild> {
+    const params = await nomad.parameterized(builder, { signal });
+    const refusal = dispatchRefusal(params, meta, payload?.length);
+    if (refusal !== undefined) {
+      throw new AppError("upstream_error", `Nomad would refuse to dispatch ${builder}: ${refusal}`);
+    }
     try {
       const result = await nomad.dispatch(
         builder,
         { meta, idempotencyToken, ...(payload === undefined ? {} : { payload }) },
-        signal === undefined ? {} : { signal },
+        { signal },
       );
       return { id: result.id, duplicate: result.duplicate };
     } catch (err) {
-      // Nomad answers 500 to requests it will never accept (contracts/nomad.md §1.6); a redelivery cannot
+      // What could not be checked up front (a builder stopped or re-registered since it was read, a priority):
+      // Nomad answers 500 to requests it will never accept (contracts/nomad.md §1.6), and a redelivery cannot
       // cure those, so they must not read as an outage.
       if (err instanceof UpstreamError && isPermanentDispatchError(err)) {
-        throw new AppError("upstream_error", 502, `Nomad refused to dispatch ${builder}: ${err.upstreamBody}`, { cause: err });
+        throw new AppError("upstream_error", `Nomad refused to dispatch ${builder}: ${err.upstreamBody}`, { cause: err });
       }
       throw err;
     }
@@ -46,21 +74,16 @@ export function createNomadBackend(options: { nomad: NomadClient }): BuildBacken
           // Checked here so the operator reads which limit was hit instead of Nomad's bare size message.
           throw new AppError(
             "config_invalid",
-            500,
             `the repository's secrets and deploy key take ${payload.length} bytes; Nomad's dispatch payload limit is ${NOMAD_PAYLOAD_LIMIT}`,
           );
         }
       }
-      const key = `${request.builder}\0${request.idempotencyToken}`;
-      const shared = inFlight.get(key);
-      if (shared !== undefined) return { id: (await shared).id, duplicate: true };
-      const attempt = send(request.builder, request.meta, request.idempotencyToken, payload, signal);
-      inFlight.set(key, attempt);
-      try {
-        return await attempt;
-      } finally {
-        inFlight.delete(key);
-      }
+      const key = JSON.stringify([request.builder, request.idempotencyToken]);
+      const joined = flights.has(key);
+      const result = await flights.join(key, signal, (s) =>
+        send(request.builder, request.meta, request.idempotencyToken, payload, s),
+      );
+      return joined ? { id: result.id, duplicate: true } : result;
     },
     async health(signal) {
       try {

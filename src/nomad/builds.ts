@@ -1,3 +1,4 @@
+import { untilAborted } from "../util/abort.js";
 import type { Build, BuildPage, BuildReader, BuildState, BuildSummary } from "../builds/backend.js";
 import { isAfterCursor, isTerminal, newestFirst } from "../builds/backend.js";
 import { isBuildOf, parentOfBuildId } from "../contract/dispatch.js";
@@ -57,7 +58,7 @@ export function createNomadBuildReader(options: NomadBuildReaderOptions): NomadB
 
   const refuse = (id: string): void => {
     if (!isBuildOf(id, options.builders())) {
-      throw new AppError("not_found", 404, `${id} is not a petrel build (not a dispatched child of a configured builder job)`);
+      throw new AppError("not_found", `${id} is not a petrel build (not a dispatched child of a configured builder job)`);
     }
   };
 
@@ -108,7 +109,7 @@ export function createNomadBuildReader(options: NomadBuildReaderOptions): NomadB
         .finally(() => inflight.delete(builder));
       inflight.set(builder, pending);
     }
-    return signal === undefined ? pending : abortable(pending, signal);
+    return untilAborted(pending, signal);
   }
 
   return {
@@ -183,16 +184,6 @@ function withoutState(filter: { repo?: string; ref?: string }): { repo?: string;
   if (filter.repo !== undefined) out.repo = filter.repo;
   if (filter.ref !== undefined) out.ref = filter.ref;
   return out;
-}
-
-/** `promise`, or the signal's reason as soon as it aborts; the shared work itself goes on for its other waiters. */
-function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
-  });
 }
 
 /** What a list stub alone rules out: a dead job is finished, and success or failure needs a dead job. */

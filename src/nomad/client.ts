@@ -1,11 +1,10 @@
-import { readFileSync, readdirSync, statSync } from "node:fs";
-import { join } from "node:path";
-import type { Readable } from "node:stream";
-import pRetry from "p-retry";
 import type { Logger } from "pino";
-import { request, type Agent, type Dispatcher } from "undici";
+import type { Dispatcher } from "undici";
 import type { z } from "zod";
-import { AppError, UpstreamError, errorMessage } from "../errors.js";
+import { AppError, UpstreamError } from "../errors.js";
+import { type Method, type RetryPolicy, headerValue, openStream, request } from "../http/request.js";
+import { untilAborted } from "../util/abort.js";
+import { chunksOf } from "../util/stream.js";
 import {
   Allocation,
   AllocationStub,
@@ -174,7 +173,7 @@ export function isPermanentDispatchError(err: UpstreamError): boolean {
 }
 
 interface Call<S extends z.ZodType> {
-  method: "GET" | "POST" | "PUT" | "DELETE";
+  method: Method;
   path: string;
   action: string;
   schema: S;
@@ -195,149 +194,98 @@ export function createNomadClient(opts: NomadClientOptions): NomadClient {
   const budgetMs = opts.retryBudgetMs ?? DEFAULT_RETRY_BUDGET_MS;
   const ttlMs = opts.parameterizedTtlMs ?? DEFAULT_PARAMETERIZED_TTL_MS;
   const now = opts.now ?? Date.now;
-  const scope = JSON.stringify([opts.namespace ?? "", opts.region ?? ""]);
-  const inflight = new Map<string, SharedDispatch>();
   const specs = new Map<string, { expires: number; spec: Promise<ParameterizedSpec> }>();
 
-  /** One HTTP exchange; the attempt signal bounds it, `undefined` marks a 404 on an optional call. */
-  async function once<S extends z.ZodType>(
-    call: Call<S>,
-    signal: AbortSignal | undefined,
-    headersTimeout?: number,
-  ): Promise<Answer<z.output<S>> | undefined> {
-    const url = new URL(`${base}${call.path}`);
-    const query = { ...call.query, namespace: opts.namespace, region: opts.region };
-    for (const [k, v] of Object.entries(query)) if (v !== undefined && v !== "") url.searchParams.set(k, v);
-    const headers: Record<string, string> = { accept: "application/json" };
-    if (opts.token) headers["x-nomad-token"] = opts.token;
-    if (call.body !== undefined) headers["content-type"] = "application/json";
-
-    let status: number;
-    let text: string;
-    let indexHeader: string | string[] | undefined;
-    try {
-      const res = await request(url, {
-        method: call.method,
-        headers,
-        dispatcher: opts.dispatcher,
-        ...(call.body === undefined ? {} : { body: JSON.stringify(call.body) }),
-        ...(signal ? { signal } : {}),
-        ...(headersTimeout === undefined ? {} : { headersTimeout }),
-      });
-      status = res.statusCode;
-      indexHeader = res.headers["x-nomad-index"];
-      text = await res.body.text();
-    } catch (err) {
-      if (signal?.aborted) throw signal.reason;
-      throw new UpstreamError("nomad", 0, describeNetworkError(err), { cause: err, action: call.action });
-    }
-
-    if (status === 404 && call.optional) return undefined;
-    if (status < 200 || status >= 300) throw new UpstreamError("nomad", status, text, { action: call.action });
-    let json: unknown;
-    try {
-      json = JSON.parse(text);
-    } catch {
-      throw new UpstreamError("nomad", status, `answer is not JSON: ${text}`, { action: call.action });
-    }
-    const parsed = call.schema.safeParse(json);
-    if (!parsed.success) {
-      const issues = parsed.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ");
-      throw new UpstreamError("nomad", status, `unexpected answer: ${issues}`, { action: call.action });
-    }
-    const index = Number(Array.isArray(indexHeader) ? indexHeader[0] : indexHeader);
-    return { value: parsed.data, index: Number.isFinite(index) ? index : 0 };
+  function url(path: string, query: Iterable<[string, string | undefined]>): URL {
+    const u = new URL(`${base}${path}`);
+    for (const [k, v] of query) if (v !== undefined && v !== "") u.searchParams.append(k, v);
+    if (opts.namespace) u.searchParams.set("namespace", opts.namespace);
+    if (opts.region) u.searchParams.set("region", opts.region);
+    return u;
   }
 
-  /**
-   * Runs `call` with retries on network errors and 5xx inside the retry budget: no retry starts that the
-   * slowest attempt so far says could not finish before the deadline, and each attempt is cut at it.
-   */
-  async function retried<S extends z.ZodType>(
-    call: Call<S>,
+  // No Accept-Encoding: Nomad gzips whole streams on request (contracts/nomad.md §0.1).
+  const headers = (json: boolean): Record<string, string> => ({
+    accept: "application/json",
+    ...(opts.token ? { "x-nomad-token": opts.token } : {}),
+    ...(json ? { "content-type": "application/json" } : {}),
+  });
+
+  /** Retries on outages inside the retry budget, as contracts/nomad.md §1.6 allows. */
+  function budget(action: string, retryable?: (err: UpstreamError) => boolean): RetryPolicy {
+    return {
+      budgetMs,
+      minDelayMs: FIRST_RETRY_DELAY_MS,
+      maxDelayMs: MAX_RETRY_DELAY_MS,
+      ...(retryable ? { retryable } : {}),
+      onRetry: (err, { attempt, delayMs }) =>
+        opts.log?.warn({ action, attempt, status: err.upstreamStatus, delayMs }, "nomad request failed; retrying"),
+    };
+  }
+
+  async function call<S extends z.ZodType>(
+    c: Call<S>,
     signal: AbortSignal | undefined,
-    isRetryable: (err: UpstreamError) => boolean = (err) => err.unavailable,
+    retry: RetryPolicy | undefined,
+    headersTimeoutMs?: number,
   ): Promise<Answer<z.output<S>> | undefined> {
-    const start = performance.now();
-    let slowestAttempt = 0;
-    return pRetry(
-      async () => {
-        const began = performance.now();
-        try {
-          return await withDeadline(budgetMs - (began - start), signal, call.action, (s) => once(call, s));
-        } finally {
-          slowestAttempt = Math.max(slowestAttempt, performance.now() - began);
-        }
-      },
-      {
-        retries: Number.POSITIVE_INFINITY,
-        minTimeout: FIRST_RETRY_DELAY_MS,
-        factor: 2,
-        maxTimeout: MAX_RETRY_DELAY_MS,
-        maxRetryTime: budgetMs,
-        ...(signal ? { signal } : {}),
-        shouldRetry: ({ error, retriesConsumed, attemptNumber }) => {
-          if (!(error instanceof UpstreamError) || !isRetryable(error)) return false;
-          const delay = Math.min(FIRST_RETRY_DELAY_MS * 2 ** retriesConsumed, MAX_RETRY_DELAY_MS);
-          const elapsed = performance.now() - start;
-          const fits = elapsed + delay + slowestAttempt <= budgetMs;
-          if (fits) {
-            opts.log?.warn(
-              { action: call.action, attempt: attemptNumber, status: error.upstreamStatus, delayMs: delay },
-              "nomad request failed; retrying",
-            );
-          }
-          return fits;
-        },
-      },
-    );
+    const answer = await request({
+      service: "nomad",
+      action: c.action,
+      dispatcher: opts.dispatcher,
+      method: c.method,
+      url: url(c.path, Object.entries(c.query ?? {})),
+      headers: headers(c.body !== undefined),
+      ...(c.body === undefined ? {} : { body: JSON.stringify(c.body) }),
+      schema: c.schema,
+      ...(c.optional ? { answers: (status: number) => status === 404 } : {}),
+      ...(retry ? { retry } : {}),
+      ...(headersTimeoutMs === undefined ? {} : { headersTimeoutMs }),
+      signal,
+    });
+    if (answer.value === undefined) return undefined;
+    const index = Number(headerValue(answer.headers, "x-nomad-index"));
+    return { value: answer.value, index: Number.isFinite(index) ? index : 0 };
+  }
+
+  function retried<S extends z.ZodType>(
+    c: Call<S>,
+    signal: AbortSignal | undefined,
+    retryable?: (err: UpstreamError) => boolean,
+  ): Promise<Answer<z.output<S>> | undefined> {
+    return call(c, signal, budget(c.action, retryable));
   }
 
   /** A blocking query: one attempt, allowed to wait as long as Nomad may hold it. */
-  function blocking<S extends z.ZodType>(call: Call<S>, b: BlockingOptions) {
-    if (!b.index) return retried(call, b.signal);
+  function blocking<S extends z.ZodType>(c: Call<S>, b: BlockingOptions) {
+    if (!b.index) return retried(c, b.signal);
     const wait = b.wait ?? DEFAULT_BLOCKING_WAIT_MS;
-    const query = { ...call.query, index: String(b.index), wait: `${Math.max(1, Math.round(wait))}ms` };
-    return once({ ...call, query }, b.signal, wait + wait / 16 + BLOCKING_SLACK_MS);
+    const query = { ...c.query, index: String(b.index), wait: `${Math.max(1, Math.round(wait))}ms` };
+    return call({ ...c, query }, b.signal, undefined, wait + wait / 16 + BLOCKING_SLACK_MS);
   }
 
-  /** Opens a streamed GET; anything but 200 is read whole and thrown as UpstreamError. */
-  async function openStream(
+  /** Opens a streamed GET of framed JSON or NDJSON; anything but 2xx is thrown as UpstreamError. */
+  async function stream(
     path: string,
     query: [string, string][],
     action: string,
     signal: AbortSignal,
     idleTimeoutMs: number,
   ): Promise<AsyncIterable<Uint8Array>> {
-    const url = new URL(`${base}${path}`);
-    for (const [k, v] of query) url.searchParams.append(k, v);
-    if (opts.namespace) url.searchParams.set("namespace", opts.namespace);
-    if (opts.region) url.searchParams.set("region", opts.region);
-    // No Accept-Encoding: Nomad gzips whole streams on request (contracts/nomad.md §0.1).
-    const headers: Record<string, string> = { accept: "application/json" };
-    if (opts.token) headers["x-nomad-token"] = opts.token;
-    let res: Dispatcher.ResponseData;
-    try {
-      res = await request(url, {
-        method: "GET",
-        headers,
-        dispatcher: opts.dispatcher,
-        signal,
-        headersTimeout: STREAM_HEADERS_TIMEOUT_MS,
-        bodyTimeout: idleTimeoutMs,
-      });
-    } catch (err) {
-      if (signal.aborted) throw signal.reason;
-      throw new UpstreamError("nomad", 0, describeNetworkError(err), { cause: err, action });
-    }
-    if (res.statusCode !== 200) {
-      const text = await res.body.text().catch(() => "");
-      throw new UpstreamError("nomad", res.statusCode, text, { action });
-    }
+    const res = await openStream({
+      service: "nomad",
+      action,
+      dispatcher: opts.dispatcher,
+      url: url(path, query),
+      headers: headers(false),
+      signal,
+      headersTimeoutMs: STREAM_HEADERS_TIMEOUT_MS,
+      bodyTimeoutMs: idleTimeoutMs,
+    });
     return chunksOf(res.body);
   }
 
-  async function dispatchOnce(jobId: string, req: DispatchRequest, signal: AbortSignal): Promise<DispatchResult> {
+  async function dispatchOnce(jobId: string, req: DispatchRequest, signal: AbortSignal | undefined): Promise<DispatchResult> {
     const body: Record<string, unknown> = { JobID: jobId, Meta: req.meta };
     if (req.payload !== undefined) body.Payload = req.payload.toString("base64");
     const answer = await retried(
@@ -362,20 +310,17 @@ export function createNomadClient(opts: NomadClientOptions): NomadClient {
       signal,
     );
     if (!answer) {
-      throw new AppError("not_found", 404, `Nomad job "${jobId}" not found${inNamespace(opts.namespace)}`);
+      throw new AppError("not_found", `Nomad job "${jobId}" not found${inNamespace(opts.namespace)}`);
     }
     const job = answer.value;
     const p = job.ParameterizedJob;
     if (!p || job.Dispatched) {
-      throw new AppError(
-        "config_invalid",
-        500,
-        `Nomad job "${jobId}" is not a parameterized job; a builder must be a parameterized batch job`,
+      throw new AppError("config_invalid", `Nomad job "${jobId}" is not a parameterized job; a builder must be a parameterized batch job`,
       );
     }
     const payload = p.Payload === "" ? "optional" : p.Payload;
     if (payload !== "optional" && payload !== "required" && payload !== "forbidden") {
-      throw new AppError("config_invalid", 500, `Nomad job "${jobId}" has an unknown payload rule "${payload}"`);
+      throw new AppError("config_invalid", `Nomad job "${jobId}" has an unknown payload rule "${payload}"`);
     }
     return { payload, metaRequired: p.MetaRequired, metaOptional: p.MetaOptional };
   }
@@ -383,21 +328,7 @@ export function createNomadClient(opts: NomadClientOptions): NomadClient {
   return {
     dispatch(jobId, req, { signal } = {}) {
       signal?.throwIfAborted();
-      // Nomad before 1.11.2 could create two children for concurrent identical dispatches
-      // (hashicorp/nomad#26690), so identical calls in flight share one request.
-      const key = JSON.stringify([scope, jobId, req.idempotencyToken]);
-      let shared = inflight.get(key);
-      if (!shared) {
-        const controller = new AbortController();
-        const entry: SharedDispatch = {
-          controller,
-          waiters: 0,
-          promise: dispatchOnce(jobId, req, controller.signal).finally(() => inflight.delete(key)),
-        };
-        inflight.set(key, entry);
-        shared = entry;
-      }
-      return joinShared(shared, signal);
+      return dispatchOnce(jobId, req, signal);
     },
 
     parameterized(jobId, { signal } = {}) {
@@ -486,7 +417,7 @@ export function createNomadClient(opts: NomadClientOptions): NomadClient {
         ["origin", o.origin ?? "start"],
         ["offset", String(Math.max(0, Math.floor(o.offset)))],
       ];
-      return openStream(
+      return stream(
         `/v1/client/fs/logs/${encodeURIComponent(allocId)}`,
         query,
         "stream logs",
@@ -502,7 +433,7 @@ export function createNomadClient(opts: NomadClientOptions): NomadClient {
         ["origin", "start"],
         ["offset", String(Math.max(0, Math.floor(o.offset)))],
       ];
-      return openStream(
+      return stream(
         `/v1/client/fs/stream/${encodeURIComponent(allocId)}`,
         query,
         "stream file",
@@ -514,7 +445,7 @@ export function createNomadClient(opts: NomadClientOptions): NomadClient {
     eventStream(o) {
       const query: [string, string][] = [["index", String(Math.max(0, Math.floor(o.index)))]];
       for (const topic of o.topics) query.push(["topic", topic]);
-      return openStream("/v1/event/stream", query, "event stream", o.signal, o.idleTimeoutMs ?? DEFAULT_EVENT_IDLE_MS);
+      return stream("/v1/event/stream", query, "event stream", o.signal, o.idleTimeoutMs ?? DEFAULT_EVENT_IDLE_MS);
     },
 
     async stopJob(id, { purge, signal } = {}) {
@@ -560,130 +491,14 @@ export function createNomadClient(opts: NomadClientOptions): NomadClient {
     },
 
     async leader(signal) {
-      const answer = await withDeadline(budgetMs, signal, "leader", (s) =>
-        once({ method: "GET", path: "/v1/status/leader", action: "leader", schema: Leader }, s),
+      const answer = await call(
+        { method: "GET", path: "/v1/status/leader", action: "leader", schema: Leader },
+        signal,
+        { budgetMs, retries: 0, minDelayMs: 0 },
       );
       return required(answer, "leader").value;
     },
   };
-}
-
-const MAX_QUEUED_CHUNKS = 16;
-
-/**
- * A readable's chunks as they arrive. The stream's own async iterator joins everything buffered into one new
- * Buffer on each read, a copy of every byte as soon as the consumer lags; this hands the chunks over as they
- * are and pauses the stream while `MAX_QUEUED_CHUNKS` wait. Returning early destroys the stream.
- */
-export async function* chunksOf(stream: Readable): AsyncGenerator<Uint8Array> {
-  const queue: Buffer[] = [];
-  let ended = false;
-  let failure: unknown;
-  let wake: (() => void) | undefined;
-  const notify = () => {
-    const w = wake;
-    wake = undefined;
-    w?.();
-  };
-  const onData = (chunk: Buffer) => {
-    queue.push(chunk);
-    if (queue.length >= MAX_QUEUED_CHUNKS) stream.pause();
-    notify();
-  };
-  const onEnd = () => {
-    ended = true;
-    notify();
-  };
-  const onError = (err: unknown) => {
-    failure ??= err;
-    notify();
-  };
-  const onClose = () => {
-    if (!ended) failure ??= new Error("the connection closed before the answer ended");
-    notify();
-  };
-  stream.on("data", onData);
-  stream.on("end", onEnd);
-  stream.on("error", onError);
-  stream.on("close", onClose);
-  try {
-    for (;;) {
-      const chunk = queue.shift();
-      if (chunk !== undefined) {
-        if (queue.length <= MAX_QUEUED_CHUNKS / 2 && stream.isPaused()) stream.resume();
-        yield chunk;
-        continue;
-      }
-      if (failure !== undefined) throw failure;
-      if (ended) return;
-      await new Promise<void>((resolve) => (wake = resolve));
-    }
-  } finally {
-    stream.off("data", onData);
-    stream.off("end", onEnd);
-    stream.off("error", onError);
-    stream.off("close", onClose);
-    if (!ended) stream.destroy();
-  }
-}
-
-interface SharedDispatch {
-  promise: Promise<DispatchResult>;
-  controller: AbortController;
-  waiters: number;
-}
-
-/** Waits for a shared dispatch; the request is aborted only once every caller waiting on it gave up. */
-function joinShared(shared: SharedDispatch, signal: AbortSignal | undefined): Promise<DispatchResult> {
-  shared.waiters++;
-  if (!signal) return shared.promise;
-  const leave = () => {
-    shared.waiters--;
-    if (shared.waiters === 0) shared.controller.abort(signal.reason);
-  };
-  signal.addEventListener("abort", leave, { once: true });
-  const done = () => signal.removeEventListener("abort", leave);
-  shared.promise.then(done, done);
-  return untilAborted(shared.promise, signal);
-}
-
-/** `promise`, or the signal's reason as soon as it aborts. */
-function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
-  if (!signal) return promise;
-  return new Promise((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    promise.then(
-      (v) => {
-        signal.removeEventListener("abort", onAbort);
-        resolve(v);
-      },
-      (e: unknown) => {
-        signal.removeEventListener("abort", onAbort);
-        reject(e);
-      },
-    );
-  });
-}
-
-/** Runs `fn` with a signal that fires at the caller's abort or after `ms`; the timeout is an outage. */
-async function withDeadline<T>(
-  ms: number,
-  signal: AbortSignal | undefined,
-  action: string,
-  fn: (signal: AbortSignal) => Promise<T>,
-): Promise<T> {
-  const timeout = AbortSignal.timeout(Math.max(1, Math.floor(ms)));
-  const combined = signal ? AbortSignal.any([signal, timeout]) : timeout;
-  try {
-    return await fn(combined);
-  } catch (err) {
-    if (signal?.aborted) throw signal.reason;
-    if (timeout.aborted) {
-      throw new UpstreamError("nomad", 0, `no answer within ${Math.round(ms)} ms`, { cause: err, action });
-    }
-    throw err;
-  }
 }
 
 // Registration and parse report validation problems as 500 (contracts/nomad.md §7.1); only outages are retried.
@@ -702,41 +517,4 @@ function jobPath(id: string): string {
 
 function inNamespace(namespace: string | undefined): string {
   return namespace ? ` in namespace "${namespace}"` : "";
-}
-
-function describeNetworkError(err: unknown): string {
-  const code = (err as { code?: unknown } | null)?.code;
-  const message = errorMessage(err);
-  return typeof code === "string" && !message.includes(code) ? `${code}: ${message}` : message;
-}
-
-/** TLS settings in HashiCorp's terms (`NOMAD_CACERT`, `NOMAD_CAPATH`, ...). */
-export interface NomadTlsOptions {
-  cacert?: string;
-  capath?: string;
-  clientCert?: string;
-  clientKey?: string;
-  serverName?: string;
-  skipVerify: boolean;
-}
-
-/** undici `Agent` options for Nomad's TLS settings; reads the certificate files now, so a bad path fails at start. */
-export function nomadAgentOptions(tls: NomadTlsOptions): Agent.Options {
-  const ca: string[] = [];
-  if (tls.cacert) ca.push(readFileSync(tls.cacert, "utf8"));
-  if (tls.capath) {
-    for (const name of readdirSync(tls.capath).sort()) {
-      const file = join(tls.capath, name);
-      if (statSync(file).isFile()) ca.push(readFileSync(file, "utf8"));
-    }
-  }
-  return {
-    connect: {
-      ...(ca.length ? { ca } : {}),
-      ...(tls.clientCert ? { cert: readFileSync(tls.clientCert, "utf8") } : {}),
-      ...(tls.clientKey ? { key: readFileSync(tls.clientKey, "utf8") } : {}),
-      ...(tls.serverName ? { servername: tls.serverName } : {}),
-      rejectUnauthorized: !tls.skipVerify,
-    },
-  };
 }

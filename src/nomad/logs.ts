@@ -61,10 +61,7 @@ function isMissingFile(err: UpstreamError): boolean {
 }
 
 function noMergedLog(id: string): AppError {
-  return new AppError(
-    "not_found",
-    404,
-    `build ${id} has no merged log (its builder does not run petrel's executor); read ?type=stdout or ?type=stderr`,
+  return new AppError("not_found", `build ${id} has no merged log (its builder does not run petrel's executor); read ?type=stdout or ?type=stderr`,
   );
 }
 
@@ -87,7 +84,6 @@ export function createNomadLogs(options: NomadLogsOptions): NomadLogs {
   const gone = (id: string, allocId?: string) =>
     new AppError(
       "gone",
-      410,
       allocId === undefined
         ? `the logs of build ${id} are gone: Nomad garbage-collected its allocation or the job`
         : `the logs of build ${id} are gone: Nomad garbage-collected its allocation ${allocId}`,

@@ -32,8 +32,8 @@ function yamlProblem(err: unknown): string {
   return errorMessage(err);
 }
 
-function invalid(path: string, problem: string, status = 500): AppError {
-  return new AppError("config_invalid", status, `${path}: ${problem}`);
+function invalid(path: string, problem: string, code: "config_invalid" | "entry_invalid" = "config_invalid"): AppError {
+  return new AppError(code, `${path}: ${problem}`);
 }
 
 /** Best effort: the 1-based line where a repository's key sits, to point the operator at it. */
@@ -241,11 +241,11 @@ export async function writeRepo(
   config: z.input<typeof RepoConfig>,
   secrets?: RepoSecrets,
 ): Promise<void> {
-  if (!isRepoKey(key)) throw invalid(path, `repos.${JSON.stringify(key)}: key must be <host>/<owner>/<name>`, 400);
+  if (!isRepoKey(key)) throw invalid(path, `repos.${JSON.stringify(key)}: key must be <host>/<owner>/<name>`, "entry_invalid");
   const checked = RepoConfig.safeParse(config);
-  if (!checked.success) throw invalid(path, `repos.${JSON.stringify(key)}: ${describeIssues(checked.error)}`, 400);
+  if (!checked.success) throw invalid(path, `repos.${JSON.stringify(key)}: ${describeIssues(checked.error)}`, "entry_invalid");
   const checkedSecrets = RepoWithSecrets.safeParse({ secrets });
-  if (!checkedSecrets.success) throw invalid(path, `repos.${JSON.stringify(key)}: ${describeIssues(checkedSecrets.error)}`, 400);
+  if (!checkedSecrets.success) throw invalid(path, `repos.${JSON.stringify(key)}: ${describeIssues(checkedSecrets.error)}`, "entry_invalid");
   const doc = await loadForEdit(path);
   const repos = { ...((doc.repos ?? {}) as Record<string, unknown>) };
   const previous = repos[key] as { secrets?: unknown } | undefined;

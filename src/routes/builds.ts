@@ -50,7 +50,7 @@ function parseCursor(raw: string): BuildCursor {
   const time = Number(text.slice(0, dot));
   const id = text.slice(dot + 1);
   if (dot < 1 || !Number.isSafeInteger(time) || id === "" || formatCursor({ time, id }) !== raw) {
-    throw new AppError("bad_request", 400, "cursor is not one this server gave out (use next_cursor from a listing)");
+    throw new AppError("bad_request", "cursor is not one this server gave out (use next_cursor from a listing)");
   }
   return { time, id };
 }
@@ -65,9 +65,9 @@ export function createBuildsRoute(deps: AppDeps): Hono {
 
   const requireAdmin = (c: Context) => {
     if (deps.adminToken === undefined) {
-      throw new AppError("forbidden", 403, "this endpoint is disabled: set PETREL_ADMIN_TOKEN to enable it");
+      throw new AppError("forbidden", "this endpoint is disabled: set PETREL_ADMIN_TOKEN to enable it");
     }
-    if (!admin(c)) throw new AppError("unauthorized", 401, "this endpoint needs Authorization: Bearer <PETREL_ADMIN_TOKEN>");
+    if (!admin(c)) throw new AppError("unauthorized", "this endpoint needs Authorization: Bearer <PETREL_ADMIN_TOKEN>");
   };
 
   /**
@@ -87,12 +87,12 @@ export function createBuildsRoute(deps: AppDeps): Hono {
   /** Refuses anything that is not a dispatched child of a configured builder, before any backend call. */
   const ourBuild = async (c: Context, id: string): Promise<Build> => {
     if (!isBuildOf(id, deps.registry.builders())) {
-      throw new AppError("not_found", 404, `${id} is not a petrel build (not a dispatched child of a configured builder job)`);
+      throw new AppError("not_found", `${id} is not a petrel build (not a dispatched child of a configured builder job)`);
     }
     const build = await reader.getBuild(id, c.req.raw.signal);
-    if (build === undefined) throw new AppError("not_found", 404, `build ${id} is not known (never dispatched, or garbage-collected by Nomad)`);
+    if (build === undefined) throw new AppError("not_found", `build ${id} is not known (never dispatched, or garbage-collected by Nomad)`);
     if (!(await readable(c, build))) {
-      throw new AppError("unauthorized", 401, "this repository's builds need Authorization: Bearer <PETREL_ADMIN_TOKEN>");
+      throw new AppError("unauthorized", "this repository's builds need Authorization: Bearer <PETREL_ADMIN_TOKEN>");
     }
     return build;
   };
@@ -101,11 +101,11 @@ export function createBuildsRoute(deps: AppDeps): Hono {
     const limitRaw = c.req.query("limit");
     const limit = limitRaw === undefined ? DEFAULT_LIMIT : Number(limitRaw);
     if (!Number.isInteger(limit) || limit < 1 || limit > MAX_LIMIT) {
-      throw new AppError("bad_request", 400, `limit must be a whole number from 1 to ${MAX_LIMIT}`);
+      throw new AppError("bad_request", `limit must be a whole number from 1 to ${MAX_LIMIT}`);
     }
     const state = c.req.query("state");
     if (state !== undefined && !(BUILD_STATES as readonly string[]).includes(state)) {
-      throw new AppError("bad_request", 400, `state must be one of ${BUILD_STATES.join(", ")}`);
+      throw new AppError("bad_request", `state must be one of ${BUILD_STATES.join(", ")}`);
     }
     const filter: BuildFilter = { limit };
     const repo = c.req.query("repo");
@@ -138,8 +138,8 @@ export function createBuildsRoute(deps: AppDeps): Hono {
   };
 
   const dispatchPlan = async (c: Context, plan: Plan): Promise<BuildPlan & { id: string }> => {
-    if (plan.kind === "skip") throw new AppError("bad_request", 400, plan.reason);
-    if (plan.kind === "reject") throw new AppError(plan.code, plan.status, plan.message);
+    if (plan.kind === "skip") throw new AppError("bad_request", plan.reason);
+    if (plan.kind === "reject") throw new AppError(plan.code, plan.message);
     const params = await deps.backend.parameterized(plan.builder, c.req.raw.signal);
     const result = await deps.backend.dispatch(
       {
@@ -160,12 +160,12 @@ export function createBuildsRoute(deps: AppDeps): Hono {
       body = TriggerBody.parse(await c.req.json());
     } catch (err) {
       // Neither bad JSON nor a bad field: reading the body failed, because the client hung up or timed out.
-      if (!(err instanceof z.ZodError) && !(err instanceof SyntaxError)) throw new AppError("aborted", 400, "the client closed the connection before the whole body arrived", { cause: err });
-      throw new AppError("bad_request", 400, `body must be {"repo", "ref", "commit"?, "flavor"?}: ${err instanceof z.ZodError ? err.issues.map((i) => (i.path.length ? `${i.path.join(".")}: ${i.message}` : i.message)).join("; ") : "not JSON"}`);
+      if (!(err instanceof z.ZodError) && !(err instanceof SyntaxError)) throw new AppError("aborted", "the client closed the connection before the whole body arrived", { cause: err });
+      throw new AppError("bad_request", `body must be {"repo", "ref", "commit"?, "flavor"?}: ${err instanceof z.ZodError ? err.issues.map((i) => (i.path.length ? `${i.path.join(".")}: ${i.message}` : i.message)).join("; ") : "not JSON"}`);
     }
     const entry = await findEntry(deps.registry, body.repo);
     const fullRef = body.ref.startsWith("refs/") ? body.ref : `refs/heads/${body.ref}`;
-    if (!isRefName(fullRef)) throw new AppError("bad_request", 400, `ref ${JSON.stringify(body.ref.slice(0, 200))} is not a valid git ref name`);
+    if (!isRefName(fullRef)) throw new AppError("bad_request", `ref ${JSON.stringify(body.ref.slice(0, 200))} is not a valid git ref name`);
     const cloneUrl = await cloneUrlFor(entry, c.req.raw.signal);
     let commit: string;
     if (body.commit === undefined) {
@@ -173,8 +173,8 @@ export function createBuildsRoute(deps: AppDeps): Hono {
     } else {
       // Trusted builds get the secrets: a commit only on a fork's pull request ref must not pass as `main`.
       const check = await commitCheck(c, entry, cloneUrl, fullRef, body.commit);
-      if (check.kind === "not_on_ref") throw new AppError("commit_not_on_ref", 400, check.message);
-      if (check.kind === "unfetchable") throw new AppError("bad_request", 400, `${check.message}; cannot check that the commit is on the ref`);
+      if (check.kind === "not_on_ref") throw new AppError("commit_not_on_ref", check.message);
+      if (check.kind === "unfetchable") throw new AppError("bad_request", `${check.message}; cannot check that the commit is on the ref`);
       commit = check.commit;
     }
     const plan = await dispatchPlan(
@@ -201,14 +201,14 @@ export function createBuildsRoute(deps: AppDeps): Hono {
    */
   app.post("/builds/*", async (c) => {
     const rest = c.req.path.slice("/builds/".length);
-    if (!rest.endsWith("/rerun")) throw new AppError("not_found", 404, `no such endpoint: POST ${c.req.path}`);
+    if (!rest.endsWith("/rerun")) throw new AppError("not_found", `no such endpoint: POST ${c.req.path}`);
     requireAdmin(c);
     const id = decodePath(rest.slice(0, -"/rerun".length));
     const original = await ourBuild(c, id);
     const entry = await entryOfBuild(deps.registry, original);
-    if (entry === undefined) throw new AppError("not_registered", 404, `the repository of build ${id} (${original.repo}) is no longer registered with petrel`);
+    if (entry === undefined) throw new AppError("not_registered", `the repository of build ${id} (${original.repo}) is no longer registered with petrel`);
     const ref = original.pr ? `refs/pull/${original.pr}/head` : original.tag !== undefined || original.event === "tag" ? `refs/tags/${original.tag ?? original.ref}` : `refs/heads/${original.ref}`;
-    if (!isRefName(ref)) throw new AppError("bad_request", 400, `build ${id} has no ref petrel can build again (${JSON.stringify(ref.slice(0, 200))})`);
+    if (!isRefName(ref)) throw new AppError("bad_request", `build ${id} has no ref petrel can build again (${JSON.stringify(ref.slice(0, 200))})`);
     const cloneUrl = entry.config.clone_url ?? original.repoUrl;
     let untrusted: string | undefined;
     if (!original.trusted) untrusted = "the original build was not trusted";
@@ -248,7 +248,7 @@ export function createBuildsRoute(deps: AppDeps): Hono {
   // Albatros-compatible follow: plain text, ends when the build ends.
   app.get("/build", async (c) => {
     const id = c.req.query("job");
-    if (!id) throw new AppError("bad_request", 400, "job is required: /build?job=<build id>&log=stdout|stderr");
+    if (!id) throw new AppError("bad_request", "job is required: /build?job=<build id>&log=stdout|stderr");
     const type = logType(c.req.query("log"), false);
     await ourBuild(c, id);
     return streamText(c, id, type, true, 0);
@@ -259,11 +259,11 @@ export function createBuildsRoute(deps: AppDeps): Hono {
     const isLogs = rest.endsWith("/logs");
     const id = decodePath(isLogs ? rest.slice(0, -"/logs".length) : rest);
     if (c.req.method === "DELETE") {
-      if (isLogs) throw new AppError("not_found", 404, "logs cannot be deleted");
+      if (isLogs) throw new AppError("not_found", "logs cannot be deleted");
       requireAdmin(c);
       const build = await ourBuild(c, id);
       if (isTerminal(build.state)) {
-        throw new AppError("already_finished", 409, `build ${id} had already ended: ${build.state}${build.reason ? ` (${build.reason})` : ""}; nothing to cancel`);
+        throw new AppError("already_finished", `build ${id} had already ended: ${build.state}${build.reason ? ` (${build.reason})` : ""}; nothing to cancel`);
       }
       await reader.cancel(id, c.req.raw.signal);
       const after = (await reader.getBuild(id, c.req.raw.signal)) ?? build;
@@ -279,7 +279,7 @@ export function createBuildsRoute(deps: AppDeps): Hono {
       return streamSse(c, build, type, Number.isFinite(lastId) && lastId > 0 ? lastId : 0);
     }
     const offset = Number(c.req.query("offset") ?? 0);
-    if (!Number.isInteger(offset) || offset < 0) throw new AppError("bad_request", 400, "offset must be a whole number of bytes");
+    if (!Number.isInteger(offset) || offset < 0) throw new AppError("bad_request", "offset must be a whole number of bytes");
     return streamText(c, id, type, follow, offset);
   });
 
@@ -456,14 +456,14 @@ function logType(raw: string | undefined, merged: boolean): LogType {
   if (raw === undefined || raw === "stdout") return "stdout";
   if (raw === "stderr") return "stderr";
   if (raw === "all" && merged) return "all";
-  throw new AppError("bad_request", 400, merged ? "log type must be all, stdout or stderr" : "log must be stdout or stderr");
+  throw new AppError("bad_request", merged ? "log type must be all, stdout or stderr" : "log must be stdout or stderr");
 }
 
 function decodePath(raw: string): string {
   try {
     return decodeURIComponent(raw);
   } catch {
-    throw new AppError("bad_request", 400, "build id is not valid percent-encoding");
+    throw new AppError("bad_request", "build id is not valid percent-encoding");
   }
 }
 
@@ -476,9 +476,9 @@ async function findEntry(registry: AppDeps["registry"], repo: string): Promise<R
   const matches = (await registry.list()).filter((e) => e.key === wanted || e.key.endsWith(`/${wanted}`));
   if (matches.length === 1 && matches[0] !== undefined) return matches[0];
   if (matches.length > 1) {
-    throw new AppError("bad_request", 400, `${repo} matches ${matches.length} repositories (${matches.map((e) => e.key).sort().join(", ")}); give <host>/<owner>/<name>`);
+    throw new AppError("bad_request", `${repo} matches ${matches.length} repositories (${matches.map((e) => e.key).sort().join(", ")}); give <host>/<owner>/<name>`);
   }
-  throw new AppError("not_registered", 404, `repository ${repo} is not registered with petrel`);
+  throw new AppError("not_registered", `repository ${repo} is not registered with petrel`);
 }
 
 async function resolveRef(url: string, ref: string): Promise<string> {
@@ -491,7 +491,7 @@ async function resolveRef(url: string, ref: string): Promise<string> {
     const sha = stdout.split(/\s+/)[0];
     if (sha && /^[0-9a-f]{40,64}$/.test(sha)) return sha;
   } catch (err) {
-    throw new AppError("bad_request", 400, `cannot resolve ${full} at ${url} (${(err as Error).message.split("\n")[0]}); give "commit"`);
+    throw new AppError("bad_request", `cannot resolve ${full} at ${url} (${(err as Error).message.split("\n")[0]}); give "commit"`);
   }
-  throw new AppError("bad_request", 400, `${full} does not exist at ${url}; give "commit"`);
+  throw new AppError("bad_request", `${full} does not exist at ${url}; give "commit"`);
 }

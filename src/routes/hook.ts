@@ -33,27 +33,27 @@ export function createHookRoute(deps: AppDeps): Hono {
         const body = await readBody(c, MAX_HOOK_BODY);
         const extracted = extractPayload(c.req.header("content-type"), body);
         if ("error" in extracted) {
-          throw new AppError(extracted.error, extracted.error === "unsupported_media_type" ? 415 : 400, extracted.message);
+          throw new AppError(extracted.error, extracted.message);
         }
         let json: unknown;
         try {
           json = JSON.parse(extracted.json);
         } catch (err) {
-          throw new AppError("malformed_body", 400, `webhook body is not valid JSON: ${(err as Error).message}`);
+          throw new AppError("malformed_body", `webhook body is not valid JSON: ${(err as Error).message}`);
         }
         const htmlUrl = repositoryUrl(json);
         if (htmlUrl === undefined) {
-          throw new AppError("malformed_body", 400, "webhook body names no repository (repository.html_url is missing)");
+          throw new AppError("malformed_body", "webhook body names no repository (repository.html_url is missing)");
         }
         const key = repoKeyFromUrl(htmlUrl);
         if (key === undefined) {
-          throw new AppError("malformed_body", 400, `repository.html_url ${JSON.stringify(htmlUrl.slice(0, 200))} is not a repository URL`);
+          throw new AppError("malformed_body", `repository.html_url ${JSON.stringify(htmlUrl.slice(0, 200))} is not a repository URL`);
         }
         log = log.child({ repo: key });
 
         const entry = await deps.registry.get(key);
         if (entry === undefined) {
-          throw new AppError("not_registered", 404, `repository ${key} is not registered with petrel`);
+          throw new AppError("not_registered", `repository ${key} is not registered with petrel`);
         }
 
         const verdict = verifyHook({
@@ -62,10 +62,10 @@ export function createHookRoute(deps: AppDeps): Hono {
           queryToken: c.req.query("token"),
           auth: entry.config.hook,
         });
-        if (!verdict.ok) throw new AppError("unauthorized", 401, `webhook authentication failed: ${verdict.reason}`);
+        if (!verdict.ok) throw new AppError("unauthorized", `webhook authentication failed: ${verdict.reason}`);
 
         const parsed = parseDelivery((name) => c.req.header(name), json);
-        if (parsed.kind === "malformed") throw new AppError("malformed_body", 400, parsed.message);
+        if (parsed.kind === "malformed") throw new AppError("malformed_body", parsed.message);
 
         const plan = planBuild({
           delivery: parsed,
@@ -78,7 +78,7 @@ export function createHookRoute(deps: AppDeps): Hono {
           outcome("skipped");
           return c.json({ status: "skipped", reason: plan.reason }, 200);
         }
-        if (plan.kind === "reject") throw new AppError(plan.code, plan.status, plan.message);
+        if (plan.kind === "reject") throw new AppError(plan.code, plan.message);
 
         const started = performance.now();
         let result;
@@ -130,7 +130,7 @@ export function createHookRoute(deps: AppDeps): Hono {
   return app;
 }
 
-const tooLarge = () => new AppError("payload_too_large", 413, `webhook body is larger than ${MAX_HOOK_BODY} bytes`);
+const tooLarge = () => new AppError("payload_too_large", `webhook body is larger than ${MAX_HOOK_BODY} bytes`);
 
 /**
  * The raw body, at most `max` bytes. Under @hono/node-server it is read straight from Node's request: going
@@ -159,7 +159,7 @@ async function readBody(c: Context, max: number): Promise<Buffer> {
   } catch (err) {
     if (err instanceof AppError) throw err;
     // Node ends the body with "aborted" (ECONNRESET) when the client hangs up or the request timeout cuts it off.
-    throw new AppError("aborted", 400, `the client closed the connection after ${size} bytes of the body`, { cause: err });
+    throw new AppError("aborted", `the client closed the connection after ${size} bytes of the body`, { cause: err });
   }
   return Buffer.concat(parts, size);
 }

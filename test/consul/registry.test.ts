@@ -258,7 +258,7 @@ describe("repoKeyPath, putRepo, deleteRepo", () => {
 
   it("refuses an invalid config before writing anything, naming the field", async () => {
     const err = await putRepo(consul, "petrel", WIDGETS, { hook: { secret: HOOK_SECRET }, logs: "x" as "public" }).catch((e: unknown) => e);
-    expect(err).toMatchObject({ code: "config_invalid" });
+    expect(err).toMatchObject({ code: "entry_invalid" });
     expect((err as Error).message).toContain(`petrel/repos/${WIDGETS}: logs:`);
     expect(fake.requests.filter((r) => r.method === "PUT")).toHaveLength(0);
   });

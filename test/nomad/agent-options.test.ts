@@ -6,7 +6,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Agent } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createNomadClient, nomadAgentOptions, type NomadTlsOptions } from "../../src/nomad/client.js";
+import { type TlsOptions, tlsAgentOptions } from "../../src/http/tls.js";
+import { createNomadClient } from "../../src/nomad/client.js";
 
 // NOMAD_CACERT / NOMAD_CAPATH / NOMAD_CLIENT_CERT / NOMAD_CLIENT_KEY / NOMAD_TLS_SERVER_NAME / NOMAD_SKIP_VERIFY
 // against a real mutual-TLS server whose certificates openssl makes for the run.
@@ -20,7 +21,7 @@ const hasOpenssl = (() => {
   }
 })();
 
-describe.skipIf(!hasOpenssl)("nomadAgentOptions", () => {
+describe.skipIf(!hasOpenssl)("tlsAgentOptions for Nomad", () => {
   let dir: string;
   let server: Server;
   let addr: string;
@@ -71,8 +72,8 @@ describe.skipIf(!hasOpenssl)("nomadAgentOptions", () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  function leader(tls: NomadTlsOptions): Promise<string> {
-    const agent = new Agent(nomadAgentOptions(tls));
+  function leader(tls: TlsOptions): Promise<string> {
+    const agent = new Agent(tlsAgentOptions("Nomad", tls));
     agents.push(agent);
     return createNomadClient({ addr, dispatcher: agent, retryBudgetMs: 2000 }).leader();
   }
@@ -80,30 +81,30 @@ describe.skipIf(!hasOpenssl)("nomadAgentOptions", () => {
   const clientPair = () => ({ clientCert: join(dir, "client.crt"), clientKey: join(dir, "client.key") });
 
   it("talks mutual TLS with the CA file, the client pair and the server name", async () => {
-    const tls = { cacert: join(dir, "ca.crt"), ...clientPair(), serverName: "server.global.nomad", skipVerify: false };
+    const tls = { cacert: join(dir, "ca.crt"), ...clientPair(), serverName: "server.global.nomad", verify: true };
     expect(await leader(tls)).toBe("127.0.0.1:4647");
   });
 
   it("reads every file of the CA directory", async () => {
-    const tls = { capath: join(dir, "cas"), ...clientPair(), serverName: "server.global.nomad", skipVerify: false };
+    const tls = { capath: join(dir, "cas"), ...clientPair(), serverName: "server.global.nomad", verify: true };
     expect(await leader(tls)).toBe("127.0.0.1:4647");
   });
 
   it("refuses a server whose certificate does not name the address when no server name is given", async () => {
-    await expect(leader({ cacert: join(dir, "ca.crt"), ...clientPair(), skipVerify: false })).rejects.toMatchObject({
+    await expect(leader({ cacert: join(dir, "ca.crt"), ...clientPair(), verify: true })).rejects.toMatchObject({
       upstreamStatus: 0,
       code: "nomad_unavailable",
     });
   });
 
   it("refuses a server signed by an unknown CA unless verification is skipped", async () => {
-    await expect(leader({ ...clientPair(), serverName: "server.global.nomad", skipVerify: false })).rejects.toMatchObject({
+    await expect(leader({ ...clientPair(), serverName: "server.global.nomad", verify: true })).rejects.toMatchObject({
       upstreamStatus: 0,
     });
-    expect(await leader({ ...clientPair(), skipVerify: true })).toBe("127.0.0.1:4647");
+    expect(await leader({ ...clientPair(), verify: false })).toBe("127.0.0.1:4647");
   });
 
   it("fails at once on a certificate path that does not exist", () => {
-    expect(() => nomadAgentOptions({ cacert: join(dir, "missing.crt"), skipVerify: false })).toThrow(/ENOENT/);
+    expect(() => tlsAgentOptions("Nomad", { cacert: join(dir, "missing.crt"), verify: true })).toThrow(/ENOENT/);
   });
 });

@@ -207,7 +207,7 @@ describe("writeRepo and removeRepo", () => {
   it("refuses an invalid entry without touching the file", async () => {
     writeFileSync(path, VALID);
     const err = await writeRepo(path, WIDGETS, { hook: {} }).catch((e: unknown) => e);
-    expect(err).toMatchObject({ code: "config_invalid", status: 400 });
+    expect(err).toMatchObject({ code: "entry_invalid", status: 400 });
     expect((err as Error).message).toContain("hook:");
     expect(readFileSync(path, "utf8")).toBe(VALID);
   });
