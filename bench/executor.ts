@@ -3,7 +3,7 @@
 // bare `node -e 0`. Targets: warm − floor ≤ 50 ms, warm ≤ 25 % of cold.
 // Run: npx tsx bench/executor.ts   (needs root or user namespaces for the overlay, git, util-linux)
 import { execFileSync, spawn } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync, chmodSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -86,7 +86,10 @@ export async function main(): Promise<ExecutorBench> {
   // The production entry, as a Nomad task runs it: bin/petrel.js loads dist/cli/main.js.
   if (!existsSync(join(ROOT, "dist/cli/main.js"))) {
     try {
-      execFileSync(process.execPath, [join(ROOT, "node_modules/typescript/bin/tsc"), "-p", "tsconfig.build.json"], { cwd: ROOT, stdio: "ignore" });
+      execFileSync(process.execPath, [join(ROOT, "node_modules/typescript/bin/tsc"), "-p", "tsconfig.build.json"], {
+        cwd: ROOT,
+        stdio: "ignore",
+      });
     } catch {
       // tsc reports type errors elsewhere but still emits dist/.
     }
@@ -133,7 +136,10 @@ export async function main(): Promise<ExecutorBench> {
       warmMs: median(warm),
       warmMinusFloorMs: median(warm) - median(floor),
       warmOverCold: median(warm) / median(cold),
-      command: argv.slice(1).map((a) => a.replace(`${ROOT}`, "")).join(" "),
+      command: argv
+        .slice(1)
+        .map((a) => a.replace(`${ROOT}`, ""))
+        .join(" "),
     };
     const f = (ms: number) => `${ms.toFixed(1)} ms`;
     const ok = (pass: boolean) => (pass ? "ok" : "MISSED");

@@ -3,21 +3,22 @@
  * only HMAC + JSON.parse + one undici POST to the same fake Nomad. Both run on loopback in this process, one
  * after the other, against the same fakes and the same pre-signed bodies.
  */
-import { createHmac, timingSafeEqual } from "node:crypto";
-import { createServer } from "node:http";
-import type { Server } from "node:http";
-import type { AddressInfo } from "node:net";
-import { fileURLToPath } from "node:url";
-import { readFileSync } from "node:fs";
-import { serve } from "@hono/node-server";
-import { Agent, Pool, request } from "undici";
-import { spawn } from "node:child_process";
+
 import type { ChildProcessWithoutNullStreams } from "node:child_process";
+import { spawn } from "node:child_process";
+import { createHmac, timingSafeEqual } from "node:crypto";
+import { readFileSync } from "node:fs";
+import type { Server } from "node:http";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { createInterface } from "node:readline";
 import { Writable } from "node:stream";
+import { fileURLToPath } from "node:url";
+import { serve } from "@hono/node-server";
+import { Agent, Pool, request } from "undici";
+import { sign } from "../src/gitea/signature.js";
 import { createLogger } from "../src/log.js";
 import { createClusterApp, HOOK_SECRET } from "../test/helpers/cluster.js";
-import { sign } from "../src/gitea/signature.js";
 import { percentile, verdict } from "./stats.js";
 
 const REQUESTS = Number(process.env.BENCH_HOOK_REQUESTS ?? 3000);
@@ -107,9 +108,16 @@ function startReference(nomadUrl: string): Promise<{ url: string; server: Server
 }
 
 /** Starts the fakes in a child process; `consulReads()` asks it how many non-blocking Consul reads it served. */
-async function startFakes(): Promise<{ urls: { consul: string; nomad: string; gitea: string }; consulReads(): Promise<number>; stop(): void }> {
+async function startFakes(): Promise<{
+  urls: { consul: string; nomad: string; gitea: string };
+  consulReads(): Promise<number>;
+  stop(): void;
+}> {
   const tsx = fileURLToPath(new URL("../node_modules/tsx/dist/cli.mjs", import.meta.url));
-  const child: ChildProcessWithoutNullStreams = spawn(process.execPath, [tsx, fileURLToPath(new URL("./fakes-process.ts", import.meta.url))]);
+  const child: ChildProcessWithoutNullStreams = spawn(process.execPath, [
+    tsx,
+    fileURLToPath(new URL("./fakes-process.ts", import.meta.url)),
+  ]);
   child.stderr.pipe(process.stderr);
   const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
   const nextLine = async () => JSON.parse(String((await lines.next()).value)) as Record<string, unknown>;
@@ -129,7 +137,12 @@ export async function main(): Promise<boolean> {
   const fakes = await startFakes();
   // Production logs at info to stdout; here the same lines go to a sink, so the cost of writing them stays.
   const sink = new Writable({ write: (_c, _e, done) => done() });
-  const app = createClusterApp({ consulUrl: fakes.urls.consul, nomadUrl: fakes.urls.nomad, log: createLogger({ level: "info", destination: sink }), budgetMs: 3500 });
+  const app = createClusterApp({
+    consulUrl: fakes.urls.consul,
+    nomadUrl: fakes.urls.nomad,
+    log: createLogger({ level: "info", destination: sink }),
+    budgetMs: 3500,
+  });
   const petrelServer = serve({ fetch: app.app.fetch, hostname: "127.0.0.1", port: 0 }) as Server;
   await new Promise((r) => petrelServer.once("listening", r));
   const petrelUrl = `http://127.0.0.1:${(petrelServer.address() as AddressInfo).port}`;
@@ -172,14 +185,18 @@ export async function main(): Promise<boolean> {
   const line = (name: string, r: (typeof totals)[Side]) =>
     `  ${name.padEnd(26)} ${rps(r).toFixed(0).padStart(6)} req/s  p50 ${percentile(r.latencies, 50).toFixed(2).padStart(6)} ms  p99 ${percentile(r.latencies, 99).toFixed(2).padStart(6)} ms  cpu ${(r.cpuMs / r.latencies.length).toFixed(2)} ms/req\n`;
   process.stdout.write(
-    line("petrel, status posted", totals.petrel) + line("petrel, no gitea block", totals.quiet) + line("reference", totals.ref) +
+    line("petrel, status posted", totals.petrel) +
+      line("petrel, no gitea block", totals.quiet) +
+      line("reference", totals.ref) +
       "  (cpu: this process, load generator included; the fakes run in another process)\n",
   );
   const full = rps(totals.petrel) / rps(totals.ref);
   const like = rps(totals.quiet) / rps(totals.ref);
   const p99Ratio = percentile(totals.petrel.latencies, 99) / percentile(totals.ref.latencies, 99);
   const failures = totals.petrel.failures + totals.quiet.failures + totals.ref.failures;
-  process.stdout.write(`  throughput with the commit status posted: ${(full * 100).toFixed(1)} % of the reference (one more HTTP exchange per webhook than the reference makes)\n`);
+  process.stdout.write(
+    `  throughput with the commit status posted: ${(full * 100).toFixed(1)} % of the reference (one more HTTP exchange per webhook than the reference makes)\n`,
+  );
   const ok = [
     verdict("throughput petrel/reference", `${(like * 100).toFixed(1)} %`, ">= 70 %", like >= 0.7),
     verdict("p99 petrel (status posted)/reference", `${p99Ratio.toFixed(2)}x`, "<= 2x", p99Ratio <= 2),

@@ -1,4 +1,4 @@
-import { fork, type ChildProcess } from "node:child_process";
+import { type ChildProcess, fork } from "node:child_process";
 import { createHash, randomUUID } from "node:crypto";
 import { once } from "node:events";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
@@ -9,9 +9,9 @@ import pino from "pino";
 import { Agent, request } from "undici";
 import { createNomadBuildReader } from "../src/nomad/builds.js";
 import { createNomadClient } from "../src/nomad/client.js";
-import { chunksOf } from "../src/util/stream.js";
 import { createFrameDecoder } from "../src/nomad/frames.js";
-import { startNomadFake, type NomadFake } from "../test/fakes/nomad.js";
+import { chunksOf } from "../src/util/stream.js";
+import { type NomadFake, startNomadFake } from "../test/fakes/nomad.js";
 import { builderJob } from "../test/nomad/target.js";
 
 // Log proxy benchmark (issue 3). Two processes, as in production: a child plays Nomad (the test fake, with
@@ -129,7 +129,9 @@ export async function main(): Promise<boolean> {
     const runs: { petrel: Read[]; pipe: Read[] } = { petrel: [], pipe: [] };
     for (let round = 0; round < ROUNDS; round++) {
       runs.pipe.push(await timed(() => call({ cmd: "read", url: `${passthrough}/${big.allocId}`, hash: false }) as Promise<Read>));
-      runs.petrel.push(await timed(() => call({ cmd: "read", url: `${petrel}/${encodeURIComponent(big.id)}`, hash: false }) as Promise<Read>));
+      runs.petrel.push(
+        await timed(() => call({ cmd: "read", url: `${petrel}/${encodeURIComponent(big.id)}`, hash: false }) as Promise<Read>),
+      );
     }
     if (process.env.BENCH_VERBOSE) {
       for (const [name, list] of Object.entries(runs)) {
@@ -417,7 +419,7 @@ async function child(): Promise<void> {
     },
   };
 
-  process.on("message", (msg: Command & { id: number } | { id: number; cmd: "exit" }) => {
+  process.on("message", (msg: (Command & { id: number }) | { id: number; cmd: "exit" }) => {
     if (msg.cmd === "exit") {
       for (const a of idle) a.abort();
       void Promise.allSettled([fake?.close(), agent.destroy()]).finally(() => process.exit(0));
@@ -426,7 +428,7 @@ async function child(): Promise<void> {
     const handler = handlers[msg.cmd] as (c: Command) => Promise<unknown>;
     handler(msg).then(
       (result) => process.send?.({ id: msg.id, result }),
-      (err: unknown) => process.send?.({ id: msg.id, error: err instanceof Error ? err.stack ?? err.message : String(err) }),
+      (err: unknown) => process.send?.({ id: msg.id, error: err instanceof Error ? (err.stack ?? err.message) : String(err) }),
     );
   });
 }

@@ -5,8 +5,9 @@
  * then stops that petrel and removes every temporary folder. Your own `petrel.yaml` and a petrel you run are
  * never touched.
  */
-import { execFileSync, spawn } from "node:child_process";
+
 import type { ChildProcess } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdtempSync, writeFileSync } from "node:fs";
 import { rm } from "node:fs/promises";
@@ -43,7 +44,12 @@ function freePort(): Promise<number> {
 }
 
 function git(cwd: string, ...args: string[]): string {
-  const who = { GIT_AUTHOR_NAME: "demo", GIT_AUTHOR_EMAIL: "demo@example.test", GIT_COMMITTER_NAME: "demo", GIT_COMMITTER_EMAIL: "demo@example.test" };
+  const who = {
+    GIT_AUTHOR_NAME: "demo",
+    GIT_AUTHOR_EMAIL: "demo@example.test",
+    GIT_COMMITTER_NAME: "demo",
+    GIT_COMMITTER_EMAIL: "demo@example.test",
+  };
   return execFileSync("git", args, { cwd, encoding: "utf8", env: { ...process.env, ...who } }).trim();
 }
 
@@ -68,13 +74,24 @@ async function demo(work: string, started: (child: ChildProcess) => void): Promi
   const key = "demo.petrel.local/acme/hello";
   const configPath = join(work, "petrel.yaml");
   // clone_url: builds clone the local bare repository; a webhook's own clone URL must name the registered host.
-  writeFileSync(configPath, `repos:\n  ${key}:\n    hook: { secret: "${secret}" }\n    trusted: { senders: [demo] }\n    clone_url: "file://${bare}"\n`, { mode: 0o600 });
+  writeFileSync(
+    configPath,
+    `repos:\n  ${key}:\n    hook: { secret: "${secret}" }\n    trusted: { senders: [demo] }\n    clone_url: "file://${bare}"\n`,
+    { mode: 0o600 },
+  );
 
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
   say(`starting a petrel of its own at ${url} (configuration and data in ${work}, removed afterwards)`);
   if (!existsSync(join(ROOT, "dist/cli/main.js"))) execFileSync("npm", ["run", "build", "--silent"], { cwd: ROOT, stdio: "inherit" });
-  const env = { PATH: process.env.PATH, HOME: process.env.HOME, PETREL_LISTEN: `127.0.0.1:${port}`, PETREL_CONFIG: configPath, PETREL_DATA_DIR: join(work, "data"), LOG_LEVEL: "warn" };
+  const env = {
+    PATH: process.env.PATH,
+    HOME: process.env.HOME,
+    PETREL_LISTEN: `127.0.0.1:${port}`,
+    PETREL_CONFIG: configPath,
+    PETREL_DATA_DIR: join(work, "data"),
+    LOG_LEVEL: "warn",
+  };
   started(spawn(process.execPath, [join(ROOT, "bin/petrel.js"), "serve"], { env, stdio: ["ignore", "inherit", "inherit"] }));
   for (let i = 0; i < 100 && !(await healthy(url)); i++) await sleep(100);
   if (!(await healthy(url))) throw new Error(`petrel did not come up at ${url}`);
@@ -95,7 +112,12 @@ async function demo(work: string, started: (child: ChildProcess) => void): Promi
   );
   const res = await fetch(`${url}/hook`, {
     method: "POST",
-    headers: { "content-type": "application/json", "x-gitea-event": "push", "x-gitea-delivery": crypto.randomUUID(), "x-gitea-signature": sign(secret, body) },
+    headers: {
+      "content-type": "application/json",
+      "x-gitea-event": "push",
+      "x-gitea-delivery": crypto.randomUUID(),
+      "x-gitea-signature": sign(secret, body),
+    },
     body,
   });
   const answer = (await res.json()) as { build?: string; error?: { message: string } };
@@ -106,7 +128,8 @@ async function demo(work: string, started: (child: ChildProcess) => void): Promi
 
   const follow = async (type: string) => {
     const logs = await fetch(`${url}/builds/${encodeURIComponent(build)}/logs?type=${type}&follow=true`);
-    for await (const chunk of (logs.body ?? []) as unknown as AsyncIterable<Uint8Array>) (type === "stdout" ? process.stdout : process.stderr).write(chunk);
+    for await (const chunk of (logs.body ?? []) as unknown as AsyncIterable<Uint8Array>)
+      (type === "stdout" ? process.stdout : process.stderr).write(chunk);
   };
   await Promise.all([follow("stderr"), follow("stdout")]);
   const done = (await (await fetch(`${url}/builds/${encodeURIComponent(build)}`)).json()) as { state: string; exitCode?: number };

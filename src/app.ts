@@ -1,11 +1,11 @@
-import { Hono } from "hono";
 import type { Context } from "hono";
+import { Hono } from "hono";
 import { HTTPException } from "hono/http-exception";
 import { AppError, UpstreamError } from "./errors.js";
-import { createHookRoute } from "./routes/hook.js";
-import { createHealthRoute } from "./routes/health.js";
 import { createBuildsRoute } from "./routes/builds.js";
 import type { AppDeps } from "./routes/deps.js";
+import { createHealthRoute } from "./routes/health.js";
+import { createHookRoute } from "./routes/hook.js";
 
 /** An error body as SPEC gives it: `{"error": {"code", "message"}}`. */
 export function errorBody(code: string, message: string): { error: { code: string; message: string } } {

@@ -4,7 +4,6 @@ import { z } from "zod";
 import { AppError } from "./errors.js";
 import type { TlsOptions } from "./http/tls.js";
 
-
 export interface NomadConfig {
   addr: string;
   token?: string;
@@ -175,7 +174,10 @@ export function readConfig(env: Env, cwd: string = process.cwd()): Config {
 
   const prefix = value(env, "PETREL_CONSUL_PREFIX") ?? "petrel";
   if (!/^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/.test(prefix)) {
-    throw new ConfigError("PETREL_CONSUL_PREFIX", `${JSON.stringify(prefix)} must be key segments of letters, digits, '.', '_' or '-' joined by '/'`);
+    throw new ConfigError(
+      "PETREL_CONSUL_PREFIX",
+      `${JSON.stringify(prefix)} must be key segments of letters, digits, '.', '_' or '-' joined by '/'`,
+    );
   }
   const builderJob = value(env, "PETREL_BUILDER_JOB") ?? "builder";
   if (!JOB_ID.test(builderJob)) {

@@ -82,12 +82,7 @@ export class UpstreamError extends AppError {
   readonly upstreamBody: string;
   readonly unavailable: boolean;
 
-  constructor(
-    service: UpstreamService,
-    upstreamStatus: number,
-    upstreamBody: string,
-    options?: { cause?: unknown; action?: string },
-  ) {
+  constructor(service: UpstreamService, upstreamStatus: number, upstreamBody: string, options?: { cause?: unknown; action?: string }) {
     const body = truncate(upstreamBody.trim(), MAX_BODY_IN_MESSAGE);
     const unavailable = upstreamStatus === 0 || upstreamStatus >= 500 || upstreamStatus === 429;
     const what = options?.action ? `${service} ${options.action}` : service;

@@ -1,5 +1,5 @@
-import pino from "pino";
 import type { DestinationStream, Logger } from "pino";
+import pino from "pino";
 import pretty from "pino-pretty";
 
 export type { Logger } from "pino";

@@ -4,15 +4,15 @@ import { Agent } from "undici";
 import { createApp } from "./app.js";
 import type { Build, BuildBackend, BuildReader } from "./builds/backend.js";
 import { createStatusNotifier } from "./builds/statuses.js";
-import { readConfig, ConfigError } from "./config.js";
 import type { Config } from "./config.js";
+import { ConfigError, readConfig } from "./config.js";
 import { consulAgentOptions, createConsulClient } from "./consul/client.js";
-import { tlsAgentOptions } from "./http/tls.js";
 import { createConsulRegistry } from "./consul/registry.js";
 import { AppError } from "./errors.js";
 import { createGiteaClient, createStatusReporter } from "./gitea/client.js";
-import { createLogger } from "./log.js";
+import { tlsAgentOptions } from "./http/tls.js";
 import type { Logger } from "./log.js";
+import { createLogger } from "./log.js";
 import { createMetrics } from "./metrics.js";
 import type { Registry } from "./registry/schema.js";
 
@@ -90,7 +90,12 @@ export async function startPetrel(config: Config, log: Logger, env: NodeJS.Proce
   }
 }
 
-async function compose(config: Config, log: Logger, env: NodeJS.ProcessEnv, closers: Array<() => Promise<unknown>>): Promise<RunningPetrel> {
+async function compose(
+  config: Config,
+  log: Logger,
+  env: NodeJS.ProcessEnv,
+  closers: Array<() => Promise<unknown>>,
+): Promise<RunningPetrel> {
   const extraHealth: Record<string, HealthCheck> = {};
 
   const forgeAgent = new Agent({ connections: 16 });
@@ -120,7 +125,10 @@ async function compose(config: Config, log: Logger, env: NodeJS.ProcessEnv, clos
     const { createNomadTracker } = await import("./nomad/tracker.js");
     const consulAgent = new Agent(consulAgentOptions(config.consul.tls));
     const nomadAgent = new Agent(tlsAgentOptions("Nomad", config.nomad.tls));
-    closers.push(() => consulAgent.close(), () => nomadAgent.close());
+    closers.push(
+      () => consulAgent.close(),
+      () => nomadAgent.close(),
+    );
     const consul = createConsulClient({
       addr: config.consul.addr,
       dispatcher: consulAgent,
@@ -134,7 +142,8 @@ async function compose(config: Config, log: Logger, env: NodeJS.ProcessEnv, clos
       log,
       // A webhook that arrives while Consul has never answered must fail inside Gitea's 5 s delivery timeout.
       firstLoadTimeoutMs: 3000,
-      onStale: (h) => log.warn({ staleness: h.stalenessSeconds, err: h.lastError }, h.ok ? "registry current again" : "registry serving a stale view"),
+      onStale: (h) =>
+        log.warn({ staleness: h.stalenessSeconds, err: h.lastError }, h.ok ? "registry current again" : "registry serving a stale view"),
     });
     const nomad = createNomadClient({
       addr: config.nomad.addr,
@@ -161,7 +170,11 @@ async function compose(config: Config, log: Logger, env: NodeJS.ProcessEnv, clos
       return { ok: true };
     };
     notify = createStatusNotifier({ registry, reporter, publicUrl: config.publicUrl, log });
-    void tracker.start().catch((err: unknown) => log.error({ err: (err as Error).message }, "first reconciliation of build statuses failed; the event stream goes on"));
+    void tracker
+      .start()
+      .catch((err: unknown) =>
+        log.error({ err: (err as Error).message }, "first reconciliation of build statuses failed; the event stream goes on"),
+      );
   } else {
     const { createFileRegistry } = await import("./registry/file.js");
     const { createLocalBackend } = await import("./local/backend.js");

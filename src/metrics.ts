@@ -85,5 +85,18 @@ export function createMetrics(options: { staleness: () => { seconds: number; ok:
     help: "Connections closed at once because PETREL_MAX_CONNECTIONS were already open.",
     registers: [registry],
   });
-  return { connectionsDropped, eventReconnects, eventLagSeconds, logFollowers, logBytes, registry, deliveries, dispatchSeconds, upstreamErrors, registryStaleness, registryUp, statusesPosted };
+  return {
+    connectionsDropped,
+    eventReconnects,
+    eventLagSeconds,
+    logFollowers,
+    logBytes,
+    registry,
+    deliveries,
+    dispatchSeconds,
+    upstreamErrors,
+    registryStaleness,
+    registryUp,
+    statusesPosted,
+  };
 }

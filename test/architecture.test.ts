@@ -43,7 +43,11 @@ function readModule(file: string, text: string = readFileSync(file, "utf8")): Mo
     ts.forEachChild(node, visit);
   };
   for (const stmt of source.statements) {
-    if ((ts.isImportDeclaration(stmt) || ts.isExportDeclaration(stmt)) && stmt.moduleSpecifier && ts.isStringLiteral(stmt.moduleSpecifier)) {
+    if (
+      (ts.isImportDeclaration(stmt) || ts.isExportDeclaration(stmt)) &&
+      stmt.moduleSpecifier &&
+      ts.isStringLiteral(stmt.moduleSpecifier)
+    ) {
       specs.push(stmt.moduleSpecifier.text);
       continue;
     }
@@ -60,12 +64,18 @@ function readModule(file: string, text: string = readFileSync(file, "utf8")): Mo
       declares.push(stmt.name.text);
     }
   }
-  const imports = specs.filter((spec) => spec.startsWith(".")).map((spec) => relative(SRC, resolve(dirname(file), spec.replace(/\.js$/, ".ts"))));
+  const imports = specs
+    .filter((spec) => spec.startsWith("."))
+    .map((spec) => relative(SRC, resolve(dirname(file), spec.replace(/\.js$/, ".ts"))));
   return { path: relative(SRC, file), imports: [...new Set(imports)], declares: [...new Set(declares)] };
 }
 
 function readGraph(): Map<string, Module> {
-  return new Map(sourceFiles(SRC).map((f) => readModule(f)).map((m) => [m.path, m]));
+  return new Map(
+    sourceFiles(SRC)
+      .map((f) => readModule(f))
+      .map((m) => [m.path, m]),
+  );
 }
 
 /** Every elementary cycle's first sighting, as `a → b → … → a`, found by depth-first search. */

@@ -23,7 +23,12 @@ function sink(): { stream: Writable; text: () => string } {
 /** Runs `petrel serve` until its start-up line, then stops it; `tty` runs it under script(1) on a pseudo-terminal. */
 function serveOutput(tty: boolean): Promise<string> {
   const dir = mkdtempSync(join(tmpdir(), "petrel-log-"));
-  const env = { PATH: process.env.PATH, PETREL_LISTEN: "127.0.0.1:0", PETREL_DATA_DIR: join(dir, "data"), PETREL_CONFIG: join(dir, "petrel.yaml") };
+  const env = {
+    PATH: process.env.PATH,
+    PETREL_LISTEN: "127.0.0.1:0",
+    PETREL_DATA_DIR: join(dir, "data"),
+    PETREL_CONFIG: join(dir, "petrel.yaml"),
+  };
   const [cmd, args] = tty ? ["script", ["-qfec", `${process.execPath} ${BIN} serve`, "/dev/null"]] : [process.execPath, [BIN, "serve"]];
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { env, stdio: ["pipe", "pipe", "inherit"] });

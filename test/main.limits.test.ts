@@ -1,14 +1,14 @@
 import { mkdtempSync } from "node:fs";
-import { connect } from "node:net";
 import type { Socket } from "node:net";
+import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { readConfig } from "../src/config.js";
 import { sign } from "../src/gitea/signature.js";
-import { startPetrel } from "../src/main.js";
 import type { RunningPetrel } from "../src/main.js";
+import { startPetrel } from "../src/main.js";
 import { startConsulFake } from "./fakes/consul.js";
 import { startGiteaFake } from "./fakes/gitea.js";
 import { startNomadFake } from "./fakes/nomad.js";
@@ -100,7 +100,9 @@ describe("petrel's HTTP server under hostile clients", () => {
     running = petrel;
     const socket = await open(petrel.url);
     const started = Date.now();
-    socket.write("POST /hook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Gitea-Event: push\r\nContent-Length: 1000\r\n\r\n{");
+    socket.write(
+      "POST /hook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Gitea-Event: push\r\nContent-Length: 1000\r\n\r\n{",
+    );
     // One byte every 200 ms: never idle long enough for a socket timeout, yet far too slow to finish.
     const drip = setInterval(() => socket.writable && socket.write(" "), 200);
     const end = await untilClosed(socket, 8000);
@@ -153,7 +155,9 @@ describe("stopping petrel while a client follows a build's log", () => {
     const logs = captureLogs("debug");
     // @hono/node-server prints a failed response stream with console.error: watch the console too.
     const printed: unknown[] = [];
-    const spies = (["error", "warn", "info", "log"] as const).map((m) => vi.spyOn(console, m).mockImplementation((...args) => void printed.push(...args)));
+    const spies = (["error", "warn", "info", "log"] as const).map((m) =>
+      vi.spyOn(console, m).mockImplementation((...args) => void printed.push(...args)),
+    );
     try {
       const petrel = await startPetrel(readConfig(env), logs.log, env);
       const body = fixtureBytes("push.json");
@@ -166,7 +170,9 @@ describe("stopping petrel while a client follows a build's log", () => {
       nomad.placeAlloc(build);
       nomad.startTask(build);
       nomad.writeLog(build, "stdout", "still going\n");
-      const follower = await fetch(`${petrel.url}/builds/${encodeURIComponent(build)}/logs?type=stdout`, { headers: { authorization: `Bearer ${token}` } });
+      const follower = await fetch(`${petrel.url}/builds/${encodeURIComponent(build)}/logs?type=stdout`, {
+        headers: { authorization: `Bearer ${token}` },
+      });
       const reader = (follower.body as ReadableStream<Uint8Array>).getReader();
       expect(new TextDecoder().decode((await reader.read()).value)).toBe("still going\n");
       const rest = (async () => {

@@ -2,14 +2,14 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readConfig } from "../src/config.js";
 import { sign } from "../src/gitea/signature.js";
-import { startPetrel } from "../src/main.js";
 import type { RunningPetrel } from "../src/main.js";
-import { startConsulFake } from "./fakes/consul.js";
+import { startPetrel } from "../src/main.js";
 import type { ConsulFake } from "./fakes/consul.js";
-import { startGiteaFake } from "./fakes/gitea.js";
+import { startConsulFake } from "./fakes/consul.js";
 import type { GiteaFake } from "./fakes/gitea.js";
-import { startNomadFake } from "./fakes/nomad.js";
+import { startGiteaFake } from "./fakes/gitea.js";
 import type { NomadFake } from "./fakes/nomad.js";
+import { startNomadFake } from "./fakes/nomad.js";
 import { fixtureBytes } from "./gitea/fixtures.js";
 import { GITEA_TOKEN, HOOK_SECRET, seedFakes } from "./helpers/cluster.js";
 import { captureLogs } from "./helpers/log-capture.js";
@@ -86,7 +86,11 @@ describe("petrel serve in cluster mode (composition root against the fakes)", ()
   it("refuses a foreign Nomad job on every builds endpoint without asking Nomad", async () => {
     nomad.registerJob({ ID: "payroll", Type: "batch", TaskGroups: [] });
     const before = nomad.requests.length;
-    for (const path of ["/builds/payroll", "/builds/payroll%2Fdispatch-1700000000-1a2b3c4d/logs", "/build?job=payroll/dispatch-1700000000-1a2b3c4d&log=stdout"]) {
+    for (const path of [
+      "/builds/payroll",
+      "/builds/payroll%2Fdispatch-1700000000-1a2b3c4d/logs",
+      "/build?job=payroll/dispatch-1700000000-1a2b3c4d&log=stdout",
+    ]) {
       const res = await fetch(`${petrel.url}${path}`, { headers: { authorization: "Bearer admin-token-0123456789abcdef" } });
       expect(res.status).toBe(404);
       expect(((await res.json()) as { error: { message: string } }).error.message).toMatch(/not a petrel build/);
@@ -134,7 +138,9 @@ describe("petrel serve in cluster mode (composition root against the fakes)", ()
     expect(states[0]).toEqual(["pending", expect.any(String)]);
     expect(states).toContainEqual(["pending", "running on worker-7"]);
     expect(states.at(-1)).toEqual(["failure", "build failed with exit code 3"]);
-    expect(gitea.statuses.find((s) => s.sha === sha && s.status === "failure")?.target_url).toBe(`https://ci.example.test/builds/${encodeURIComponent(build)}`);
+    expect(gitea.statuses.find((s) => s.sha === sha && s.status === "failure")?.target_url).toBe(
+      `https://ci.example.test/builds/${encodeURIComponent(build)}`,
+    );
   });
 
   it("cancels a running build through DELETE and reports it as an error status", async () => {

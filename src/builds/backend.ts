@@ -66,7 +66,10 @@ export interface Build {
 }
 
 /** A build as its dispatch meta alone describes it: what a listing knows before reading any detail. */
-export type BuildSummary = Pick<Build, "id" | "builder" | "repo" | "repoUrl" | "commit" | "ref" | "flavor" | "event" | "trusted" | "private" | "pr" | "tag">;
+export type BuildSummary = Pick<
+  Build,
+  "id" | "builder" | "repo" | "repoUrl" | "commit" | "ref" | "flavor" | "event" | "trusted" | "private" | "pr" | "tag"
+>;
 
 /** Where a listing left off: the creation time (ms) and ID of the last build it looked at, newest first. */
 export interface BuildCursor {

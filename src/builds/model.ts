@@ -20,7 +20,10 @@ export function buildFromMeta(id: string, builder: string, meta: Readonly<Record
 
 /** `owner/name` from a clone URL (https, ssh or file). */
 export function repoFromUrl(url: string): string {
-  const parts = url.replace(/\.git$/, "").split(/[/:]/).filter(Boolean);
+  const parts = url
+    .replace(/\.git$/, "")
+    .split(/[/:]/)
+    .filter(Boolean);
   return parts.slice(-2).join("/");
 }
 

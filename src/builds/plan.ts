@@ -1,18 +1,18 @@
 import { createHash } from "node:crypto";
-import type { ErrorCode } from "../errors.js";
-import type { BuilderParams } from "./backend.js";
-import { bindDelivery, isRefName, type BoundRepository } from "../gitea/binding.js";
-import type { Delivery, PullRequestEvent, PushEvent } from "../gitea/events.js";
-import { flavorsOf, isCloneUrl, type RepoEntry } from "../registry/schema.js";
 import {
+  type BuildEvent,
+  type BuildMeta,
   DISPATCH_PAYLOAD_LIMIT,
+  type DispatchPayload,
   formatCaches,
   OPTIONAL_META,
   payloadBytes,
-  type BuildEvent,
-  type BuildMeta,
-  type DispatchPayload,
 } from "../contract/dispatch.js";
+import type { ErrorCode } from "../errors.js";
+import { type BoundRepository, bindDelivery, isRefName } from "../gitea/binding.js";
+import type { Delivery, PullRequestEvent, PushEvent } from "../gitea/events.js";
+import { flavorsOf, isCloneUrl, type RepoEntry } from "../registry/schema.js";
+import type { BuilderParams } from "./backend.js";
 
 /** The event a build records: what the forge sent, or `manual` for `POST /builds`. */
 export type PlanEvent = NonNullable<BuildMeta["EVENT"]>;
@@ -259,9 +259,7 @@ function planPullRequest(event: PullRequestEvent, target: BoundTarget): Plan {
   const head = pr.head.repo;
   // A fork's code must never see the base repository's secrets; a deleted head repository counts as a fork.
   const sameRepo =
-    head !== null &&
-    sameName(head.full_name, pr.base.repo.full_name) &&
-    sameName(pr.base.repo.full_name, repository.full_name);
+    head !== null && sameName(head.full_name, pr.base.repo.full_name) && sameName(pr.base.repo.full_name, repository.full_name);
   return build({
     target,
     repo: target.bound.repo,

@@ -1,8 +1,8 @@
 import type { StatusReporter } from "../gitea/client.js";
 import type { CommitState } from "../gitea/schema.js";
 import type { Logger } from "../log.js";
+import type { Registry, RepoEntry } from "../registry/schema.js";
 import { repoKeyFromUrl } from "../registry/schema.js";
-import type { RepoEntry, Registry } from "../registry/schema.js";
 import type { Build } from "./backend.js";
 
 /** The commit status a build state stands for; undefined for `queued` (the webhook already said pending). */

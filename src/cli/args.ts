@@ -1,6 +1,6 @@
-import { parseArgs } from "node:util";
-import type { ParseArgsConfig } from "node:util";
 import type { Writable } from "node:stream";
+import type { ParseArgsConfig } from "node:util";
+import { parseArgs } from "node:util";
 import { AppError } from "../errors.js";
 
 /** The exit code of a command line petrel cannot read (sysexits' EX_USAGE). */
@@ -18,7 +18,9 @@ export class UsageError extends AppError {
 type OptionsConfig = NonNullable<ParseArgsConfig["options"]>;
 const HELP = { help: { type: "boolean", short: "h" } } as const;
 type WithHelp<O extends OptionsConfig> = O & typeof HELP;
-type Parsed<O extends OptionsConfig> = ReturnType<typeof parseArgs<{ args: string[]; options: WithHelp<O>; allowPositionals: true; strict: true }>>;
+export type Parsed<O extends OptionsConfig> = ReturnType<
+  typeof parseArgs<{ args: string[]; options: WithHelp<O>; allowPositionals: true; strict: true }>
+>;
 
 /** `petrel builds` from "usage: petrel builds [--repo R] ...": the words before the first placeholder or option. */
 export function commandOf(usage: string): string {

@@ -4,8 +4,8 @@ import { OPTIONAL_META, REQUIRED_META } from "../contract/dispatch.js";
 import { UpstreamError } from "../errors.js";
 import { tlsAgentOptions } from "../http/tls.js";
 import { createNomadClient } from "../nomad/client.js";
-import { CliError, EXIT, expectPositionals, codeForUpstream, parseCommandArgs, processIo, progressTo, runCommand } from "./ops.js";
 import type { CliIo, Env } from "./ops.js";
+import { CliError, codeForUpstream, EXIT, expectPositionals, parseCommandArgs, processIo, progressTo, runCommand } from "./ops.js";
 import { cliConfig } from "./repo-store.js";
 
 const USAGE = `usage: petrel builder register <file.nomad.hcl> [--dry-run] [--json]
@@ -57,19 +57,24 @@ export function checkBuilderJob(job: Loose): BuilderCheck {
       );
     }
     const extra = required.filter((k) => !(REQUIRED_META as readonly string[]).includes(k));
-    if (extra.length > 0) problems.push(`meta_required also demands ${extra.join(", ")}, which petrel never sends: every dispatch would be refused`);
+    if (extra.length > 0)
+      problems.push(`meta_required also demands ${extra.join(", ")}, which petrel never sends: every dispatch would be refused`);
     const notDeclared = OPTIONAL_META.filter((k) => !optional.includes(k) && !required.includes(k));
-    if (notDeclared.length > 0) warnings.push(`meta_optional lacks ${notDeclared.join(", ")}: petrel will not send ${notDeclared.length === 1 ? "it" : "them"}`);
+    if (notDeclared.length > 0)
+      warnings.push(`meta_optional lacks ${notDeclared.join(", ")}: petrel will not send ${notDeclared.length === 1 ? "it" : "them"}`);
     const payload = typeof params.Payload === "string" && params.Payload !== "" ? params.Payload : "optional";
     if (payload === "forbidden") warnings.push('payload = "forbidden": trusted builds cannot receive their secrets and deploy key');
-    if (payload === "required") warnings.push('payload = "required": builds without secrets (untrusted senders, forks) will be refused by Nomad; use "optional"');
+    if (payload === "required")
+      warnings.push('payload = "required": builds without secrets (untrusted senders, forks) will be refused by Nomad; use "optional"');
   }
 
   const groups = Array.isArray(job.TaskGroups) ? job.TaskGroups.map(obj).filter((g): g is Loose => g !== undefined) : [];
   const runner = groups.find((g) => g.Name === "runner");
   if (runner === undefined) {
     const names = groups.map((g) => String(g.Name));
-    problems.push(`no task group "runner" (found ${names.length ? names.map((n) => `"${n}"`).join(", ") : "none"}); petrel reads logs from group "runner", task "executor"`);
+    problems.push(
+      `no task group "runner" (found ${names.length ? names.map((n) => `"${n}"`).join(", ") : "none"}); petrel reads logs from group "runner", task "executor"`,
+    );
   } else {
     const tasks = (Array.isArray(runner.Tasks) ? runner.Tasks : []).map(obj).filter((t): t is Loose => t !== undefined);
     const executor = tasks.find((t) => t.Name === "executor");
@@ -83,7 +88,9 @@ export function checkBuilderJob(job: Loose): BuilderCheck {
     if (restart !== 0) warnings.push(`restart attempts = ${restart}: a failed build would run again; set restart { attempts = 0 }`);
     const reschedule = Number(obj(runner.ReschedulePolicy)?.Attempts ?? 0);
     if (reschedule !== 0 || obj(runner.ReschedulePolicy)?.Unlimited === true) {
-      warnings.push(`reschedule attempts = ${reschedule}: a lost build would run again elsewhere; set reschedule { attempts = 0, unlimited = false }`);
+      warnings.push(
+        `reschedule attempts = ${reschedule}: a lost build would run again elsewhere; set reschedule { attempts = 0, unlimited = false }`,
+      );
     }
   }
   return { problems, warnings };
@@ -97,7 +104,9 @@ export async function builderCommand(argv: string[], env: Env, io: CliIo = proce
     return EXIT.ok;
   }
   if (sub !== "register") {
-    io.stderr.write(`petrel builder: ${sub === undefined ? "missing subcommand" : `unknown subcommand ${JSON.stringify(sub)}`}; see \`petrel builder --help\`\n`);
+    io.stderr.write(
+      `petrel builder: ${sub === undefined ? "missing subcommand" : `unknown subcommand ${JSON.stringify(sub)}`}; see \`petrel builder --help\`\n`,
+    );
     return EXIT.usage;
   }
   return runCommand("builder register", io, () => register(rest, env, io));
@@ -106,7 +115,12 @@ export async function builderCommand(argv: string[], env: Env, io: CliIo = proce
 async function register(argv: string[], env: Env, io: CliIo): Promise<number> {
   const parsed = parseCommandArgs(
     argv,
-    { "dry-run": { type: "boolean" }, json: { type: "boolean" }, quiet: { type: "boolean", short: "q" }, help: { type: "boolean", short: "h" } },
+    {
+      "dry-run": { type: "boolean" },
+      json: { type: "boolean" },
+      quiet: { type: "boolean", short: "q" },
+      help: { type: "boolean", short: "h" },
+    },
     USAGE,
     io,
   );
@@ -144,7 +158,8 @@ async function register(argv: string[], env: Env, io: CliIo): Promise<number> {
     try {
       return await fn();
     } catch (err) {
-      if (err instanceof UpstreamError) throw new CliError(codeForUpstream(err), `Nomad at ${nomadConfig.addr}: ${err.message}`, { cause: err });
+      if (err instanceof UpstreamError)
+        throw new CliError(codeForUpstream(err), `Nomad at ${nomadConfig.addr}: ${err.message}`, { cause: err });
       throw err;
     }
   };
@@ -153,18 +168,29 @@ async function register(argv: string[], env: Env, io: CliIo): Promise<number> {
     const job = (await step(`POST /v1/jobs/parse (${file})`, () => nomad.parseJob(hcl, { canonicalize: true }))) as Loose;
     const id = String(job.ID);
     const check = checkBuilderJob(job);
-    const out: Record<string, unknown> = { job: id, problems: check.problems, warnings: check.warnings, registered: null, dry_run: values["dry-run"] ?? false };
+    const out: Record<string, unknown> = {
+      job: id,
+      problems: check.problems,
+      warnings: check.warnings,
+      registered: null,
+      dry_run: values["dry-run"] ?? false,
+    };
     const human = (line: string) => {
       if (!values.json) io.stdout.write(`${line}\n`);
     };
     human(`job "${id}" (${file})`);
     for (const p of check.problems) human(`  problem  ${p}`);
     for (const w of check.warnings) human(`  warning  ${w}`);
-    if (check.problems.length === 0) human("  ok       a parameterized batch builder with group runner / task executor and the required meta keys");
-    if (id !== config.builderJob) human(`  note     petrel's default builder is "${config.builderJob}" (PETREL_BUILDER_JOB); name this job in a flavor to use it`);
+    if (check.problems.length === 0)
+      human("  ok       a parameterized batch builder with group runner / task executor and the required meta keys");
+    if (id !== config.builderJob)
+      human(`  note     petrel's default builder is "${config.builderJob}" (PETREL_BUILDER_JOB); name this job in a flavor to use it`);
     if (check.problems.length > 0) {
       if (values.json) io.stdout.write(`${JSON.stringify(out)}\n`);
-      throw new CliError("bad_request", `${file} is not a petrel builder (${check.problems.length} problem${check.problems.length === 1 ? "" : "s"}); nothing registered`);
+      throw new CliError(
+        "bad_request",
+        `${file} is not a petrel builder (${check.problems.length} problem${check.problems.length === 1 ? "" : "s"}); nothing registered`,
+      );
     }
     if (values["dry-run"]) {
       human("dry run: nothing registered");

@@ -1,11 +1,12 @@
 import type { Writable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Build } from "../builds/backend.js";
+import type { CliIo, Env, PetrelApi, Progress } from "./ops.js";
 import {
-  CliError,
-  EXIT,
   buildPath,
+  CliError,
   createPetrelApi,
+  EXIT,
   expectPositionals,
   parseCommandArgs,
   petrelUrl,
@@ -14,7 +15,6 @@ import {
   runCommand,
   writeAll,
 } from "./ops.js";
-import type { CliIo, Env, PetrelApi, Progress } from "./ops.js";
 import { formatAge, formatDuration, formatTable } from "./table.js";
 
 /** A build as petrel's API answers it. */
@@ -131,7 +131,9 @@ export async function buildsCommand(argv: string[], env: Env, io: CliIo = proces
       // Notes go to stderr, so the table (or the JSON) on stdout stays what scripts read.
       const hidden = typeof body.hidden === "number" ? body.hidden : 0;
       if (hidden > 0) {
-        io.stderr.write(`${hidden} build${hidden === 1 ? "" : "s"} of private repositories hidden; set PETREL_ADMIN_TOKEN to see ${hidden === 1 ? "it" : "them"}\n`);
+        io.stderr.write(
+          `${hidden} build${hidden === 1 ? "" : "s"} of private repositories hidden; set PETREL_ADMIN_TOKEN to see ${hidden === 1 ? "it" : "them"}\n`,
+        );
       }
       const builds = body.builds ?? [];
       if (values.json) io.stdout.write(`${JSON.stringify(body)}\n`);
@@ -342,7 +344,8 @@ async function copyLogLoop(
       broken = err;
     }
     if (!follow) {
-      if (broken !== undefined) throw new CliError("unreachable", `the ${name} log from ${api.url} broke off after ${offset} bytes: ${(broken as Error).message}`);
+      if (broken !== undefined)
+        throw new CliError("unreachable", `the ${name} log from ${api.url} broke off after ${offset} bytes: ${(broken as Error).message}`);
       return undefined;
     }
     if (broken === undefined) {
@@ -465,7 +468,12 @@ async function startedBuild(
 /** \`petrel rerun <id>\`: the same build again, as a new build; prints its ID and links, optionally follows it. */
 export async function rerunCommand(argv: string[], env: Env, io: CliIo = processIo()): Promise<number> {
   return runCommand("rerun", io, async () => {
-    const parsed = parseCommandArgs(argv, { ...CONNECTION, follow: { type: "boolean", short: "f" }, json: { type: "boolean" } }, RERUN_USAGE, io);
+    const parsed = parseCommandArgs(
+      argv,
+      { ...CONNECTION, follow: { type: "boolean", short: "f" }, json: { type: "boolean" } },
+      RERUN_USAGE,
+      io,
+    );
     if (parsed === undefined) return EXIT.ok;
     const { values, positionals } = parsed;
     expectPositionals(positionals, 1, RERUN_USAGE);
@@ -474,7 +482,8 @@ export async function rerunCommand(argv: string[], env: Env, io: CliIo = process
     try {
       const { body: answer } = await api.json<BuildLinks>("POST", `${buildPath(id)}/rerun`, {});
       // On stderr whatever --quiet says: a re-run without the secrets may fail where the original passed.
-      if (answer.trusted === false && !values.json) io.stderr.write(`petrel rerun: ${answer.build} runs untrusted (no secrets): ${answer.untrusted_because ?? "not trusted"}\n`);
+      if (answer.trusted === false && !values.json)
+        io.stderr.write(`petrel rerun: ${answer.build} runs untrusted (no secrets): ${answer.untrusted_because ?? "not trusted"}\n`);
       return await startedBuild(api, answer, values, io, progress);
     } finally {
       await api.close();
@@ -484,5 +493,5 @@ export async function rerunCommand(argv: string[], env: Env, io: CliIo = process
 
 /** A value as one shell word, for the command lines petrel suggests. */
 function shellWord(value: string): string {
-  return /^[A-Za-z0-9._\/=:@%+-]+$/.test(value) ? value : `'${value.replace(/'/g, "'\\''")}'`;
+  return /^[A-Za-z0-9._/=:@%+-]+$/.test(value) ? value : `'${value.replace(/'/g, "'\\''")}'`;
 }

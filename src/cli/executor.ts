@@ -1,8 +1,8 @@
 import { executeBuild } from "../executor/build.js";
 import { planFromNomadEnv } from "../executor/env.js";
 import { ExecutorError } from "../executor/errors.js";
+import { type BuildOutput, createBuildOutput, mergedLogPath } from "../executor/output.js";
 import { parseCommandArgs, UsageError } from "./args.js";
-import { createBuildOutput, mergedLogPath, type BuildOutput } from "../executor/output.js";
 
 const USAGE = `usage: petrel executor
 

@@ -1,7 +1,7 @@
 import type { Readable, Writable } from "node:stream";
-import { Agent } from "undici";
 import type { Dispatcher } from "undici";
-import { AppError, UpstreamError, type ErrorCode } from "../errors.js";
+import { Agent } from "undici";
+import { AppError, type ErrorCode, UpstreamError } from "../errors.js";
 import { openStream, request } from "../http/request.js";
 
 /**
@@ -217,7 +217,10 @@ export function createPetrelApi(opts: PetrelApiOptions): PetrelApi {
     let hint = "";
     if (status === 401 && !opts.token) hint = " (no token was sent: pass --token or set PETREL_ADMIN_TOKEN)";
     else if (status === 401) hint = " (the token was refused: check --token / PETREL_ADMIN_TOKEN)";
-    return new CliError(codeForStatus(status), `petrel at ${opts.url} answered ${status} to ${method} ${path}: ${message || "(empty body)"}${hint}`);
+    return new CliError(
+      codeForStatus(status),
+      `petrel at ${opts.url} answered ${status} to ${method} ${path}: ${message || "(empty body)"}${hint}`,
+    );
   };
 
   /** The CLI's wording for what the shared HTTP layer throws: which address, and what to check. */
@@ -248,7 +251,10 @@ export function createPetrelApi(opts: PetrelApiOptions): PetrelApi {
       try {
         return { status: answer.status, body: JSON.parse(answer.text) as T };
       } catch {
-        throw new CliError("internal", `petrel at ${opts.url} answered ${method} ${path} with something that is not JSON (is that petrel?)`);
+        throw new CliError(
+          "internal",
+          `petrel at ${opts.url} answered ${method} ${path} with something that is not JSON (is that petrel?)`,
+        );
       }
     },
     async raw(method, path, extra, body, shown = path) {

@@ -2,19 +2,19 @@ import { randomUUID } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { sign } from "../gitea/signature.js";
 import { repoKeyFromUrl } from "../registry/schema.js";
+import type { CliIo, Env } from "./ops.js";
 import {
   CliError,
-  EXIT,
-  createPetrelApi,
-  expectPositionals,
   codeForStatus,
+  createPetrelApi,
+  EXIT,
+  expectPositionals,
   parseCommandArgs,
   petrelUrl,
   processIo,
   progressTo,
   runCommand,
 } from "./ops.js";
-import type { CliIo, Env } from "./ops.js";
 import { cliConfig, openRepoStore } from "./repo-store.js";
 
 const USAGE = `usage: petrel replay <delivery.json> [--event E] [--flavor F] [--json]
@@ -96,7 +96,8 @@ export function parseDeliveryFile(file: string, bytes: Buffer, event: string | u
   if (name === undefined) {
     throw new CliError("usage", `cannot tell which event ${file} is (no pull_request, no ref/after); pass --event push|pull_request|...`);
   }
-  const savedType = event === undefined ? headerOf(saved, ["X-Gitea-Event-Type", "X-Forgejo-Event-Type", "X-GitHub-Event-Type"]) : undefined;
+  const savedType =
+    event === undefined ? headerOf(saved, ["X-Gitea-Event-Type", "X-Forgejo-Event-Type", "X-GitHub-Event-Type"]) : undefined;
   const action = typeof p.action === "string" ? p.action : "";
   const eventType = savedType ?? (name === "pull_request" ? (PR_EVENT_TYPES[action] ?? "pull_request") : name);
   return { body, payload, event: name, eventType };
@@ -154,7 +155,8 @@ export async function replayCommand(argv: string[], env: Env, io: CliIo = proces
     }
     const secret = typeof hook?.secret === "string" && hook.secret !== "" ? hook.secret : undefined;
     const token = typeof hook?.token === "string" && hook.token !== "" ? hook.token : undefined;
-    if (secret === undefined && token === undefined) throw new CliError("bad_request", `${key} has neither hook.secret nor hook.token; petrel refuses its deliveries`);
+    if (secret === undefined && token === undefined)
+      throw new CliError("bad_request", `${key} has neither hook.secret nor hook.token; petrel refuses its deliveries`);
 
     const headers: Record<string, string> = {
       "content-type": "application/json",
@@ -179,7 +181,9 @@ export async function replayCommand(argv: string[], env: Env, io: CliIo = proces
     }
     const path = `/hook${query.size ? `?${query}` : ""}`;
     const shown = `/hook${shownQuery.size ? `?${shownQuery}` : ""}`;
-    progress(`replaying ${delivery.event} (${delivery.eventType}) for ${key} as delivery ${headers["x-gitea-delivery"]}${secret === undefined ? "" : ", signed with its hook secret"}`);
+    progress(
+      `replaying ${delivery.event} (${delivery.eventType}) for ${key} as delivery ${headers["x-gitea-delivery"]}${secret === undefined ? "" : ", signed with its hook secret"}`,
+    );
     const api = createPetrelApi({ url: petrelUrl(values.url, env), progress });
     try {
       const answer = await api.raw("POST", path, headers, delivery.body, shown);

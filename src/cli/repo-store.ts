@@ -2,17 +2,17 @@ import { readFile } from "node:fs/promises";
 import yaml from "js-yaml";
 import { Agent } from "undici";
 import type { z } from "zod";
-import { readConfig } from "../config.js";
 import type { Config } from "../config.js";
-import { consulAgentOptions, createConsulClient } from "../consul/client.js";
+import { readConfig } from "../config.js";
 import type { ConsulClient } from "../consul/client.js";
+import { consulAgentOptions, createConsulClient } from "../consul/client.js";
 import { deleteRepo, parseStoredValue, putRepo, repoKeyPath } from "../consul/registry.js";
 import { AppError, UpstreamError } from "../errors.js";
 import { removeRepo, writeRepo } from "../registry/file.js";
-import { RepoConfig, RepoSecrets, describeIssues, isRepoKey } from "../registry/schema.js";
 import type { RepoKey } from "../registry/schema.js";
-import { CliError, EXIT, codeForUpstream } from "./ops.js";
+import { describeIssues, isRepoKey, RepoConfig, RepoSecrets } from "../registry/schema.js";
 import type { Env, Progress } from "./ops.js";
+import { CliError, codeForUpstream, EXIT } from "./ops.js";
 
 /** One repository as stored, before defaults: what `repo show` prints (masked) and `replay` signs with. */
 export interface StoredRepo {
@@ -190,7 +190,10 @@ function fileStore(path: string, progress: Progress): RepoStore {
     } catch (err) {
       // The reason and the line, never js-yaml's excerpt: the file holds secrets.
       const where = err instanceof yaml.YAMLException && err.mark !== undefined ? `line ${err.mark.line + 1}: ` : "";
-      throw new CliError("bad_request", `${path} is not valid YAML: ${where}${err instanceof yaml.YAMLException ? err.reason : "unreadable"}`);
+      throw new CliError(
+        "bad_request",
+        `${path} is not valid YAML: ${where}${err instanceof yaml.YAMLException ? err.reason : "unreadable"}`,
+      );
     }
     const repos = asObject(asObject(doc)?.repos);
     return repos ?? {};

@@ -2,13 +2,13 @@ import { randomBytes } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import yaml from "js-yaml";
 import type { z } from "zod";
-import { RepoConfig, describeIssues, isRepoKey, repoKeyFromUrl } from "../registry/schema.js";
 import type { RepoKey } from "../registry/schema.js";
+import { describeIssues, isRepoKey, RepoConfig, repoKeyFromUrl } from "../registry/schema.js";
 import { seeHelp } from "./args.js";
-import { CliError, EXIT, expectPositionals, parseCommandArgs, processIo, progressTo, readAllText, runCommand } from "./ops.js";
 import type { CliIo, Env } from "./ops.js";
-import { cliConfig, openRepoStore } from "./repo-store.js";
+import { CliError, EXIT, expectPositionals, parseCommandArgs, processIo, progressTo, readAllText, runCommand } from "./ops.js";
 import type { RepoStore, StoredRepo } from "./repo-store.js";
+import { cliConfig, openRepoStore } from "./repo-store.js";
 import { formatTable, maskSecret } from "./table.js";
 
 const WHERE_HELP = `Cluster mode (NOMAD_ADDR set): Consul KV at CONSUL_HTTP_ADDR under PETREL_CONSUL_PREFIX (CONSUL_HTTP_TOKEN).
@@ -91,7 +91,9 @@ export async function repoCommand(argv: string[], env: Env, io: CliIo = processI
       io.stdout.write(REPO_USAGE);
       return EXIT.ok;
     default:
-      io.stderr.write(`petrel repo: ${sub === undefined ? "missing subcommand" : `unknown subcommand ${JSON.stringify(sub)}`}; ${seeHelp(REPO_USAGE)}\n`);
+      io.stderr.write(
+        `petrel repo: ${sub === undefined ? "missing subcommand" : `unknown subcommand ${JSON.stringify(sub)}`}; ${seeHelp(REPO_USAGE)}\n`,
+      );
       return EXIT.usage;
   }
 }
@@ -102,7 +104,10 @@ export function keyOf(arg: string): RepoKey {
   if (isRepoKey(lower)) return lower;
   const key = repoKeyFromUrl(arg.trim());
   if (key === undefined) {
-    throw new CliError("usage", `${JSON.stringify(arg)} is neither <host>/<owner>/<name> nor a repository URL like https://git.example.test/acme/widgets`);
+    throw new CliError(
+      "usage",
+      `${JSON.stringify(arg)} is neither <host>/<owner>/<name> nor a repository URL like https://git.example.test/acme/widgets`,
+    );
   }
   return key;
 }
@@ -217,7 +222,12 @@ async function repoAdd(argv: string[], env: Env, io: CliIo): Promise<number> {
     config.gitea = { url: values["gitea-url"].replace(/\/+$/, ""), token };
   }
   if (values.trusted !== undefined) {
-    config.trusted = { senders: values.trusted.split(",").map((s) => s.trim()).filter(Boolean) };
+    config.trusted = {
+      senders: values.trusted
+        .split(",")
+        .map((s) => s.trim())
+        .filter(Boolean),
+    };
   }
   const flavors = pairs(values.flavor, "--flavor", "flavor");
   if (Object.keys(flavors).length > 0) {
@@ -250,7 +260,9 @@ async function repoAdd(argv: string[], env: Env, io: CliIo): Promise<number> {
       const webhook: Record<string, unknown> = { url, flavors: flavorUrls };
       if (secretFile === undefined) webhook.secret = hookSecret;
       if (hookToken !== undefined) webhook.token = hookToken;
-      io.stdout.write(`${JSON.stringify({ key, store: store.kind, location: store.location(key), replaced: existing !== undefined, webhook })}\n`);
+      io.stdout.write(
+        `${JSON.stringify({ key, store: store.kind, location: store.location(key), replaced: existing !== undefined, webhook })}\n`,
+      );
       return EXIT.ok;
     }
     const lines = [
@@ -330,7 +342,12 @@ function summary(repo: StoredRepo): string[] {
   };
   const auth = [raw.hook?.secret ? "secret" : "", raw.hook?.token ? "token" : ""].filter(Boolean).join("+") || "none";
   const senders = Array.isArray(raw.trusted?.senders) ? (raw.trusted.senders as unknown[]).map(String).join(",") : "";
-  const flavors = raw.flavors && typeof raw.flavors === "object" ? Object.entries(raw.flavors).map(([n, f]) => `${n}=${String(f?.builder)}`).join(",") : "default";
+  const flavors =
+    raw.flavors && typeof raw.flavors === "object"
+      ? Object.entries(raw.flavors)
+          .map(([n, f]) => `${n}=${String(f?.builder)}`)
+          .join(",")
+      : "default";
   const secrets = Object.keys(repo.secrets ?? {}).join(",");
   return [
     repo.key,

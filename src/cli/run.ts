@@ -1,13 +1,13 @@
 import { homedir } from "node:os";
 import { isAbsolute, join, relative } from "node:path";
-import { executeBuild, type ExecutorPlan } from "../executor/build.js";
+import { dispatchId } from "../contract/dispatch.js";
+import { type ExecutorPlan, executeBuild } from "../executor/build.js";
 import { colourVars, readRuntimeSettings } from "../executor/env.js";
 import { ExecutorError } from "../executor/errors.js";
-import { dispatchId } from "../contract/dispatch.js";
 import { randomSuffix } from "../executor/fsutil.js";
 import { git } from "../executor/git.js";
-import { parseCommandArgs, UsageError } from "./args.js";
 import { cacheLayout, redactUrl, repoNameFromUrl, repoSlug } from "../executor/layout.js";
+import { type Parsed, parseCommandArgs, UsageError } from "./args.js";
 
 const USAGE = `usage: petrel run [--flavor F] [--debug]
 
@@ -20,9 +20,12 @@ type Env = Record<string, string | undefined>;
 
 /** `petrel run [--flavor F] [--debug]`: builds the working tree locally; resolves to the process exit code. */
 export async function runLocalCommand(argv: readonly string[], env: Env): Promise<number> {
-  let parsed;
+  const options = { flavor: { type: "string", short: "f" }, debug: { type: "boolean" } } as const;
+  let parsed: Parsed<typeof options> | undefined;
   try {
-    parsed = parseCommandArgs(argv, { flavor: { type: "string", short: "f" }, debug: { type: "boolean" } }, USAGE, process, { positionals: false });
+    parsed = parseCommandArgs(argv, options, USAGE, process, {
+      positionals: false,
+    });
   } catch (err) {
     if (!(err instanceof UsageError)) throw err;
     process.stderr.write(`petrel run: ${err.message}\n`);

@@ -9,7 +9,7 @@ export function formatTable(header: readonly string[], rows: ReadonlyArray<reado
       })
       .join("  ")
       .trimEnd();
-  return [line(header), ...rows.map(line)].join("\n") + "\n";
+  return `${[line(header), ...rows.map(line)].join("\n")}\n`;
 }
 
 /** How long ago `iso` was, compactly (`45s ago`, `3m ago`, `2h ago`, `4d ago`); `-` when unknown. */

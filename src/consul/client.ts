@@ -1,12 +1,12 @@
 import type { Logger } from "pino";
 import type { Agent, Dispatcher } from "undici";
 import type { z } from "zod";
-import { AppError, UpstreamError, errorMessage } from "../errors.js";
-import { type HttpAnswer, type Method, headerValue, request } from "../http/request.js";
+import { AppError, errorMessage, UpstreamError } from "../errors.js";
+import { type HttpAnswer, headerValue, type Method, request } from "../http/request.js";
 import { type TlsOptions, tlsAgentOptions } from "../http/tls.js";
 import { sleep } from "../util/abort.js";
-import { Leader, WriteResult, parseKvBody } from "./schema.js";
 import type { KvEntry } from "./schema.js";
+import { Leader, parseKvBody, WriteResult } from "./schema.js";
 import { createTokenBucket } from "./token-bucket.js";
 
 export type { KvEntry } from "./schema.js";
@@ -101,7 +101,7 @@ export function consulAgentOptions(tls: ConsulTlsOptions): Agent.Options {
   return { ...tlsAgentOptions("Consul", tls), headersTimeout: timeout, bodyTimeout: timeout };
 }
 
-const GO_UNITS: Record<string, number> = { ns: 1e-6, us: 1e-3, "µs": 1e-3, "μs": 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+const GO_UNITS: Record<string, number> = { ns: 1e-6, us: 1e-3, µs: 1e-3, μs: 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 
 /** Milliseconds of a Go duration (`1m30s`, `250ms`, `0`), or undefined when Go would reject it. */
 export function parseGoDuration(text: string): number | undefined {
@@ -287,7 +287,7 @@ export function createConsulClient(opts: ConsulClientOptions): ConsulClient {
       const leader = Leader.parse(res.value);
       if (leader === "") {
         const err = new UpstreamError("consul", 503, "no cluster leader", { action });
-        err.message = "consul has no cluster leader (GET /v1/status/leader answered \"\")";
+        err.message = 'consul has no cluster leader (GET /v1/status/leader answered "")';
         throw err;
       }
       return leader;

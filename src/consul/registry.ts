@@ -2,17 +2,9 @@ import { setMaxListeners } from "node:events";
 import yaml from "js-yaml";
 import type { Logger } from "pino";
 import type { z } from "zod";
-import { AppError, UpstreamError, errorMessage } from "../errors.js";
-import {
-  RepoConfig,
-  RepoSecrets,
-  buildersOf,
-  describeIssues,
-  flavorsOf,
-  isRepoKey,
-  splitSecrets,
-} from "../registry/schema.js";
+import { AppError, errorMessage, UpstreamError } from "../errors.js";
 import type { Registry, RegistryHealth, RepoEntry, RepoKey } from "../registry/schema.js";
+import { buildersOf, describeIssues, flavorsOf, isRepoKey, RepoConfig, RepoSecrets, splitSecrets } from "../registry/schema.js";
 import type { ConsulClient, KvEntry, WatchOptions } from "./client.js";
 
 type Kind = "repos" | "secrets";
@@ -184,8 +176,7 @@ export function createConsulRegistry(opts: ConsulRegistryOptions): Registry {
     const h: RegistryHealth = {
       ok: failing.length === 0,
       source: "consul",
-      stalenessSeconds:
-        failing.length === 0 ? 0 : Math.floor((now() - Math.min(...failing.map((k) => state[k].confirmedAt))) / 1000),
+      stalenessSeconds: failing.length === 0 ? 0 : Math.floor((now() - Math.min(...failing.map((k) => state[k].confirmedAt))) / 1000),
       repositories: entries.size,
     };
     const lastError = KINDS.map((k) => state[k].error).find((e) => e !== undefined);
@@ -200,7 +191,10 @@ export function createConsulRegistry(opts: ConsulRegistryOptions): Registry {
     const h = health();
     // Once per outage, not per request or retry.
     if (isReady) {
-      log.warn({ err: h.lastError, stalenessSeconds: h.stalenessSeconds, repositories: h.repositories }, "consul unreachable; serving the last known registry");
+      log.warn(
+        { err: h.lastError, stalenessSeconds: h.stalenessSeconds, repositories: h.repositories },
+        "consul unreachable; serving the last known registry",
+      );
     } else {
       log.warn({ err: h.lastError }, "consul not answering; webhooks wait for the first registry load");
     }
@@ -237,9 +231,14 @@ export function createConsulRegistry(opts: ConsulRegistryOptions): Registry {
     const wait = deadline - now();
     const failure = (): UpstreamError => {
       const err = health().lastError;
-      return new UpstreamError("consul", 0, `no registry load within ${Math.round((deadline - createdAt) / 1000)} s${err ? `; last error: ${err}` : ""}`, {
-        action: "registry",
-      });
+      return new UpstreamError(
+        "consul",
+        0,
+        `no registry load within ${Math.round((deadline - createdAt) / 1000)} s${err ? `; last error: ${err}` : ""}`,
+        {
+          action: "registry",
+        },
+      );
     };
     if (wait <= 0) throw failure();
     let timer: NodeJS.Timeout | undefined;

@@ -1,24 +1,24 @@
-import { rmSync } from "node:fs";
+import { rmSync, type Stats } from "node:fs";
 import { chmod, chown, lstat, mkdir, readlink, realpath, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, dirname, isAbsolute, join, normalize, relative } from "node:path";
 import { checkoutCommit } from "./checkout.js";
-import type { CheckoutRequest } from "./materialize.js";
 import { diskFull, ExecutorError, exitCodeOf, isDiskFull } from "./errors.js";
 import { randomSuffix, touch } from "./fsutil.js";
 import { buildSlug, type CacheLayout } from "./layout.js";
 import type { FileLock } from "./lock.js";
+import type { CheckoutRequest } from "./materialize.js";
 import {
-  modesFor,
-  runSandbox,
   type CacheMount,
   type Isolation,
   type IsolationMode,
+  modesFor,
+  runSandbox,
   type SandboxResult,
   type SandboxSpec,
 } from "./sandbox.js";
 import type { SecretsFile } from "./secrets.js";
-import { formatMs, type EvictionSettings } from "./settings.js";
+import { type EvictionSettings, formatMs } from "./settings.js";
 
 /** Where the build's tree comes from: a commit checked out through the cache, or a developer's working tree. */
 export type BuildSource =
@@ -154,7 +154,8 @@ export async function executeBuild(plan: ExecutorPlan, io: BuildIo, signal?: Abo
           },
           ready: ({ mode, buildDir: dir, setupMs, home }) => {
             say(describeTree(mode, dir, setupMs));
-            if (home) say(`build runs as uid ${COPY_BUILD_USER.uid} with HOME=${home} (copy mode: the cache directory is out of its reach)`);
+            if (home)
+              say(`build runs as uid ${COPY_BUILD_USER.uid} with HOME=${home} (copy mode: the cache directory is out of its reach)`);
             if (mode === "copy" && plan.readOnly?.length) {
               say(`warning: without mounts, git writes reach ${plan.readOnly.join(", ")} (outside the working tree)`);
             }
@@ -210,7 +211,7 @@ async function prepareSource(
 
 async function findScript(lower: string, label: string): Promise<{ name: string; argv: string[] }> {
   for (const name of SCRIPTS) {
-    let st;
+    let st: Stats;
     try {
       st = await lstat(join(lower, name));
     } catch {
@@ -277,7 +278,7 @@ async function checkCachesInTree(caches: readonly PlannedCache[], buildDir: stri
       if (part === "..") throw refuseCache(c.name, c.path, "it escapes the build tree");
       at = join(at, part);
       const shown = parts.slice(0, i + 1).join("/");
-      let st;
+      let st: Stats;
       try {
         st = await lstat(at);
       } catch (err) {
@@ -357,7 +358,10 @@ async function copyModeUser(plan: ExecutorPlan, modes: readonly string[], uid: n
   await chmod(plan.layout.root, 0o700);
   const st = await stat(plan.layout.root);
   if ((st.mode & 0o077) !== 0 || st.uid === COPY_BUILD_USER.uid) {
-    throw new ExecutorError("isolation_refused", `cannot make ${plan.layout.root} private to root (mode ${(st.mode & 0o777).toString(8)}): refusing copy mode`);
+    throw new ExecutorError(
+      "isolation_refused",
+      `cannot make ${plan.layout.root} private to root (mode ${(st.mode & 0o777).toString(8)}): refusing copy mode`,
+    );
   }
   return COPY_BUILD_USER;
 }

@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { ExecutorError } from "./errors.js";
 import { exists, removeTree, signalOf, touch } from "./fsutil.js";
 import { repoSlug } from "./layout.js";
-import { lockFile, type FileLock } from "./lock.js";
+import { type FileLock, lockFile } from "./lock.js";
 import type { CheckoutRequest } from "./materialize.js";
 
 /**

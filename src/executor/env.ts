@@ -2,7 +2,7 @@ import { closeSync, readFileSync } from "node:fs";
 import { readFile, stat, unlink } from "node:fs/promises";
 import { homedir } from "node:os";
 import { isAbsolute, join } from "node:path";
-import { OPTIONAL_META, parseCaches, REQUIRED_META, type BuildMeta, type DispatchPayload } from "../contract/dispatch.js";
+import { type BuildMeta, type DispatchPayload, OPTIONAL_META, parseCaches, REQUIRED_META } from "../contract/dispatch.js";
 import type { ExecutorPlan } from "./build.js";
 import { ExecutorError } from "./errors.js";
 import { cacheLayout, redactUrl, repoNameFromUrl, repoSlug } from "./layout.js";

@@ -1,3 +1,4 @@
+import type { Stats } from "node:fs";
 import { chmod, readdir, rename, rm, stat, statfs, utimes } from "node:fs/promises";
 import { join } from "node:path";
 
@@ -13,7 +14,9 @@ export async function exists(path: string): Promise<boolean> {
 
 /** A short random suffix for temporary names (not a secret: node:crypto would cost milliseconds of start-up). */
 export function randomSuffix(): string {
-  return Math.floor(Math.random() * 0x100000000).toString(16).padStart(8, "0");
+  return Math.floor(Math.random() * 0x100000000)
+    .toString(16)
+    .padStart(8, "0");
 }
 
 /**
@@ -32,7 +35,7 @@ export async function removeTree(path: string): Promise<void> {
 }
 
 async function makeWritable(path: string): Promise<void> {
-  let st;
+  let st: Stats;
   try {
     st = await stat(path);
   } catch {

@@ -1,7 +1,7 @@
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { capture, shellQuote, type ProcessResult } from "./proc.js";
+import { capture, type ProcessResult, shellQuote } from "./proc.js";
 
 /** Runs git with prompts disabled and no inherited repository variables. */
 export function git(
@@ -27,12 +27,7 @@ export async function withSshEnv<T>(
   knownHosts: string,
   fn: (env: Record<string, string>) => Promise<T>,
 ): Promise<T> {
-  const base = [
-    "ssh",
-    "-o BatchMode=yes",
-    "-o StrictHostKeyChecking=accept-new",
-    `-o UserKnownHostsFile=${shellQuote(knownHosts)}`,
-  ];
+  const base = ["ssh", "-o BatchMode=yes", "-o StrictHostKeyChecking=accept-new", `-o UserKnownHostsFile=${shellQuote(knownHosts)}`];
   if (deployKey === undefined || deployKey.trim() === "") return fn({ GIT_SSH_COMMAND: base.join(" ") });
   const dir = await mkdtemp(join(tmpdir(), "petrel-key-"));
   try {

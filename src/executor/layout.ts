@@ -39,7 +39,10 @@ export function redactUrl(url: string): string {
  * trailing slash, host lower-cased. `https://` and `ssh://` URLs of one repository normalise alike.
  */
 export function normalizeRepoUrl(url: string): string {
-  let s = url.trim().replace(/\/+$/, "").replace(/\.git$/, "");
+  let s = url
+    .trim()
+    .replace(/\/+$/, "")
+    .replace(/\.git$/, "");
   const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(s);
   if (scheme) {
     s = s.slice(scheme[0].length);
@@ -81,11 +84,26 @@ export function repoSlug(url: string): string {
 
 /** `owner/name` from a repository URL (for headers when the REPO meta is absent). */
 export function repoNameFromUrl(url: string): string {
-  const path = redactUrl(url).replace(/\/+$/, "").replace(/\.git$/, "").replace(/^[a-z][a-z0-9+.-]*:\/\/[^/]*/i, "");
-  return path.replace(/^[^/:]*:/, "").split("/").filter(Boolean).slice(-2).join("/") || url;
+  const path = redactUrl(url)
+    .replace(/\/+$/, "")
+    .replace(/\.git$/, "")
+    .replace(/^[a-z][a-z0-9+.-]*:\/\/[^/]*/i, "");
+  return (
+    path
+      .replace(/^[^/:]*:/, "")
+      .split("/")
+      .filter(Boolean)
+      .slice(-2)
+      .join("/") || url
+  );
 }
 
 /** A build ID (`builder/dispatch-…`) as one safe path segment. */
 export function buildSlug(id: string): string {
-  return id.replace(/[^A-Za-z0-9._-]+/g, "_").replace(/^[.]+/, "_").slice(0, 120) || "build";
+  return (
+    id
+      .replace(/[^A-Za-z0-9._-]+/g, "_")
+      .replace(/^[.]+/, "_")
+      .slice(0, 120) || "build"
+  );
 }

@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { diskFull, ExecutorError } from "./errors.js";
 import { exists, randomSuffix, removeTree, signalOf, touch } from "./fsutil.js";
 import { git, withSshEnv } from "./git.js";
-import { redactUrl, type CacheLayout } from "./layout.js";
+import { type CacheLayout, redactUrl } from "./layout.js";
 import { lockFile } from "./lock.js";
 import { lastLine, type ProcessResult } from "./proc.js";
 

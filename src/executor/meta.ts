@@ -1,4 +1,4 @@
-import { checkBuildMeta, checkDispatchPayload, type BuildMeta, type ContractProblem, type DispatchPayload } from "../contract/dispatch.js";
+import { type BuildMeta, type ContractProblem, checkBuildMeta, checkDispatchPayload, type DispatchPayload } from "../contract/dispatch.js";
 import { ExecutorError } from "./errors.js";
 
 /** Validates dispatch meta; throws a one-line `bad_environment` error naming the Nomad variables. */

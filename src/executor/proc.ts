@@ -79,7 +79,10 @@ export function exitCode(code: number | null, signal: NodeJS.Signals | null): nu
 
 /** The last non-empty line of a command's stderr, for one-line error messages. */
 export function lastLine(text: string): string {
-  const lines = text.split("\n").map((l) => l.trim()).filter(Boolean);
+  const lines = text
+    .split("\n")
+    .map((l) => l.trim())
+    .filter(Boolean);
   return lines[lines.length - 1] ?? "";
 }
 

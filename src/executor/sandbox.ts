@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { closeSync, constants, openSync } from "node:fs";
 import { chmod, mkdir, mkdtemp, rmdir, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -67,9 +67,7 @@ export interface SandboxHooks {
 }
 
 /** How the build ended; `lower_gone`: the tree to build vanished before it could be locked (retry). */
-export type SandboxResult =
-  | { kind: "ran"; exitCode: number; mode: IsolationMode; cancelled: boolean }
-  | { kind: "lower_gone" };
+export type SandboxResult = { kind: "ran"; exitCode: number; mode: IsolationMode; cancelled: boolean } | { kind: "lower_gone" };
 
 const READY = "@@petrel-ready@@";
 const SETUP_FAILED = 125;
@@ -175,9 +173,7 @@ export function setupScript(spec: SandboxSpec, mode: IsolationMode, buildDir: st
   } else {
     // The worktree under the overlay is read-only in the build's namespace too, whatever else goes wrong.
     lines.push(`mount --bind -o ro -- lower lower 2>&3 || exit ${SETUP_FAILED}`);
-    lines.push(
-      `mount -t overlay petrel -o lowerdir=lower,upperdir=upper,workdir=work -- ${q(buildDir)} 2>&3 || exit ${SETUP_FAILED}`,
-    );
+    lines.push(`mount -t overlay petrel -o lowerdir=lower,upperdir=upper,workdir=work -- ${q(buildDir)} 2>&3 || exit ${SETUP_FAILED}`);
     for (const c of spec.caches) {
       // The source is re-created under the lock in case eviction took it between the executor's check and now.
       const [source, target] = [q(c.source), q(c.target)];
@@ -218,7 +214,16 @@ function dropPrivileges(spec: SandboxSpec, mode: IsolationMode): string[] {
   if (!spec.copyAs) return [];
   const { uid, gid } = spec.copyAs;
   // No capabilities and no setuid way back: the cache root (0700, root's) is out of the build's reach.
-  return ["setpriv", `--reuid=${uid}`, `--regid=${gid}`, "--clear-groups", "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--"];
+  return [
+    "setpriv",
+    `--reuid=${uid}`,
+    `--regid=${gid}`,
+    "--clear-groups",
+    "--bounding-set=-all",
+    "--inh-caps=-all",
+    "--no-new-privs",
+    "--",
+  ];
 }
 
 function argvFor(mode: IsolationMode, script: string): string[] {
@@ -228,10 +233,7 @@ function argvFor(mode: IsolationMode, script: string): string[] {
   return sh;
 }
 
-type Outcome =
-  | { kind: "ran"; exitCode: number; cancelled: boolean }
-  | { kind: "setup_failed"; reason: string }
-  | { kind: "lower_gone" };
+type Outcome = { kind: "ran"; exitCode: number; cancelled: boolean } | { kind: "setup_failed"; reason: string } | { kind: "lower_gone" };
 
 function launch(
   spec: SandboxSpec,

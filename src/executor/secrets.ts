@@ -11,7 +11,7 @@ const NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
  * variable names cannot be exported and are listed in `skipped`.
  */
 export function formatSecrets(secrets: Record<string, string>): { text: string; skipped: string[] } {
-  const lines = ["# petrel build secrets: load with  . \"$PETREL_SECRETS\""];
+  const lines = ['# petrel build secrets: load with  . "$PETREL_SECRETS"'];
   const skipped: string[] = [];
   for (const [name, value] of Object.entries(secrets).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
     if (!NAME.test(name)) {

@@ -42,9 +42,7 @@ export function parseSize(text: string): number | undefined {
 type Problem = { variable: string; value: string; expected: string };
 
 /** Reads the `PETREL_EVICT_*` variables; returns the settings or the first malformed variable. */
-export function readEvictionSettings(
-  env: Record<string, string | undefined>,
-): { settings: EvictionSettings } | { problem: Problem } {
+export function readEvictionSettings(env: Record<string, string | undefined>): { settings: EvictionSettings } | { problem: Problem } {
   const settings = { ...DEFAULT_EVICTION };
   const fields: [keyof EvictionSettings, string, "duration" | "size"][] = [
     ["intervalMs", "PETREL_EVICT_INTERVAL", "duration"],

@@ -39,7 +39,8 @@ export function bindDelivery(entryKey: RepoKey, entry: { config: Pick<RepoConfig
   if (delivery.kind === "pull_request") {
     const base = delivery.payload.pull_request.base.repo;
     if (!sameFullName(base.full_name, repo)) return fail("pull_request.base.repo.full_name", base.full_name);
-    if (bindCloneUrl(base.clone_url, hosts, prefix, owner, name) === undefined) return fail("pull_request.base.repo.clone_url", base.clone_url);
+    if (bindCloneUrl(base.clone_url, hosts, prefix, owner, name) === undefined)
+      return fail("pull_request.base.repo.clone_url", base.clone_url);
     if (base.html_url !== undefined) {
       const baseHtml = parseHttpUrl(base.html_url);
       if (baseHtml === undefined || baseHtml.host !== html.host || !sameRepo(baseHtml.path, owner, name, true)) {
@@ -87,7 +88,12 @@ function parseHttpUrl(raw: string): HttpUrl | undefined {
   if (segments.some((s) => s === "" || s === "." || s === ".." || s.includes("%"))) return undefined;
   const last = segments.length - 1;
   if (last >= 0) segments[last] = (segments[last] ?? "").replace(/\.git$/i, "");
-  return { protocol: url.protocol, host: url.host.toLowerCase(), hostname: url.hostname.toLowerCase(), path: segments.map((s) => s.toLowerCase()) };
+  return {
+    protocol: url.protocol,
+    host: url.host.toLowerCase(),
+    hostname: url.hostname.toLowerCase(),
+    path: segments.map((s) => s.toLowerCase()),
+  };
 }
 
 /** True when the path ends in `owner/name`; `anyPrefix` allows a sub-path Gitea (`/git/acme/widgets`). */
@@ -134,7 +140,11 @@ function isSshUrlOf(raw: string, hosts: ReadonlySet<string>, owner: string, name
     hostname = (scp[1] ?? "").toLowerCase();
     path = scp[2] ?? "";
   }
-  const segments = path.replace(/^\/+/, "").replace(/\.git$/i, "").split("/").map((s) => s.toLowerCase());
+  const segments = path
+    .replace(/^\/+/, "")
+    .replace(/\.git$/i, "")
+    .split("/")
+    .map((s) => s.toLowerCase());
   return hosts.has(hostname) && sameRepo(segments, owner, name, false);
 }
 

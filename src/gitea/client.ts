@@ -1,9 +1,9 @@
 import type { Logger } from "pino";
 import type { Dispatcher } from "undici";
 import { z } from "zod";
-import { AppError, UpstreamError, errorMessage } from "../errors.js";
+import { AppError, errorMessage, UpstreamError } from "../errors.js";
 import { request } from "../http/request.js";
-import { ApiError, CombinedStatus, CommitStatus, Version, type CommitState } from "./schema.js";
+import { ApiError, CombinedStatus, type CommitState, CommitStatus, Version } from "./schema.js";
 
 /** The forge a call goes to: the instance URL (may carry a sub-path) and an API token. */
 export interface GiteaTarget {
@@ -30,7 +30,7 @@ export interface CallOptions {
 }
 
 /** How hard a call tries: retries after the first attempt and the back-off between them. */
-export interface RetryPolicy {
+export interface GiteaRetryPolicy {
   retries: number;
   minDelayMs: number;
   maxDelayMs: number;
@@ -39,7 +39,7 @@ export interface RetryPolicy {
 export interface GiteaClientOptions {
   dispatcher: Dispatcher;
   log?: Logger;
-  retries?: Partial<RetryPolicy>;
+  retries?: Partial<GiteaRetryPolicy>;
   /** Per-attempt limit for headers and body, in milliseconds. */
   timeoutMs?: number;
 }
@@ -47,17 +47,14 @@ export interface GiteaClientOptions {
 /** The part of Gitea's (and Forgejo's) API petrel uses: commit statuses and the version probe. */
 export interface GiteaClient {
   postStatus(input: PostStatusInput, opts?: CallOptions): Promise<CommitStatus | undefined>;
-  combinedStatus(
-    input: GiteaTarget & { owner: string; repo: string; ref: string },
-    opts?: CallOptions,
-  ): Promise<CombinedStatus>;
+  combinedStatus(input: GiteaTarget & { owner: string; repo: string; ref: string }, opts?: CallOptions): Promise<CombinedStatus>;
   version(input: { baseUrl: string; token?: string }, opts?: CallOptions): Promise<string>;
 }
 
 /** Longest commit-status description petrel sends; Gitea has no limit but its UI shows one line. */
 export const MAX_DESCRIPTION = 140;
 
-const DEFAULT_RETRY: RetryPolicy = { retries: 4, minDelayMs: 250, maxDelayMs: 2000 };
+const DEFAULT_RETRY: GiteaRetryPolicy = { retries: 4, minDelayMs: 250, maxDelayMs: 2000 };
 const DEFAULT_TIMEOUT_MS = 10_000;
 
 interface Call<S extends z.ZodType> {
@@ -76,7 +73,7 @@ interface Call<S extends z.ZodType> {
 
 /** Builds a Gitea API client on undici; tokens go in `Authorization: token <t>` and are never logged. */
 export function createGiteaClient(opts: GiteaClientOptions): GiteaClient {
-  const policy: RetryPolicy = { ...DEFAULT_RETRY, ...opts.retries };
+  const policy: GiteaRetryPolicy = { ...DEFAULT_RETRY, ...opts.retries };
   const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
 
   async function retried<S extends z.ZodType>(call: Call<S>, callOpts: CallOptions = {}): Promise<z.output<S>> {
@@ -105,10 +102,7 @@ export function createGiteaClient(opts: GiteaClientOptions): GiteaClient {
         maxDelayMs: policy.maxDelayMs,
         retryable: (err) => (err.unavailable || (call.retryOn ?? []).includes(err.upstreamStatus)) && !giveUp?.(),
         onRetry: (err, { attempt }) =>
-          opts.log?.warn(
-            { ...call.logFields, action: call.action, attempt, status: err.upstreamStatus },
-            "gitea request failed; retrying",
-          ),
+          opts.log?.warn({ ...call.logFields, action: call.action, attempt, status: err.upstreamStatus }, "gitea request failed; retrying"),
       },
       signal,
     });
@@ -251,12 +245,7 @@ export function createStatusReporter(opts: StatusReporterOptions): StatusReporte
         const slash = fullName.indexOf("/");
         const input: PostStatusInput = { ...rest, owner: fullName.slice(0, slash), repo: fullName.slice(slash + 1) };
         if (slash <= 0 || slash === fullName.length - 1) throw new Error(`"${fullName}" is not owner/name`);
-        const key = JSON.stringify([
-          input.baseUrl.replace(/\/+$/, ""),
-          fullName.toLowerCase(),
-          input.sha.toLowerCase(),
-          input.context,
-        ]);
+        const key = JSON.stringify([input.baseUrl.replace(/\/+$/, ""), fullName.toLowerCase(), input.sha.toLowerCase(), input.context]);
         const my = ++seq;
         const chain = chains.get(key) ?? { tail: Promise.resolve(), latest: my };
         chain.latest = my;

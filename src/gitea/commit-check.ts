@@ -44,9 +44,13 @@ export async function checkCommitOnRef(input: CommitCheckInput): Promise<CommitC
       run(["fetch", "-q", "--no-tags", "--end-of-options", input.url, `+${input.ref}:refs/petrel/check`], env),
     );
     if (fetched.code !== 0) {
-      return { kind: "unfetchable", message: `cannot fetch ${input.ref} from ${shown}: ${firstLine(fetched.stderr.replaceAll(input.url, shown))}` };
+      return {
+        kind: "unfetchable",
+        message: `cannot fetch ${input.ref} from ${shown}: ${firstLine(fetched.stderr.replaceAll(input.url, shown))}`,
+      };
     }
-    if (!/^[0-9a-fA-F]{4,64}$/.test(input.commit)) return { kind: "not_on_ref", message: `${JSON.stringify(input.commit)} is not a commit id` };
+    if (!/^[0-9a-fA-F]{4,64}$/.test(input.commit))
+      return { kind: "not_on_ref", message: `${JSON.stringify(input.commit)} is not a commit id` };
     const resolved = await run(["rev-parse", "--verify", "--quiet", `${input.commit.toLowerCase()}^{commit}`]);
     const full = resolved.stdout.trim();
     const notOnRef: CommitCheck = { kind: "not_on_ref", message: `commit ${input.commit} is not reachable from ${input.ref} at ${shown}` };
@@ -56,7 +60,8 @@ export async function checkCommitOnRef(input: CommitCheckInput): Promise<CommitC
     if (ancestor.code === 1) return notOnRef;
     throw new Error(`git merge-base failed: ${firstLine(ancestor.stderr)}`);
   } catch (err) {
-    if (timeout.aborted) return { kind: "unfetchable", message: `checking ${input.ref} at ${shown} took longer than ${input.timeoutMs / 1000} s` };
+    if (timeout.aborted)
+      return { kind: "unfetchable", message: `checking ${input.ref} at ${shown} took longer than ${input.timeoutMs / 1000} s` };
     throw err;
   } finally {
     await rm(dir, { recursive: true, force: true });

@@ -29,7 +29,10 @@ export type Envelope = z.infer<typeof Envelope>;
 export const PushEvent = Envelope.extend({
   ref: z.string().min(1),
   after: SHA,
-  head_commit: z.object({ id: SHA }).nullish().transform((c) => c ?? null),
+  head_commit: z
+    .object({ id: SHA })
+    .nullish()
+    .transform((c) => c ?? null),
 });
 export type PushEvent = z.infer<typeof PushEvent>;
 

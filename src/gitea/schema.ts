@@ -16,7 +16,10 @@ export type CommitStatus = z.infer<typeof CommitStatus>;
 
 /** The combined status of a ref: the latest status per context; `state` is "" when there is none. */
 export const CombinedStatus = z.object({
-  state: z.string().nullish().transform((s) => s ?? ""),
+  state: z
+    .string()
+    .nullish()
+    .transform((s) => s ?? ""),
   sha: z.string().nullish(),
   total_count: z.number().nullish(),
   statuses: z

@@ -105,9 +105,7 @@ function sameSecret(a: string, b: string): boolean {
   return timingSafeEqual(da, db);
 }
 
-export type ExtractedPayload =
-  | { json: string; signed: Buffer }
-  | { error: "unsupported_media_type" | "malformed_body"; message: string };
+export type ExtractedPayload = { json: string; signed: Buffer } | { error: "unsupported_media_type" | "malformed_body"; message: string };
 
 /**
  * The JSON text of a delivery and the bytes its signature covers. JSON bodies are signed as they arrived;

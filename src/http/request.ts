@@ -1,8 +1,8 @@
 import pRetry from "p-retry";
 import type { Logger } from "pino";
-import { request as undiciRequest, type Dispatcher } from "undici";
+import { type Dispatcher, request as undiciRequest } from "undici";
 import type { z } from "zod";
-import { UpstreamError, errorMessage, type UpstreamService } from "../errors.js";
+import { errorMessage, UpstreamError, type UpstreamService } from "../errors.js";
 
 export type Method = "GET" | "POST" | "PUT" | "DELETE";
 
@@ -183,11 +183,7 @@ async function attempt<S extends z.ZodType>(
   return { status, headers: res.headers, text, value: parsed.data };
 }
 
-function upstreamError(
-  req: Pick<HttpRequest<z.ZodType>, "service" | "action" | "hint">,
-  status: number,
-  body: string,
-): UpstreamError {
+function upstreamError(req: Pick<HttpRequest<z.ZodType>, "service" | "action" | "hint">, status: number, body: string): UpstreamError {
   const err = new UpstreamError(req.service, status, body, { action: req.action });
   const hint = req.hint?.(status, body);
   if (hint !== undefined) err.message = `${err.message} (${hint})`;

@@ -1,31 +1,31 @@
 import { spawn } from "node:child_process";
 import { randomBytes, randomUUID } from "node:crypto";
 import { closeSync, openSync } from "node:fs";
-import { mkdir, open, readFile, rm, stat } from "node:fs/promises";
+import { type FileHandle, mkdir, open, readFile, rm, stat } from "node:fs/promises";
 import { hostname } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import type {
-  BuildPage,
   Build,
   BuildBackend,
+  BuildDispatch,
+  BuilderParams,
   BuildFilter,
   BuildListener,
+  BuildPage,
   BuildReader,
-  BuilderParams,
-  BuildDispatch,
   DispatchedBuild,
   LogRequest,
 } from "../builds/backend.js";
 import { isAfterCursor, isTerminal, newestFirst } from "../builds/backend.js";
-import { dispatchId, OPTIONAL_META, REQUIRED_META, type DispatchPayload } from "../contract/dispatch.js";
 import { buildFromMeta, matchesFilter } from "../builds/model.js";
+import { type DispatchPayload, dispatchId, OPTIONAL_META, REQUIRED_META } from "../contract/dispatch.js";
 import { AppError } from "../errors.js";
 import type { Logger } from "../log.js";
 import { childrenOf, killByEnv, namespaceArgv, namespaceProblem } from "./isolate.js";
-import { createBuildStore } from "./store.js";
 import type { BuildRecord, BuildStore } from "./store.js";
+import { createBuildStore } from "./store.js";
 
 /** The executor, run as Nomad would run it: `petrel executor` with a task environment. */
 const DEFAULT_EXECUTOR = [fileURLToPath(new URL("../../bin/petrel.js", import.meta.url)), "executor"];
@@ -178,7 +178,12 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
         log.error({ err, build: record.id }, "could not start the build");
         active--;
         running.delete(record.id);
-        await update({ ...record, state: "error", reason: `could not start the executor: ${(err as Error).message}`, finishedAt: new Date().toISOString() });
+        await update({
+          ...record,
+          state: "error",
+          reason: `could not start the executor: ${(err as Error).message}`,
+          finishedAt: new Date().toISOString(),
+        });
         pump();
       });
     }
@@ -384,7 +389,10 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
         records.delete(id);
         await store.remove(id).catch(() => undefined);
         const code = (err as NodeJS.ErrnoException).code;
-        throw new AppError(code === "ENOSPC" ? "insufficient_storage" : "internal", `cannot record the build in ${store.root}: ${code ?? (err as Error).message}`);
+        throw new AppError(
+          code === "ENOSPC" ? "insufficient_storage" : "internal",
+          `cannot record the build in ${store.root}: ${code ?? (err as Error).message}`,
+        );
       }
       queue.push(id);
       pump();
@@ -430,7 +438,7 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
       for (;;) {
         // Read the state before the bytes: bytes written before the build ended are all there once it has.
         const ended = isTerminal(known(id).state);
-        let handle;
+        let handle: FileHandle | undefined;
         try {
           handle = await open(path, "r");
         } catch (err) {

@@ -105,10 +105,25 @@ export function namespaceProblem(uid: number | undefined, env: NodeJS.ProcessEnv
   if (uid !== 0) return "petrel does not run as root";
   const probe = spawnSync(
     "setpriv",
-    ["--pdeathsig", "KILL", "--", "unshare", "--kill-child", "--pid", "--fork", "--mount-proc", "--mount", "--", "/bin/sh", "-c", "mount -t tmpfs none /mnt"],
+    [
+      "--pdeathsig",
+      "KILL",
+      "--",
+      "unshare",
+      "--kill-child",
+      "--pid",
+      "--fork",
+      "--mount-proc",
+      "--mount",
+      "--",
+      "/bin/sh",
+      "-c",
+      "mount -t tmpfs none /mnt",
+    ],
     { env, encoding: "utf8", timeout: 10_000 },
   );
-  if (probe.error) return `${(probe.error as NodeJS.ErrnoException).code === "ENOENT" ? "setpriv or unshare (util-linux) not found" : probe.error.message}`;
+  if (probe.error)
+    return `${(probe.error as NodeJS.ErrnoException).code === "ENOENT" ? "setpriv or unshare (util-linux) not found" : probe.error.message}`;
   if (probe.status !== 0) return `unshare --pid --mount failed: ${probe.stderr.trim().split("\n").pop() ?? `exit ${probe.status}`}`;
   return undefined;
 }

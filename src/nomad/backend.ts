@@ -1,21 +1,16 @@
-import type { BuilderParams, BuildBackend, DispatchedBuild } from "../builds/backend.js";
+import type { BuildBackend, BuilderParams, DispatchedBuild } from "../builds/backend.js";
 import { DISPATCH_PAYLOAD_LIMIT as NOMAD_PAYLOAD_LIMIT } from "../contract/dispatch.js";
-import { AppError, UpstreamError, errorMessage } from "../errors.js";
+import { AppError, errorMessage, UpstreamError } from "../errors.js";
 import { createSharedCalls } from "../util/abort.js";
-import { isPermanentDispatchError } from "./client.js";
 import type { NomadClient } from "./client.js";
-
+import { isPermanentDispatchError } from "./client.js";
 
 /**
  * Why Nomad would refuse a dispatch with these meta keys and this payload under the builder's `parameterized`
  * block, in the order Nomad checks (contracts/nomad.md §1.6: payload, unpermitted keys, missing keys); or
  * undefined when it would accept them.
  */
-export function dispatchRefusal(
-  params: BuilderParams,
-  meta: Record<string, string>,
-  payloadBytes: number | undefined,
-): string | undefined {
+export function dispatchRefusal(params: BuilderParams, meta: Record<string, string>, payloadBytes: number | undefined): string | undefined {
   if (params.payload === "required" && payloadBytes === undefined) return "it requires a payload and none is sent";
   if (params.payload === "forbidden" && payloadBytes !== undefined) return "it forbids a payload and one is sent";
   const allowed = new Set([...params.metaRequired, ...params.metaOptional]);
@@ -46,11 +41,7 @@ export function createNomadBackend(options: { nomad: NomadClient }): BuildBacken
       throw new AppError("upstream_error", `Nomad would refuse to dispatch ${builder}: ${refusal}`);
     }
     try {
-      const result = await nomad.dispatch(
-        builder,
-        { meta, idempotencyToken, ...(payload === undefined ? {} : { payload }) },
-        { signal },
-      );
+      const result = await nomad.dispatch(builder, { meta, idempotencyToken, ...(payload === undefined ? {} : { payload }) }, { signal });
       return { id: result.id, duplicate: result.duplicate };
     } catch (err) {
       // What could not be checked up front (a builder stopped or re-registered since it was read, a priority):
@@ -80,9 +71,7 @@ export function createNomadBackend(options: { nomad: NomadClient }): BuildBacken
       }
       const key = JSON.stringify([request.builder, request.idempotencyToken]);
       const joined = flights.has(key);
-      const result = await flights.join(key, signal, (s) =>
-        send(request.builder, request.meta, request.idempotencyToken, payload, s),
-      );
+      const result = await flights.join(key, signal, (s) => send(request.builder, request.meta, request.idempotencyToken, payload, s));
       return joined ? { id: result.id, duplicate: true } : result;
     },
     async health(signal) {

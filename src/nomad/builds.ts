@@ -1,10 +1,10 @@
-import { untilAborted } from "../util/abort.js";
 import type { Build, BuildPage, BuildReader, BuildState, BuildSummary } from "../builds/backend.js";
 import { isAfterCursor, isTerminal, newestFirst } from "../builds/backend.js";
-import { isBuildOf, parentOfBuildId } from "../contract/dispatch.js";
 import { buildFromMeta, matchesFilter } from "../builds/model.js";
+import { isBuildOf, parentOfBuildId } from "../contract/dispatch.js";
 import { AppError } from "../errors.js";
 import type { Logger } from "../log.js";
+import { untilAborted } from "../util/abort.js";
 import type { NomadClient } from "./client.js";
 import { createNomadLogs, type NomadLogsOptions } from "./logs.js";
 import { buildAllocation, buildOf } from "./outcome.js";
@@ -70,9 +70,7 @@ export function createNomadBuildReader(options: NomadBuildReaderOptions): NomadB
     remember(metas, id, job.Meta);
     const { allocations } = await nomad.jobAllocations(id, signalOpt(signal));
     const evaluations =
-      buildAllocation(allocations) === undefined && !job.Stop
-        ? (await nomad.jobEvaluations(id, signalOpt(signal))).evaluations
-        : undefined;
+      buildAllocation(allocations) === undefined && !job.Stop ? (await nomad.jobEvaluations(id, signalOpt(signal))).evaluations : undefined;
     const build = buildOf(job, allocations, evaluations);
     // Any later change that could alter a finished build (a placement after a blocked evaluation, a stop)
     // moves the job's status and so its ModifyIndex.

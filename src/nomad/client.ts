@@ -2,7 +2,7 @@ import type { Logger } from "pino";
 import type { Dispatcher } from "undici";
 import type { z } from "zod";
 import { AppError, UpstreamError } from "../errors.js";
-import { type Method, type RetryPolicy, headerValue, openStream, request } from "../http/request.js";
+import { headerValue, type Method, openStream, type RetryPolicy, request } from "../http/request.js";
 import { untilAborted } from "../util/abort.js";
 import { chunksOf } from "../util/stream.js";
 import {
@@ -110,10 +110,7 @@ export interface NomadClient {
   dispatch(jobId: string, req: DispatchRequest, opts?: SignalOption): Promise<DispatchResult>;
   parameterized(jobId: string, opts?: SignalOption): Promise<ParameterizedSpec>;
   readJob(id: string, opts?: BlockingOptions): Promise<{ job: Job; index: number } | undefined>;
-  jobAllocations(
-    id: string,
-    opts?: BlockingOptions & { all?: boolean },
-  ): Promise<{ allocations: AllocationStub[]; index: number }>;
+  jobAllocations(id: string, opts?: BlockingOptions & { all?: boolean }): Promise<{ allocations: AllocationStub[]; index: number }>;
   allocation(allocId: string, opts?: BlockingOptions): Promise<{ allocation: Allocation; index: number } | undefined>;
   /** Job stubs by ID prefix; with `meta`, each stub carries the job's Meta (one request, no per-job reads). */
   listJobs(opts: { prefix: string; meta?: boolean; signal?: AbortSignal }): Promise<JobListStub[]>;
@@ -305,18 +302,14 @@ export function createNomadClient(opts: NomadClientOptions): NomadClient {
   }
 
   async function readSpec(jobId: string, signal: AbortSignal | undefined): Promise<ParameterizedSpec> {
-    const answer = await retried(
-      { method: "GET", path: jobPath(jobId), action: "read job", schema: Job, optional: true },
-      signal,
-    );
+    const answer = await retried({ method: "GET", path: jobPath(jobId), action: "read job", schema: Job, optional: true }, signal);
     if (!answer) {
       throw new AppError("not_found", `Nomad job "${jobId}" not found${inNamespace(opts.namespace)}`);
     }
     const job = answer.value;
     const p = job.ParameterizedJob;
     if (!p || job.Dispatched) {
-      throw new AppError("config_invalid", `Nomad job "${jobId}" is not a parameterized job; a builder must be a parameterized batch job`,
-      );
+      throw new AppError("config_invalid", `Nomad job "${jobId}" is not a parameterized job; a builder must be a parameterized batch job`);
     }
     const payload = p.Payload === "" ? "optional" : p.Payload;
     if (payload !== "optional" && payload !== "required" && payload !== "forbidden") {
@@ -346,10 +339,7 @@ export function createNomadClient(opts: NomadClientOptions): NomadClient {
     },
 
     async readJob(id, b = {}) {
-      const answer = await blocking(
-        { method: "GET", path: jobPath(id), action: "read job", schema: Job, optional: true },
-        b,
-      );
+      const answer = await blocking({ method: "GET", path: jobPath(id), action: "read job", schema: Job, optional: true }, b);
       return answer && { job: answer.value, index: answer.index };
     },
 
@@ -384,10 +374,7 @@ export function createNomadClient(opts: NomadClientOptions): NomadClient {
 
     async listJobs({ prefix, meta, signal }) {
       const query = { prefix, meta: meta === true ? "true" : undefined };
-      const answer = await retried(
-        { method: "GET", path: "/v1/jobs", action: "list jobs", schema: JobListStub.array(), query },
-        signal,
-      );
+      const answer = await retried({ method: "GET", path: "/v1/jobs", action: "list jobs", schema: JobListStub.array(), query }, signal);
       return required(answer, "list jobs").value;
     },
 
@@ -491,11 +478,11 @@ export function createNomadClient(opts: NomadClientOptions): NomadClient {
     },
 
     async leader(signal) {
-      const answer = await call(
-        { method: "GET", path: "/v1/status/leader", action: "leader", schema: Leader },
-        signal,
-        { budgetMs, retries: 0, minDelayMs: 0 },
-      );
+      const answer = await call({ method: "GET", path: "/v1/status/leader", action: "leader", schema: Leader }, signal, {
+        budgetMs,
+        retries: 0,
+        minDelayMs: 0,
+      });
       return required(answer, "leader").value;
     },
   };

@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from "node:timers/promises";
-import { UpstreamError, errorMessage } from "../errors.js";
+import { errorMessage, UpstreamError } from "../errors.js";
 import type { Logger } from "../log.js";
 import type { NomadClient } from "./client.js";
 import { EventBatch, type StreamEvent } from "./schema.js";
@@ -77,16 +77,22 @@ export async function followEvents(o: EventFollowOptions): Promise<void> {
         await o.onBatch(batch);
       }
       if (!greeted) {
-        failure = new UpstreamError("nomad", 200, "event stream closed before its first heartbeat (is the token allowed read-job in this namespace?)", {
-          action: "event stream",
-        });
+        failure = new UpstreamError(
+          "nomad",
+          200,
+          "event stream closed before its first heartbeat (is the token allowed read-job in this namespace?)",
+          {
+            action: "event stream",
+          },
+        );
       }
     } catch (err) {
       if (o.signal.aborted) return;
       failure = err;
     }
     if (o.signal.aborted) return;
-    if (failure !== undefined) o.log.warn({ err: errorMessage(failure), index: requested, retryInMs: delay }, "nomad event stream failed; reconnecting");
+    if (failure !== undefined)
+      o.log.warn({ err: errorMessage(failure), index: requested, retryInMs: delay }, "nomad event stream failed; reconnecting");
     else o.log.debug({ index: last + 1 }, "nomad event stream ended; reconnecting");
     o.onReconnect?.(failure);
     try {

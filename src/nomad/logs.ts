@@ -1,11 +1,11 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Build, LogRequest } from "../builds/backend.js";
 import { isTerminal } from "../builds/backend.js";
-import { AppError, UpstreamError, errorMessage } from "../errors.js";
+import { AppError, errorMessage, UpstreamError } from "../errors.js";
 import type { Logger } from "../log.js";
 import type { NomadClient } from "./client.js";
-import { BUILD_TASK, buildAllocation, isAllocationGone, isSetTime } from "./outcome.js";
 import { createFrameDecoder } from "./frames.js";
+import { BUILD_TASK, buildAllocation, isAllocationGone, isSetTime } from "./outcome.js";
 import type { Allocation, AllocationStub } from "./schema.js";
 
 /** What the log follower needs: the Nomad client, a way to read a build, and timings. */
@@ -61,7 +61,9 @@ function isMissingFile(err: UpstreamError): boolean {
 }
 
 function noMergedLog(id: string): AppError {
-  return new AppError("not_found", `build ${id} has no merged log (its builder does not run petrel's executor); read ?type=stdout or ?type=stderr`,
+  return new AppError(
+    "not_found",
+    `build ${id} has no merged log (its builder does not run petrel's executor); read ?type=stdout or ?type=stderr`,
   );
 }
 
@@ -281,7 +283,13 @@ export function createNomadLogs(options: NomadLogsOptions): NomadLogs {
           const offset = request.offset + delivered;
           const body =
             request.type === "all"
-              ? await nomad.streamFile(allocId, { path: MERGED_LOG_PATH, follow: following, offset, signal: streamSignal, idleTimeoutMs: o.idleTimeoutMs })
+              ? await nomad.streamFile(allocId, {
+                  path: MERGED_LOG_PATH,
+                  follow: following,
+                  offset,
+                  signal: streamSignal,
+                  idleTimeoutMs: o.idleTimeoutMs,
+                })
               : await nomad.streamLogs(allocId, {
                   task: o.task,
                   type: request.type,
@@ -321,7 +329,8 @@ export function createNomadLogs(options: NomadLogsOptions): NomadLogs {
               if (await finished(id, allocId, signal)) throw noMergedLog(id);
             } else if (err instanceof UpstreamError && err.upstreamStatus === 404) {
               if ((await explain404(id, allocId, err, signal)) === "none") return;
-            } else if (err instanceof UpstreamError && err.upstreamStatus >= 400 && err.upstreamStatus < 500 && err.upstreamStatus !== 429) throw err;
+            } else if (err instanceof UpstreamError && err.upstreamStatus >= 400 && err.upstreamStatus < 500 && err.upstreamStatus !== 429)
+              throw err;
           }
         }
         if (ending === "eof") return;
@@ -330,7 +339,10 @@ export function createNomadLogs(options: NomadLogsOptions): NomadLogs {
         if (Date.now() - failingSince > o.giveUpMs) {
           throw failure instanceof Error ? failure : new UpstreamError("nomad", 0, "log stream keeps dropping", { action: "stream logs" });
         }
-        log.debug({ build: id, alloc: allocId, delivered, err: failure === undefined ? undefined : errorMessage(failure) }, "log stream dropped; resuming");
+        log.debug(
+          { build: id, alloc: allocId, delivered, err: failure === undefined ? undefined : errorMessage(failure) },
+          "log stream dropped; resuming",
+        );
         await sleep(delay, undefined, { signal });
         delay = Math.min(delay * 2, o.retryMaxMs);
       }

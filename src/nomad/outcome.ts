@@ -1,7 +1,7 @@
 import type { Build, BuildState } from "../builds/backend.js";
 import { isTerminal } from "../builds/backend.js";
 import { buildFromMeta } from "../builds/model.js";
-import type { AllocMetric, AllocationStub, Evaluation, Job, TaskEvent, TaskState } from "./schema.js";
+import type { AllocationStub, AllocMetric, Evaluation, Job, TaskEvent, TaskState } from "./schema.js";
 
 /** The task group every builder runs (SPEC §5). */
 export const BUILD_GROUP = "runner";
@@ -142,7 +142,12 @@ function failureReason(events: readonly TaskEvent[], fallback = "the task failed
     if (!FAILURE_EVENTS.has(e.Type) && e.Details.fails_task !== "true") continue;
     if (e.Type === "Not Restarting") continue;
     const detail =
-      e.Details.driver_error || e.Details.setup_error || e.Details.validation_error || e.Details.download_error || e.DisplayMessage || e.Message;
+      e.Details.driver_error ||
+      e.Details.setup_error ||
+      e.Details.validation_error ||
+      e.Details.download_error ||
+      e.DisplayMessage ||
+      e.Message;
     return detail ? `${e.Type}: ${detail}` : e.Type;
   }
   return fallback || "the task failed";

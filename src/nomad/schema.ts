@@ -3,11 +3,26 @@ import { z } from "zod";
 // Only the fields petrel reads are listed; objects stay loose so callers can still see the rest.
 // Nomad omits zero values on some objects (contracts/nomad.md §0.1), so absent scalars default to zero.
 
-const str = z.string().nullish().transform((v) => v ?? "");
-const num = z.number().nullish().transform((v) => v ?? 0);
-const bool = z.boolean().nullish().transform((v) => v ?? false);
-const strings = z.array(z.string()).nullish().transform((v) => v ?? []);
-const stringMap = z.record(z.string(), z.string()).nullish().transform((v) => v ?? {});
+const str = z
+  .string()
+  .nullish()
+  .transform((v) => v ?? "");
+const num = z
+  .number()
+  .nullish()
+  .transform((v) => v ?? 0);
+const bool = z
+  .boolean()
+  .nullish()
+  .transform((v) => v ?? false);
+const strings = z
+  .array(z.string())
+  .nullish()
+  .transform((v) => v ?? []);
+const stringMap = z
+  .record(z.string(), z.string())
+  .nullish()
+  .transform((v) => v ?? {});
 
 /** `Job.ParameterizedJob`: what a dispatch of the job may or must carry. */
 export const ParameterizedJobConfig = z.object({
@@ -22,7 +37,10 @@ export type TaskSpec = z.infer<typeof TaskSpec>;
 
 export const TaskGroupSpec = z.looseObject({
   Name: z.string(),
-  Tasks: z.array(TaskSpec).nullish().transform((v) => v ?? []),
+  Tasks: z
+    .array(TaskSpec)
+    .nullish()
+    .transform((v) => v ?? []),
 });
 export type TaskGroupSpec = z.infer<typeof TaskGroupSpec>;
 
@@ -40,9 +58,15 @@ export const Job = z.looseObject({
   Dispatched: bool,
   DispatchIdempotencyToken: str,
   ParameterizedJob: ParameterizedJobConfig.nullish().transform((v) => v ?? null),
-  Payload: z.string().nullish().transform((v) => v ?? null),
+  Payload: z
+    .string()
+    .nullish()
+    .transform((v) => v ?? null),
   Meta: stringMap,
-  TaskGroups: z.array(TaskGroupSpec).nullish().transform((v) => v ?? []),
+  TaskGroups: z
+    .array(TaskGroupSpec)
+    .nullish()
+    .transform((v) => v ?? []),
   SubmitTime: num,
   Version: num,
   CreateIndex: num,
@@ -67,7 +91,10 @@ export const TaskGroupSummary = z.object({
 export const JobSummary = z.object({
   JobID: str,
   Namespace: str,
-  Summary: z.record(z.string(), TaskGroupSummary).nullish().transform((v) => v ?? {}),
+  Summary: z
+    .record(z.string(), TaskGroupSummary)
+    .nullish()
+    .transform((v) => v ?? {}),
   Children: ChildrenSummary.nullish().transform((v) => v ?? null),
   CreateIndex: num,
   ModifyIndex: num,
@@ -89,7 +116,10 @@ export const JobListStub = z.looseObject({
   ParameterizedJob: z.unknown().transform((v) => v !== undefined && v !== null && v !== false),
   SubmitTime: num,
   // Only with `?meta=true` (recorded in fixtures/nomad/jobs.list.meta); absent otherwise.
-  Meta: z.record(z.string(), z.string()).nullish().transform((v) => v ?? undefined),
+  Meta: z
+    .record(z.string(), z.string())
+    .nullish()
+    .transform((v) => v ?? undefined),
   JobSummary: JobSummary.nullish().transform((v) => v ?? null),
   CreateIndex: num,
   ModifyIndex: num,
@@ -111,9 +141,18 @@ export const TaskState = z.looseObject({
   State: str,
   Failed: bool,
   Restarts: num,
-  StartedAt: z.string().nullish().transform((v) => v ?? null),
-  FinishedAt: z.string().nullish().transform((v) => v ?? null),
-  Events: z.array(TaskEvent).nullish().transform((v) => v ?? []),
+  StartedAt: z
+    .string()
+    .nullish()
+    .transform((v) => v ?? null),
+  FinishedAt: z
+    .string()
+    .nullish()
+    .transform((v) => v ?? null),
+  Events: z
+    .array(TaskEvent)
+    .nullish()
+    .transform((v) => v ?? []),
 });
 export type TaskState = z.infer<typeof TaskState>;
 
@@ -130,7 +169,10 @@ const allocationFields = {
   DesiredDescription: str,
   ClientStatus: str,
   ClientDescription: str,
-  TaskStates: z.record(z.string(), TaskState).nullish().transform((v) => v ?? {}),
+  TaskStates: z
+    .record(z.string(), TaskState)
+    .nullish()
+    .transform((v) => v ?? {}),
   FollowupEvalID: str,
   NextAllocation: str,
   CreateIndex: num,
@@ -155,9 +197,18 @@ export const AllocMetric = z.looseObject({
   NodesEvaluated: num,
   NodesFiltered: num,
   NodesExhausted: num,
-  ConstraintFiltered: z.record(z.string(), z.number()).nullish().transform((v) => v ?? {}),
-  DimensionExhausted: z.record(z.string(), z.number()).nullish().transform((v) => v ?? {}),
-  ClassFiltered: z.record(z.string(), z.number()).nullish().transform((v) => v ?? {}),
+  ConstraintFiltered: z
+    .record(z.string(), z.number())
+    .nullish()
+    .transform((v) => v ?? {}),
+  DimensionExhausted: z
+    .record(z.string(), z.number())
+    .nullish()
+    .transform((v) => v ?? {}),
+  ClassFiltered: z
+    .record(z.string(), z.number())
+    .nullish()
+    .transform((v) => v ?? {}),
 });
 export type AllocMetric = z.infer<typeof AllocMetric>;
 
@@ -169,7 +220,10 @@ export const Evaluation = z.looseObject({
   StatusDescription: str,
   TriggeredBy: str,
   BlockedEval: str,
-  FailedTGAllocs: z.record(z.string(), AllocMetric).nullish().transform((v) => v ?? {}),
+  FailedTGAllocs: z
+    .record(z.string(), AllocMetric)
+    .nullish()
+    .transform((v) => v ?? {}),
   CreateIndex: num,
   ModifyIndex: num,
   CreateTime: num,
@@ -188,14 +242,20 @@ export const StreamEvent = z.looseObject({
   Namespace: str,
   FilterKeys: strings,
   Index: num,
-  Payload: z.record(z.string(), z.unknown()).nullish().transform((v) => v ?? {}),
+  Payload: z
+    .record(z.string(), z.unknown())
+    .nullish()
+    .transform((v) => v ?? {}),
 });
 export type StreamEvent = z.infer<typeof StreamEvent>;
 
 /** One NDJSON line of the event stream: `{}` (a heartbeat) or a batch of one Raft index. */
 export const EventBatch = z.looseObject({
   Index: z.number().optional(),
-  Events: z.array(StreamEvent).nullish().transform((v) => v ?? []),
+  Events: z
+    .array(StreamEvent)
+    .nullish()
+    .transform((v) => v ?? []),
 });
 export type EventBatch = z.infer<typeof EventBatch>;
 

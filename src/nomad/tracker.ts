@@ -6,7 +6,7 @@ import { errorMessage } from "../errors.js";
 import type { Logger } from "../log.js";
 import { createNomadBuildReader } from "./builds.js";
 import type { NomadClient } from "./client.js";
-import { followEvents, type EventStreamBatch } from "./events.js";
+import { type EventStreamBatch, followEvents } from "./events.js";
 
 /** What the tracker reports to Prometheus; prom-client counters and gauges fit. */
 export interface TrackerMetrics {
@@ -136,7 +136,9 @@ export function createNomadTracker(options: NomadTrackerOptions): NomadTracker {
         .filter((j) => j.ParentID === builder && isBuildOf(j.ID, new Set([builder])) && j.SubmitTime >= since)
         .sort((a, b) => b.SubmitTime - a.SubmitTime)
         .slice(0, reconcileLimit)
-        .forEach((j) => ids.add(j.ID));
+        .forEach((j) => {
+          ids.add(j.ID);
+        });
     });
     for (const [id, state] of reported) if (!isTerminal(state)) ids.add(id);
     await Promise.all([...ids].map((id) => refresh(id, signal)));

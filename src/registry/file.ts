@@ -1,14 +1,14 @@
 import { randomBytes } from "node:crypto";
-import { watch } from "node:fs";
 import type { FSWatcher } from "node:fs";
+import { watch } from "node:fs";
 import { mkdir, open, readFile, rename, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import yaml from "js-yaml";
 import type { Logger } from "pino";
 import { z } from "zod";
 import { AppError, errorMessage } from "../errors.js";
-import { RepoConfig, RepoSecrets, buildersOf, describeIssues, flavorsOf, isRepoKey, splitSecrets } from "./schema.js";
 import type { Registry, RegistryHealth, RepoEntry, RepoKey } from "./schema.js";
+import { buildersOf, describeIssues, flavorsOf, isRepoKey, RepoConfig, RepoSecrets, splitSecrets } from "./schema.js";
 
 export interface FileRegistryOptions {
   /** PETREL_CONFIG, default `./petrel.yaml`. */
@@ -54,7 +54,8 @@ function loadDocument(path: string, text: string): Record<string, unknown> {
   if (doc === undefined || doc === null) return {};
   if (typeof doc !== "object" || Array.isArray(doc)) throw invalid(path, "expected a mapping with a `repos:` key");
   const unknown = Object.keys(doc).filter((k) => k !== "repos");
-  if (unknown.length > 0) throw invalid(path, `unknown top-level key ${unknown.map((k) => JSON.stringify(k)).join(", ")} (expected \`repos:\`)`);
+  if (unknown.length > 0)
+    throw invalid(path, `unknown top-level key ${unknown.map((k) => JSON.stringify(k)).join(", ")} (expected \`repos:\`)`);
   const repos = (doc as { repos?: unknown }).repos;
   if (repos !== undefined && repos !== null && (typeof repos !== "object" || Array.isArray(repos))) {
     throw invalid(path, "`repos:` must map <host>/<owner>/<name> to an entry");
@@ -121,7 +122,9 @@ export async function createFileRegistry(opts: FileRegistryOptions): Promise<Reg
   let entries = lastText === undefined ? new Map<RepoKey, RepoEntry>() : parseRegistryFile(opts.path, lastText, opts.defaultBuilder);
   let error: { message: string; since: number } | undefined;
   if (lastText === undefined) {
-    log.info(`no repositories: ${opts.path} does not exist; add one with \`petrel repo add\` or write it (repos: <host>/<owner>/<name>: {hook: {secret: ...}})`);
+    log.info(
+      `no repositories: ${opts.path} does not exist; add one with \`petrel repo add\` or write it (repos: <host>/<owner>/<name>: {hook: {secret: ...}})`,
+    );
   } else {
     log.info({ repositories: entries.size }, "registry loaded from file");
   }
@@ -235,17 +238,13 @@ function dump(doc: Record<string, unknown>): string {
  * `secrets` the entry keeps the secrets it had. Validates first; the file is replaced atomically with mode
  * 0600 because it holds secrets. Comments in the file are not preserved.
  */
-export async function writeRepo(
-  path: string,
-  key: RepoKey,
-  config: z.input<typeof RepoConfig>,
-  secrets?: RepoSecrets,
-): Promise<void> {
+export async function writeRepo(path: string, key: RepoKey, config: z.input<typeof RepoConfig>, secrets?: RepoSecrets): Promise<void> {
   if (!isRepoKey(key)) throw invalid(path, `repos.${JSON.stringify(key)}: key must be <host>/<owner>/<name>`, "entry_invalid");
   const checked = RepoConfig.safeParse(config);
   if (!checked.success) throw invalid(path, `repos.${JSON.stringify(key)}: ${describeIssues(checked.error)}`, "entry_invalid");
   const checkedSecrets = RepoWithSecrets.safeParse({ secrets });
-  if (!checkedSecrets.success) throw invalid(path, `repos.${JSON.stringify(key)}: ${describeIssues(checkedSecrets.error)}`, "entry_invalid");
+  if (!checkedSecrets.success)
+    throw invalid(path, `repos.${JSON.stringify(key)}: ${describeIssues(checkedSecrets.error)}`, "entry_invalid");
   const doc = await loadForEdit(path);
   const repos = { ...((doc.repos ?? {}) as Record<string, unknown>) };
   const previous = repos[key] as { secrets?: unknown } | undefined;

@@ -16,7 +16,11 @@ export function repoKeyFromUrl(htmlUrl: string): RepoKey | undefined {
     return undefined;
   }
   const host = url.host.toLowerCase();
-  const parts = url.pathname.replace(/\.git$/, "").split("/").filter(Boolean).map((p) => p.toLowerCase());
+  const parts = url.pathname
+    .replace(/\.git$/, "")
+    .split("/")
+    .filter(Boolean)
+    .map((p) => p.toLowerCase());
   if (parts.length < 2) return undefined;
   // Gitea may live under a sub-path (https://example.test/git/acme/widgets): owner and name are the last two.
   const [owner, name] = parts.slice(-2) as [string, string];
@@ -39,7 +43,8 @@ export function isCloneUrl(url: string): boolean {
   if (url.startsWith("-") || /[\x00-\x1f\x7f]/.test(url)) return false;
   if (url.startsWith("/")) return true;
   const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(url);
-  if (scheme !== null) return ["https", "http", "ssh", "git", "file"].includes((scheme[1] ?? "").toLowerCase()) && url.length > scheme[0].length;
+  if (scheme !== null)
+    return ["https", "http", "ssh", "git", "file"].includes((scheme[1] ?? "").toLowerCase()) && url.length > scheme[0].length;
   // scp-like `user@host:path`; `<transport>::<address>` (ext::, fd::) runs commands and is never a clone URL.
   return /^(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+:(?!:)\S+$/.test(url);
 }
@@ -62,9 +67,7 @@ export const RepoConfig = z.object({
   hook: HookAuth,
   gitea: z.object({ url: z.url(), token: z.string().min(1) }).optional(),
   trusted: z.object({ senders: z.array(z.string().min(1)).default([]) }).default({ senders: [] }),
-  flavors: z
-    .record(z.string().regex(FLAVOR, "flavor names are letters, digits, '.', '_' and '-'"), Flavor)
-    .optional(),
+  flavors: z.record(z.string().regex(FLAVOR, "flavor names are letters, digits, '.', '_' and '-'"), Flavor).optional(),
   caches: z
     .record(z.string().regex(/^[A-Za-z0-9._-]+$/, "cache names are letters, digits, '.', '_' and '-'"), z.string().min(1))
     .default({}),
@@ -75,10 +78,7 @@ export const RepoConfig = z.object({
    */
   private: z.boolean().optional(),
   /** Set by the operator, so it may be a `file://` URL or a local path; every build of the repository clones it. */
-  clone_url: z
-    .string()
-    .refine(isCloneUrl, "must be an https, http, ssh, git or file URL, user@host:path, or an absolute path")
-    .optional(),
+  clone_url: z.string().refine(isCloneUrl, "must be an https, http, ssh, git or file URL, user@host:path, or an absolute path").optional(),
 });
 export type RepoConfig = z.infer<typeof RepoConfig>;
 
@@ -115,9 +115,7 @@ export function buildersOf(entries: Iterable<RepoEntry>, defaultBuilder: string)
 
 /** Formats a zod error as `field: problem; field: problem`, for messages that name the key and the field. */
 export function describeIssues(error: z.ZodError): string {
-  return error.issues
-    .map((i) => `${i.path.length ? i.path.join(".") : "(root)"}: ${i.message}`)
-    .join("; ");
+  return error.issues.map((i) => `${i.path.length ? i.path.join(".") : "(root)"}: ${i.message}`).join("; ");
 }
 
 /** Where a registry stands: where it reads from and how old its view is. */

@@ -1,23 +1,23 @@
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { promisify } from "node:util";
-import { Hono } from "hono";
 import type { Context } from "hono";
+import { Hono } from "hono";
 import { streamSSE } from "hono/streaming";
 import { z } from "zod";
-import type { AppDeps } from "./deps.js";
 import { isAdmin } from "../auth.js";
-import { BUILD_STATES, isTerminal } from "../builds/backend.js";
 import type { Build, BuildCursor, BuildFilter, BuildState, BuildSummary, LogType } from "../builds/backend.js";
-import { isBuildOf } from "../contract/dispatch.js";
-import { cloneUrlOf, isEntryCloneUrl, metaForBuilder, planManual } from "../builds/plan.js";
+import { BUILD_STATES, isTerminal } from "../builds/backend.js";
 import type { BuildPlan, Plan, PlanEvent } from "../builds/plan.js";
+import { cloneUrlOf, isEntryCloneUrl, metaForBuilder, planManual } from "../builds/plan.js";
 import { entryOfBuild } from "../builds/statuses.js";
+import { isBuildOf } from "../contract/dispatch.js";
 import { AppError } from "../errors.js";
 import { isRefName } from "../gitea/binding.js";
 import { checkCommitOnRef } from "../gitea/commit-check.js";
-import { isRepoKey } from "../registry/schema.js";
 import type { RepoEntry } from "../registry/schema.js";
+import { isRepoKey } from "../registry/schema.js";
+import type { AppDeps } from "./deps.js";
 import { buildLinks } from "./hook.js";
 
 const execFileAsync = promisify(execFile);
@@ -34,7 +34,10 @@ const COMMIT_CHECK_TIMEOUT_MS = 60_000;
 const TriggerBody = z.strictObject({
   repo: z.string().min(1),
   ref: z.string().min(1),
-  commit: z.string().regex(/^[0-9a-fA-F]{7,64}$/).optional(),
+  commit: z
+    .string()
+    .regex(/^[0-9a-fA-F]{7,64}$/)
+    .optional(),
   flavor: z.string().min(1).optional(),
 });
 const PLAN_EVENTS: ReadonlySet<string> = new Set(["push", "tag", "pull_request", "manual"]);
@@ -59,7 +62,6 @@ function parseCursor(raw: string): BuildCursor {
 export function createBuildsRoute(deps: AppDeps): Hono {
   const app = new Hono();
   const { reader } = deps;
-
 
   const admin = (c: Context) => isAdmin(c.req.header("authorization"), deps.adminToken);
 
@@ -131,7 +133,11 @@ export function createBuildsRoute(deps: AppDeps): Hono {
     const [, owner = "", name = ""] = entry.key.split("/");
     // Only a URL of the entry's own forge: build meta is whatever was dispatched, and this build gets the secrets.
     const page = await reader.listBuilds(
-      { repo: `${owner}/${name}`, limit: 1, visible: async (b) => (await entryOfBuild(deps.registry, b))?.key === entry.key && isEntryCloneUrl(entry, b.repoUrl) },
+      {
+        repo: `${owner}/${name}`,
+        limit: 1,
+        visible: async (b) => (await entryOfBuild(deps.registry, b))?.key === entry.key && isEntryCloneUrl(entry, b.repoUrl),
+      },
       signal,
     );
     return page.builds[0]?.repoUrl ?? cloneUrlOf(entry);
@@ -160,8 +166,12 @@ export function createBuildsRoute(deps: AppDeps): Hono {
       body = TriggerBody.parse(await c.req.json());
     } catch (err) {
       // Neither bad JSON nor a bad field: reading the body failed, because the client hung up or timed out.
-      if (!(err instanceof z.ZodError) && !(err instanceof SyntaxError)) throw new AppError("aborted", "the client closed the connection before the whole body arrived", { cause: err });
-      throw new AppError("bad_request", `body must be {"repo", "ref", "commit"?, "flavor"?}: ${err instanceof z.ZodError ? err.issues.map((i) => (i.path.length ? `${i.path.join(".")}: ${i.message}` : i.message)).join("; ") : "not JSON"}`);
+      if (!(err instanceof z.ZodError) && !(err instanceof SyntaxError))
+        throw new AppError("aborted", "the client closed the connection before the whole body arrived", { cause: err });
+      throw new AppError(
+        "bad_request",
+        `body must be {"repo", "ref", "commit"?, "flavor"?}: ${err instanceof z.ZodError ? err.issues.map((i) => (i.path.length ? `${i.path.join(".")}: ${i.message}` : i.message)).join("; ") : "not JSON"}`,
+      );
     }
     const entry = await findEntry(deps.registry, body.repo);
     const fullRef = body.ref.startsWith("refs/") ? body.ref : `refs/heads/${body.ref}`;
@@ -206,9 +216,15 @@ export function createBuildsRoute(deps: AppDeps): Hono {
     const id = decodePath(rest.slice(0, -"/rerun".length));
     const original = await ourBuild(c, id);
     const entry = await entryOfBuild(deps.registry, original);
-    if (entry === undefined) throw new AppError("not_registered", `the repository of build ${id} (${original.repo}) is no longer registered with petrel`);
-    const ref = original.pr ? `refs/pull/${original.pr}/head` : original.tag !== undefined || original.event === "tag" ? `refs/tags/${original.tag ?? original.ref}` : `refs/heads/${original.ref}`;
-    if (!isRefName(ref)) throw new AppError("bad_request", `build ${id} has no ref petrel can build again (${JSON.stringify(ref.slice(0, 200))})`);
+    if (entry === undefined)
+      throw new AppError("not_registered", `the repository of build ${id} (${original.repo}) is no longer registered with petrel`);
+    const ref = original.pr
+      ? `refs/pull/${original.pr}/head`
+      : original.tag !== undefined || original.event === "tag"
+        ? `refs/tags/${original.tag ?? original.ref}`
+        : `refs/heads/${original.ref}`;
+    if (!isRefName(ref))
+      throw new AppError("bad_request", `build ${id} has no ref petrel can build again (${JSON.stringify(ref.slice(0, 200))})`);
     const cloneUrl = entry.config.clone_url ?? original.repoUrl;
     let untrusted: string | undefined;
     if (!original.trusted) untrusted = "the original build was not trusted";
@@ -228,11 +244,26 @@ export function createBuildsRoute(deps: AppDeps): Hono {
         nonce: randomBytes(8).toString("hex"),
         repoUrl: cloneUrl,
         ...(entry.config.private === undefined ? {} : { private: entry.config.private }),
-        rerun: { event: PLAN_EVENTS.has(original.event) ? (original.event as PlanEvent) : "manual", branch: original.ref, trusted: untrusted === undefined },
+        rerun: {
+          event: PLAN_EVENTS.has(original.event) ? (original.event as PlanEvent) : "manual",
+          branch: original.ref,
+          trusted: untrusted === undefined,
+        },
       }),
     );
-    deps.log.info({ build: plan.id, rerunOf: id, repo: entry.key, ref: plan.ref, commit: plan.commit, trusted: plan.trusted }, "build re-run dispatched");
-    return c.json({ ...buildLinks(deps.publicUrl, plan.id), rerun_of: id, trusted: plan.trusted, ...(untrusted === undefined ? {} : { untrusted_because: untrusted }) }, 201);
+    deps.log.info(
+      { build: plan.id, rerunOf: id, repo: entry.key, ref: plan.ref, commit: plan.commit, trusted: plan.trusted },
+      "build re-run dispatched",
+    );
+    return c.json(
+      {
+        ...buildLinks(deps.publicUrl, plan.id),
+        rerun_of: id,
+        trusted: plan.trusted,
+        ...(untrusted === undefined ? {} : { untrusted_because: untrusted }),
+      },
+      201,
+    );
   });
 
   const commitCheck = (c: Context, entry: RepoEntry, url: string, ref: string, commit: string) =>
@@ -263,7 +294,10 @@ export function createBuildsRoute(deps: AppDeps): Hono {
       requireAdmin(c);
       const build = await ourBuild(c, id);
       if (isTerminal(build.state)) {
-        throw new AppError("already_finished", `build ${id} had already ended: ${build.state}${build.reason ? ` (${build.reason})` : ""}; nothing to cancel`);
+        throw new AppError(
+          "already_finished",
+          `build ${id} had already ended: ${build.state}${build.reason ? ` (${build.reason})` : ""}; nothing to cancel`,
+        );
       }
       await reader.cancel(id, c.req.raw.signal);
       const after = (await reader.getBuild(id, c.req.raw.signal)) ?? build;
@@ -291,7 +325,10 @@ export function createBuildsRoute(deps: AppDeps): Hono {
   function breakOff(c: Context, controller: ReadableStreamDefaultController<Uint8Array>, id: string): void {
     deps.log.info({ build: id }, "log stream cut off: petrel is shutting down");
     const outgoing = (c.env as { outgoing?: { destroy(): void } } | undefined)?.outgoing;
-    if (outgoing === undefined) return controller.error(new Error("petrel is shutting down"));
+    if (outgoing === undefined) {
+      controller.error(new Error("petrel is shutting down"));
+      return;
+    }
     outgoing.destroy();
     controller.close();
   }
@@ -409,7 +446,10 @@ export function createBuildsRoute(deps: AppDeps): Hono {
         if (!abort.signal.aborted) void stream.write(": heartbeat\n\n").catch(() => undefined);
       }, SSE_HEARTBEAT_MS);
       const poll = setInterval(() => {
-        void reader.getBuild(build.id, abort.signal).then((b) => b && sendState(b), () => undefined);
+        void reader.getBuild(build.id, abort.signal).then(
+          (b) => b && sendState(b),
+          () => undefined,
+        );
       }, SSE_STATE_POLL_MS);
       try {
         for await (const chunk of reader.logs(build.id, { type, follow: true, offset, signal: abort.signal })) {
@@ -468,7 +508,10 @@ function decodePath(raw: string): string {
 }
 
 async function findEntry(registry: AppDeps["registry"], repo: string): Promise<RepoEntry> {
-  const wanted = repo.toLowerCase().replace(/^https?:\/\//, "").replace(/\.git$/, "");
+  const wanted = repo
+    .toLowerCase()
+    .replace(/^https?:\/\//, "")
+    .replace(/\.git$/, "");
   if (isRepoKey(wanted)) {
     const entry = await registry.get(wanted);
     if (entry !== undefined) return entry;
@@ -476,7 +519,13 @@ async function findEntry(registry: AppDeps["registry"], repo: string): Promise<R
   const matches = (await registry.list()).filter((e) => e.key === wanted || e.key.endsWith(`/${wanted}`));
   if (matches.length === 1 && matches[0] !== undefined) return matches[0];
   if (matches.length > 1) {
-    throw new AppError("bad_request", `${repo} matches ${matches.length} repositories (${matches.map((e) => e.key).sort().join(", ")}); give <host>/<owner>/<name>`);
+    throw new AppError(
+      "bad_request",
+      `${repo} matches ${matches.length} repositories (${matches
+        .map((e) => e.key)
+        .sort()
+        .join(", ")}); give <host>/<owner>/<name>`,
+    );
   }
   throw new AppError("not_registered", `repository ${repo} is not registered with petrel`);
 }

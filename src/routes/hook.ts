@@ -1,12 +1,12 @@
 import type { IncomingMessage } from "node:http";
-import { Hono } from "hono";
 import type { Context } from "hono";
-import type { AppDeps } from "./deps.js";
-import { AppError, UpstreamError } from "../errors.js";
+import { Hono } from "hono";
 import { metaForBuilder, planBuild } from "../builds/plan.js";
+import { AppError, UpstreamError } from "../errors.js";
 import { parseDelivery } from "../gitea/events.js";
 import { extractPayload, verifyHook } from "../gitea/signature.js";
 import { repoKeyFromUrl } from "../registry/schema.js";
+import type { AppDeps } from "./deps.js";
 
 /** Gitea's largest default payload is far below this; anything bigger is not a webhook. */
 export const MAX_HOOK_BODY = 1024 * 1024;
@@ -23,110 +23,107 @@ export function buildLinks(publicUrl: string, id: string): { build: string; stat
  */
 export function createHookRoute(deps: AppDeps): Hono {
   const app = new Hono();
-  app.post(
-    "/hook",
-    async (c) => {
-      const delivery = c.req.header("x-gitea-delivery") ?? c.req.header("x-forgejo-delivery") ?? c.req.header("x-github-delivery");
-      let log = deps.log.child(delivery === undefined ? {} : { delivery });
-      const outcome = (label: string) => deps.metrics.deliveries.inc({ outcome: label });
+  app.post("/hook", async (c) => {
+    const delivery = c.req.header("x-gitea-delivery") ?? c.req.header("x-forgejo-delivery") ?? c.req.header("x-github-delivery");
+    let log = deps.log.child(delivery === undefined ? {} : { delivery });
+    const outcome = (label: string) => deps.metrics.deliveries.inc({ outcome: label });
+    try {
+      const body = await readBody(c, MAX_HOOK_BODY);
+      const extracted = extractPayload(c.req.header("content-type"), body);
+      if ("error" in extracted) {
+        throw new AppError(extracted.error, extracted.message);
+      }
+      let json: unknown;
       try {
-        const body = await readBody(c, MAX_HOOK_BODY);
-        const extracted = extractPayload(c.req.header("content-type"), body);
-        if ("error" in extracted) {
-          throw new AppError(extracted.error, extracted.message);
-        }
-        let json: unknown;
-        try {
-          json = JSON.parse(extracted.json);
-        } catch (err) {
-          throw new AppError("malformed_body", `webhook body is not valid JSON: ${(err as Error).message}`);
-        }
-        const htmlUrl = repositoryUrl(json);
-        if (htmlUrl === undefined) {
-          throw new AppError("malformed_body", "webhook body names no repository (repository.html_url is missing)");
-        }
-        const key = repoKeyFromUrl(htmlUrl);
-        if (key === undefined) {
-          throw new AppError("malformed_body", `repository.html_url ${JSON.stringify(htmlUrl.slice(0, 200))} is not a repository URL`);
-        }
-        log = log.child({ repo: key });
-
-        const entry = await deps.registry.get(key);
-        if (entry === undefined) {
-          throw new AppError("not_registered", `repository ${key} is not registered with petrel`);
-        }
-
-        const verdict = verifyHook({
-          body: extracted.signed,
-          header: (name) => c.req.header(name),
-          queryToken: c.req.query("token"),
-          auth: entry.config.hook,
-        });
-        if (!verdict.ok) throw new AppError("unauthorized", `webhook authentication failed: ${verdict.reason}`);
-
-        const parsed = parseDelivery((name) => c.req.header(name), json);
-        if (parsed.kind === "malformed") throw new AppError("malformed_body", parsed.message);
-
-        const plan = planBuild({
-          delivery: parsed,
-          entry,
-          flavor: c.req.query("flavor") ?? "default",
-          defaultBuilder: deps.defaultBuilder,
-        });
-        if (plan.kind === "skip") {
-          log.info({ reason: plan.reason }, "delivery skipped");
-          outcome("skipped");
-          return c.json({ status: "skipped", reason: plan.reason }, 200);
-        }
-        if (plan.kind === "reject") throw new AppError(plan.code, plan.message);
-
-        const started = performance.now();
-        let result;
-        try {
-          // No abort on client disconnect: once authenticated, a dispatch runs to its end (or its retry
-          // budget), so a delivery Gitea gave up on is still either dispatched or not, never half-done.
-          const params = await deps.backend.parameterized(plan.builder);
-          result = await deps.backend.dispatch({
-            builder: plan.builder,
-            meta: metaForBuilder(plan.meta, params),
-            ...(plan.payload === undefined ? {} : { payload: plan.payload }),
-            idempotencyToken: plan.idempotencyToken,
-          });
-          deps.metrics.dispatchSeconds.observe({ result: "ok" }, (performance.now() - started) / 1000);
-        } catch (err) {
-          deps.metrics.dispatchSeconds.observe({ result: "error" }, (performance.now() - started) / 1000);
-          throw err;
-        }
-        log = log.child({ build: result.id });
-        const links = buildLinks(deps.publicUrl, result.id);
-        if (result.duplicate) {
-          log.info({ commit: plan.commit, ref: plan.ref }, "duplicate delivery; build already dispatched");
-          outcome("duplicate");
-          return c.json(links, 200);
-        }
-        log.info({ commit: plan.commit, ref: plan.ref, event: plan.event, trusted: plan.trusted }, "build dispatched");
-        outcome("dispatched");
-        const gitea = entry.config.gitea;
-        if (gitea !== undefined) {
-          deps.reporter.report({
-            baseUrl: gitea.url,
-            token: gitea.token,
-            fullName: plan.repo,
-            sha: plan.commit,
-            state: "pending",
-            context: `petrel/${plan.flavor}`,
-            description: "build dispatched",
-            targetUrl: links.status,
-          });
-        }
-        return c.json(links, 201);
+        json = JSON.parse(extracted.json);
       } catch (err) {
-        outcome(err instanceof AppError ? err.code : "internal");
-        if (err instanceof UpstreamError) log.warn({ service: err.service, status: err.upstreamStatus, err: err.message }, "upstream failed");
+        throw new AppError("malformed_body", `webhook body is not valid JSON: ${(err as Error).message}`);
+      }
+      const htmlUrl = repositoryUrl(json);
+      if (htmlUrl === undefined) {
+        throw new AppError("malformed_body", "webhook body names no repository (repository.html_url is missing)");
+      }
+      const key = repoKeyFromUrl(htmlUrl);
+      if (key === undefined) {
+        throw new AppError("malformed_body", `repository.html_url ${JSON.stringify(htmlUrl.slice(0, 200))} is not a repository URL`);
+      }
+      log = log.child({ repo: key });
+
+      const entry = await deps.registry.get(key);
+      if (entry === undefined) {
+        throw new AppError("not_registered", `repository ${key} is not registered with petrel`);
+      }
+
+      const verdict = verifyHook({
+        body: extracted.signed,
+        header: (name) => c.req.header(name),
+        queryToken: c.req.query("token"),
+        auth: entry.config.hook,
+      });
+      if (!verdict.ok) throw new AppError("unauthorized", `webhook authentication failed: ${verdict.reason}`);
+
+      const parsed = parseDelivery((name) => c.req.header(name), json);
+      if (parsed.kind === "malformed") throw new AppError("malformed_body", parsed.message);
+
+      const plan = planBuild({
+        delivery: parsed,
+        entry,
+        flavor: c.req.query("flavor") ?? "default",
+        defaultBuilder: deps.defaultBuilder,
+      });
+      if (plan.kind === "skip") {
+        log.info({ reason: plan.reason }, "delivery skipped");
+        outcome("skipped");
+        return c.json({ status: "skipped", reason: plan.reason }, 200);
+      }
+      if (plan.kind === "reject") throw new AppError(plan.code, plan.message);
+
+      const started = performance.now();
+      let result: Awaited<ReturnType<typeof deps.backend.dispatch>>;
+      try {
+        // No abort on client disconnect: once authenticated, a dispatch runs to its end (or its retry
+        // budget), so a delivery Gitea gave up on is still either dispatched or not, never half-done.
+        const params = await deps.backend.parameterized(plan.builder);
+        result = await deps.backend.dispatch({
+          builder: plan.builder,
+          meta: metaForBuilder(plan.meta, params),
+          ...(plan.payload === undefined ? {} : { payload: plan.payload }),
+          idempotencyToken: plan.idempotencyToken,
+        });
+        deps.metrics.dispatchSeconds.observe({ result: "ok" }, (performance.now() - started) / 1000);
+      } catch (err) {
+        deps.metrics.dispatchSeconds.observe({ result: "error" }, (performance.now() - started) / 1000);
         throw err;
       }
-    },
-  );
+      log = log.child({ build: result.id });
+      const links = buildLinks(deps.publicUrl, result.id);
+      if (result.duplicate) {
+        log.info({ commit: plan.commit, ref: plan.ref }, "duplicate delivery; build already dispatched");
+        outcome("duplicate");
+        return c.json(links, 200);
+      }
+      log.info({ commit: plan.commit, ref: plan.ref, event: plan.event, trusted: plan.trusted }, "build dispatched");
+      outcome("dispatched");
+      const gitea = entry.config.gitea;
+      if (gitea !== undefined) {
+        deps.reporter.report({
+          baseUrl: gitea.url,
+          token: gitea.token,
+          fullName: plan.repo,
+          sha: plan.commit,
+          state: "pending",
+          context: `petrel/${plan.flavor}`,
+          description: "build dispatched",
+          targetUrl: links.status,
+        });
+      }
+      return c.json(links, 201);
+    } catch (err) {
+      outcome(err instanceof AppError ? err.code : "internal");
+      if (err instanceof UpstreamError) log.warn({ service: err.service, status: err.upstreamStatus, err: err.message }, "upstream failed");
+      throw err;
+    }
+  });
   return app;
 }
 

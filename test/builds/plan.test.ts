@@ -1,8 +1,8 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { checkBuildMeta, type BuildMeta } from "../../src/contract/dispatch.js";
-import { isEntryCloneUrl, metaForBuilder, planBuild, planManual, type BuildPlan, type Plan } from "../../src/builds/plan.js";
-import { parseDelivery, type Delivery } from "../../src/gitea/events.js";
+import { type BuildPlan, isEntryCloneUrl, metaForBuilder, type Plan, planBuild, planManual } from "../../src/builds/plan.js";
+import { type BuildMeta, checkBuildMeta } from "../../src/contract/dispatch.js";
+import { type Delivery, parseDelivery } from "../../src/gitea/events.js";
 import { RepoConfig, type RepoEntry } from "../../src/registry/schema.js";
 import { fixtureJson, headerReader } from "../gitea/fixtures.js";
 
@@ -197,13 +197,7 @@ describe("planBuild: what builds", () => {
 describe("planBuild: what is skipped", () => {
   const skips: Array<[string, string, string, RegExp, ((j: Record<string, any>) => void)?]> = [
     ["a tag deletion (all-zero after)", "push.tag-deleted.json", "push", /deleted: refs\/tags\/v1\.1\.0/],
-    [
-      "a deletion in a SHA-256 repository (64 zeros)",
-      "push.tag-deleted.json",
-      "push",
-      /deleted/,
-      (j) => (j.after = "0".repeat(64)),
-    ],
+    ["a deletion in a SHA-256 repository (64 zeros)", "push.tag-deleted.json", "push", /deleted/, (j) => (j.after = "0".repeat(64))],
     ["a branch deletion (delete event)", "delete.branch.json", "delete", /event "delete"/],
     ["a create event", "create.tag.json", "create", /event "create"/],
     ["a merged pull request", "pull_request.closed.merged.json", "pull_request", /#18 closed \(merged\)/],
@@ -215,13 +209,7 @@ describe("planBuild: what is skipped", () => {
       (j) => (j.pull_request.merged = false),
     ],
     ["a label change", "pull_request.label_updated.json", "pull_request", /"label_updated"/],
-    [
-      "an edit",
-      "pull_request.opened.same-repo.json",
-      "pull_request",
-      /"edited"/,
-      (j) => (j.action = "edited"),
-    ],
+    ["an edit", "pull_request.opened.same-repo.json", "pull_request", /"edited"/, (j) => (j.action = "edited")],
     ["a push to a ref that is neither branch nor tag", "push.json", "push", /refs\/notes\/commits/, (j) => (j.ref = "refs/notes/commits")],
   ];
 
@@ -328,8 +316,7 @@ describe("planBuild properties", () => {
           expect(p.payload !== undefined).toBe(p.trusted);
           expect(p.meta.TRUSTED).toBe(String(p.trusted));
           const fork =
-            d.kind === "pull_request" &&
-            d.payload.pull_request.head.repo?.full_name !== d.payload.pull_request.base.repo.full_name;
+            d.kind === "pull_request" && d.payload.pull_request.head.repo?.full_name !== d.payload.pull_request.base.repo.full_name;
           if (fork) expect(p.trusted).toBe(false);
           if (p.trusted) expect(senders.map((s) => s.toLowerCase())).toContain(sender.toLowerCase());
         },
@@ -423,7 +410,9 @@ describe("planManual", () => {
   });
 
   it("re-runs keep the original's event and head branch, and are trusted only when the caller says so", () => {
-    const pr = built(planManual({ ...base, ref: "refs/pull/17/head", rerun: { event: "pull_request", branch: "fix/readme", trusted: false } }));
+    const pr = built(
+      planManual({ ...base, ref: "refs/pull/17/head", rerun: { event: "pull_request", branch: "fix/readme", trusted: false } }),
+    );
     expect(pr.meta).toMatchObject({ EVENT: "pull_request", BRANCH: "fix/readme", PR: "17", TRUSTED: "false" });
     expect(pr).not.toHaveProperty("payload");
     const push = built(planManual({ ...base, rerun: { event: "push", branch: "main", trusted: false } }));
@@ -438,7 +427,12 @@ describe("planManual", () => {
     expect(isEntryCloneUrl(entry, "https://git.example.test/acme/widgets.git")).toBe(true);
     expect(isEntryCloneUrl(entry, "ssh://git@forge.example.test:2222/acme/widgets.git")).toBe(true);
     expect(isEntryCloneUrl(entry, "git@forge.example.test:acme/widgets.git")).toBe(true);
-    for (const url of ["https://evil.example.test/acme/widgets.git", "file:///srv/git/widgets.git", "/srv/git/widgets.git", "ext::sh -c x"]) {
+    for (const url of [
+      "https://evil.example.test/acme/widgets.git",
+      "file:///srv/git/widgets.git",
+      "/srv/git/widgets.git",
+      "ext::sh -c x",
+    ]) {
       expect(isEntryCloneUrl(entry, url)).toBe(false);
     }
     expect(isEntryCloneUrl(entryWith({ clone_url: "file:///srv/git/widgets.git" }), "file:///srv/git/widgets.git")).toBe(true);

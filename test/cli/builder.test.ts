@@ -6,8 +6,8 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { builderCommand, checkBuilderJob } from "../../src/cli/builder.js";
 import { EXIT } from "../../src/cli/ops.js";
 import { startNomadFake } from "../fakes/nomad.js";
-import { realNomad, startTarget } from "../nomad/target.js";
 import type { NomadTarget } from "../nomad/target.js";
+import { realNomad, startTarget } from "../nomad/target.js";
 import { captureIo } from "./harness.js";
 
 const RAW_BUILDER = readFileSync(fileURLToPath(new URL("../../hcl/builder-raw.nomad.hcl", import.meta.url)), "utf8");
@@ -63,14 +63,23 @@ describe("petrel builder register", () => {
 
     const job = await target.http("GET", `/v1/job/${encodeURIComponent(id)}`);
     expect(job.status).toBe(200);
-    expect(JSON.parse(job.text)).toMatchObject({ ID: id, Type: "batch", ParameterizedJob: { MetaRequired: ["REPO_URL", "COMMIT", "BRANCH", "FLAVOR"] } });
+    expect(JSON.parse(job.text)).toMatchObject({
+      ID: id,
+      Type: "batch",
+      ParameterizedJob: { MetaRequired: ["REPO_URL", "COMMIT", "BRANCH", "FLAVOR"] },
+    });
 
     const fake = target.fake;
     if (fake === undefined) return;
-    const calls = fake.requests.filter((r) => r.method === "POST").map((r) => ({ path: r.path, body: JSON.parse(r.body) as Record<string, unknown> }));
+    const calls = fake.requests
+      .filter((r) => r.method === "POST")
+      .map((r) => ({ path: r.path, body: JSON.parse(r.body) as Record<string, unknown> }));
     expect(calls.map((r) => r.path)).toEqual(["/v1/jobs/parse", "/v1/jobs"]);
     expect(calls[0]?.body).toEqual({ JobHCL: readFileSync(file, "utf8"), Canonicalize: true });
-    expect(calls[1]?.body).toMatchObject({ Job: { ID: id, Type: "batch" }, Submission: { Source: readFileSync(file, "utf8"), Format: "hcl2" } });
+    expect(calls[1]?.body).toMatchObject({
+      Job: { ID: id, Type: "batch" },
+      Submission: { Source: readFileSync(file, "utf8"), Format: "hcl2" },
+    });
     expect(fake.submission(id)).toEqual({ Source: readFileSync(file, "utf8"), Format: "hcl2" });
   });
 
@@ -99,7 +108,11 @@ describe("petrel builder register", () => {
 
   it("names missing meta keys and a wrongly named task", async () => {
     const id = target.jobId("builder-bad");
-    const file = builderFile(id, (h) => h.replace('meta_required = ["REPO_URL", "COMMIT", "BRANCH", "FLAVOR"]', 'meta_required = ["REPO_URL", "COMMIT"]').replace('task "executor"', 'task "build"'));
+    const file = builderFile(id, (h) =>
+      h
+        .replace('meta_required = ["REPO_URL", "COMMIT", "BRANCH", "FLAVOR"]', 'meta_required = ["REPO_URL", "COMMIT"]')
+        .replace('task "executor"', 'task "build"'),
+    );
     const c = captureIo();
     expect(await builderCommand(["register", file, "-q"], env(), c.io)).toBe(EXIT.refused);
     expect(c.stdout()).toContain("meta_required lacks BRANCH, FLAVOR; it must include REPO_URL, COMMIT, BRANCH, FLAVOR");
@@ -111,7 +124,9 @@ describe("petrel builder register", () => {
     writeFileSync(file, 'job "x" {\n  type = \n');
     const c = captureIo();
     expect(await builderCommand(["register", file], env(), c.io)).toBe(EXIT.refused);
-    expect(c.stderr()).toMatch(new RegExp(`petrel builder register: Nomad at ${target.addr}: nomad parse job answered 400: Failed to parse job`));
+    expect(c.stderr()).toMatch(
+      new RegExp(`petrel builder register: Nomad at ${target.addr}: nomad parse job answered 400: Failed to parse job`),
+    );
   });
 
   it("refuses to run without NOMAD_ADDR and says why", async () => {
@@ -126,7 +141,9 @@ describe.skipIf(realNomad)("petrel builder register (fake-only)", () => {
     const fake = await startNomadFake({ aclToken: "nomad-secret-token" });
     try {
       const c = captureIo();
-      expect(await builderCommand(["register", builderFile("builder")], { NOMAD_ADDR: fake.url, NOMAD_TOKEN: "wrong" }, c.io)).toBe(EXIT.unauthorized);
+      expect(await builderCommand(["register", builderFile("builder")], { NOMAD_ADDR: fake.url, NOMAD_TOKEN: "wrong" }, c.io)).toBe(
+        EXIT.unauthorized,
+      );
       expect(c.stderr()).toContain("answered 403");
       expect(c.stderr()).not.toContain("wrong");
     } finally {

@@ -5,18 +5,31 @@ import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ALREADY_ENDED_EXIT, buildsCommand, buildsTable, cancelCommand, dispatchCommand, exitForBuild, logsCommand, rerunCommand } from "../../src/cli/builds.js";
 import type { ApiBuild } from "../../src/cli/builds.js";
+import {
+  ALREADY_ENDED_EXIT,
+  buildsCommand,
+  buildsTable,
+  cancelCommand,
+  dispatchCommand,
+  exitForBuild,
+  logsCommand,
+  rerunCommand,
+} from "../../src/cli/builds.js";
 import { EXIT } from "../../src/cli/ops.js";
-import { ADMIN_TOKEN, captureIo, meta, runBin, startLocalPetrel, until } from "./harness.js";
 import type { LocalPetrel } from "./harness.js";
+import { ADMIN_TOKEN, captureIo, meta, runBin, startLocalPetrel, until } from "./harness.js";
 
 const COMMIT = "4c1d7e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d";
 const OTHER = "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432";
 // What the stand-in executor prints on stdout, byte for byte: ANSI colour and a byte that is not UTF-8.
 const STDOUT = Buffer.concat([Buffer.from(`\x1b[32mbuilding\x1b[0m ${COMMIT}\n`), Buffer.from([0xff]), Buffer.from("raw\ndone\n")]);
 // Its merged log: stdout and stderr (the step line) in the order it wrote them.
-const MERGED = Buffer.concat([Buffer.from(`\x1b[32mbuilding\x1b[0m ${COMMIT}\n`), Buffer.from([0xff]), Buffer.from("raw\n==> step header\ndone\n")]);
+const MERGED = Buffer.concat([
+  Buffer.from(`\x1b[32mbuilding\x1b[0m ${COMMIT}\n`),
+  Buffer.from([0xff]),
+  Buffer.from("raw\n==> step header\ndone\n"),
+]);
 
 /** The summary lines (`build <id>: ...`) among a command's stderr lines. */
 function summaries(stderr: string, id: string): string[] {
@@ -43,7 +56,13 @@ beforeAll(async () => {
   await finished(ok);
   failed = (await petrel.backend.dispatch({ builder: "builder", meta: meta("fail-7", OTHER), idempotencyToken: "failed" })).id;
   await finished(failed);
-  privateBuild = (await petrel.backend.dispatch({ builder: "builder", meta: { ...meta("main", COMMIT, "acme/private"), PRIVATE: "true" }, idempotencyToken: "p" })).id;
+  privateBuild = (
+    await petrel.backend.dispatch({
+      builder: "builder",
+      meta: { ...meta("main", COMMIT, "acme/private"), PRIVATE: "true" },
+      idempotencyToken: "p",
+    })
+  ).id;
   await finished(privateBuild);
 });
 
@@ -105,7 +124,9 @@ describe("petrel builds", () => {
   it("exits 2 with petrel's message when a filter is invalid", async () => {
     const c = captureIo();
     expect(await buildsCommand(["--state", "sideways"], env, c.io)).toBe(EXIT.refused);
-    expect(c.stderr()).toMatch(/petrel builds: petrel at http:\/\/127\.0\.0\.1:\d+ answered 400 to GET \/builds\?state=sideways&limit=20: state must be one of/);
+    expect(c.stderr()).toMatch(
+      /petrel builds: petrel at http:\/\/127\.0\.0\.1:\d+ answered 400 to GET \/builds\?state=sideways&limit=20: state must be one of/,
+    );
   });
 
   it("exits 5 naming the address when petrel is not reachable", async () => {
@@ -116,7 +137,16 @@ describe("petrel builds", () => {
 
   it("formats a queued build without a start or duration", () => {
     const table = buildsTable(
-      [{ id: "builder/dispatch-1-0000000a", state: "queued", repo: "a/b", ref: "main", commit: "abcdef0123", createdAt: new Date(Date.now() - 125_000).toISOString() } as ApiBuild],
+      [
+        {
+          id: "builder/dispatch-1-0000000a",
+          state: "queued",
+          repo: "a/b",
+          ref: "main",
+          commit: "abcdef0123",
+          createdAt: new Date(Date.now() - 125_000).toISOString(),
+        } as ApiBuild,
+      ],
       Date.now(),
     );
     expect(table.split("\n")[1]).toMatch(/queued\s+a\/b\s+main\s+abcdef0\s+2m ago\s+-$/);
@@ -278,7 +308,9 @@ describe("petrel cancel and dispatch", () => {
   it("refuses to cancel without the admin token, saying how to pass it", async () => {
     const c = captureIo();
     expect(await cancelCommand([ok], env, c.io)).toBe(EXIT.unauthorized);
-    expect(c.stderr()).toMatch(/answered 401 to DELETE \/builds\/builder%2Fdispatch-.*: this endpoint needs Authorization: Bearer <PETREL_ADMIN_TOKEN> \(no token was sent/);
+    expect(c.stderr()).toMatch(
+      /answered 401 to DELETE \/builds\/builder%2Fdispatch-.*: this endpoint needs Authorization: Bearer <PETREL_ADMIN_TOKEN> \(no token was sent/,
+    );
   });
 
   it("says so when the build had already ended, with its own exit code", async () => {
@@ -296,7 +328,10 @@ describe("petrel cancel and dispatch", () => {
     expect(await cancelCommand([id, "-q"], admin, first.io)).toBe(0);
     expect(first.stdout()).toMatch(/^cancel(led| requested for)/);
     await finished(id);
-    const res = await fetch(`${petrel.url}/builds/${encodeURIComponent(id)}`, { method: "DELETE", headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    const res = await fetch(`${petrel.url}/builds/${encodeURIComponent(id)}`, {
+      method: "DELETE",
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+    });
     expect(res.status).toBe(409);
     const body = (await res.json()) as { error: { code: string; message: string } };
     expect(body.error.code).toBe("already_finished");
@@ -325,7 +360,11 @@ describe("petrel cancel and dispatch", () => {
 
   it("follows the dispatched build with --follow and exits with its result", async () => {
     const c = captureIo();
-    const code = await dispatchCommand(["git.example.test/acme/widgets", "fail-3", "--commit", petrel.repo.fail3, "--follow", "--json"], { ...env, PETREL_ADMIN_TOKEN: ADMIN_TOKEN }, c.io);
+    const code = await dispatchCommand(
+      ["git.example.test/acme/widgets", "fail-3", "--commit", petrel.repo.fail3, "--follow", "--json"],
+      { ...env, PETREL_ADMIN_TOKEN: ADMIN_TOKEN },
+      c.io,
+    );
     expect(code).toBe(3);
     const [json, ...rest] = c.stdout().split("\n");
     expect(JSON.parse(json ?? "")).toMatchObject({ build: expect.stringMatching(/^builder\/dispatch-/) });
@@ -349,7 +388,9 @@ describe("petrel cancel and dispatch", () => {
 
   it("exits 4 when the repository is not registered", async () => {
     const c = captureIo();
-    expect(await dispatchCommand(["acme/unknown", "main", "--commit", COMMIT], { ...env, PETREL_ADMIN_TOKEN: ADMIN_TOKEN }, c.io)).toBe(EXIT.notFound);
+    expect(await dispatchCommand(["acme/unknown", "main", "--commit", COMMIT], { ...env, PETREL_ADMIN_TOKEN: ADMIN_TOKEN }, c.io)).toBe(
+      EXIT.notFound,
+    );
     expect(c.stderr()).toContain("repository acme/unknown is not registered with petrel");
   });
 });
@@ -384,7 +425,9 @@ describe("petrel rerun", () => {
 
   it("exits 4 for an unknown build and 6 without the token", async () => {
     const unknown = captureIo();
-    expect(await rerunCommand(["builder/dispatch-1731000000-00000000"], { ...env, PETREL_ADMIN_TOKEN: ADMIN_TOKEN }, unknown.io)).toBe(EXIT.notFound);
+    expect(await rerunCommand(["builder/dispatch-1731000000-00000000"], { ...env, PETREL_ADMIN_TOKEN: ADMIN_TOKEN }, unknown.io)).toBe(
+      EXIT.notFound,
+    );
     const anonymous = captureIo();
     expect(await rerunCommand([ok], env, anonymous.io)).toBe(EXIT.unauthorized);
     expect(anonymous.stderr()).toContain(`answered 401 to POST /builds/${encodeURIComponent(ok)}/rerun`);

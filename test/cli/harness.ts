@@ -12,8 +12,8 @@ import type { Hono } from "hono";
 import { createApp } from "../../src/app.js";
 import type { CliIo } from "../../src/cli/ops.js";
 import type { StatusReporter } from "../../src/gitea/client.js";
-import { createLocalBackend } from "../../src/local/backend.js";
 import type { LocalBackend } from "../../src/local/backend.js";
+import { createLocalBackend } from "../../src/local/backend.js";
 import { createMetrics } from "../../src/metrics.js";
 import { createFileRegistry } from "../../src/registry/file.js";
 import { captureLogs } from "../helpers/log-capture.js";
@@ -147,7 +147,12 @@ export interface WidgetsRepo {
   pull: string;
 }
 
-const GIT_ENV = { GIT_AUTHOR_NAME: "t", GIT_AUTHOR_EMAIL: "t@example.test", GIT_COMMITTER_NAME: "t", GIT_COMMITTER_EMAIL: "t@example.test" };
+const GIT_ENV = {
+  GIT_AUTHOR_NAME: "t",
+  GIT_AUTHOR_EMAIL: "t@example.test",
+  GIT_COMMITTER_NAME: "t",
+  GIT_COMMITTER_EMAIL: "t@example.test",
+};
 
 /** A real bare repository with `main`, `fail-3` and a pull request ref whose commit no branch reaches. */
 function makeWidgetsRepo(dir: string): WidgetsRepo {
@@ -187,7 +192,10 @@ export async function until<T>(what: () => Promise<T | undefined | false> | T | 
 const BIN = fileURLToPath(new URL("../../bin/petrel.js", import.meta.url));
 
 /** Runs the compiled CLI (`node bin/petrel.js ...`) as a user would; resolves with its exit code and output. */
-export function runBin(args: string[], env: Record<string, string | undefined>): Promise<{ code: number | null; stdout: string; stderr: string }> {
+export function runBin(
+  args: string[],
+  env: Record<string, string | undefined>,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [BIN, ...args], { env: { PATH: process.env.PATH, ...env }, stdio: ["ignore", "pipe", "pipe"] });
     const out: Buffer[] = [];
@@ -195,6 +203,8 @@ export function runBin(args: string[], env: Record<string, string | undefined>):
     child.stdout.on("data", (c: Buffer) => out.push(c));
     child.stderr.on("data", (c: Buffer) => err.push(c));
     child.once("error", reject);
-    child.once("close", (code) => resolve({ code, stdout: Buffer.concat(out).toString("utf8"), stderr: Buffer.concat(err).toString("utf8") }));
+    child.once("close", (code) =>
+      resolve({ code, stdout: Buffer.concat(out).toString("utf8"), stderr: Buffer.concat(err).toString("utf8") }),
+    );
   });
 }

@@ -6,7 +6,8 @@ import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { runBin } from "./harness.js";
 
-const VERSION = (JSON.parse(readFileSync(fileURLToPath(new URL("../../package.json", import.meta.url)), "utf8")) as { version: string }).version;
+const VERSION = (JSON.parse(readFileSync(fileURLToPath(new URL("../../package.json", import.meta.url)), "utf8")) as { version: string })
+  .version;
 
 /** A port something else listens on while `body` runs: a `petrel serve` that really started would answer on it. */
 async function withTakenPort<T>(body: (port: number) => Promise<T>): Promise<T> {
@@ -34,21 +35,20 @@ describe("petrel's command line", () => {
     expect(run.stdout).toBe(`petrel ${VERSION}\n`);
   });
 
-  it.each([
-    [["serve", "--help"]],
-    [["serve", "-h"]],
-    [["help", "serve"]],
-  ])("`petrel %j` prints serve's usage and exits 0 without starting", async (args) => {
-    const dir = mkdtempSync(join(tmpdir(), "petrel-help-"));
-    // Were the server to start, it would fail on the taken port with exit 2, or keep running until the timeout.
-    const run = await withTakenPort((port) =>
-      runBin(args, { PETREL_LISTEN: `127.0.0.1:${port}`, PETREL_DATA_DIR: join(dir, "data"), PETREL_CONFIG: join(dir, "petrel.yaml") }),
-    );
-    expect(run.code).toBe(0);
-    expect(run.stdout).toMatch(/^usage: petrel serve/);
-    expect(run.stderr).toBe("");
-    expect(run.stdout).not.toContain("petrel listening");
-  });
+  it.each([[["serve", "--help"]], [["serve", "-h"]], [["help", "serve"]]])(
+    "`petrel %j` prints serve's usage and exits 0 without starting",
+    async (args) => {
+      const dir = mkdtempSync(join(tmpdir(), "petrel-help-"));
+      // Were the server to start, it would fail on the taken port with exit 2, or keep running until the timeout.
+      const run = await withTakenPort((port) =>
+        runBin(args, { PETREL_LISTEN: `127.0.0.1:${port}`, PETREL_DATA_DIR: join(dir, "data"), PETREL_CONFIG: join(dir, "petrel.yaml") }),
+      );
+      expect(run.code).toBe(0);
+      expect(run.stdout).toMatch(/^usage: petrel serve/);
+      expect(run.stderr).toBe("");
+      expect(run.stdout).not.toContain("petrel listening");
+    },
+  );
 
   it.each([
     ["builds", "usage: petrel builds"],

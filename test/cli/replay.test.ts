@@ -5,8 +5,8 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { EXIT } from "../../src/cli/ops.js";
 import { parseDeliveryFile, replayCommand } from "../../src/cli/replay.js";
 import { fixtureBytes, fixtureJson } from "../gitea/fixtures.js";
-import { HOOK_SECRET, REPO_KEY, startCluster } from "../helpers/cluster.js";
 import type { Cluster } from "../helpers/cluster.js";
+import { HOOK_SECRET, REPO_KEY, startCluster } from "../helpers/cluster.js";
 import { captureIo, listen, until } from "./harness.js";
 
 let cluster: Cluster;
@@ -40,9 +40,15 @@ describe("petrel replay", () => {
     expect(status).toBe("201");
     const answer = JSON.parse(body ?? "") as { build: string; status: string };
     expect(cluster.nomad.children("builder")).toEqual([answer.build]);
-    expect(cluster.nomad.job(answer.build)?.Meta).toMatchObject({ EVENT: "push", BRANCH: "main", COMMIT: "4c1d7e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d" });
+    expect(cluster.nomad.job(answer.build)?.Meta).toMatchObject({
+      EVENT: "push",
+      BRANCH: "main",
+      COMMIT: "4c1d7e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d",
+    });
     expect(c.stderr()).toContain(`consul ${cluster.consul.url}: GET petrel/repos/${REPO_KEY}`);
-    expect(c.stderr()).toMatch(/replaying push \(push\) for git\.example\.test\/acme\/widgets as delivery [0-9a-f-]{36}, signed with its hook secret/);
+    expect(c.stderr()).toMatch(
+      /replaying push \(push\) for git\.example\.test\/acme\/widgets as delivery [0-9a-f-]{36}, signed with its hook secret/,
+    );
     expect(c.stderr()).toContain(`POST ${server.url}/hook`);
     expect(c.stderr()).not.toContain(HOOK_SECRET);
 
@@ -88,14 +94,16 @@ describe("petrel replay", () => {
     // The CLI reads a YAML file (single-machine mode) whose secret differs from the one petrel checks.
     const yaml = file("petrel.yaml", `repos:\n  ${REPO_KEY}:\n    hook: { secret: "a-different-secret-value" }\n`);
     const c = captureIo();
-    expect(await replayCommand([file("push.json", fixtureBytes("push.json"))], { PETREL_CONFIG: yaml, PETREL_URL: server.url }, c.io)).toBe(EXIT.unauthorized);
+    expect(await replayCommand([file("push.json", fixtureBytes("push.json"))], { PETREL_CONFIG: yaml, PETREL_URL: server.url }, c.io)).toBe(
+      EXIT.unauthorized,
+    );
     expect(c.stdout()).toMatch(/^401\n\{"error":\{"code":"unauthorized","message":"webhook authentication failed/);
     expect(c.stderr()).toContain(`petrel replay: petrel at ${server.url} answered 401 to POST /hook`);
     expect(cluster.nomad.children("builder")).toHaveLength(0);
   });
 
   it("exits 4 without sending anything when the repository is not registered", async () => {
-    const payload = (fixtureJson("push.json") as { repository: { html_url: string } });
+    const payload = fixtureJson("push.json") as { repository: { html_url: string } };
     payload.repository.html_url = "https://git.example.test/acme/unknown";
     const c = captureIo();
     expect(await replayCommand([file("push.json", JSON.stringify(payload))], env, c.io)).toBe(EXIT.notFound);
@@ -105,7 +113,9 @@ describe("petrel replay", () => {
 
   it("exits 5 naming the address when petrel is not reachable", async () => {
     const c = captureIo();
-    expect(await replayCommand([file("push.json", fixtureBytes("push.json"))], { ...env, PETREL_URL: "http://127.0.0.1:1" }, c.io)).toBe(EXIT.unreachable);
+    expect(await replayCommand([file("push.json", fixtureBytes("push.json"))], { ...env, PETREL_URL: "http://127.0.0.1:1" }, c.io)).toBe(
+      EXIT.unreachable,
+    );
     expect(c.stderr()).toMatch(/cannot reach petrel at http:\/\/127\.0\.0\.1:1 \(POST \/hook\)/);
   });
 });
@@ -114,11 +124,24 @@ describe("parseDeliveryFile", () => {
   const bytes = (v: unknown) => Buffer.from(JSON.stringify(v));
 
   it("infers the event from the payload", () => {
-    expect(parseDeliveryFile("f", bytes({ ref: "refs/heads/main", after: "abc" }), undefined)).toMatchObject({ event: "push", eventType: "push" });
-    expect(parseDeliveryFile("f", bytes({ action: "opened", pull_request: {} }), undefined)).toMatchObject({ event: "pull_request", eventType: "pull_request" });
-    expect(parseDeliveryFile("f", bytes({ action: "synchronized", pull_request: {} }), undefined)).toMatchObject({ eventType: "pull_request_sync" });
-    expect(parseDeliveryFile("f", bytes({ action: "label_updated", pull_request: {} }), undefined)).toMatchObject({ eventType: "pull_request_label" });
-    expect(parseDeliveryFile("f", bytes({ ref: "main", ref_type: "branch" }), "delete")).toMatchObject({ event: "delete", eventType: "delete" });
+    expect(parseDeliveryFile("f", bytes({ ref: "refs/heads/main", after: "abc" }), undefined)).toMatchObject({
+      event: "push",
+      eventType: "push",
+    });
+    expect(parseDeliveryFile("f", bytes({ action: "opened", pull_request: {} }), undefined)).toMatchObject({
+      event: "pull_request",
+      eventType: "pull_request",
+    });
+    expect(parseDeliveryFile("f", bytes({ action: "synchronized", pull_request: {} }), undefined)).toMatchObject({
+      eventType: "pull_request_sync",
+    });
+    expect(parseDeliveryFile("f", bytes({ action: "label_updated", pull_request: {} }), undefined)).toMatchObject({
+      eventType: "pull_request_label",
+    });
+    expect(parseDeliveryFile("f", bytes({ ref: "main", ref_type: "branch" }), "delete")).toMatchObject({
+      event: "delete",
+      eventType: "delete",
+    });
     expect(() => parseDeliveryFile("f", bytes({ ref: "main" }), undefined)).toThrow(/pass --event/);
   });
 

@@ -2,11 +2,11 @@ import { mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { repoCommand } from "../../src/cli/repo.js";
 import { EXIT } from "../../src/cli/ops.js";
+import { repoCommand } from "../../src/cli/repo.js";
 import { parseRegistryFile } from "../../src/registry/file.js";
-import { startConsulFake } from "../fakes/consul.js";
 import type { ConsulFake } from "../fakes/consul.js";
+import { startConsulFake } from "../fakes/consul.js";
 import { captureIo } from "./harness.js";
 
 const URL_ = "https://git.example.test/Acme/Widgets";
@@ -45,9 +45,28 @@ describe("petrel repo against the YAML file (single-machine mode)", () => {
   it("adds an entry with a generated secret, prints the webhook once, and writes the file with mode 0600", async () => {
     const c = captureIo();
     const code = await repoCommand(
-      ["add", URL_, "--trusted", "dana, erin", "--flavor", "default=builder", "--flavor", "nix=builder-nix", "--cache", "npm=~/.npm",
-        "--secret", `DEPLOY_TOKEN=@${f.tokenFile}`, "--secret", `deploy_key=@${f.keyFile}`, "--logs", "token",
-        "--gitea-url", "https://git.example.test/", "--gitea-token-from-file", f.giteaFile],
+      [
+        "add",
+        URL_,
+        "--trusted",
+        "dana, erin",
+        "--flavor",
+        "default=builder",
+        "--flavor",
+        "nix=builder-nix",
+        "--cache",
+        "npm=~/.npm",
+        "--secret",
+        `DEPLOY_TOKEN=@${f.tokenFile}`,
+        "--secret",
+        `deploy_key=@${f.keyFile}`,
+        "--logs",
+        "token",
+        "--gitea-url",
+        "https://git.example.test/",
+        "--gitea-token-from-file",
+        f.giteaFile,
+      ],
       env,
       c.io,
     );
@@ -132,7 +151,11 @@ describe("petrel repo against the YAML file (single-machine mode)", () => {
 
   it("shows an entry with secrets and tokens masked", async () => {
     const add = captureIo();
-    await repoCommand(["add", URL_, "--token", "--secret", `DEPLOY_TOKEN=@${f.tokenFile}`, "--secret", `deploy_key=@${f.keyFile}`], env, add.io);
+    await repoCommand(
+      ["add", URL_, "--token", "--secret", `DEPLOY_TOKEN=@${f.tokenFile}`, "--secret", `deploy_key=@${f.keyFile}`],
+      env,
+      add.io,
+    );
     const secret = printedSecret(add.stdout());
     const c = captureIo();
     expect(await repoCommand(["show", URL_], env, c.io)).toBe(0);
@@ -205,7 +228,12 @@ describe("petrel repo against Consul (cluster mode)", () => {
   beforeEach(async () => {
     f = files();
     consul = await startConsulFake({ acl: { tokens: { "consul-admin-token": { read: [""], write: [""] } } } });
-    env = { NOMAD_ADDR: "http://127.0.0.1:1", CONSUL_HTTP_ADDR: consul.url, CONSUL_HTTP_TOKEN: "consul-admin-token", PETREL_URL: "https://ci.example.test" };
+    env = {
+      NOMAD_ADDR: "http://127.0.0.1:1",
+      CONSUL_HTTP_ADDR: consul.url,
+      CONSUL_HTTP_TOKEN: "consul-admin-token",
+      PETREL_URL: "https://ci.example.test",
+    };
   });
   afterEach(async () => {
     await consul.close();
@@ -218,7 +246,10 @@ describe("petrel repo against Consul (cluster mode)", () => {
     expect(code).toBe(0);
     const secret = printedSecret(c.stdout());
     expect(c.stdout()).toContain(`(Consul key petrel/repos/${KEY} at ${consul.url})`);
-    const config = JSON.parse(consul.entry(`petrel/repos/${KEY}`)?.value?.toString() ?? "null") as { hook: { secret: string }; trusted: unknown };
+    const config = JSON.parse(consul.entry(`petrel/repos/${KEY}`)?.value?.toString() ?? "null") as {
+      hook: { secret: string };
+      trusted: unknown;
+    };
     expect(config.hook.secret).toBe(secret);
     expect(config.trusted).toEqual({ senders: ["dana"] });
     expect(JSON.parse(consul.entry(`petrel/secrets/${KEY}`)?.value?.toString() ?? "null")).toEqual({ DEPLOY_TOKEN });

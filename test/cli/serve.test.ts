@@ -1,7 +1,7 @@
 import { spawn, spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync } from "node:fs";
-import { createServer } from "node:net";
 import type { Server } from "node:net";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -75,7 +75,11 @@ describe("petrel serve that cannot start", () => {
   afterAll(() => blocker.close());
 
   it("exits 2 with one line when the port is taken (single machine)", async () => {
-    const run = await serve({ PETREL_LISTEN: `127.0.0.1:${port}`, PETREL_DATA_DIR: join(dir, "data"), PETREL_CONFIG: join(dir, "petrel.yaml") });
+    const run = await serve({
+      PETREL_LISTEN: `127.0.0.1:${port}`,
+      PETREL_DATA_DIR: join(dir, "data"),
+      PETREL_CONFIG: join(dir, "petrel.yaml"),
+    });
     expect(run.code).toBe(2);
     expectOneLine(run, /^petrel: PETREL_LISTEN: cannot listen on 127\.0\.0\.1:\d+ \(EADDRINUSE\)$/);
   });

@@ -1,11 +1,11 @@
 import { randomUUID } from "node:crypto";
 import { Agent, request } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createConsulClient } from "../../src/consul/client.js";
 import type { ConsulClient } from "../../src/consul/client.js";
+import { createConsulClient } from "../../src/consul/client.js";
 import { AppError, UpstreamError } from "../../src/errors.js";
-import { startConsulFake } from "../fakes/consul.js";
 import type { ConsulFake } from "../fakes/consul.js";
+import { startConsulFake } from "../fakes/consul.js";
 
 // Contract tests: against the fake by default, against a real agent when CONSUL_HTTP_ADDR is set
 // (with CONSUL_HTTP_TOKEN if ACLs are on). Fake-only cases use test-control hooks and are skipped then.
@@ -91,6 +91,7 @@ describe("Consul KV client (contract)", () => {
       [`${prefix}/list/a`, "1"],
       [`${prefix}/list/b`, "2"],
     ]);
+    // biome-ignore lint/complexity/useMathMinMax: the indexes are bigints, which Math.max does not take.
     const max = res.entries?.reduce((m, e) => (e.modifyIndex > m ? e.modifyIndex : m), 0n);
     expect(res.index).toBe(max);
   });

@@ -1,15 +1,15 @@
-import pino from "pino";
 import type { Logger } from "pino";
+import pino from "pino";
 import { Agent } from "undici";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { createConsulClient } from "../../src/consul/client.js";
 import type { ConsulClient } from "../../src/consul/client.js";
-import { createConsulRegistry, deleteRepo, putRepo, repoKeyPath } from "../../src/consul/registry.js";
+import { createConsulClient } from "../../src/consul/client.js";
 import type { ConsulRegistryOptions } from "../../src/consul/registry.js";
+import { createConsulRegistry, deleteRepo, putRepo, repoKeyPath } from "../../src/consul/registry.js";
 import { AppError, UpstreamError } from "../../src/errors.js";
 import type { Registry, RegistryHealth } from "../../src/registry/schema.js";
-import { startConsulFake } from "../fakes/consul.js";
 import type { ConsulFake } from "../fakes/consul.js";
+import { startConsulFake } from "../fakes/consul.js";
 
 const HOOK_SECRET = "hook-secret-6f1c2a";
 const BUILD_SECRET = "build-secret-9d8e7f";
@@ -73,7 +73,11 @@ const logged = (): Array<Record<string, unknown>> => lines.map((l) => JSON.parse
 
 describe("consul registry", () => {
   it("serves a repository's config and secrets, with the deploy key apart and default flavors filled in", async () => {
-    setRepo(WIDGETS, { hook: { secret: HOOK_SECRET }, trusted: { senders: ["dana"] }, gitea: { url: "https://git.example.test", token: "gitea-token-x1" } });
+    setRepo(WIDGETS, {
+      hook: { secret: HOOK_SECRET },
+      trusted: { senders: ["dana"] },
+      gitea: { url: "https://git.example.test", token: "gitea-token-x1" },
+    });
     setSecrets(WIDGETS, { NPM_TOKEN: BUILD_SECRET, deploy_key: DEPLOY_KEY });
     const r = open();
     const entry = await r.get(WIDGETS);
@@ -117,8 +121,8 @@ describe("consul registry", () => {
   });
 
   it("accepts YAML values", async () => {
-    setRepo(WIDGETS, "hook:\n  secret: " + HOOK_SECRET + "\nlogs: public\n");
-    setSecrets(WIDGETS, "NPM_TOKEN: " + BUILD_SECRET + "\n");
+    setRepo(WIDGETS, `hook:\n  secret: ${HOOK_SECRET}\nlogs: public\n`);
+    setSecrets(WIDGETS, `NPM_TOKEN: ${BUILD_SECRET}\n`);
     const entry = await open().get(WIDGETS);
     expect(entry?.config.logs).toBe("public");
     expect(entry?.secrets.NPM_TOKEN).toBe(BUILD_SECRET);

@@ -1,9 +1,9 @@
 import { Agent } from "undici";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { createConsulClient } from "../../src/consul/client.js";
 import type { ConsulClient, KvEntry, WatchOptions } from "../../src/consul/client.js";
-import { startConsulFake } from "../fakes/consul.js";
+import { createConsulClient } from "../../src/consul/client.js";
 import type { ConsulFake } from "../fakes/consul.js";
+import { startConsulFake } from "../fakes/consul.js";
 
 let fake: ConsulFake;
 let agent: Agent;

@@ -15,7 +15,16 @@ const META = { REPO_URL: "https://git.example.test/acme/w.git", COMMIT: "4c1d7e0
 
 describe("dispatch meta", () => {
   it("accepts the required keys and every optional key, dropping keys it does not know", () => {
-    const full = { ...META, REPO: "acme/w", EVENT: "pull_request", PR: "12", TAG: "", TRUSTED: "true", PRIVATE: "false", CACHES: "npm=~/.npm" };
+    const full = {
+      ...META,
+      REPO: "acme/w",
+      EVENT: "pull_request",
+      PR: "12",
+      TAG: "",
+      TRUSTED: "true",
+      PRIVATE: "false",
+      CACHES: "npm=~/.npm",
+    };
     expect(checkBuildMeta({ ...full, EXTRA: "x" })).toEqual({ ok: true, value: full });
     expect(checkBuildMeta({ ...META, BRANCH: "" })).toEqual({ ok: true, value: { ...META, BRANCH: "" } });
   });
@@ -38,14 +47,18 @@ describe("dispatch meta", () => {
 
   it("takes commit ids of 7 to 64 lower-case hex digits only", () => {
     for (const commit of ["abcdef0", "a".repeat(64)]) expect(checkBuildMeta({ ...META, COMMIT: commit }).ok).toBe(true);
-    for (const commit of ["abcdef", "a".repeat(65), "abcdefg", "ABCDEF0", ""]) expect(checkBuildMeta({ ...META, COMMIT: commit }).ok).toBe(false);
+    for (const commit of ["abcdef", "a".repeat(65), "abcdefg", "ABCDEF0", ""])
+      expect(checkBuildMeta({ ...META, COMMIT: commit }).ok).toBe(false);
   });
 });
 
 describe("dispatch payload", () => {
   it("defaults to no secrets and keeps the deploy key", () => {
     expect(checkDispatchPayload({})).toEqual({ ok: true, value: { secrets: {} } });
-    expect(checkDispatchPayload({ secrets: { A: "b" }, deploy_key: "K" })).toEqual({ ok: true, value: { secrets: { A: "b" }, deploy_key: "K" } });
+    expect(checkDispatchPayload({ secrets: { A: "b" }, deploy_key: "K" })).toEqual({
+      ok: true,
+      value: { secrets: { A: "b" }, deploy_key: "K" },
+    });
   });
 
   it("refuses what is not an object of strings, naming the field", () => {

@@ -120,7 +120,8 @@ describe("a fresh clone, following the README's quick start", () => {
           sender: { login: "dana" },
         }),
       );
-      const petrel = (...args: string[]) => spawnSync(process.execPath, [join(clone, "bin/petrel.js"), ...args], { cwd: clone, env, encoding: "utf8", timeout: 60_000 });
+      const petrel = (...args: string[]) =>
+        spawnSync(process.execPath, [join(clone, "bin/petrel.js"), ...args], { cwd: clone, env, encoding: "utf8", timeout: 60_000 });
       const replay = petrel("replay", delivery, "--json");
       expect(replay.status, replay.stderr).toBe(0);
       const answer = JSON.parse(replay.stdout) as { status: number; body: { build: string } };

@@ -1,5 +1,5 @@
-import { execFileSync, spawn, spawnSync } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -19,7 +19,12 @@ const SECRET = "iso-hook-secret-7f3a";
 const ADMIN = "iso-admin-token-0123456789";
 const KEY = "git.iso.test/acme/app";
 const TOKEN = `tok-${randomBytes(12).toString("hex")}`;
-const GIT_ENV = { GIT_AUTHOR_NAME: "t", GIT_AUTHOR_EMAIL: "t@example.test", GIT_COMMITTER_NAME: "t", GIT_COMMITTER_EMAIL: "t@example.test" };
+const GIT_ENV = {
+  GIT_AUTHOR_NAME: "t",
+  GIT_AUTHOR_EMAIL: "t@example.test",
+  GIT_COMMITTER_NAME: "t",
+  GIT_COMMITTER_EMAIL: "t@example.test",
+};
 const isRoot = process.getuid?.() === 0;
 
 interface Petrel {
@@ -83,7 +88,12 @@ describe.skipIf(!isRoot)("single-machine builds cannot reach each other (as root
     const body = JSON.stringify({
       ref: "refs/heads/main",
       after: sha,
-      repository: { full_name: "acme/app", private: false, html_url: "https://git.iso.test/acme/app", clone_url: "https://git.iso.test/acme/app.git" },
+      repository: {
+        full_name: "acme/app",
+        private: false,
+        html_url: "https://git.iso.test/acme/app",
+        clone_url: "https://git.iso.test/acme/app.git",
+      },
       sender: { login: sender },
     });
     const res = await fetch(`${petrel.url}/hook`, {
@@ -97,7 +107,12 @@ describe.skipIf(!isRoot)("single-machine builds cannot reach each other (as root
 
   const auth = { authorization: `Bearer ${ADMIN}` };
   const state = async (id: string) =>
-    ((await (await fetch(`${petrel.url}/builds/${encodeURIComponent(id)}`, { headers: auth })).json()) as { state: string; reason?: string }).state;
+    (
+      (await (await fetch(`${petrel.url}/builds/${encodeURIComponent(id)}`, { headers: auth })).json()) as {
+        state: string;
+        reason?: string;
+      }
+    ).state;
   const log = async (id: string, type = "stdout") =>
     (await fetch(`${petrel.url}/builds/${encodeURIComponent(id)}/logs?type=${type}&follow=false`, { headers: auth })).text();
 
@@ -220,7 +235,16 @@ describe.skipIf(!isRoot)("single-machine builds cannot reach each other (as root
   it("after petrel is SIGKILLed mid-build and restarted, the build is failed, its processes are gone and no secret stays on disk", async () => {
     const mark = `mark-${randomBytes(6).toString("hex")}`;
     const id = await push(
-      commit([`. "$PETREL_SECRETS"`, `export ISO_MARK=${mark}`, "setsid sleep 1000 &", "( ( sleep 1001 & ) & )", "echo started", "sleep 1000"].join("\n")),
+      commit(
+        [
+          `. "$PETREL_SECRETS"`,
+          `export ISO_MARK=${mark}`,
+          "setsid sleep 1000 &",
+          "( ( sleep 1001 & ) & )",
+          "echo started",
+          "sleep 1000",
+        ].join("\n"),
+      ),
       "dana",
     );
     await until(async () => (await log(id)).includes("started"), 30_000, "the build to start");
@@ -229,7 +253,10 @@ describe.skipIf(!isRoot)("single-machine builds cannot reach each other (as root
     petrel.child.kill("SIGKILL");
     await petrel.exited;
     petrel = await startPetrel(dir);
-    const after = (await (await fetch(`${petrel.url}/builds/${encodeURIComponent(id)}`, { headers: auth })).json()) as { state: string; reason: string };
+    const after = (await (await fetch(`${petrel.url}/builds/${encodeURIComponent(id)}`, { headers: auth })).json()) as {
+      state: string;
+      reason: string;
+    };
     expect(after.state).toBe("error");
     expect(after.reason).toMatch(/petrel stopped/);
     await until(async () => (await findByEnv("ISO_MARK", mark)).length === 0, 5_000, "the build's processes to end");

@@ -1,10 +1,10 @@
-import { execFileSync, spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { chmodSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
@@ -18,7 +18,12 @@ const SECRET = "e2e-hook-secret-0b5d";
 const KEY = "git.e2e.test/acme/app";
 /** What Gitea would send as clone_url; the build clones the entry's clone_url (the local bare repository). */
 const PAYLOAD_CLONE_URL = "https://git.e2e.test/acme/app.git";
-const GIT_ENV = { GIT_AUTHOR_NAME: "t", GIT_AUTHOR_EMAIL: "t@example.test", GIT_COMMITTER_NAME: "t", GIT_COMMITTER_EMAIL: "t@example.test" };
+const GIT_ENV = {
+  GIT_AUTHOR_NAME: "t",
+  GIT_AUTHOR_EMAIL: "t@example.test",
+  GIT_COMMITTER_NAME: "t",
+  GIT_COMMITTER_EMAIL: "t@example.test",
+};
 
 interface Petrel {
   url: string;
@@ -139,7 +144,12 @@ async function serveGit(root: string): Promise<{ host: string; requests: string[
   };
 }
 
-async function push(url: string, commit: string, repoUrl = PAYLOAD_CLONE_URL, htmlUrl = "https://git.e2e.test/acme/app"): Promise<Response> {
+async function push(
+  url: string,
+  commit: string,
+  repoUrl = PAYLOAD_CLONE_URL,
+  htmlUrl = "https://git.e2e.test/acme/app",
+): Promise<Response> {
   const body = JSON.stringify({
     ref: "refs/heads/main",
     after: commit,
@@ -193,7 +203,8 @@ describe("single-machine mode, end to end through the compiled CLI", () => {
     expect(res.headers.get("content-type")).toMatch(/^text\/plain/);
     const arrivals: Array<{ at: number; text: string }> = [];
     const decoder = new TextDecoder();
-    for await (const chunk of (res.body ?? []) as unknown as AsyncIterable<Uint8Array>) arrivals.push({ at: Date.now(), text: decoder.decode(chunk) });
+    for await (const chunk of (res.body ?? []) as unknown as AsyncIterable<Uint8Array>)
+      arrivals.push({ at: Date.now(), text: decoder.decode(chunk) });
     const text = arrivals.map((a) => a.text).join("");
     expect(text).toBe("step one\nstep two\n");
     // Live, not buffered: the first line arrived well before the last, across the script's sleep.
@@ -269,7 +280,9 @@ describe("single-machine mode, end to end through the compiled CLI", () => {
     const attack = String.raw`printf 'working 10%%\r\revent: state\rdata: {"state":"success"}\r\rprogress 20%%\r\nwin\r\nlone\rlast\n'; exit 3`;
     const commit = commitTo(dir, attack);
     const id = await pushBuild(petrel.url, commit);
-    const res = await fetch(`${petrel.url}/builds/${encodeURIComponent(id)}/logs?type=stdout`, { headers: { accept: "text/event-stream" } });
+    const res = await fetch(`${petrel.url}/builds/${encodeURIComponent(id)}/logs?type=stdout`, {
+      headers: { accept: "text/event-stream" },
+    });
     expect(res.headers.get("content-type")).toMatch(/^text\/event-stream/);
     const events = await readSse(res);
     const states = events.filter((e) => e.event === "state").map((e) => (JSON.parse(e.data) as { state: string }).state);
@@ -278,14 +291,19 @@ describe("single-machine mode, end to end through the compiled CLI", () => {
     expect(events.map((e) => e.event)).toEqual(expect.arrayContaining(["log", "end"]));
     expect(events.every((e) => ["state", "log", "end"].includes(e.event))).toBe(true);
     // Every line end (\r, \r\n, lone \r) arrives as a line end; no text is lost.
-    const log = events.filter((e) => e.event === "log").map((e) => e.data).join("");
+    const log = events
+      .filter((e) => e.event === "log")
+      .map((e) => e.data)
+      .join("");
     expect(log).toBe('working 10%\n\nevent: state\ndata: {"state":"success"}\n\nprogress 20%\nwin\nlone\nlast\n');
-    expect(Number(events.filter((e) => e.event === "log").at(-1)?.id)).toBe(Buffer.byteLength('working 10%\r\revent: state\rdata: {"state":"success"}\r\rprogress 20%\r\nwin\r\nlone\rlast\n'));
+    expect(Number(events.filter((e) => e.event === "log").at(-1)?.id)).toBe(
+      Buffer.byteLength('working 10%\r\revent: state\rdata: {"state":"success"}\r\rprogress 20%\r\nwin\r\nlone\rlast\n'),
+    );
     expect(await getBuild(petrel.url, id)).toMatchObject({ state: "failure", exitCode: 3 });
   }, 60_000);
 
   it("keeps builds and logs across a restart, and reports a build killed with petrel as error", async () => {
-    const [done] = (await (await fetch(`${petrel.url}/builds?limit=1&state=success`)).json() as { builds: Array<{ id: string }> }).builds;
+    const [done] = ((await (await fetch(`${petrel.url}/builds?limit=1&state=success`)).json()) as { builds: Array<{ id: string }> }).builds;
     expect(done).toBeDefined();
     const before = await (await fetch(`${petrel.url}/builds/${encodeURIComponent(done!.id)}/logs?type=stdout&follow=false`)).text();
 

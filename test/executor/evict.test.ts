@@ -2,7 +2,7 @@ import { existsSync, mkdirSync, readdirSync, utimesSync, writeFileSync } from "n
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { evictCaches } from "../../src/executor/evict.js";
-import { cacheLayout, type CacheLayout } from "../../src/executor/layout.js";
+import { type CacheLayout, cacheLayout } from "../../src/executor/layout.js";
 import { lockFile } from "../../src/executor/lock.js";
 import { DEFAULT_EVICTION, type EvictionSettings } from "../../src/executor/settings.js";
 import { cleanup, tempDir } from "./helpers.js";

@@ -13,10 +13,10 @@ import {
   runExecutor,
   script,
   sh,
+  type TestRepo,
   tempDir,
   treeDigest,
   waitFor,
-  type TestRepo,
 } from "./helpers.js";
 
 const support = mountSupport();
@@ -27,7 +27,11 @@ if (!userns) console.warn("SKIPPED the user-namespace executor test: unshare --u
 function worktreeDirs(cacheDir: string): string[] {
   const root = join(cacheDir, "worktrees");
   if (!existsSync(root)) return [];
-  return readdirSync(root).flatMap((repo) => readdirSync(join(root, repo)).filter((n) => !n.endsWith(".lock")).map((n) => join(root, repo, n)));
+  return readdirSync(root).flatMap((repo) =>
+    readdirSync(join(root, repo))
+      .filter((n) => !n.endsWith(".lock"))
+      .map((n) => join(root, repo, n)),
+  );
 }
 
 describe.skipIf(!support.ok)("petrel executor (overlay in a private mount namespace)", () => {
@@ -43,7 +47,9 @@ describe.skipIf(!support.ok)("petrel executor (overlay in a private mount namesp
     cacheDir = join(dir, "cache");
     commit = repo.commit(
       {
-        ...script('echo "first line"; echo "commit=$COMMIT branch=$BRANCH flavor=$FLAVOR ci=$CI id=$PETREL_BUILD_ID url=$REPO_URL"; cat data/a.txt; exit "${EXIT_WITH:-0}"'),
+        ...script(
+          'echo "first line"; echo "commit=$COMMIT branch=$BRANCH flavor=$FLAVOR ci=$CI id=$PETREL_BUILD_ID url=$REPO_URL"; cat data/a.txt; exit "${EXIT_WITH:-0}"',
+        ),
         "data/a.txt": "alpha\n",
         "data/b.txt": "beta\n",
         "keep.txt": "keep\n",
@@ -104,7 +110,12 @@ describe.skipIf(!support.ok)("petrel executor (overlay in a private mount namesp
     const c = repo.commit(script("setsid sleep 31.7 & echo started"));
     const started = Date.now();
     try {
-      const r = await runExecutor({ meta: pushMeta(repo, c), cacheDir, taskDir: join(dir, "t-orphan"), env: { NOMAD_ALLOC_DIR: join(dir, "alloc-orphan") } });
+      const r = await runExecutor({
+        meta: pushMeta(repo, c),
+        cacheDir,
+        taskDir: join(dir, "t-orphan"),
+        env: { NOMAD_ALLOC_DIR: join(dir, "alloc-orphan") },
+      });
       expect(r.code).toBe(0);
       expect(r.stdout).toContain("started");
       expect(Date.now() - started).toBeLessThan(15_000);
@@ -226,7 +237,13 @@ describe.skipIf(!support.ok)("petrel executor (overlay in a private mount namesp
     chmodSync(join(bin, "git"), 0o755);
     let pid = 0;
     const started = Date.now();
-    const run = runExecutor({ meta: pushMeta(repo, c), cacheDir, taskDir: join(dir, "tc"), env: { PATH: `${bin}:${process.env.PATH}` }, onSpawn: (p) => (pid = p) });
+    const run = runExecutor({
+      meta: pushMeta(repo, c),
+      cacheDir,
+      taskDir: join(dir, "tc"),
+      env: { PATH: `${bin}:${process.env.PATH}` },
+      onSpawn: (p) => (pid = p),
+    });
     expect(await waitFor(() => existsSync(mark), 15_000)).toBe(true);
     process.kill(pid, "SIGTERM");
     const r = await run;
@@ -272,7 +289,7 @@ describe.skipIf(!support.ok)("petrel executor (overlay in a private mount namesp
     const secretsDir = join(dir, "secrets1");
     mkdirSync(secretsDir);
     const seen = join(dir, "seen-secrets");
-    const payload = { secrets: { API_TOKEN: "it's a \"secret\"\nline2", "bad-name": "x" } };
+    const payload = { secrets: { API_TOKEN: 'it\'s a "secret"\nline2', "bad-name": "x" } };
     const trusted = await runExecutor({
       meta: pushMeta(repo, c, { TRUSTED: "true" }),
       cacheDir,
@@ -307,10 +324,9 @@ describe.skipIf(!support.ok)("petrel executor (overlay in a private mount namesp
   it("keeps trusted and untrusted caches apart and mounts them only inside the build", async () => {
     const home = join(dir, "home");
     mkdirSync(home);
-    const c = repo.commit(
-      script('ls "$HOME/.cache/tool" | tr "\\n" " "; echo; echo "$WHO" > "$HOME/.cache/tool/by-$WHO"'),
-      { executable: [".petrel"] },
-    );
+    const c = repo.commit(script('ls "$HOME/.cache/tool" | tr "\\n" " "; echo; echo "$WHO" > "$HOME/.cache/tool/by-$WHO"'), {
+      executable: [".petrel"],
+    });
     const meta = (trusted: string) => pushMeta(repo, c, { TRUSTED: trusted, CACHES: "tool=~/.cache/tool" });
     const t1 = await runExecutor({ meta: meta("true"), cacheDir, taskDir: join(dir, "ca1"), env: { HOME: home, WHO: "trusted1" } });
     expect(t1.stderr).toContain("==> caches tool=~/.cache/tool (trusted)");
@@ -346,7 +362,7 @@ describe.skipIf(!support.ok)("petrel executor (overlay in a private mount namesp
           'echo "cache entries: $(ls -A "$PETREL_CACHE_DIR" | wc -l)"',
           // The pattern is split so the script itself (in the build directory) does not match it.
           'env | grep -c "MARKER-DEPLOY""-KEY" || true',
-          'env | grep -c GIT_SSH_COMMAND || true',
+          "env | grep -c GIT_SSH_COMMAND || true",
           'grep -rl "MARKER-DEPLOY""-KEY" "$TMPDIR" "$NOMAD_TASK_DIR" "$HOME" 2>/dev/null | wc -l',
         ].join("\n"),
       ),
@@ -388,7 +404,10 @@ describe.skipIf(!support.ok)("petrel executor (overlay in a private mount namesp
 
   it("fetches a pull request's head from the base repository's refs/pull/<n>/head", async () => {
     const base = sh("git rev-parse HEAD", repo.work).trim();
-    const pr = repo.commit({ ...script("echo pr build"), "pr.txt": "from a fork\n" }, { executable: [".petrel"], push: "refs/pull/7/head" });
+    const pr = repo.commit(
+      { ...script("echo pr build"), "pr.txt": "from a fork\n" },
+      { executable: [".petrel"], push: "refs/pull/7/head" },
+    );
     sh(`git reset -q --hard ${base}`, repo.work);
     const r = await runExecutor({
       meta: pushMeta(repo, pr, { EVENT: "pull_request", PR: "7", BRANCH: "feature/x" }),
@@ -401,12 +420,16 @@ describe.skipIf(!support.ok)("petrel executor (overlay in a private mount namesp
   });
 
   it("prints one clear line and a distinct exit code for each setup failure", async () => {
-    const noScript = repo.commit({ ".petrel": null, "README": "no script\n" });
+    const noScript = repo.commit({ ".petrel": null, README: "no script\n" });
     const missing = await runExecutor({ meta: pushMeta(repo, noScript), cacheDir, taskDir: join(dir, "f1") });
     expect(missing.code).toBe(66);
     expect(missing.stderr).toContain("==> error: no build script: neither .petrel nor .albatros at the root of acme/widgets@");
 
-    const unreachable = await runExecutor({ meta: pushMeta(repo, noScript, { REPO_URL: `file://${dir}/nope.git` }), cacheDir, taskDir: join(dir, "f2") });
+    const unreachable = await runExecutor({
+      meta: pushMeta(repo, noScript, { REPO_URL: `file://${dir}/nope.git` }),
+      cacheDir,
+      taskDir: join(dir, "f2"),
+    });
     expect(unreachable.code).toBe(69);
     expect(unreachable.stderr).toMatch(/==> error: repository unreachable: file:\/\/.*nope\.git: /);
 
@@ -438,7 +461,17 @@ describe.skipIf(!support.ok)("petrel executor (overlay in a private mount namesp
       meta: pushMeta(repo, c),
       cacheDir: small,
       taskDir: join(dir, "full"),
-      prefix: ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", `mount -t tmpfs -o size=1m full ${small} && exec "$@"`, "sh"],
+      prefix: [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "/bin/sh",
+        "-c",
+        `mount -t tmpfs -o size=1m full ${small} && exec "$@"`,
+        "sh",
+      ],
     });
     expect(r.stderr).toMatch(/==> error: disk full: no space left under .*small-cache/);
     expect(r.code).toBe(74);
@@ -505,12 +538,20 @@ describe.skipIf(!support.ok)("petrel executor (overlay in a private mount namesp
     mkdirSync(bin, { recursive: true });
     const realFlock = sh("command -v flock").trim();
     // The build's shell takes the worktree lock on descriptor 5: remove the worktree just before, once.
-    writeFileSync(join(bin, "flock"), `#!/bin/sh
+    writeFileSync(
+      join(bin, "flock"),
+      `#!/bin/sh
 if [ "$2" = 5 ] && [ ! -e ${mark} ]; then touch ${mark}; rm -rf ${wt}; fi
 exec ${realFlock} "$@"
-`);
+`,
+    );
     chmodSync(join(bin, "flock"), 0o755);
-    const r = await runExecutor({ meta: pushMeta(repo, c), cacheDir, taskDir: join(dir, "ev1"), env: { PATH: `${bin}:${process.env.PATH}` } });
+    const r = await runExecutor({
+      meta: pushMeta(repo, c),
+      cacheDir,
+      taskDir: join(dir, "ev1"),
+      env: { PATH: `${bin}:${process.env.PATH}` },
+    });
     expect(existsSync(mark)).toBe(true);
     expect(r.stderr).toContain("(cached)");
     expect(r.stderr).toContain("(from mirror)");
@@ -542,4 +583,3 @@ function randomText(bytes: number): string {
   while (s.length < bytes) s += Math.random().toString(36).slice(2);
   return s.slice(0, bytes);
 }
-

@@ -139,12 +139,23 @@ export function runExecutor(opts: RunOptions): Promise<RunResult> {
 }
 
 export function randomHex(): string {
-  return Math.floor(Math.random() * 0xffffffff).toString(16).padStart(8, "0");
+  return Math.floor(Math.random() * 0xffffffff)
+    .toString(16)
+    .padStart(8, "0");
 }
 
 /** Standard meta for a push to main. */
 export function pushMeta(repo: TestRepo, commit: string, extra: Record<string, string> = {}): Record<string, string> {
-  return { REPO_URL: repo.url, COMMIT: commit, BRANCH: "main", FLAVOR: "default", REPO: "acme/widgets", EVENT: "push", TRUSTED: "false", ...extra };
+  return {
+    REPO_URL: repo.url,
+    COMMIT: commit,
+    BRANCH: "main",
+    FLAVOR: "default",
+    REPO: "acme/widgets",
+    EVENT: "push",
+    TRUSTED: "false",
+    ...extra,
+  };
 }
 
 /** Path → (type, mode, content hash) of every entry under `dir`, including `.git`: equal maps mean identical trees. */

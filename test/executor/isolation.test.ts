@@ -2,14 +2,26 @@ import { chmodSync, existsSync, mkdirSync, readdirSync, statSync, symlinkSync, w
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { repoSlug } from "../../src/executor/layout.js";
-import { cleanup, createRepo, mountSupport, pushMeta, runExecutor, sh, tempDir, treeDigest, type RunOptions, type TestRepo } from "./helpers.js";
+import {
+  cleanup,
+  createRepo,
+  mountSupport,
+  pushMeta,
+  type RunOptions,
+  runExecutor,
+  sh,
+  type TestRepo,
+  tempDir,
+  treeDigest,
+} from "./helpers.js";
 
 // Issue 9, finding 1: a fork must not be able to switch isolation off, and no build may write the shared
 // worktree of a commit or another namespace's caches. Every test here performs the attack with a real git
 // repository, a real `petrel executor` child process and real mounts (root only: skipped otherwise).
 const support = mountSupport();
 const root = process.getuid?.() === 0;
-if (!support.ok || !root) console.warn(`SKIPPED executor isolation tests: they need root and overlay mounts (${support.reason || "not root"})`);
+if (!support.ok || !root)
+  console.warn(`SKIPPED executor isolation tests: they need root and overlay mounts (${support.reason || "not root"})`);
 
 /** What a fork's build script does when it gets to run: write into every shared place it can name. */
 const HOSTILE = [
@@ -25,7 +37,7 @@ const HOSTILE = [
   'try "mount -o remount,rw $MAIN_WT"',
   'try "mount -o remount,rw /"',
   'mkdir -p /tmp/petrel-hostile-mnt 2>/dev/null; try "mount --bind / /tmp/petrel-hostile-mnt"',
-  'try "nsenter -t 1 -m -- sh -c \'echo pwned > $MAIN_WT/pwned\'"',
+  "try \"nsenter -t 1 -m -- sh -c 'echo pwned > $MAIN_WT/pwned'\"",
   'for d in ../lower ../../worktrees/*/* ../../../worktrees/*/*; do try "echo pwned > $d/pwned"; done',
   "echo HOSTILE-SCRIPT-RAN",
 ].join("\n");
@@ -41,7 +53,12 @@ describe.skipIf(!support.ok || !root)("executor isolation under attack", () => {
   let n = 0;
 
   const run = (opts: Omit<RunOptions, "cacheDir" | "taskDir"> & { taskDir?: string }) =>
-    runExecutor({ cacheDir, taskDir: join(dir, `task-${++n}`), ...opts, env: { MAIN_WT: mainWt, TRUSTED_CACHE: trustedCache, ...opts.env } });
+    runExecutor({
+      cacheDir,
+      taskDir: join(dir, `task-${++n}`),
+      ...opts,
+      env: { MAIN_WT: mainWt, TRUSTED_CACHE: trustedCache, ...opts.env },
+    });
 
   /** A fork's pull request head: `prepare` shapes the work tree (files, symlinks), pushed to refs/pull/<pr>/head. */
   function forkCommit(pr: number, prepare: (work: string) => void): string {
@@ -71,12 +88,19 @@ describe.skipIf(!support.ok || !root)("executor isolation under attack", () => {
     repo = createRepo(dir);
     cacheDir = join(dir, "cache");
     main = repo.commit(
-      { ".petrel": '#!/bin/sh\necho "main build"; [ -e deps/trusted.txt ] || echo trusted-data > deps/trusted.txt\n', "data/a.txt": "alpha\n" },
+      {
+        ".petrel": '#!/bin/sh\necho "main build"; [ -e deps/trusted.txt ] || echo trusted-data > deps/trusted.txt\n',
+        "data/a.txt": "alpha\n",
+      },
       { executable: [".petrel"] },
     );
     mainWt = join(cacheDir, "worktrees", repoSlug(repo.url), main);
     trustedCache = join(cacheDir, "caches", repoSlug(repo.url), "trusted", "deps");
-    const r = await runExecutor({ meta: pushMeta(repo, main, { TRUSTED: "true", CACHES: "deps=deps" }), cacheDir, taskDir: join(dir, "main-0") });
+    const r = await runExecutor({
+      meta: pushMeta(repo, main, { TRUSTED: "true", CACHES: "deps=deps" }),
+      cacheDir,
+      taskDir: join(dir, "main-0"),
+    });
     expect(r.code).toBe(0);
     expect(r.stdout).toContain("main build");
     before = { wt: treeDigest(mainWt), cache: treeDigest(trustedCache) };
@@ -185,7 +209,7 @@ describe.skipIf(!support.ok || !root)("executor isolation under attack", () => {
           HOSTILE,
           'ls -A "$PETREL_CACHE_DIR" >/dev/null 2>&1 && echo CACHE-DIR-READABLE',
           'try "echo pwned > $OWN_WT/pwned"',
-          'echo built > built.txt && cat built.txt',
+          "echo built > built.txt && cat built.txt",
           'echo home > "$HOME/h" && echo "home writable"',
           '. "$PETREL_SECRETS" && echo "token=$TOKEN"',
         ].join("\n"),
@@ -199,7 +223,11 @@ describe.skipIf(!support.ok || !root)("executor isolation under attack", () => {
     // As /tmp is: the build user must be able to pass through to its copy, home and secrets.
     chmodSync(dir, 0o711);
     const meta = pushMeta(repo, c, { TRUSTED: "true", CACHES: "deps=deps" });
-    const warm = await run({ meta, env: { PETREL_ISOLATION: "copy", TMPDIR: tmp, OWN_WT: ownWt }, payload: { secrets: { TOKEN: "s3cret" } } });
+    const warm = await run({
+      meta,
+      env: { PETREL_ISOLATION: "copy", TMPDIR: tmp, OWN_WT: ownWt },
+      payload: { secrets: { TOKEN: "s3cret" } },
+    });
     expect(warm.code).toBe(0);
     const ownBefore = treeDigest(ownWt);
     const r = await run({ meta, env: { PETREL_ISOLATION: "copy", TMPDIR: tmp, OWN_WT: ownWt }, payload: { secrets: { TOKEN: "s3cret" } } });

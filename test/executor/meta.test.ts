@@ -24,7 +24,12 @@ describe("executor meta checks", () => {
 });
 
 describe("reading the Nomad task environment", () => {
-  const base = { NOMAD_META_REPO_URL: "https://git.example.test/acme/w.git", NOMAD_META_COMMIT: "4c1d7e0", NOMAD_META_BRANCH: "main", NOMAD_META_FLAVOR: "default" };
+  const base = {
+    NOMAD_META_REPO_URL: "https://git.example.test/acme/w.git",
+    NOMAD_META_COMMIT: "4c1d7e0",
+    NOMAD_META_BRANCH: "main",
+    NOMAD_META_FLAVOR: "default",
+  };
 
   it("treats optional keys Nomad exported as empty strings as absent", () => {
     const raw = readNomadMeta({ ...base, NOMAD_META_EVENT: "", NOMAD_META_TRUSTED: "", NOMAD_META_PR: "", NOMAD_META_REPO: "acme/w" });

@@ -44,7 +44,9 @@ describe("the merged log", () => {
     output.stderr.write("abcdef");
     output.stderr.write("more");
     output.close();
-    expect(readFileSync(path, "utf8")).toBe("12345678\n==> the merged log stops here (10 bytes); stdout and stderr go on in their own logs\n");
+    expect(readFileSync(path, "utf8")).toBe(
+      "12345678\n==> the merged log stops here (10 bytes); stdout and stderr go on in their own logs\n",
+    );
     expect(err.chunks.join("")).toBe("12345678abcdefmore");
   });
 

@@ -2,7 +2,7 @@ import { spawn } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { cleanup, createRepo, PETREL, mountPoints, mountSupport, sh, tempDir, treeDigest, type TestRepo } from "./helpers.js";
+import { cleanup, createRepo, mountPoints, mountSupport, PETREL, sh, type TestRepo, tempDir, treeDigest } from "./helpers.js";
 
 const support = mountSupport();
 if (!support.ok) console.warn(`SKIPPED petrel run overlay tests: this process may not mount overlayfs (${support.reason})`);
@@ -51,7 +51,10 @@ describe("petrel run", () => {
   beforeAll(() => {
     dir = tempDir("run");
     repo = createRepo(dir);
-    commit = repo.commit({ ".petrel": `${DESTRUCTIVE}\n`, README: "readme\n", "src/a.c": "int a;\n", "src/deep/b.c": "int b;\n" }, { executable: [".petrel"] });
+    commit = repo.commit(
+      { ".petrel": `${DESTRUCTIVE}\n`, README: "readme\n", "src/a.c": "int a;\n", "src/deep/b.c": "int b;\n" },
+      { executable: [".petrel"] },
+    );
     sh("git remote add origin https://git.example.test/acme/widgets.git", repo.work);
     // Uncommitted work must be built as it is, and survive.
     writeFileSync(join(repo.work, "notes.txt"), "untracked notes\n");
@@ -82,7 +85,10 @@ describe("petrel run", () => {
   it.skipIf(!support.ok)("keeps a linked worktree's git directory, outside the tree, read-only for the build", async () => {
     const linked = join(dir, "linked");
     sh(`git worktree add -q ${linked} -b linked-branch`, repo.work);
-    writeFileSync(join(linked, ".petrel"), '#!/bin/sh\ngit -c user.email=b@x -c user.name=b commit -q --allow-empty -m "from the build" 2>/dev/null; echo "commit rc=$?"\n');
+    writeFileSync(
+      join(linked, ".petrel"),
+      '#!/bin/sh\ngit -c user.email=b@x -c user.name=b commit -q --allow-empty -m "from the build" 2>/dev/null; echo "commit rc=$?"\n',
+    );
     sh("git status --porcelain", repo.work);
     const before = treeDigest(join(repo.work, ".git"));
     const r = await petrelRun(linked, [], env);

@@ -48,7 +48,15 @@ describe("file locks", () => {
   it("frees the lock when the holding process is killed", async () => {
     const path = join(dir, "c.lock");
     const lockJs = join(ROOT, "dist/executor/lock.js");
-    const holder = spawn(process.execPath, ["--input-type=module", "-e", `const { lockFile } = await import(${JSON.stringify(lockJs)}); await lockFile(${JSON.stringify(path)}); console.log("held"); setInterval(() => {}, 1000);`], { stdio: ["ignore", "pipe", "inherit"] });
+    const holder = spawn(
+      process.execPath,
+      [
+        "--input-type=module",
+        "-e",
+        `const { lockFile } = await import(${JSON.stringify(lockJs)}); await lockFile(${JSON.stringify(path)}); console.log("held"); setInterval(() => {}, 1000);`,
+      ],
+      { stdio: ["ignore", "pipe", "inherit"] },
+    );
     let out = "";
     holder.stdout.on("data", (d: Buffer) => (out += d.toString()));
     expect(await waitFor(() => out.includes("held"), 10_000)).toBe(true);
@@ -92,13 +100,16 @@ describe("file locks", () => {
 describe("secrets file", () => {
   it("round-trips any value through a POSIX shell", () => {
     fc.assert(
-      fc.property(fc.string({ unit: "grapheme" }).filter((s) => !s.includes("\0")), (value) => {
-        const { text } = formatSecrets({ VALUE: value });
-        const file = join(dir, "s.sh");
-        writeFileSync(file, text);
-        const out = execFileSync("/bin/sh", ["-c", `. "$1"; printf %s "$VALUE"`, "sh", file], { encoding: "utf8" });
-        expect(out).toBe(value);
-      }),
+      fc.property(
+        fc.string({ unit: "grapheme" }).filter((s) => !s.includes("\0")),
+        (value) => {
+          const { text } = formatSecrets({ VALUE: value });
+          const file = join(dir, "s.sh");
+          writeFileSync(file, text);
+          const out = execFileSync("/bin/sh", ["-c", `. "$1"; printf %s "$VALUE"`, "sh", file], { encoding: "utf8" });
+          expect(out).toBe(value);
+        },
+      ),
       { numRuns: 60 },
     );
   });
@@ -173,7 +184,11 @@ describe("cache layout names", () => {
   it("never gives two repositories the same directory, and only safe names", () => {
     const url = fc.oneof(
       fc.string(),
-      fc.tuple(fc.constantFrom("https://", "ssh://git@", "file://", ""), fc.array(fc.stringMatching(/^[A-Za-z0-9._%+~:@ -]{0,12}$/), { maxLength: 4 }))
+      fc
+        .tuple(
+          fc.constantFrom("https://", "ssh://git@", "file://", ""),
+          fc.array(fc.stringMatching(/^[A-Za-z0-9._%+~:@ -]{0,12}$/), { maxLength: 4 }),
+        )
         .map(([scheme, parts]) => `${scheme}${parts.join("/")}`),
     );
     fc.assert(

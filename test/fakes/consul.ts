@@ -1,5 +1,5 @@
-import { createServer } from "node:http";
 import type { IncomingMessage, ServerResponse } from "node:http";
+import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { assertExpected } from "./strict.js";
 
@@ -66,7 +66,7 @@ export interface ConsulFake {
 
 const DEFAULT_WAIT_MS = 5 * 60_000;
 const MAX_WAIT_MS = 10 * 60_000;
-const UNITS: Record<string, number> = { ns: 1e-6, us: 1e-3, "µs": 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+const UNITS: Record<string, number> = { ns: 1e-6, us: 1e-3, µs: 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 
 /** Go's time.ParseDuration, reduced to what a test needs: `10s`, `1m30s`, `250ms`, `0`. */
 function goDuration(text: string): number | undefined {
@@ -188,7 +188,13 @@ export async function startConsulFake(options: ConsulFakeOptions = {}): Promise<
     return Buffer.concat(chunks);
   }
 
-  async function handleGet(req: IncomingMessage, res: ServerResponse, key: string, q: URLSearchParams, token: string | undefined): Promise<void> {
+  async function handleGet(
+    _req: IncomingMessage,
+    res: ServerResponse,
+    key: string,
+    q: URLSearchParams,
+    token: string | undefined,
+  ): Promise<void> {
     const keysOnly = q.has("keys");
     const recurse = q.has("recurse") || keysOnly;
     if (!recurse && key === "") return send(res, 400, "Missing key name");
@@ -251,7 +257,13 @@ export async function startConsulFake(options: ConsulFakeOptions = {}): Promise<
     return send(res, 200, `[${visible.map(([k, e]) => entryJson(k, e)).join(",")}]`, index);
   }
 
-  async function handlePut(req: IncomingMessage, res: ServerResponse, key: string, q: URLSearchParams, token: string | undefined): Promise<void> {
+  async function handlePut(
+    req: IncomingMessage,
+    res: ServerResponse,
+    key: string,
+    q: URLSearchParams,
+    token: string | undefined,
+  ): Promise<void> {
     const length = Number(req.headers["content-length"] ?? "0");
     const body = await readBody(req);
     if (key === "") return send(res, 400, "Missing key name");

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { builderJob, type NomadTarget, realNomad, startTarget } from "../nomad/target.js";
 import { startNomadFake } from "./nomad.js";
-import { builderJob, realNomad, startTarget, type NomadTarget } from "../nomad/target.js";
 
 // Raw HTTP against the fake (or a real Nomad when NOMAD_ADDR is set): the wire facts of Nomad's HTTP API
 // (https://developer.hashicorp.com/nomad/api-docs) that the client and every consumer of the fake rely on.
@@ -293,8 +293,7 @@ describe.skipIf(realNomad)("fake-only behaviour", () => {
     const fake = await startNomadFake({ dispatchRace: true });
     try {
       fake.registerJob({ ID: "builder", Type: "batch", ParameterizedJob: {}, TaskGroups: [] });
-      const send = () =>
-        fetch(`${fake.url}/v1/job/builder/dispatch?idempotency_token=same`, { method: "POST", body: "{}" });
+      const send = () => fetch(`${fake.url}/v1/job/builder/dispatch?idempotency_token=same`, { method: "POST", body: "{}" });
       const answers = await Promise.all([send(), send()]);
       expect(answers.map((a) => a.status)).toEqual([200, 200]);
       expect(fake.children("builder")).toHaveLength(2);

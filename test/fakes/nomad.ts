@@ -2,8 +2,16 @@ import { randomUUID } from "node:crypto";
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { parse as parseHcl } from "@cdktf/hcl2json";
+import {
+  ALLOC_DEFAULTS,
+  DESIRED_TRANSITION,
+  GROUP_DEFAULTS,
+  JOB_DEFAULTS,
+  TASK_DEFAULTS,
+  TASK_EVENT_DEFAULTS,
+  withDefaults,
+} from "./nomad-defaults.js";
 import { assertExpected } from "./strict.js";
-import { ALLOC_DEFAULTS, DESIRED_TRANSITION, GROUP_DEFAULTS, JOB_DEFAULTS, TASK_DEFAULTS, TASK_EVENT_DEFAULTS, withDefaults } from "./nomad-defaults.js";
 
 // A Nomad agent on 127.0.0.1 that follows Nomad's HTTP API (https://developer.hashicorp.com/nomad/api-docs, source
 // https://github.com/hashicorp/nomad/tree/main/command/agent) and the recordings in test/fixtures/nomad.
@@ -421,9 +429,7 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
   }
 
   function evalsOf(ns: string, jobId: string): FakeEval[] {
-    return [...state.evals.values()]
-      .filter((e) => e.Namespace === ns && e.JobID === jobId)
-      .sort((a, b) => a.CreateIndex - b.CreateIndex);
+    return [...state.evals.values()].filter((e) => e.Namespace === ns && e.JobID === jobId).sort((a, b) => a.CreateIndex - b.CreateIndex);
   }
 
   function allocsOf(ns: string, jobId: string, all = true): AllocRecord[] {
@@ -476,35 +482,41 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
     const id = String(job.ID);
     const p = job.ParameterizedJob;
     const groups = Array.isArray(job.TaskGroups) ? job.TaskGroups : [];
-    return withDefaults({
-      ...job,
-      ID: id,
-      Name: typeof job.Name === "string" && job.Name ? job.Name : id,
-      Namespace: ns,
-      ParentID: typeof job.ParentID === "string" ? job.ParentID : "",
-      Type: typeof job.Type === "string" && job.Type ? job.Type : "service",
-      Priority: typeof job.Priority === "number" && job.Priority ? job.Priority : 50,
-      Datacenters: Array.isArray(job.Datacenters) && job.Datacenters.length ? job.Datacenters : ["*"],
-      Status: "",
-      StatusDescription: "",
-      Stop: false,
-      Dispatched: job.Dispatched === true,
-      DispatchIdempotencyToken: typeof job.DispatchIdempotencyToken === "string" ? job.DispatchIdempotencyToken : "",
-      ParameterizedJob: p
-        ? { Payload: p.Payload || "optional", MetaRequired: p.MetaRequired ?? null, MetaOptional: p.MetaOptional ?? null }
-        : null,
-      Periodic: job.Periodic ?? null,
-      Payload: typeof job.Payload === "string" && job.Payload ? job.Payload : null,
-      Meta: job.Meta && typeof job.Meta === "object" ? job.Meta : null,
-      TaskGroups: groups.map((g) =>
-        withDefaults({ ...g, Count: g.Count ?? 1, Tasks: (g.Tasks ?? []).map((t) => withDefaults(nilEmpty(t), TASK_DEFAULTS)) }, GROUP_DEFAULTS),
-      ),
-      SubmitTime: 0,
-      Version: 0,
-      CreateIndex: 0,
-      ModifyIndex: 0,
-      JobModifyIndex: 0,
-    }, JOB_DEFAULTS);
+    return withDefaults(
+      {
+        ...job,
+        ID: id,
+        Name: typeof job.Name === "string" && job.Name ? job.Name : id,
+        Namespace: ns,
+        ParentID: typeof job.ParentID === "string" ? job.ParentID : "",
+        Type: typeof job.Type === "string" && job.Type ? job.Type : "service",
+        Priority: typeof job.Priority === "number" && job.Priority ? job.Priority : 50,
+        Datacenters: Array.isArray(job.Datacenters) && job.Datacenters.length ? job.Datacenters : ["*"],
+        Status: "",
+        StatusDescription: "",
+        Stop: false,
+        Dispatched: job.Dispatched === true,
+        DispatchIdempotencyToken: typeof job.DispatchIdempotencyToken === "string" ? job.DispatchIdempotencyToken : "",
+        ParameterizedJob: p
+          ? { Payload: p.Payload || "optional", MetaRequired: p.MetaRequired ?? null, MetaOptional: p.MetaOptional ?? null }
+          : null,
+        Periodic: job.Periodic ?? null,
+        Payload: typeof job.Payload === "string" && job.Payload ? job.Payload : null,
+        Meta: job.Meta && typeof job.Meta === "object" ? job.Meta : null,
+        TaskGroups: groups.map((g) =>
+          withDefaults(
+            { ...g, Count: g.Count ?? 1, Tasks: (g.Tasks ?? []).map((t) => withDefaults(nilEmpty(t), TASK_DEFAULTS)) },
+            GROUP_DEFAULTS,
+          ),
+        ),
+        SubmitTime: 0,
+        Version: 0,
+        CreateIndex: 0,
+        ModifyIndex: 0,
+        JobModifyIndex: 0,
+      },
+      JOB_DEFAULTS,
+    );
   }
 
   /** §7.1 register: canonicalise, validate, upsert; a new version only when the spec changed. */
@@ -643,8 +655,7 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
 
     const bodyToken = pick(body, "IdempotencyToken");
     const token = query.get("idempotency_token") || (typeof bodyToken === "string" ? bodyToken : "");
-    const findExisting = () =>
-      token ? childrenOf(ns, parentId).find((c) => c.DispatchIdempotencyToken === token) : undefined;
+    const findExisting = () => (token ? childrenOf(ns, parentId).find((c) => c.DispatchIdempotencyToken === token) : undefined);
     let existing = findExisting();
     if (!existing && dispatchRace) {
       // Pre-1.11.2 servers checked the token before the Raft write and not again inside it (GH #26690).
@@ -810,7 +821,18 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       const r = (t.Resources ?? {}) as { CPU?: number; MemoryMB?: number };
       return { name: t.Name, cpu: r.CPU ?? 100, mem: r.MemoryMB ?? 300 };
     });
-    const zero = { CPU: 0, Cores: 0, Devices: null, DiskMB: 0, IOPS: 0, MemoryMB: 0, MemoryMaxMB: 0, NUMA: null, Networks: null, SecretsMB: 0 };
+    const zero = {
+      CPU: 0,
+      Cores: 0,
+      Devices: null,
+      DiskMB: 0,
+      IOPS: 0,
+      MemoryMB: 0,
+      MemoryMaxMB: 0,
+      NUMA: null,
+      Networks: null,
+      SecretsMB: 0,
+    };
     const { JobType: _stubOnly, DesiredTransition: _unset, ...fields } = allocStub(alloc);
     return {
       ...fields,
@@ -821,10 +843,19 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
         Shared: { DiskMB: 300, Networks: null, Ports: null },
         TaskLifecycles: Object.fromEntries(tasks.map((t) => [t.name, null])),
         Tasks: Object.fromEntries(
-          tasks.map((t) => [t.name, { Cpu: { CpuShares: t.cpu, ReservedCores: null }, Devices: null, Memory: { MemoryMB: t.mem, MemoryMaxMB: 0 }, Networks: null }]),
+          tasks.map((t) => [
+            t.name,
+            { Cpu: { CpuShares: t.cpu, ReservedCores: null }, Devices: null, Memory: { MemoryMB: t.mem, MemoryMaxMB: 0 }, Networks: null },
+          ]),
         ),
       },
-      Resources: { ...zero, CPU: tasks.reduce((n, t) => n + t.cpu, 0), DiskMB: 300, MemoryMB: tasks.reduce((n, t) => n + t.mem, 0), MemoryMaxMB: tasks.reduce((n, t) => n + t.mem, 0) },
+      Resources: {
+        ...zero,
+        CPU: tasks.reduce((n, t) => n + t.cpu, 0),
+        DiskMB: 300,
+        MemoryMB: tasks.reduce((n, t) => n + t.mem, 0),
+        MemoryMaxMB: tasks.reduce((n, t) => n + t.mem, 0),
+      },
       SharedResources: { ...zero, DiskMB: 300 },
       TaskResources: Object.fromEntries(tasks.map((t) => [t.name, { ...zero, CPU: t.cpu, MemoryMB: t.mem }])),
     };
@@ -896,7 +927,10 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
           .sort((a, b) => (a.ID < b.ID ? -1 : a.ID > b.ID ? 1 : 0));
         // `meta=true` adds each job's Meta to its stub (fixtures/nomad/jobs.list.meta).
         const withMeta = query.get("meta") === "true";
-        return read(jobs.map((j) => (withMeta ? { ...stubOf(j), Meta: j.Meta } : stubOf(j))), state.tables.jobs);
+        return read(
+          jobs.map((j) => (withMeta ? { ...stubOf(j), Meta: j.Meta } : stubOf(j))),
+          state.tables.jobs,
+        );
       }
       if (method !== "PUT" && method !== "POST") throw new NomadHttpError(405, "Invalid method");
       return registerRequest(req, query, body, undefined);
@@ -963,7 +997,10 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
         authorize(req);
         const all = parseBool(query.get("all") ?? "false", "all");
         await block(query, () => state.tables.allocs);
-        return read(allocsOf(ns, id, all).map((r) => allocStub(r.alloc)), state.tables.allocs);
+        return read(
+          allocsOf(ns, id, all).map((r) => allocStub(r.alloc)),
+          state.tables.allocs,
+        );
       }
       case "evaluations": {
         if (method !== "GET") throw new NomadHttpError(405, "Invalid method");
@@ -1020,11 +1057,7 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
     authorize(req);
     const bodyNs = pick(decoded, "Namespace");
     const jobNs = pick(spec, "Namespace");
-    const ns =
-      query.get("namespace") ||
-      (typeof bodyNs === "string" && bodyNs) ||
-      (typeof jobNs === "string" && jobNs) ||
-      "default";
+    const ns = query.get("namespace") || (typeof bodyNs === "string" && bodyNs) || (typeof jobNs === "string" && jobNs) || "default";
     const { job: stored, evalId, evalIndex } = register(normalizeKeys(spec), ns);
     const submission = pick(decoded, "Submission");
     if (submission && typeof submission === "object") state.submissions.set(key(ns, stored.ID), submission);
@@ -1125,7 +1158,10 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
     if (raw === null || raw === "") return false;
     if (["1", "t", "T", "TRUE", "true", "True"].includes(raw)) return true;
     if (["0", "f", "F", "FALSE", "false", "False"].includes(raw)) return false;
-    throw new NomadHttpError(400, `failed to parse ${field} field to boolean: strconv.ParseBool: parsing ${JSON.stringify(raw)}: invalid syntax`);
+    throw new NomadHttpError(
+      400,
+      `failed to parse ${field} field to boolean: strconv.ParseBool: parsing ${JSON.stringify(raw)}: invalid syntax`,
+    );
   }
 
   async function logsRequest(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
@@ -1194,7 +1230,11 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
     const onWrite = () => {
       if (done || batch) return;
       if (logBatchMs <= 0) void pump();
-      else batch = setTimeout(() => ((batch = undefined), void pump()), logBatchMs);
+      else
+        batch = setTimeout(() => {
+          batch = undefined;
+          void pump();
+        }, logBatchMs);
     };
     logStreams.add(handle);
     log.followers.add(onWrite);
@@ -1301,7 +1341,8 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
     const files = state.allocFiles.get(allocId);
     const file = files?.get(clean);
     if (!file) {
-      const isDir = ["", "alloc", "alloc/logs", "alloc/data", "alloc/tmp"].includes(clean.replace(/\/$/, "")) ||
+      const isDir =
+        ["", "alloc", "alloc/logs", "alloc/data", "alloc/tmp"].includes(clean.replace(/\/$/, "")) ||
         [...(files?.keys() ?? [])].some((p) => p.startsWith(`${clean.replace(/\/$/, "")}/`));
       if (isDir) throw new NomadHttpError(400, `file ${JSON.stringify(path)} is a directory`);
       throw new NomadHttpError(400, `stat ${ALLOC_ROOT}/${allocId}/${clean}: no such file or directory`);
@@ -1409,16 +1450,18 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       body,
     });
     if (latencyMs > 0) await sleep(latencyMs);
-    const rule = failRules.find(
-      (r) => r.remaining > 0 && (!r.method || r.method === req.method) && (!r.path || r.path.test(url.pathname)),
-    );
+    const rule = failRules.find((r) => r.remaining > 0 && (!r.method || r.method === req.method) && (!r.path || r.path.test(url.pathname)));
     if (rule) {
       rule.remaining -= 1;
       if (rule.remaining === 0) failRules.splice(failRules.indexOf(rule), 1);
       sendText(res, rule.status, rule.text);
       return;
     }
-    if (url.pathname.startsWith("/v1/client/fs/logs/") || url.pathname.startsWith("/v1/client/fs/stream/") || url.pathname === "/v1/event/stream") {
+    if (
+      url.pathname.startsWith("/v1/client/fs/logs/") ||
+      url.pathname.startsWith("/v1/client/fs/stream/") ||
+      url.pathname === "/v1/event/stream"
+    ) {
       try {
         if (url.pathname === "/v1/event/stream") eventsRequest(req, res, url);
         else if (url.pathname.startsWith("/v1/client/fs/stream/")) await fileStreamRequest(req, res, url);
@@ -1568,7 +1611,9 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
 
     placeAlloc(jobId, { node = "fake-node-1", namespace = "default" } = {}) {
       const job = mustJob(jobId, namespace);
-      const ev = evalsOf(namespace, jobId).filter((e) => e.Status === "pending" || e.Status === "blocked").at(-1);
+      const ev = evalsOf(namespace, jobId)
+        .filter((e) => e.Status === "pending" || e.Status === "blocked")
+        .at(-1);
       const group = job.TaskGroups[0] ?? { Name: "runner", Tasks: [{ Name: "executor" }] };
       const idx = next();
       if (ev) {
@@ -1625,7 +1670,9 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
 
     failPlacement(jobId, { namespace = "default", reason = "missing compatible host volumes" } = {}) {
       const job = mustJob(jobId, namespace);
-      const ev = evalsOf(namespace, jobId).filter((e) => e.Status === "pending").at(-1);
+      const ev = evalsOf(namespace, jobId)
+        .filter((e) => e.Status === "pending")
+        .at(-1);
       if (!ev) throw new Error(`nomad fake: job "${jobId}" has no pending evaluation`);
       const idx = next();
       const blocked = newEval(job, "queued-allocs", idx, "blocked");
@@ -1739,7 +1786,13 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       }
       let file = byPath.get(path);
       if (!file) {
-        file = { task: "", type: "stdout", files: [{ n: 0, buf: Buffer.alloc(0), size: 0, deleted: false, truncations: 0 }], gone: false, followers: new Set() };
+        file = {
+          task: "",
+          type: "stdout",
+          files: [{ n: 0, buf: Buffer.alloc(0), size: 0, deleted: false, truncations: 0 }],
+          gone: false,
+          followers: new Set(),
+        };
         byPath.set(path, file);
       }
       const f = file.files[0] as LogFile;
@@ -1867,7 +1920,12 @@ function isTerminal(alloc: FakeAlloc): boolean {
 const VOLATILE = new Set(["Status", "StatusDescription", "Version", "CreateIndex", "ModifyIndex", "JobModifyIndex", "SubmitTime", "Stop"]);
 
 function specChanged(a: FakeJob, b: FakeJob): boolean {
-  const strip = (j: FakeJob) => JSON.stringify(Object.entries(j).filter(([k]) => !VOLATILE.has(k)).sort(([x], [y]) => (x < y ? -1 : 1)));
+  const strip = (j: FakeJob) =>
+    JSON.stringify(
+      Object.entries(j)
+        .filter(([k]) => !VOLATILE.has(k))
+        .sort(([x], [y]) => (x < y ? -1 : 1)),
+    );
   return strip(a) !== strip(b);
 }
 
@@ -1933,7 +1991,19 @@ function pick(obj: Record<string, unknown>, field: string): unknown {
 
 /** Top-level keys of a job spec as Go would bind them (`id` → `ID`). */
 function normalizeKeys(spec: Record<string, unknown>): Record<string, unknown> {
-  const known = ["ID", "Name", "Namespace", "Type", "Priority", "Datacenters", "ParameterizedJob", "Periodic", "Meta", "TaskGroups", "Payload"];
+  const known = [
+    "ID",
+    "Name",
+    "Namespace",
+    "Type",
+    "Priority",
+    "Datacenters",
+    "ParameterizedJob",
+    "Periodic",
+    "Meta",
+    "TaskGroups",
+    "Payload",
+  ];
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(spec)) out[known.find((f) => f.toLowerCase() === k.toLowerCase()) ?? k] = v;
   return out;
@@ -1942,7 +2012,10 @@ function normalizeKeys(spec: Record<string, unknown>): Record<string, unknown> {
 function decodePayload(value: unknown): Buffer {
   if (value === undefined || value === null) return Buffer.alloc(0);
   if (typeof value !== "string") {
-    throw new NomadHttpError(400, `json: cannot unmarshal ${goType(value)} into Go struct field JobDispatchRequest.Payload of type []uint8`);
+    throw new NomadHttpError(
+      400,
+      `json: cannot unmarshal ${goType(value)} into Go struct field JobDispatchRequest.Payload of type []uint8`,
+    );
   }
   const bad = /[^A-Za-z0-9+/=]/.exec(value);
   if (bad || value.length % 4 !== 0) throw new NomadHttpError(400, `illegal base64 data at input byte ${bad?.index ?? value.length}`);
@@ -1952,7 +2025,10 @@ function decodePayload(value: unknown): Buffer {
 function decodeMeta(value: unknown): Record<string, string> {
   if (value === undefined || value === null) return {};
   if (typeof value !== "object" || Array.isArray(value)) {
-    throw new NomadHttpError(400, `json: cannot unmarshal ${goType(value)} into Go struct field JobDispatchRequest.Meta of type map[string]string`);
+    throw new NomadHttpError(
+      400,
+      `json: cannot unmarshal ${goType(value)} into Go struct field JobDispatchRequest.Meta of type map[string]string`,
+    );
   }
   for (const v of Object.values(value)) {
     if (typeof v !== "string") {
@@ -1981,7 +2057,10 @@ function goType(value: unknown): string {
 function parseBool(raw: string, field: string, status = 400): boolean {
   if (["1", "t", "T", "TRUE", "true", "True"].includes(raw)) return true;
   if (["0", "f", "F", "FALSE", "false", "False"].includes(raw)) return false;
-  throw new NomadHttpError(status, `Failed to parse value of "${field}" (${raw}) as a bool: strconv.ParseBool: parsing "${raw}": invalid syntax`);
+  throw new NomadHttpError(
+    status,
+    `Failed to parse value of "${field}" (${raw}) as a bool: strconv.ParseBool: parsing "${raw}": invalid syntax`,
+  );
 }
 
 /** Go's `%v` of a string slice. */
@@ -1994,7 +2073,7 @@ function multiError(message: string): string {
   return `1 error occurred:\n\t* ${message}\n\n`;
 }
 
-const UNIT_NS: Record<string, number> = { ns: 1, us: 1e3, "µs": 1e3, ms: 1e6, s: 1e9, m: 60e9, h: 3600e9 };
+const UNIT_NS: Record<string, number> = { ns: 1, us: 1e3, µs: 1e3, ms: 1e6, s: 1e9, m: 60e9, h: 3600e9 };
 
 /** Go's `time.ParseDuration`, in nanoseconds. */
 export function parseGoDuration(text: string): number | undefined {
@@ -2071,20 +2150,24 @@ function hclToJob(parsed: Record<string, unknown>, canonicalize: boolean): Recor
   const groups = labelled(body.group).map(([name, g]) => {
     const restart = firstBlock(g.restart);
     const reschedule = firstBlock(g.reschedule);
-    const restartPolicy = restart && defined({
-      Attempts: restart.attempts,
-      Interval: duration(restart.interval),
-      Delay: duration(restart.delay),
-      Mode: restart.mode,
-    });
-    const reschedulePolicy = reschedule && defined({
-      Attempts: reschedule.attempts,
-      Interval: duration(reschedule.interval),
-      Delay: duration(reschedule.delay),
-      DelayFunction: reschedule.delay_function,
-      MaxDelay: duration(reschedule.max_delay),
-      Unlimited: reschedule.unlimited,
-    });
+    const restartPolicy =
+      restart &&
+      defined({
+        Attempts: restart.attempts,
+        Interval: duration(restart.interval),
+        Delay: duration(restart.delay),
+        Mode: restart.mode,
+      });
+    const reschedulePolicy =
+      reschedule &&
+      defined({
+        Attempts: reschedule.attempts,
+        Interval: duration(reschedule.interval),
+        Delay: duration(reschedule.delay),
+        DelayFunction: reschedule.delay_function,
+        MaxDelay: duration(reschedule.max_delay),
+        Unlimited: reschedule.unlimited,
+      });
     const volumes = labelled(g.volume);
     const tasks = labelled(g.task).map(([taskName, t]) => {
       const lifecycle = firstBlock(t.lifecycle);
@@ -2121,9 +2204,7 @@ function hclToJob(parsed: Record<string, unknown>, canonicalize: boolean): Recor
       Count: g.count ?? (canonicalize ? 1 : undefined),
       Meta: mapOf(g.meta),
       RestartPolicy:
-        canonicalize && batch
-          ? { Attempts: 3, Delay: 15e9, Interval: 86_400e9, Mode: "fail", ...restartPolicy }
-          : restartPolicy,
+        canonicalize && batch ? { Attempts: 3, Delay: 15e9, Interval: 86_400e9, Mode: "fail", ...restartPolicy } : restartPolicy,
       ReschedulePolicy:
         canonicalize && batch
           ? { Attempts: 1, Interval: 86_400e9, Delay: 5e9, DelayFunction: "constant", Unlimited: false, ...reschedulePolicy }

@@ -5,7 +5,7 @@ import { request } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { z } from "zod";
 import * as schema from "../../src/nomad/schema.js";
-import { startNomadFake, type NomadFake } from "./nomad.js";
+import { type NomadFake, startNomadFake } from "./nomad.js";
 import { shapeDiff } from "./shape.js";
 
 // Replays the exchanges recorded from a real Nomad agent (test/fixtures/nomad, see its README) against the fake:
@@ -59,7 +59,14 @@ function splitObjects(text: string): string[] {
 }
 
 const COMMIT = "4c1d7e0aa8b13b2b9c8f6a1e2d3c4b5a69788776";
-const META = { REPO_URL: "https://git.example.test/acme/widgets.git", COMMIT, BRANCH: "main", FLAVOR: "default", EVENT: "push", TRUSTED: "true" };
+const META = {
+  REPO_URL: "https://git.example.test/acme/widgets.git",
+  COMMIT,
+  BRANCH: "main",
+  FLAVOR: "default",
+  EVENT: "push",
+  TRUSTED: "true",
+};
 const STDOUT = `building ${COMMIT}\n\x1b[32mgreen\x1b[0m\n`;
 
 let fake: NomadFake;
@@ -85,12 +92,18 @@ async function dispatchOk(meta: Record<string, string>, token?: string) {
 
 beforeAll(async () => {
   fake = await startNomadFake({ eventHeartbeatMs: 100 });
-  const parsed = await http("POST", "/v1/jobs/parse", JSON.stringify({ JobHCL: readFileSync(`${DIR}capture-job.nomad.hcl`, "utf8"), Canonicalize: true }));
+  const parsed = await http(
+    "POST",
+    "/v1/jobs/parse",
+    JSON.stringify({ JobHCL: readFileSync(`${DIR}capture-job.nomad.hcl`, "utf8"), Canonicalize: true }),
+  );
   expect(parsed.status).toBe(200);
   expect((await http("POST", "/v1/jobs", JSON.stringify({ Job: JSON.parse(parsed.text) }))).status).toBe(200);
 
   eventsAbort = new AbortController();
-  const stream = await request(`${fake.url}/v1/event/stream?topic=Job&topic=Allocation&topic=Evaluation&index=1`, { signal: eventsAbort.signal });
+  const stream = await request(`${fake.url}/v1/event/stream?topic=Job&topic=Allocation&topic=Evaluation&index=1`, {
+    signal: eventsAbort.signal,
+  });
   stream.body.setEncoding("utf8");
   stream.body.on("data", (chunk: string) => events.push(chunk));
   stream.body.on("error", () => {});
@@ -126,7 +139,10 @@ function expectSameShape(name: string, text: string): void {
 describe("JSON answers have the recorded status, content type and shape", () => {
   const cases: [string, () => Promise<{ status: number; contentType: string; text: string }>][] = [
     ["dispatch.ok", async () => http("POST", "/v1/job/builder/dispatch", JSON.stringify({ Meta: META, IdempotencyToken: "token-2" }))],
-    ["dispatch.repeat-token", async () => http("POST", "/v1/job/builder/dispatch", JSON.stringify({ Meta: META, IdempotencyToken: "token-1" }))],
+    [
+      "dispatch.repeat-token",
+      async () => http("POST", "/v1/job/builder/dispatch", JSON.stringify({ Meta: META, IdempotencyToken: "token-1" })),
+    ],
     ["jobs.list", async () => http("GET", "/v1/jobs?prefix=builder/dispatch-")],
     ["jobs.list.meta", async () => http("GET", "/v1/jobs?prefix=builder/dispatch-&meta=true")],
     ["job.parent", async () => http("GET", "/v1/job/builder")],
@@ -161,9 +177,13 @@ describe("JSON answers have the recorded status, content type and shape", () => 
   });
 
   it("task events run Received, Task Setup, Started, Terminated as recorded", async () => {
-    const types = (name: string, allocs: unknown) =>
+    const types = (_name: string, allocs: unknown) =>
       (allocs as { TaskStates: Record<string, { Events: { Type: string }[] }> }[])[0]?.TaskStates.executor?.Events.map((e) => e.Type);
-    for (const [name, job] of [["job.allocations", ok], ["job.allocations.failed", failed], ["job.allocations.stopped", stopped]] as const) {
+    for (const [name, job] of [
+      ["job.allocations", ok],
+      ["job.allocations.failed", failed],
+      ["job.allocations.stopped", stopped],
+    ] as const) {
       const res = await http("GET", `/v1/job/${encodeURIComponent(job)}/allocations`);
       expect(types(name, JSON.parse(res.text))).toEqual(types(name, recordedJson(name)));
     }
@@ -214,13 +234,19 @@ describe("log streams have the recorded framing", () => {
     expect(recFrames.slice(1).every((f) => f === "{}")).toBe(true);
     const f = await startNomadFake({ logHeartbeatMs: 50, logBatchMs: 10 });
     try {
-      const id = f.registerJob({ ID: "builder", Type: "batch", TaskGroups: [{ Name: "runner", Tasks: [{ Name: "executor", Driver: "raw_exec" }] }] });
+      const id = f.registerJob({
+        ID: "builder",
+        Type: "batch",
+        TaskGroups: [{ Name: "runner", Tasks: [{ Name: "executor", Driver: "raw_exec" }] }],
+      });
       f.placeAlloc(id);
       f.startTask(id);
       f.writeLog(id, "stdout", STDOUT);
       const alloc = f.allocations(id)[0]?.ID ?? "";
       const ac = new AbortController();
-      const res = await request(`${f.url}/v1/client/fs/logs/${alloc}?task=executor&type=stdout&origin=start&offset=0&follow=true`, { signal: ac.signal });
+      const res = await request(`${f.url}/v1/client/fs/logs/${alloc}?task=executor&type=stdout&origin=start&offset=0&follow=true`, {
+        signal: ac.signal,
+      });
       expect(res.statusCode).toBe(rec.status);
       expect(res.headers["content-type"]).toBe(rec.headers["content-type"]);
       expect(res.headers["transfer-encoding"]).toBe(rec.headers["transfer-encoding"]);
@@ -243,7 +269,11 @@ describe("log streams have the recorded framing", () => {
     // hashicorp/nomad client/lib/streamframer/framer.go `run`: the heartbeat ticker sends a frame on every tick.
     const f = await startNomadFake({ logHeartbeatMs: 40, logBatchMs: 5 });
     try {
-      const id = f.registerJob({ ID: "builder", Type: "batch", TaskGroups: [{ Name: "runner", Tasks: [{ Name: "executor", Driver: "raw_exec" }] }] });
+      const id = f.registerJob({
+        ID: "builder",
+        Type: "batch",
+        TaskGroups: [{ Name: "runner", Tasks: [{ Name: "executor", Driver: "raw_exec" }] }],
+      });
       f.placeAlloc(id);
       f.startTask(id);
       const alloc = f.allocations(id)[0]?.ID ?? "";
@@ -312,7 +342,8 @@ describe("the event stream has the recorded framing and event shapes", () => {
     const byTopic = (lines: string[]) => {
       const m = new Map<string, unknown>();
       // The recording holds events of dispatched builds only, not of the parent's registration.
-      for (const l of lines) for (const e of (JSON.parse(l) as Batch).Events ?? []) if (!m.has(e.Topic) && e.Key !== "builder") m.set(e.Topic, e);
+      for (const l of lines)
+        for (const e of (JSON.parse(l) as Batch).Events ?? []) if (!m.has(e.Topic) && e.Key !== "builder") m.set(e.Topic, e);
       return m;
     };
     const rec = byTopic(recLines);
@@ -375,7 +406,10 @@ describe("the client schemas parse every recorded JSON body", () => {
   });
 
   it("event-stream: every batch parses as an EventBatch", () => {
-    const lines = recorded("event-stream").body.toString("utf8").split("\n").filter((l) => l !== "" && l !== "{}");
+    const lines = recorded("event-stream")
+      .body.toString("utf8")
+      .split("\n")
+      .filter((l) => l !== "" && l !== "{}");
     expect(lines.length).toBeGreaterThan(0);
     for (const l of lines) expect(schema.EventBatch.safeParse(JSON.parse(l)).error?.issues ?? []).toEqual([]);
   });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { bindDelivery, isRefName } from "../../src/gitea/binding.js";
-import { parseDelivery, type Delivery } from "../../src/gitea/events.js";
+import { type Delivery, parseDelivery } from "../../src/gitea/events.js";
 import { fixtureJson, headerReader } from "./fixtures.js";
 
 const KEY = "git.example.test/acme/widgets";
@@ -21,7 +21,11 @@ const pr = (edit: (base: Record<string, any>) => void) =>
 describe("bindDelivery: deliveries that name the entry's repository", () => {
   const cases: Array<{ name: string; key?: string; config?: Record<string, unknown>; delivery: Delivery; repoUrl: string }> = [
     { name: "the push fixture", delivery: push(), repoUrl: "https://git.example.test/acme/widgets.git" },
-    { name: "a fork pull request (the head may be anywhere)", delivery: delivery("pull_request.opened.fork.json", "pull_request"), repoUrl: "https://git.example.test/acme/widgets.git" },
+    {
+      name: "a fork pull request (the head may be anywhere)",
+      delivery: delivery("pull_request.opened.fork.json", "pull_request"),
+      repoUrl: "https://git.example.test/acme/widgets.git",
+    },
     {
       name: "names in another case, rebuilt on the entry's lower-case owner and name",
       delivery: push((r) => {
@@ -37,8 +41,16 @@ describe("bindDelivery: deliveries that name the entry's repository", () => {
       delivery: push((r) => (r.clone_url = "http://127.0.0.1:3000/acme/widgets.git")),
       repoUrl: "http://127.0.0.1:3000/acme/widgets.git",
     },
-    { name: "a clone URL without .git", delivery: push((r) => (r.clone_url = "https://git.example.test/acme/widgets")), repoUrl: "https://git.example.test/acme/widgets.git" },
-    { name: "no ssh_url (SSH disabled on the forge)", delivery: push((r) => (r.ssh_url = "")), repoUrl: "https://git.example.test/acme/widgets.git" },
+    {
+      name: "a clone URL without .git",
+      delivery: push((r) => (r.clone_url = "https://git.example.test/acme/widgets")),
+      repoUrl: "https://git.example.test/acme/widgets.git",
+    },
+    {
+      name: "no ssh_url (SSH disabled on the forge)",
+      delivery: push((r) => (r.ssh_url = "")),
+      repoUrl: "https://git.example.test/acme/widgets.git",
+    },
     {
       name: "a Gitea under a sub-path",
       key: "example.test/acme/widgets",
@@ -49,7 +61,12 @@ describe("bindDelivery: deliveries that name the entry's repository", () => {
       }),
       repoUrl: "https://example.test/git/acme/widgets.git",
     },
-    { name: "the entry's clone_url wins", config: { clone_url: "file:///srv/git/widgets.git" }, delivery: push(), repoUrl: "file:///srv/git/widgets.git" },
+    {
+      name: "the entry's clone_url wins",
+      config: { clone_url: "file:///srv/git/widgets.git" },
+      delivery: push(),
+      repoUrl: "file:///srv/git/widgets.git",
+    },
   ];
   it.each(cases)("binds $name", ({ key, config, delivery: d, repoUrl }) => {
     expect(bindDelivery(key ?? KEY, { config: config ?? {} }, d)).toEqual({ ok: true, repo: "acme/widgets", repoUrl });
@@ -59,7 +76,11 @@ describe("bindDelivery: deliveries that name the entry's repository", () => {
 describe("bindDelivery: deliveries that name another repository or a local path", () => {
   const cases: Array<[string, Delivery, RegExp]> = [
     ["another full_name", push((r) => (r.full_name = "acme/secret-sauce")), /repository\.full_name/],
-    ["another repository's clone_url", push((r) => (r.clone_url = "https://git.example.test/acme/secret-sauce.git")), /repository\.clone_url/],
+    [
+      "another repository's clone_url",
+      push((r) => (r.clone_url = "https://git.example.test/acme/secret-sauce.git")),
+      /repository\.clone_url/,
+    ],
     ["a clone_url on another host", push((r) => (r.clone_url = "https://evil.test/acme/widgets.git")), /clone_url/],
     ["a file:// clone_url", push((r) => (r.clone_url = "file:///srv/git/acme/widgets.git")), /clone_url/],
     ["a local path as clone_url", push((r) => (r.clone_url = "/srv/git/acme/widgets.git")), /clone_url/],
@@ -73,10 +94,22 @@ describe("bindDelivery: deliveries that name another repository or a local path"
     ["an ssh_url of another repository", push((r) => (r.ssh_url = "git@git.example.test:acme/secret-sauce.git")), /ssh_url/],
     ["an html_url on another host", push((r) => (r.html_url = "https://evil.test/acme/widgets")), /html_url/],
     ["a pull request based on another repository", pr((b) => (b.full_name = "acme/secret-sauce")), /base\.repo\.full_name/],
-    ["a pull request base cloned elsewhere", pr((b) => (b.clone_url = "https://git.example.test/acme/secret-sauce.git")), /base\.repo\.clone_url/],
+    [
+      "a pull request base cloned elsewhere",
+      pr((b) => (b.clone_url = "https://git.example.test/acme/secret-sauce.git")),
+      /base\.repo\.clone_url/,
+    ],
     ["a pull request base cloned from a file", pr((b) => (b.clone_url = "file:///tmp/evil.git")), /base\.repo\.clone_url/],
-    ["a pull request base with another html_url", pr((b) => (b.html_url = "https://git.example.test/acme/secret-sauce")), /base\.repo\.html_url/],
-    ["a pull request base with another ssh_url", pr((b) => (b.ssh_url = "ssh://git@git.example.test:2222/acme/secret-sauce.git")), /base\.repo\.ssh_url/],
+    [
+      "a pull request base with another html_url",
+      pr((b) => (b.html_url = "https://git.example.test/acme/secret-sauce")),
+      /base\.repo\.html_url/,
+    ],
+    [
+      "a pull request base with another ssh_url",
+      pr((b) => (b.ssh_url = "ssh://git@git.example.test:2222/acme/secret-sauce.git")),
+      /base\.repo\.ssh_url/,
+    ],
   ];
   it.each(cases)("refuses %s", (_name, d, field) => {
     const bound = bindDelivery(KEY, { config: { gitea: GITEA } }, d);

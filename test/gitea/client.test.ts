@@ -4,16 +4,16 @@ import { Agent, request } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { UpstreamError } from "../../src/errors.js";
 import {
-  MAX_DESCRIPTION,
   clampDescription,
   createGiteaClient,
   createStatusReporter,
   type GiteaClient,
+  MAX_DESCRIPTION,
   type PostStatusInput,
   type ReportOutcome,
 } from "../../src/gitea/client.js";
 import type { CommitState } from "../../src/gitea/schema.js";
-import { startGiteaFake, type GiteaFake } from "../fakes/gitea.js";
+import { type GiteaFake, startGiteaFake } from "../fakes/gitea.js";
 
 /**
  * Contract tests run against the fake, or against a real Gitea/Forgejo when GITEA_URL is set together with
@@ -310,8 +310,7 @@ describe("clampDescription", () => {
 function manualClient() {
   const calls: Array<{ input: PostStatusInput; resolve: () => void; reject: (e: unknown) => void }> = [];
   const gitea: GiteaClient = {
-    postStatus: (input) =>
-      new Promise((resolve, reject) => calls.push({ input, resolve: () => resolve(undefined), reject })),
+    postStatus: (input) => new Promise((resolve, reject) => calls.push({ input, resolve: () => resolve(undefined), reject })),
     combinedStatus: () => Promise.reject(new Error("unused")),
     version: () => Promise.reject(new Error("unused")),
   };

@@ -25,12 +25,22 @@ describe("checkCommitOnRef", () => {
   });
 
   it("refuses a URL that is not a clone URL without running git", async () => {
-    const check = await checkCommitOnRef({ url: "ext::sh -c touch% /tmp/petrel-pwned", ref: "refs/heads/main", commit: "abcdef0", timeoutMs: 1000 });
+    const check = await checkCommitOnRef({
+      url: "ext::sh -c touch% /tmp/petrel-pwned",
+      ref: "refs/heads/main",
+      commit: "abcdef0",
+      timeoutMs: 1000,
+    });
     expect(check.kind).toBe("unfetchable");
   });
 
   it("keeps credentials in the URL out of its messages", async () => {
-    const check = await checkCommitOnRef({ url: "https://user:tok3n-secret@127.0.0.1:1/acme/widgets.git", ref: "refs/heads/main", commit: "abcdef0", timeoutMs: 5000 });
+    const check = await checkCommitOnRef({
+      url: "https://user:tok3n-secret@127.0.0.1:1/acme/widgets.git",
+      ref: "refs/heads/main",
+      commit: "abcdef0",
+      timeoutMs: 5000,
+    });
     expect(check.kind).toBe("unfetchable");
     if (check.kind === "unfetchable") expect(check.message).not.toContain("tok3n-secret");
   });

@@ -12,9 +12,7 @@ function clone<T>(value: T): T {
 
 describe("eventName", () => {
   it("prefers X-Gitea-Event, then X-Forgejo-Event, then X-GitHub-Event", () => {
-    expect(eventName(headerReader({ "X-Gitea-Event": "push", "X-Forgejo-Event": "create", "X-GitHub-Event": "delete" }))).toBe(
-      "push",
-    );
+    expect(eventName(headerReader({ "X-Gitea-Event": "push", "X-Forgejo-Event": "create", "X-GitHub-Event": "delete" }))).toBe("push");
     expect(eventName(headerReader({ "X-Forgejo-Event": "create", "X-GitHub-Event": "delete" }))).toBe("create");
     expect(eventName(headerReader({ "X-GitHub-Event": "Delete" }))).toBe("delete");
     expect(eventName(headerReader({}))).toBeUndefined();

@@ -1,6 +1,6 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { extractPayload, sign, verifyHook, type VerifyResult } from "../../src/gitea/signature.js";
+import { extractPayload, sign, type VerifyResult, verifyHook } from "../../src/gitea/signature.js";
 import type { HookAuth } from "../../src/registry/schema.js";
 import { fixtureBytes, headerReader } from "./fixtures.js";
 

@@ -11,7 +11,9 @@ import { ROOT } from "../executor/helpers.js";
 
 type Block = Record<string, unknown>;
 const HCL = join(ROOT, "hcl");
-const files = readdirSync(HCL).filter((f) => f.endsWith(".nomad.hcl")).sort();
+const files = readdirSync(HCL)
+  .filter((f) => f.endsWith(".nomad.hcl"))
+  .sort();
 
 async function load(file: string): Promise<Block> {
   return (await parse(file, readFileSync(join(HCL, file), "utf8"))) as Block;
@@ -42,34 +44,37 @@ describe("hcl/", () => {
     expect(Object.keys(doc)).toContain("job");
   });
 
-  describe.each(["builder.nomad.hcl", "builder-exec.nomad.hcl", "builder-raw.nomad.hcl"])("%s follows the builder contract (SPEC §5)", (file) => {
-    it("is a parameterized batch job with the required and optional meta keys and an optional payload", async () => {
-      const job = labelled(await load(file), "job", "builder");
-      expect(job.type).toBe("batch");
-      const p = one(job.parameterized, "parameterized");
-      expect(p.meta_required).toEqual([...REQUIRED_META]);
-      expect(p.meta_optional).toEqual([...OPTIONAL_META]);
-      expect(p.payload).toBe("optional");
-    });
+  describe.each(["builder.nomad.hcl", "builder-exec.nomad.hcl", "builder-raw.nomad.hcl"])(
+    "%s follows the builder contract (SPEC §5)",
+    (file) => {
+      it("is a parameterized batch job with the required and optional meta keys and an optional payload", async () => {
+        const job = labelled(await load(file), "job", "builder");
+        expect(job.type).toBe("batch");
+        const p = one(job.parameterized, "parameterized");
+        expect(p.meta_required).toEqual([...REQUIRED_META]);
+        expect(p.meta_optional).toEqual([...OPTIONAL_META]);
+        expect(p.payload).toBe("optional");
+      });
 
-    it("runs `petrel executor` as task executor in group runner, exactly once, with the payload file", async () => {
-      const job = labelled(await load(file), "job", "builder");
-      const group = labelled(job, "group", "runner");
-      expect(one(group.restart, "restart").attempts).toBe(0);
-      expect(one(group.restart, "restart").mode).toBe("fail");
-      expect(one(group.reschedule, "reschedule").attempts).toBe(0);
-      expect(one(group.reschedule, "reschedule").unlimited).toBe(false);
-      const task = labelled(group, "task", "executor");
-      expect(one(task.dispatch_payload, "dispatch_payload").file).toBe("payload.json");
-      const config = one(task.config, "config");
-      // The raw_exec builder wraps it (own PID namespace); its argv still ends in `petrel executor`.
-      expect([config.command, ...(config.args as string[])].slice(-2)).toEqual(["petrel", "executor"]);
-      expect(one(task.env, "env").PETREL_CACHE_DIR).toBe("/var/cache/petrel");
-      expect(task.kill_signal).toBe("SIGTERM");
-      // Enough time after SIGTERM for the executor's own grace period (10 s) plus cleanup.
-      expect(Number.parseInt(String(task.kill_timeout), 10)).toBeGreaterThan(10);
-    });
-  });
+      it("runs `petrel executor` as task executor in group runner, exactly once, with the payload file", async () => {
+        const job = labelled(await load(file), "job", "builder");
+        const group = labelled(job, "group", "runner");
+        expect(one(group.restart, "restart").attempts).toBe(0);
+        expect(one(group.restart, "restart").mode).toBe("fail");
+        expect(one(group.reschedule, "reschedule").attempts).toBe(0);
+        expect(one(group.reschedule, "reschedule").unlimited).toBe(false);
+        const task = labelled(group, "task", "executor");
+        expect(one(task.dispatch_payload, "dispatch_payload").file).toBe("payload.json");
+        const config = one(task.config, "config");
+        // The raw_exec builder wraps it (own PID namespace); its argv still ends in `petrel executor`.
+        expect([config.command, ...(config.args as string[])].slice(-2)).toEqual(["petrel", "executor"]);
+        expect(one(task.env, "env").PETREL_CACHE_DIR).toBe("/var/cache/petrel");
+        expect(task.kill_signal).toBe("SIGTERM");
+        // Enough time after SIGTERM for the executor's own grace period (10 s) plus cleanup.
+        expect(Number.parseInt(String(task.kill_timeout), 10)).toBeGreaterThan(10);
+      });
+    },
+  );
 
   it("runs the Docker builder privileged with the cache host volume at PETREL_CACHE_DIR", async () => {
     const job = labelled(await load("builder.nomad.hcl"), "job", "builder");
@@ -112,7 +117,11 @@ describe("hcl/", () => {
   it.skipIf(process.getuid?.() !== 0)(
     "wraps the raw_exec executor in its own PID namespace: SIGTERM reaches it, and nothing it started outlives it (as root)",
     async () => {
-      const task = labelled(labelled(labelled(await load("builder-raw.nomad.hcl"), "job", "builder"), "group", "runner"), "task", "executor");
+      const task = labelled(
+        labelled(labelled(await load("builder-raw.nomad.hcl"), "job", "builder"), "group", "runner"),
+        "task",
+        "executor",
+      );
       const config = one(task.config, "config");
       const args = config.args as string[];
       expect(args[1]).toContain("unshare --pid --fork --mount-proc");

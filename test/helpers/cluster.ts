@@ -1,24 +1,24 @@
-import { Agent } from "undici";
 import type { Hono } from "hono";
+import { Agent } from "undici";
 import { createApp } from "../../src/app.js";
 import type { BuildReader } from "../../src/builds/backend.js";
 import { createConsulClient } from "../../src/consul/client.js";
 import { createConsulRegistry } from "../../src/consul/registry.js";
-import { createGiteaClient, createStatusReporter } from "../../src/gitea/client.js";
 import type { StatusReporter } from "../../src/gitea/client.js";
+import { createGiteaClient, createStatusReporter } from "../../src/gitea/client.js";
 import { sign } from "../../src/gitea/signature.js";
-import { createMetrics } from "../../src/metrics.js";
+import type { Logger } from "../../src/log.js";
 import type { Metrics } from "../../src/metrics.js";
+import { createMetrics } from "../../src/metrics.js";
 import { createNomadBackend } from "../../src/nomad/backend.js";
 import { createNomadClient } from "../../src/nomad/client.js";
 import type { Registry } from "../../src/registry/schema.js";
-import type { Logger } from "../../src/log.js";
-import { startConsulFake } from "../fakes/consul.js";
 import type { ConsulFake } from "../fakes/consul.js";
-import { startGiteaFake } from "../fakes/gitea.js";
+import { startConsulFake } from "../fakes/consul.js";
 import type { GiteaFake } from "../fakes/gitea.js";
-import { startNomadFake } from "../fakes/nomad.js";
+import { startGiteaFake } from "../fakes/gitea.js";
 import type { NomadFake, NomadFakeOptions } from "../fakes/nomad.js";
+import { startNomadFake } from "../fakes/nomad.js";
 import { builderJob } from "../nomad/target.js";
 import { captureLogs } from "./log-capture.js";
 
@@ -39,7 +39,11 @@ export interface Cluster {
   metrics: Metrics;
   logs: () => string;
   /** POSTs a webhook body with Gitea's headers, signed with `secret` unless headers override it. */
-  deliver(body: Buffer | string, event: string, options?: { headers?: Record<string, string | null>; query?: string; secret?: string }): Promise<Response>;
+  deliver(
+    body: Buffer | string,
+    event: string,
+    options?: { headers?: Record<string, string | null>; query?: string; secret?: string },
+  ): Promise<Response>;
   close(): Promise<void>;
 }
 
@@ -123,13 +127,20 @@ export function createClusterApp(options: { consulUrl: string; nomadUrl: string;
   };
 }
 
-export async function startCluster(options: { nomad?: NomadFakeOptions; budgetMs?: number; repo?: Record<string, unknown> } = {}): Promise<Cluster> {
+export async function startCluster(
+  options: { nomad?: NomadFakeOptions; budgetMs?: number; repo?: Record<string, unknown> } = {},
+): Promise<Cluster> {
   const consul = await startConsulFake();
   const nomad = await startNomadFake(options.nomad);
   const gitea = await startGiteaFake({ token: GITEA_TOKEN });
   seedFakes(consul, nomad, gitea.url, options.repo);
   const { log, text } = captureLogs();
-  const petrel = createClusterApp({ consulUrl: consul.url, nomadUrl: nomad.url, log, ...(options.budgetMs === undefined ? {} : { budgetMs: options.budgetMs }) });
+  const petrel = createClusterApp({
+    consulUrl: consul.url,
+    nomadUrl: nomad.url,
+    log,
+    ...(options.budgetMs === undefined ? {} : { budgetMs: options.budgetMs }),
+  });
   const { app, registry, reporter, metrics } = petrel;
 
   return {

@@ -1,6 +1,6 @@
 import { Writable } from "node:stream";
-import { createLogger } from "../../src/log.js";
 import type { Logger } from "../../src/log.js";
+import { createLogger } from "../../src/log.js";
 
 /** A real petrel logger whose JSON lines land in an array, for asserting on what was (not) logged. */
 export function captureLogs(level = "trace"): { log: Logger; lines: string[]; text: () => string } {

@@ -67,7 +67,8 @@ export async function readSse(res: Response): Promise<SseEvent[]> {
   const parser = createSseParser();
   const decoder = new TextDecoder();
   const events: SseEvent[] = [];
-  for await (const chunk of (res.body ?? []) as unknown as AsyncIterable<Uint8Array>) events.push(...parser.push(decoder.decode(chunk, { stream: true })));
+  for await (const chunk of (res.body ?? []) as unknown as AsyncIterable<Uint8Array>)
+    events.push(...parser.push(decoder.decode(chunk, { stream: true })));
   events.push(...parser.push(decoder.decode()), ...parser.end());
   return events;
 }

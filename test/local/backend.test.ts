@@ -1,16 +1,22 @@
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, statSync, writeFileSync, chmodSync, existsSync } from "node:fs";
+import { chmodSync, existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterEach, describe, expect, it } from "vitest";
 import type { Build } from "../../src/builds/backend.js";
+import type { LocalBackend } from "../../src/local/backend.js";
 import { createLocalBackend } from "../../src/local/backend.js";
 import { findByEnv } from "../../src/local/isolate.js";
-import type { LocalBackend } from "../../src/local/backend.js";
 import { captureLogs } from "../helpers/log-capture.js";
 
-const META = { REPO_URL: "file:///srv/acme/widgets.git", COMMIT: "4c1d7e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d", BRANCH: "main", FLAVOR: "default", REPO: "acme/widgets" };
+const META = {
+  REPO_URL: "file:///srv/acme/widgets.git",
+  COMMIT: "4c1d7e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d",
+  BRANCH: "main",
+  FLAVOR: "default",
+  REPO: "acme/widgets",
+};
 
 /** A stand-in executor: a shell script run with the task environment petrel builds for `petrel executor`. */
 function fakeExecutor(dir: string, body: string): string[] {
@@ -60,7 +66,10 @@ afterEach(async () => {
 describe("local build backend", () => {
   it("runs a build to success and keeps stdout and stderr apart", async () => {
     const dir = mkdtempSync(join(tmpdir(), "petrel-local-"));
-    const { backend, transitions } = await start(join(dir, "data"), fakeExecutor(dir, 'echo "out $NOMAD_META_COMMIT"; echo "err $NOMAD_JOB_ID" >&2'));
+    const { backend, transitions } = await start(
+      join(dir, "data"),
+      fakeExecutor(dir, 'echo "out $NOMAD_META_COMMIT"; echo "err $NOMAD_JOB_ID" >&2'),
+    );
     const { id, duplicate } = await backend.dispatch({ builder: "builder", meta: META, idempotencyToken: "t1" });
     expect(duplicate).toBe(false);
     expect(id).toMatch(/^builder\/dispatch-\d+-[0-9a-f]{8}$/);
@@ -100,7 +109,10 @@ describe("local build backend", () => {
   it("follows a running build's log live and ends when the build ends", async () => {
     const dir = mkdtempSync(join(tmpdir(), "petrel-local-"));
     const gate = join(dir, "gate");
-    const { backend } = await start(join(dir, "data"), fakeExecutor(dir, `echo first; while [ ! -e ${gate} ]; do sleep 0.05; done; echo second`));
+    const { backend } = await start(
+      join(dir, "data"),
+      fakeExecutor(dir, `echo first; while [ ! -e ${gate} ]; do sleep 0.05; done; echo second`),
+    );
     const { id } = await backend.dispatch({ builder: "builder", meta: META, idempotencyToken: "f" });
     const seen: string[] = [];
     const reading = (async () => {
@@ -118,7 +130,9 @@ describe("local build backend", () => {
     const dir = mkdtempSync(join(tmpdir(), "petrel-local-"));
     const trace = join(dir, "trace");
     // Each build appends +1 on start and -1 at the end; the running sum must never pass the limit.
-    const { backend } = await start(join(dir, "data"), fakeExecutor(dir, `echo +1 >> ${trace}; sleep 0.2; echo -1 >> ${trace}`), { concurrency: 2 });
+    const { backend } = await start(join(dir, "data"), fakeExecutor(dir, `echo +1 >> ${trace}; sleep 0.2; echo -1 >> ${trace}`), {
+      concurrency: 2,
+    });
     const ids = await Promise.all(
       Array.from({ length: 5 }, (_, i) => backend.dispatch({ builder: "builder", meta: META, idempotencyToken: `c${i}` })),
     );

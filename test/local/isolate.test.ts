@@ -1,5 +1,5 @@
 import { spawn, spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync, existsSync, symlinkSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -137,9 +137,7 @@ describe.skipIf(!isRoot)("namespaceArgv (as root: real namespaces and mounts)", 
 
   it("fails with status 125 when a mount cannot be made", () => {
     const { data, task } = layout();
-    const r = run(
-      namespaceArgv({ dataDir: join(data, "missing"), keep: [], tmpfs: [], hideFiles: [], cwd: task, command: ["true"] }),
-    );
+    const r = run(namespaceArgv({ dataDir: join(data, "missing"), keep: [], tmpfs: [], hideFiles: [], cwd: task, command: ["true"] }));
     expect(r.status).toBe(125);
   });
 });

@@ -2,7 +2,7 @@ import { chmodSync, mkdirSync, openSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { planFromNomadEnv } from "../../src/executor/env.js";
-import { cleanup, createRepo, pushMeta, runExecutor, script, tempDir, type TestRepo } from "../executor/helpers.js";
+import { cleanup, createRepo, pushMeta, runExecutor, script, type TestRepo, tempDir } from "../executor/helpers.js";
 
 // The executor reads single-machine payloads from an inherited pipe (PETREL_PAYLOAD_FD): `petrel executor` runs
 // for real with the pipe as descriptor 3, exactly as the local backend spawns it.

@@ -32,17 +32,59 @@ describe.skipIf(!hasOpenssl)("tlsAgentOptions for Nomad", () => {
   }
 
   function issue(name: string, san: string): void {
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", `${name}.key`,
-      "-out", `${name}.csr`, "-subj", `/CN=${name}`);
+    openssl(
+      "req",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:prime256v1",
+      "-nodes",
+      "-keyout",
+      `${name}.key`,
+      "-out",
+      `${name}.csr`,
+      "-subj",
+      `/CN=${name}`,
+    );
     writeFileSync(join(dir, `${name}.ext`), `subjectAltName=${san}\n`);
-    openssl("x509", "-req", "-in", `${name}.csr`, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-      "-out", `${name}.crt`, "-days", "1", "-extfile", `${name}.ext`);
+    openssl(
+      "x509",
+      "-req",
+      "-in",
+      `${name}.csr`,
+      "-CA",
+      "ca.crt",
+      "-CAkey",
+      "ca.key",
+      "-CAcreateserial",
+      "-out",
+      `${name}.crt`,
+      "-days",
+      "1",
+      "-extfile",
+      `${name}.ext`,
+    );
   }
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), "petrel-nomad-tls-"));
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-      "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=petrel-test-ca", "-days", "1");
+    openssl(
+      "req",
+      "-x509",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:prime256v1",
+      "-nodes",
+      "-keyout",
+      "ca.key",
+      "-out",
+      "ca.crt",
+      "-subj",
+      "/CN=petrel-test-ca",
+      "-days",
+      "1",
+    );
     // Nomad's own convention for server certificates: server.<region>.nomad.
     issue("server", "DNS:server.global.nomad");
     issue("client", "DNS:client.global.nomad");

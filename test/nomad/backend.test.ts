@@ -2,7 +2,7 @@ import { Agent } from "undici";
 import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest";
 import { createNomadBackend, dispatchRefusal } from "../../src/nomad/backend.js";
 import { createNomadClient } from "../../src/nomad/client.js";
-import { startNomadFake, type NomadFake } from "../fakes/nomad.js";
+import { type NomadFake, startNomadFake } from "../fakes/nomad.js";
 import { rejection } from "../helpers/rejection.js";
 
 const META = { REPO_URL: "https://git.example.test/acme/widgets", COMMIT: "4c1d7e0", BRANCH: "main", FLAVOR: "default" };
@@ -13,7 +13,11 @@ let fake: NomadFake;
 
 beforeEach(async () => {
   fake = await startNomadFake();
-  for (const [id, payload] of [["builder", "optional"], ["needs-payload", "required"], ["no-payload", "forbidden"]] as const) {
+  for (const [id, payload] of [
+    ["builder", "optional"],
+    ["needs-payload", "required"],
+    ["no-payload", "forbidden"],
+  ] as const) {
     fake.registerJob({
       ID: id,
       Type: "batch",

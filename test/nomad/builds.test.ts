@@ -6,8 +6,8 @@ import { createNomadClient, type NomadClient } from "../../src/nomad/client.js";
 import { buildOf } from "../../src/nomad/outcome.js";
 import { AllocationStub, Evaluation, Job } from "../../src/nomad/schema.js";
 import { captureLogs } from "../helpers/log-capture.js";
-import { builderJob, realNomad, startTarget, type NomadTarget } from "./target.js";
 import { rejection } from "../helpers/rejection.js";
+import { builderJob, type NomadTarget, realNomad, startTarget } from "./target.js";
 
 // The Nomad build reader: state derivation (contracts/nomad.md §2.4), listing, cancel, and the refusal of
 // anything that is not a dispatched child of a configured builder.
@@ -45,7 +45,6 @@ async function build(id: string): Promise<Build> {
   if (b === undefined) throw new Error(`no build ${id}`);
   return b;
 }
-
 
 describe("a build from Nomad (fake or real Nomad)", () => {
   it("reads the build's meta and reaches success", async () => {
@@ -178,7 +177,12 @@ describe.skipIf(realNomad)("listing builds", () => {
     other = t.jobId("builder-nix");
     await t.registerBuilder(other);
     const at = (n: number) => ({ ...META, COMMIT: `${n}`.padStart(7, "a"), BRANCH: n % 2 ? "main" : "dev" });
-    for (const [name, n] of [["ok", 1], ["failed", 2], ["running", 3], ["queued", 4]] as const) {
+    for (const [name, n] of [
+      ["ok", 1],
+      ["failed", 2],
+      ["running", 3],
+      ["queued", 4],
+    ] as const) {
       ids[name] = await dispatch(at(n));
       // SubmitTime orders the listing; the fake's clock has millisecond steps.
       await new Promise((r) => setTimeout(r, 5));
@@ -209,9 +213,7 @@ describe.skipIf(realNomad)("listing builds", () => {
     const r = reader2();
     expect((await r.listBuilds({ limit: 500, state: "failure" })).builds.map((b) => b.id)).toContain(ids.failed);
     expect((await r.listBuilds({ limit: 500, state: "failure" })).builds.every((b) => b.state === "failure")).toBe(true);
-    expect((await r.listBuilds({ limit: 500, state: "running" })).builds.map((b) => b.id)).toEqual(
-      expect.arrayContaining([ids.running]),
-    );
+    expect((await r.listBuilds({ limit: 500, state: "running" })).builds.map((b) => b.id)).toEqual(expect.arrayContaining([ids.running]));
     const dev = (await r.listBuilds({ limit: 500, ref: "dev" })).builds;
     expect(dev.map((b) => b.id)).toEqual(expect.arrayContaining([ids.failed, ids.queued]));
     expect(dev.every((b) => b.ref === "dev")).toBe(true);
@@ -235,7 +237,9 @@ describe.skipIf(realNomad)("listing builds", () => {
   it("bounds the Nomad calls of a page by its size and goes on from the cursor", async () => {
     const fake = t.fake!;
     const r = createNomadBuildReader({ nomad, builders: () => new Set([builder]), log: captureLogs().log });
-    const all = (await createNomadBuildReader({ nomad, builders: () => new Set([builder]), log: captureLogs().log }).listBuilds({ limit: 500 })).builds;
+    const all = (
+      await createNomadBuildReader({ nomad, builders: () => new Set([builder]), log: captureLogs().log }).listBuilds({ limit: 500 })
+    ).builds;
     const seen: string[] = [];
     let after: BuildCursor | undefined;
     for (let pages = 0; pages < all.length + 1; pages += 1) {
@@ -279,7 +283,15 @@ describe.skipIf(realNomad)("foreign IDs", () => {
 
 describe("the outcome rule (table)", () => {
   const job = (over: Record<string, unknown> = {}) =>
-    Job.parse({ ID: "b/dispatch-1700000000-1a2b3c4d", ParentID: "b", Dispatched: true, Meta: META, Status: "running", SubmitTime: 1.7e18, ...over });
+    Job.parse({
+      ID: "b/dispatch-1700000000-1a2b3c4d",
+      ParentID: "b",
+      Dispatched: true,
+      Meta: META,
+      Status: "running",
+      SubmitTime: 1.7e18,
+      ...over,
+    });
   const task = (state: string, events: [string, Record<string, string>?][], failed = false) => ({
     State: state,
     Failed: failed,
@@ -288,15 +300,20 @@ describe("the outcome rule (table)", () => {
     Events: events.map(([Type, Details = {}]) => ({ Type, Time: 1, Details })),
   });
   const alloc = (over: Record<string, unknown>, executor: unknown) =>
-    AllocationStub.parse({ ID: "a", TaskGroup: "runner", NodeName: "n1", DesiredStatus: "run", CreateIndex: 5, ...over, TaskStates: { executor } });
+    AllocationStub.parse({
+      ID: "a",
+      TaskGroup: "runner",
+      NodeName: "n1",
+      DesiredStatus: "run",
+      CreateIndex: 5,
+      ...over,
+      TaskStates: { executor },
+    });
   const evals = (...list: Record<string, unknown>[]) => list.map((e, i) => Evaluation.parse({ ID: `e${i}`, ...e }));
 
   const dead = (code: string, failed = false) => task("dead", [["Started"], ["Terminated", { exit_code: code }]], failed);
   const killed = task("dead", [["Killing"], ["Terminated", { exit_code: "130" }], ["Killed"]]);
-  const placementFailed = evals(
-    { Status: "complete", FailedTGAllocs: { runner: { NodesEvaluated: 0 } } },
-    { Status: "blocked" },
-  );
+  const placementFailed = evals({ Status: "complete", FailedTGAllocs: { runner: { NodesEvaluated: 0 } } }, { Status: "blocked" });
 
   it.each([
     { name: "exit 0", j: job(), allocs: [alloc({ ClientStatus: "complete" }, dead("0"))], state: "success", exitCode: 0 },
@@ -316,7 +333,13 @@ describe("the outcome rule (table)", () => {
     { name: "lost", j: job(), allocs: [alloc({ ClientStatus: "lost" }, task("running", []))], state: "error" },
     { name: "no alloc, pending eval", j: job({ Status: "pending" }), allocs: [], evs: evals({ Status: "pending" }), state: "queued" },
     { name: "no alloc, placement failed", j: job({ Status: "pending" }), allocs: [], evs: placementFailed, state: "error" },
-    { name: "stopped before placement", j: job({ Stop: true, Status: "dead" }), allocs: [], evs: evals({ Status: "canceled" }), state: "cancelled" },
+    {
+      name: "stopped before placement",
+      j: job({ Stop: true, Status: "dead" }),
+      allocs: [],
+      evs: evals({ Status: "canceled" }),
+      state: "cancelled",
+    },
     {
       name: "prestart failed, executor never started",
       j: job(),

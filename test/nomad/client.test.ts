@@ -2,8 +2,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AppError, UpstreamError } from "../../src/errors.js";
 import { createNomadClient, type NomadClient } from "../../src/nomad/client.js";
 import { startNomadFake } from "../fakes/nomad.js";
-import { realNomad, startTarget, type NomadTarget } from "./target.js";
 import { rejection } from "../helpers/rejection.js";
+import { type NomadTarget, realNomad, startTarget } from "./target.js";
 
 // Every client method against the fake, or against a real Nomad when NOMAD_ADDR is set; assertions that need
 // the fake's request log or its lifecycle hooks are skipped then.
@@ -36,7 +36,6 @@ function token(): string {
   tokens += 1;
   return `client-test-${process.pid}-${Date.now()}-${tokens}`;
 }
-
 
 describe("dispatch", () => {
   it("dispatches a child and reports it as new", async () => {
@@ -372,9 +371,7 @@ describe.skipIf(realNomad)("headers and scoping", () => {
     const [c] = (await nomad.jobAllocations(cancelled.id)).allocations;
     expect(c).toMatchObject({ ClientStatus: "complete", DesiredStatus: "stop" });
     expect(c?.TaskStates.executor?.Failed).toBe(false);
-    expect(c?.TaskStates.executor?.Events.map((e) => e.Type)).toEqual(
-      expect.arrayContaining(["Started", "Killing", "Killed"]),
-    );
+    expect(c?.TaskStates.executor?.Events.map((e) => e.Type)).toEqual(expect.arrayContaining(["Started", "Killing", "Killed"]));
 
     const broken = await nomad.dispatch(builder, { meta: META, idempotencyToken: token() });
     fake.placeAlloc(broken.id);

@@ -2,10 +2,10 @@ import { randomUUID } from "node:crypto";
 import { Agent, request } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createNomadClient, type NomadClient } from "../../src/nomad/client.js";
-import { followEvents, type EventStreamBatch } from "../../src/nomad/events.js";
-import { startNomadFake, type NomadFake, type NomadFakeOptions } from "../fakes/nomad.js";
+import { type EventStreamBatch, followEvents } from "../../src/nomad/events.js";
+import { type NomadFake, type NomadFakeOptions, startNomadFake } from "../fakes/nomad.js";
 import { captureLogs } from "../helpers/log-capture.js";
-import { builderJob, realNomad, startTarget, type NomadTarget } from "./target.js";
+import { builderJob, type NomadTarget, realNomad, startTarget } from "./target.js";
 
 // The event-stream consumer (contracts/nomad.md §4) against the fake in both of Nomad's framings, and the
 // stream's wire facts against the fake or a real Nomad.

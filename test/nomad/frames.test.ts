@@ -70,7 +70,7 @@ const TRICKY: Spec[] = [
   {},
   { offset: 11, data: Buffer.from("hello {world}\n"), file: "alloc/logs/executor.stdout.0" },
   { file: 'alloc/logs/we"ird}{name\\', fileEvent: "file truncated" },
-  { offset: 3, data: Buffer.from([0x1b, 0x5b, 0x33, 0x31, 0x6d, 0x00, 0xff, 0x7d, 0x7b]), file: "a\\\\\"}{\\" },
+  { offset: 3, data: Buffer.from([0x1b, 0x5b, 0x33, 0x31, 0x6d, 0x00, 0xff, 0x7d, 0x7b]), file: 'a\\\\"}{\\' },
   {},
   { file: "alloc/logs/executor.stdout.0", fileEvent: "file deleted" },
   { offset: 2, data: Buffer.from("é✓"), file: "ünïcødé ✓ \u2028 <&>" },
@@ -112,7 +112,10 @@ describe("frame decoder", () => {
     fc.assert(
       fc.property(fc.array(spec, { maxLength: 8 }), fc.array(fc.nat(), { maxLength: 12 }), (specs, cuts) => {
         const bytes = Buffer.from(specs.map(encode).join(""));
-        const chunks = splitAt(bytes, cuts.map((c) => c % (bytes.length + 1)));
+        const chunks = splitAt(
+          bytes,
+          cuts.map((c) => c % (bytes.length + 1)),
+        );
         expect(plain(decodeChunks(chunks))).toEqual(expected(specs));
       }),
       { numRuns: 500 },

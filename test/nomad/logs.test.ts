@@ -6,8 +6,8 @@ import { createNomadBuildReader, type NomadBuildReader } from "../../src/nomad/b
 import { createNomadClient, type NomadClient } from "../../src/nomad/client.js";
 import { createFrameDecoder } from "../../src/nomad/frames.js";
 import { captureLogs } from "../helpers/log-capture.js";
-import { realNomad, startTarget, type NomadTarget } from "./target.js";
 import { rejection } from "../helpers/rejection.js";
+import { type NomadTarget, realNomad, startTarget } from "./target.js";
 
 // Following build logs through src/nomad/logs.ts (via the build reader) against the fake, whose log files,
 // rotation and connection cuts the tests drive; the first block also runs against a real Nomad.
@@ -78,7 +78,8 @@ function follow(id: string, opts: { type?: LogType; follow?: boolean; offset?: n
     async until(text, ms = 5000) {
       const deadline = Date.now() + ms;
       while (!Buffer.concat(chunks).includes(text)) {
-        if (endedAt !== undefined) throw new Error(`follow ended before "${text}"; got ${JSON.stringify(Buffer.concat(chunks).toString())}`);
+        if (endedAt !== undefined)
+          throw new Error(`follow ended before "${text}"; got ${JSON.stringify(Buffer.concat(chunks).toString())}`);
         if (Date.now() > deadline) throw new Error(`no "${text}" within ${ms} ms; got ${JSON.stringify(Buffer.concat(chunks).toString())}`);
         await sleep(5);
       }
@@ -97,7 +98,6 @@ async function eventually(check: () => boolean, ms = 3000): Promise<void> {
     await sleep(10);
   }
 }
-
 
 describe("following a build's log (fake or real Nomad)", () => {
   it("streams a finished build's stdout and ends", async () => {
@@ -418,7 +418,10 @@ describe.skipIf(realNomad)("the merged log (type=all) through /v1/client/fs/stre
   it("answers the fs stream endpoint's errors as Nomad does: plain text before any byte", async () => {
     const fake = t.fake!;
     const unknown = randomUUID();
-    expect(await t.http("GET", `/v1/client/fs/stream/${unknown}?path=${MERGED}`)).toMatchObject({ status: 404, text: `Unknown allocation "${unknown}"` });
+    expect(await t.http("GET", `/v1/client/fs/stream/${unknown}?path=${MERGED}`)).toMatchObject({
+      status: 404,
+      text: `Unknown allocation "${unknown}"`,
+    });
     const id = await dispatch();
     const allocId = fake.placeAlloc(id);
     expect(await t.http("GET", `/v1/client/fs/stream/${allocId}`)).toMatchObject({ status: 400, text: "must provide a file name" });
@@ -430,8 +433,14 @@ describe.skipIf(realNomad)("the merged log (type=all) through /v1/client/fs/stre
     expect(missing.status).toBe(400);
     expect(missing.text).toMatch(/^stat .*alloc\/petrel\/all\.log: no such file or directory$/);
     fake.writeAllocFile(id, MERGED, "x\n");
-    expect(await t.http("GET", `/v1/client/fs/stream/${allocId}?path=alloc/petrel`)).toMatchObject({ status: 400, text: 'file "alloc/petrel" is a directory' });
-    expect(await t.http("GET", `/v1/client/fs/stream/${allocId}?path=../../etc/passwd`)).toMatchObject({ status: 400, text: "Path escapes the alloc directory" });
+    expect(await t.http("GET", `/v1/client/fs/stream/${allocId}?path=alloc/petrel`)).toMatchObject({
+      status: 400,
+      text: 'file "alloc/petrel" is a directory',
+    });
+    expect(await t.http("GET", `/v1/client/fs/stream/${allocId}?path=../../etc/passwd`)).toMatchObject({
+      status: 400,
+      text: "Path escapes the alloc directory",
+    });
   });
 
   it("frames the file like the logs, with File as the path asked for and the offset past the data", async () => {

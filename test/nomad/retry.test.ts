@@ -3,7 +3,7 @@ import { Agent } from "undici";
 import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest";
 import { UpstreamError } from "../../src/errors.js";
 import { createNomadClient, isPermanentDispatchError, type NomadClient } from "../../src/nomad/client.js";
-import { startNomadFake, type NomadFake } from "../fakes/nomad.js";
+import { type NomadFake, startNomadFake } from "../fakes/nomad.js";
 import { rejection } from "../helpers/rejection.js";
 
 // Retry policy, retry budget, outages and single-flight: these need the fake's failure hooks, so they never
@@ -32,7 +32,6 @@ function client(retryBudgetMs?: number, addr = fake.url): NomadClient {
 }
 
 const dispatches = () => fake.requests.filter((r) => r.path.endsWith("/dispatch")).length;
-
 
 describe("dispatch retries", () => {
   it("retries a 500 that is not a validation error, then succeeds", async () => {
@@ -128,9 +127,7 @@ describe("retry budget", () => {
     const controller = new AbortController();
     setTimeout(() => controller.abort(new Error("shutting down")), 250);
     const started = performance.now();
-    const err = await rejection(
-      client(3000).dispatch("builder", { meta: META, idempotencyToken: "a" }, { signal: controller.signal }),
-    );
+    const err = await rejection(client(3000).dispatch("builder", { meta: META, idempotencyToken: "a" }, { signal: controller.signal }));
     expect((err as Error).message).toBe("shutting down");
     expect(performance.now() - started).toBeLessThan(250 + SLACK_MS);
     const attempts = dispatches();

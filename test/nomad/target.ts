@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { Agent, request } from "undici";
 import { OPTIONAL_META, REQUIRED_META } from "../../src/contract/dispatch.js";
-import { startNomadFake, type NomadFake, type NomadFakeOptions } from "../fakes/nomad.js";
+import { type NomadFake, type NomadFakeOptions, startNomadFake } from "../fakes/nomad.js";
 
 /** True when the contract tests run against a real Nomad (`NOMAD_ADDR` set for the test run). */
 export const realNomad = Boolean(process.env.NOMAD_ADDR);
@@ -46,9 +46,7 @@ export function builderJob(
         Count: 1,
         RestartPolicy: { Attempts: 0, Mode: "fail" },
         ReschedulePolicy: { Attempts: 0, Unlimited: false },
-        Tasks: [
-          { Name: "executor", Driver: "raw_exec", Config: { command: "/bin/sh", args: ["-c", "echo built; exit 0"] } },
-        ],
+        Tasks: [{ Name: "executor", Driver: "raw_exec", Config: { command: "/bin/sh", args: ["-c", "echo built; exit 0"] } }],
       },
     ],
   };

@@ -5,7 +5,7 @@ import type { Build } from "../../src/builds/backend.js";
 import { commitStatusOf } from "../../src/builds/statuses.js";
 import { createNomadClient, type NomadClient } from "../../src/nomad/client.js";
 import { createNomadTracker, type NomadTracker } from "../../src/nomad/tracker.js";
-import { startNomadFake, type NomadFake, type NomadFakeOptions } from "../fakes/nomad.js";
+import { type NomadFake, type NomadFakeOptions, startNomadFake } from "../fakes/nomad.js";
 import { captureLogs } from "../helpers/log-capture.js";
 import { builderJob } from "./target.js";
 

@@ -10,7 +10,11 @@ describe("builders of the registry", () => {
   it("are the default builder plus every flavor's builder", () => {
     const entries = [
       { key: "h/a/b", config: RepoConfig.parse({ hook: { secret: "s" } }), secrets: {} },
-      { key: "h/a/c", config: RepoConfig.parse({ hook: { secret: "s" }, flavors: { nix: { builder: "builder-nix" }, arm: { builder: "builder-arm" } } }), secrets: {} },
+      {
+        key: "h/a/c",
+        config: RepoConfig.parse({ hook: { secret: "s" }, flavors: { nix: { builder: "builder-nix" }, arm: { builder: "builder-arm" } } }),
+        secrets: {},
+      },
     ];
     expect([...buildersOf(entries, "builder")].sort()).toEqual(["builder", "builder-arm", "builder-nix"]);
   });

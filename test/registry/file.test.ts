@@ -1,8 +1,8 @@
-import { mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync, renameSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import pino from "pino";
 import type { Logger } from "pino";
+import pino from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { AppError } from "../../src/errors.js";
 import { createFileRegistry, parseRegistryFile, removeRepo, writeRepo } from "../../src/registry/file.js";
@@ -101,7 +101,11 @@ describe("file registry", () => {
 
   it("refuses an invalid field naming the repository key, the field and the line", () => {
     const err = errorOf(() =>
-      parseRegistryFile(path, `repos:\n  ${GADGETS}:\n    hook: { secret: s }\n  ${WIDGETS}:\n    hook: { secret: s }\n    logs: sometimes\n`, "builder"),
+      parseRegistryFile(
+        path,
+        `repos:\n  ${GADGETS}:\n    hook: { secret: s }\n  ${WIDGETS}:\n    hook: { secret: s }\n    logs: sometimes\n`,
+        "builder",
+      ),
     );
     expect(err.code).toBe("config_invalid");
     expect(err.message).toContain(`${path}: repos."${WIDGETS}" (line 4): logs:`);
@@ -109,19 +113,31 @@ describe("file registry", () => {
   });
 
   it("reads an operator's clone_url, file:// and local paths included, and refuses one git would take for an option", () => {
-    for (const url of ["file:///srv/git/widgets.git", "/srv/git/widgets.git", "https://git.example.test/acme/widgets.git", "git@git.example.test:acme/widgets.git", "ssh://git@git.example.test:2222/acme/widgets.git"]) {
+    for (const url of [
+      "file:///srv/git/widgets.git",
+      "/srv/git/widgets.git",
+      "https://git.example.test/acme/widgets.git",
+      "git@git.example.test:acme/widgets.git",
+      "ssh://git@git.example.test:2222/acme/widgets.git",
+    ]) {
       const entries = parseRegistryFile(path, `repos:\n  ${WIDGETS}:\n    hook: { secret: s }\n    clone_url: "${url}"\n`, "builder");
       expect(entries.get(WIDGETS)?.config.clone_url).toBe(url);
     }
     for (const url of ["--upload-pack=touch /tmp/x", "ext::sh -c touch% /tmp/x", "relative/path", "fd::3", "https://x/\\ny"]) {
-      const err = errorOf(() => parseRegistryFile(path, `repos:\n  ${WIDGETS}:\n    hook: { secret: s }\n    clone_url: "${url}"\n`, "builder"));
+      const err = errorOf(() =>
+        parseRegistryFile(path, `repos:\n  ${WIDGETS}:\n    hook: { secret: s }\n    clone_url: "${url}"\n`, "builder"),
+      );
       expect(err.message).toContain("clone_url:");
     }
   });
 
   it("names an invalid secret by its name only", () => {
     const err = errorOf(() =>
-      parseRegistryFile(path, `repos:\n  ${WIDGETS}:\n    hook: { secret: s }\n    secrets: { PORT: 8080, OK: "${DEPLOY_TOKEN}" }\n`, "builder"),
+      parseRegistryFile(
+        path,
+        `repos:\n  ${WIDGETS}:\n    hook: { secret: s }\n    secrets: { PORT: 8080, OK: "${DEPLOY_TOKEN}" }\n`,
+        "builder",
+      ),
     );
     expect(err.message).toContain("secrets.PORT:");
     expect(err.message).not.toContain(DEPLOY_TOKEN);

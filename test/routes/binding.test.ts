@@ -1,8 +1,8 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { fixtureJson } from "../gitea/fixtures.js";
-import { GITEA_TOKEN, REPO_KEY, startCluster } from "../helpers/cluster.js";
 import type { Cluster } from "../helpers/cluster.js";
+import { GITEA_TOKEN, REPO_KEY, startCluster } from "../helpers/cluster.js";
 
 // Repository B: registered with its own secret and Gitea token. The attacker holds only A's hook secret
 // (every admin of A sees it in Gitea's webhook form) and signs deliveries that name B.
@@ -38,13 +38,17 @@ describe("POST /hook binds each delivery to the repository whose secret signed i
   let c: Cluster;
   beforeAll(async () => {
     c = await startCluster();
-    c.consul.set(`petrel/repos/${B_KEY}`, JSON.stringify({ hook: { secret: B_SECRET }, gitea: { url: c.gitea.url, token: B_GITEA_TOKEN }, trusted: { senders: ["dana"] } }));
+    c.consul.set(
+      `petrel/repos/${B_KEY}`,
+      JSON.stringify({ hook: { secret: B_SECRET }, gitea: { url: c.gitea.url, token: B_GITEA_TOKEN }, trusted: { senders: ["dana"] } }),
+    );
     c.consul.set(`petrel/secrets/${B_KEY}`, JSON.stringify({ B_DEPLOY: "b-deploy-secret" }));
     c.consul.set(
       `petrel/repos/${MIRRORED_KEY}`,
       JSON.stringify({ hook: { secret: MIRRORED_SECRET }, clone_url: "file:///srv/git/mirrored.git", trusted: { senders: ["dana"] } }),
     );
-    for (let i = 0; i < 200 && ((await c.registry.get(B_KEY)) === undefined || (await c.registry.get(MIRRORED_KEY)) === undefined); i++) await sleep(20);
+    for (let i = 0; i < 200 && ((await c.registry.get(B_KEY)) === undefined || (await c.registry.get(MIRRORED_KEY)) === undefined); i++)
+      await sleep(20);
     expect(await c.registry.get(B_KEY)).toBeDefined();
   });
   afterAll(async () => {
@@ -60,37 +64,50 @@ describe("POST /hook binds each delivery to the repository whose secret signed i
     ["B's full_name", () => pushBody((r) => (r.full_name = "acme/secret-sauce")), "push"],
     ["B's clone_url", () => pushBody((r) => (r.clone_url = "https://git.example.test/acme/secret-sauce.git")), "push"],
     ["B's ssh_url", () => pushBody((r) => (r.ssh_url = "ssh://git@git.example.test:2222/acme/secret-sauce.git")), "push"],
-    ["B's full_name and clone_url together", () => pushBody((r) => {
-      r.full_name = "acme/secret-sauce";
-      r.clone_url = "https://git.example.test/acme/secret-sauce.git";
-      r.ssh_url = "ssh://git@git.example.test:2222/acme/secret-sauce.git";
-    }), "push"],
+    [
+      "B's full_name and clone_url together",
+      () =>
+        pushBody((r) => {
+          r.full_name = "acme/secret-sauce";
+          r.clone_url = "https://git.example.test/acme/secret-sauce.git";
+          r.ssh_url = "ssh://git@git.example.test:2222/acme/secret-sauce.git";
+        }),
+      "push",
+    ],
     ["a clone_url on the attacker's host", () => pushBody((r) => (r.clone_url = "https://evil.test/acme/widgets.git")), "push"],
     ["a file:// clone_url", () => pushBody((r) => (r.clone_url = "file:///srv/git/acme/secret-sauce.git")), "push"],
     ["a local path as clone_url", () => pushBody((r) => (r.clone_url = "/var/lib/petrel")), "push"],
-    ["a pull request whose base is B", () => prBody((b, j) => {
-      b.full_name = "acme/secret-sauce";
-      b.clone_url = "https://git.example.test/acme/secret-sauce.git";
-      j.pull_request.head.repo = { ...b };
-    }), "pull_request"],
+    [
+      "a pull request whose base is B",
+      () =>
+        prBody((b, j) => {
+          b.full_name = "acme/secret-sauce";
+          b.clone_url = "https://git.example.test/acme/secret-sauce.git";
+          j.pull_request.head.repo = { ...b };
+        }),
+      "pull_request",
+    ],
     ["a pull request whose base clones from a file", () => prBody((b) => (b.clone_url = "file:///tmp/evil.git")), "pull_request"],
   ];
 
-  it.each(attacks)("answers 400 repository_mismatch to A's signature over %s: nothing dispatched, no status on B", async (_name, body, event) => {
-    await c.reporter.drain();
-    const before = c.nomad.children("builder").length;
-    const statusesBefore = c.gitea.statuses.length;
-    const res = await c.deliver(body(), event);
-    expect(res.status).toBe(400);
-    const answer = (await res.json()) as { error: { code: string; message: string } };
-    expect(answer.error.code).toBe("repository_mismatch");
-    expect(answer.error.message).toContain(REPO_KEY);
-    expect(c.nomad.children("builder").length).toBe(before);
-    await c.reporter.drain();
-    expect(c.gitea.statuses.length).toBe(statusesBefore);
-    expect(c.gitea.statuses.filter((s) => s.repo === "secret-sauce")).toHaveLength(0);
-    expect(c.gitea.requests.filter((r) => r.authorization === `token ${B_GITEA_TOKEN}`)).toHaveLength(0);
-  });
+  it.each(attacks)(
+    "answers 400 repository_mismatch to A's signature over %s: nothing dispatched, no status on B",
+    async (_name, body, event) => {
+      await c.reporter.drain();
+      const before = c.nomad.children("builder").length;
+      const statusesBefore = c.gitea.statuses.length;
+      const res = await c.deliver(body(), event);
+      expect(res.status).toBe(400);
+      const answer = (await res.json()) as { error: { code: string; message: string } };
+      expect(answer.error.code).toBe("repository_mismatch");
+      expect(answer.error.message).toContain(REPO_KEY);
+      expect(c.nomad.children("builder").length).toBe(before);
+      await c.reporter.drain();
+      expect(c.gitea.statuses.length).toBe(statusesBefore);
+      expect(c.gitea.statuses.filter((s) => s.repo === "secret-sauce")).toHaveLength(0);
+      expect(c.gitea.requests.filter((r) => r.authorization === `token ${B_GITEA_TOKEN}`)).toHaveLength(0);
+    },
+  );
 
   it("derives REPO and REPO_URL from the entry key, keeping only the payload's scheme and port", async () => {
     const res = await c.deliver(

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ADMIN_TOKEN, startLocalPetrel } from "../cli/harness.js";
 import type { LocalPetrel } from "../cli/harness.js";
+import { ADMIN_TOKEN, startLocalPetrel } from "../cli/harness.js";
 
 let petrel: LocalPetrel;
 
@@ -52,7 +52,9 @@ describe("POST /builds only builds a commit its ref reaches", () => {
     const res = await trigger({ repo: "acme/widgets", ref: "refs/pull/1/head", commit: petrel.repo.pull });
     expect(res.status).toBe(201);
     const { build } = (await res.json()) as { build: string };
-    const shown = await (await fetch(`${petrel.url}/builds/${encodeURIComponent(build)}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).json();
+    const shown = await (
+      await fetch(`${petrel.url}/builds/${encodeURIComponent(build)}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })
+    ).json();
     expect(shown).toMatchObject({ commit: petrel.repo.pull, ref: "refs/pull/1/head", trusted: false });
   });
 
@@ -61,7 +63,9 @@ describe("POST /builds only builds a commit its ref reaches", () => {
     const res = await trigger({ repo: "acme/widgets", ref: "fail-3", commit: petrel.repo.main.slice(0, 12) });
     expect(res.status).toBe(201);
     const { build } = (await res.json()) as { build: string };
-    const shown = await (await fetch(`${petrel.url}/builds/${encodeURIComponent(build)}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).json();
+    const shown = await (
+      await fetch(`${petrel.url}/builds/${encodeURIComponent(build)}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })
+    ).json();
     expect(shown).toMatchObject({ commit: petrel.repo.main });
   });
 

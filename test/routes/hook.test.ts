@@ -2,8 +2,8 @@ import { setTimeout as sleep } from "node:timers/promises";
 import fc from "fast-check";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { fixtureBytes } from "../gitea/fixtures.js";
-import { DEPLOY_KEY, DEPLOY_TOKEN, GITEA_TOKEN, HOOK_SECRET, REPO_KEY, startCluster } from "../helpers/cluster.js";
 import type { Cluster } from "../helpers/cluster.js";
+import { DEPLOY_KEY, DEPLOY_TOKEN, GITEA_TOKEN, HOOK_SECRET, REPO_KEY, startCluster } from "../helpers/cluster.js";
 
 const PUSH = fixtureBytes("push.json");
 const FORK_PR = fixtureBytes("pull_request.opened.fork.json");
@@ -189,7 +189,11 @@ describe("POST /hook", () => {
     const form = Buffer.from(`payload=${encodeURIComponent(json.toString("utf8"))}`);
     const { sign } = await import("../../src/gitea/signature.js");
     const res = await c.deliver(form, "push", {
-      headers: { "content-type": "application/x-www-form-urlencoded", "x-gitea-signature": sign(HOOK_SECRET, json), "x-hub-signature-256": null },
+      headers: {
+        "content-type": "application/x-www-form-urlencoded",
+        "x-gitea-signature": sign(HOOK_SECRET, json),
+        "x-hub-signature-256": null,
+      },
     });
     expect(res.status).toBe(201);
   });
@@ -392,7 +396,9 @@ describe("POST /hook when upstreams fail", () => {
     const before = c.consul.requests.length;
     // Warm: a webhook costs no Consul request.
     expect((await c.deliver(pushOf("7777777777777777777777777777777777777777"), "push")).status).toBe(201);
-    expect(c.consul.requests.filter((r) => !r.query.index).length).toBe(c.consul.requests.slice(0, before).filter((r) => !r.query.index).length);
+    expect(c.consul.requests.filter((r) => !r.query.index).length).toBe(
+      c.consul.requests.slice(0, before).filter((r) => !r.query.index).length,
+    );
     await c.consul.setDown(true);
     await sleep(100);
     const res = await c.deliver(pushOf("8888888888888888888888888888888888888888"), "push");

@@ -1,14 +1,14 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readConfig } from "../../src/config.js";
-import { startPetrel } from "../../src/main.js";
 import type { RunningPetrel } from "../../src/main.js";
-import { startConsulFake } from "../fakes/consul.js";
+import { startPetrel } from "../../src/main.js";
 import type { ConsulFake } from "../fakes/consul.js";
-import { startGiteaFake } from "../fakes/gitea.js";
+import { startConsulFake } from "../fakes/consul.js";
 import type { GiteaFake } from "../fakes/gitea.js";
-import { startNomadFake } from "../fakes/nomad.js";
+import { startGiteaFake } from "../fakes/gitea.js";
 import type { NomadFake } from "../fakes/nomad.js";
+import { startNomadFake } from "../fakes/nomad.js";
 import { GITEA_TOKEN, HOOK_SECRET, seedFakes } from "../helpers/cluster.js";
 import { captureLogs } from "../helpers/log-capture.js";
 
@@ -29,9 +29,21 @@ describe("listing builds over HTTP (cluster mode against the fakes)", () => {
   let nomad: NomadFake;
   let gitea: GiteaFake;
   let petrel: RunningPetrel;
-  const ids: Record<"open" | "closed" | "unknown" | "stated" | "flagged", string[]> = { open: [], closed: [], unknown: [], stated: [], flagged: [] };
+  const ids: Record<"open" | "closed" | "unknown" | "stated" | "flagged", string[]> = {
+    open: [],
+    closed: [],
+    unknown: [],
+    stated: [],
+    flagged: [],
+  };
 
-  const repoOf = { open: "acme/open", closed: "acme/closed", unknown: "acme/unknown", stated: "acme/stated", flagged: "acme/flagged" } as const;
+  const repoOf = {
+    open: "acme/open",
+    closed: "acme/closed",
+    unknown: "acme/unknown",
+    stated: "acme/stated",
+    flagged: "acme/flagged",
+  } as const;
 
   async function dispatch(kind: keyof typeof repoOf, meta: Record<string, string> = {}): Promise<string> {
     const res = await fetch(`${nomad.url}/v1/job/builder/dispatch`, {
@@ -126,7 +138,12 @@ describe("listing builds over HTTP (cluster mode against the fakes)", () => {
   });
 
   it("answers 400 to a cursor it did not give out", async () => {
-    for (const cursor of ["nonsense", "", Buffer.from("12.").toString("base64url"), Buffer.from("x.builder/dispatch-1-1").toString("base64url")]) {
+    for (const cursor of [
+      "nonsense",
+      "",
+      Buffer.from("12.").toString("base64url"),
+      Buffer.from("x.builder/dispatch-1-1").toString("base64url"),
+    ]) {
       const res = await get(`/builds?cursor=${encodeURIComponent(cursor)}`);
       expect(res.status).toBe(400);
       expect(((await res.json()) as { error: { code: string } }).error.code).toBe("bad_request");

@@ -69,7 +69,10 @@ let registry: Registry;
 beforeAll(async () => {
   const dir = mkdtempSync(join(tmpdir(), "petrel-logs-route-"));
   const config = join(dir, "petrel.yaml");
-  writeFileSync(config, `repos:\n  git.example.test/acme/widgets:\n    hook: { secret: "route-hook-secret-0123456789" }\n    logs: public\n`);
+  writeFileSync(
+    config,
+    `repos:\n  git.example.test/acme/widgets:\n    hook: { secret: "route-hook-secret-0123456789" }\n    logs: public\n`,
+  );
   const { log } = captureLogs("silent");
   registry = await createFileRegistry({ path: config, defaultBuilder: "builder", log });
   const app = createApp({
@@ -91,9 +94,14 @@ afterAll(async () => {
 });
 
 const logsUrl = (query: string) => `${server.url}/builds/${encodeURIComponent(ID)}/logs${query}`;
-const sse = (query = "", headers: Record<string, string> = {}) => fetch(logsUrl(query), { headers: { accept: "text/event-stream", ...headers } });
+const sse = (query = "", headers: Record<string, string> = {}) =>
+  fetch(logsUrl(query), { headers: { accept: "text/event-stream", ...headers } });
 const bytes = (...parts: string[]) => parts.map((p) => Buffer.from(p, "latin1"));
-const logText = (events: { event: string; data: string }[]) => events.filter((e) => e.event === "log").map((e) => e.data).join("");
+const logText = (events: { event: string; data: string }[]) =>
+  events
+    .filter((e) => e.event === "log")
+    .map((e) => e.data)
+    .join("");
 
 describe("GET /builds/<id>/logs?type=all", () => {
   it("serves the merged log as text/plain, byte for byte, and passes offset and follow on", async () => {

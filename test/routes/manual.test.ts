@@ -4,8 +4,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createApp } from "../../src/app.js";
-import { createLocalBackend } from "../../src/local/backend.js";
 import type { LocalBackend } from "../../src/local/backend.js";
+import { createLocalBackend } from "../../src/local/backend.js";
 import { createMetrics } from "../../src/metrics.js";
 import { createFileRegistry } from "../../src/registry/file.js";
 import type { Registry } from "../../src/registry/schema.js";
@@ -15,7 +15,12 @@ import { captureLogs } from "../helpers/log-capture.js";
 // POST /builds without extra fields (issue 8, item 4): where the clone URL comes from, which entry `owner/name`
 // names, a strict body, and the privacy a manual build carries.
 
-const GIT_ENV = { GIT_AUTHOR_NAME: "t", GIT_AUTHOR_EMAIL: "t@example.test", GIT_COMMITTER_NAME: "t", GIT_COMMITTER_EMAIL: "t@example.test" };
+const GIT_ENV = {
+  GIT_AUTHOR_NAME: "t",
+  GIT_AUTHOR_EMAIL: "t@example.test",
+  GIT_COMMITTER_NAME: "t",
+  GIT_COMMITTER_EMAIL: "t@example.test",
+};
 // Port 9 (discard) on loopback: nothing listens, so git fails at once and names the URL it tried.
 const GADGETS_KEY = "127.0.0.1_9/acme/gadgets";
 const GADGETS_FORGE_URL = "https://127.0.0.1:9/acme/gadgets.git";
@@ -52,7 +57,14 @@ beforeAll(async () => {
   writeFileSync(configPath, JSON.stringify(config));
   const { log } = captureLogs("silent");
   registry = await createFileRegistry({ path: configPath, defaultBuilder: "builder", log });
-  backend = await createLocalBackend({ dataDir: join(dir, "data"), concurrency: 2, log, executor: [script], killTimeoutMs: 1000, env: { PATH: process.env.PATH } });
+  backend = await createLocalBackend({
+    dataDir: join(dir, "data"),
+    concurrency: 2,
+    log,
+    executor: [script],
+    killTimeoutMs: 1000,
+    env: { PATH: process.env.PATH },
+  });
   const app = createApp({
     log,
     metrics: createMetrics({ staleness: () => ({ seconds: 0, ok: true }) }),
@@ -96,7 +108,10 @@ describe("POST /builds", () => {
 
   it("refuses unknown fields, naming them, and the retired repo_url among them, without building", async () => {
     const before = (await backend.listBuilds({ limit: 500 })).builds.length;
-    for (const [field, value] of [["repo_url", "file:///tmp/evil.git"], ["comit", main]] as const) {
+    for (const [field, value] of [
+      ["repo_url", "file:///tmp/evil.git"],
+      ["comit", main],
+    ] as const) {
       const res = await trigger({ repo: "acme/widgets", ref: "main", [field]: value });
       expect(res.status).toBe(400);
       expect(res.body.error?.code).toBe("bad_request");

@@ -26,7 +26,12 @@ const HOOK_SECRET = "rerun-hook-secret-0123456789";
 const DEPLOY_TOKEN = "rerun-deploy-token-5e7a9c1b";
 const PUSH_COMMIT = "4c1d7e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d";
 const FORK_COMMIT = "b1a2c3d4e5f60718293a4b5c6d7e8f9012345678";
-const GIT_ENV = { GIT_AUTHOR_NAME: "t", GIT_AUTHOR_EMAIL: "t@example.test", GIT_COMMITTER_NAME: "t", GIT_COMMITTER_EMAIL: "t@example.test" };
+const GIT_ENV = {
+  GIT_AUTHOR_NAME: "t",
+  GIT_AUTHOR_EMAIL: "t@example.test",
+  GIT_COMMITTER_NAME: "t",
+  GIT_COMMITTER_EMAIL: "t@example.test",
+};
 
 interface Repo {
   url: string;
@@ -92,7 +97,14 @@ if [ -n "\${PETREL_PAYLOAD_FD:-}" ]; then echo "PAYLOAD=$(eval "cat <&$PETREL_PA
   writeFileSync(configPath, JSON.stringify({ repos: { [KEY]: { ...entryConfig(repo), secrets: { DEPLOY_TOKEN } } } }));
   const { log } = captureLogs("silent");
   const registry = await createFileRegistry({ path: configPath, defaultBuilder: "builder", log });
-  const backend = await createLocalBackend({ dataDir: join(dir, "data"), concurrency: 2, log, executor: [script], killTimeoutMs: 1000, env: { PATH: process.env.PATH } });
+  const backend = await createLocalBackend({
+    dataDir: join(dir, "data"),
+    concurrency: 2,
+    log,
+    executor: [script],
+    killTimeoutMs: 1000,
+    env: { PATH: process.env.PATH },
+  });
   const app = createApp({
     log,
     metrics: createMetrics({ staleness: () => ({ seconds: 0, ok: true }) }),
@@ -115,11 +127,20 @@ if [ -n "\${PETREL_PAYLOAD_FD:-}" ]; then echo "PAYLOAD=$(eval "cat <&$PETREL_PA
         return b !== undefined && b.state !== "queued" && b.state !== "running" ? b : undefined;
       });
       expect(build.state).toBe("success");
-      const res = await fetch(`${server.url}/builds/${encodeURIComponent(id)}/logs?type=stdout&follow=false`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+      const res = await fetch(`${server.url}/builds/${encodeURIComponent(id)}/logs?type=stdout&follow=false`, {
+        headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+      });
       const text = await res.text();
       const line = /^PAYLOAD=(.*)$/m.exec(text)?.[1];
       const meta: Record<string, string> = { TRUSTED: /^TRUSTED=(.*)$/m.exec(text)?.[1] ?? "" };
-      for (const [k, v] of Object.entries({ REPO_URL: build.repoUrl, COMMIT: build.commit, BRANCH: build.ref, FLAVOR: build.flavor, EVENT: build.event })) meta[k] = v;
+      for (const [k, v] of Object.entries({
+        REPO_URL: build.repoUrl,
+        COMMIT: build.commit,
+        BRANCH: build.ref,
+        FLAVOR: build.flavor,
+        EVENT: build.event,
+      }))
+        meta[k] = v;
       if (build.pr !== undefined) meta.PR = build.pr;
       return { meta, payload: line === undefined || line === "none" ? null : JSON.parse(line) };
     },
@@ -144,7 +165,13 @@ async function nomadMode(): Promise<Mode> {
   nomad.registerJob(builderJob("builder"));
   consul.set(`petrel/repos/${KEY}`, JSON.stringify(entryConfig(repo)));
   consul.set(`petrel/secrets/${KEY}`, JSON.stringify({ DEPLOY_TOKEN }));
-  const env = { NOMAD_ADDR: nomad.url, CONSUL_HTTP_ADDR: consul.url, PETREL_LISTEN: "127.0.0.1:0", PETREL_ADMIN_TOKEN: ADMIN_TOKEN, PETREL_URL: "https://ci.example.test" };
+  const env = {
+    NOMAD_ADDR: nomad.url,
+    CONSUL_HTTP_ADDR: consul.url,
+    PETREL_LISTEN: "127.0.0.1:0",
+    PETREL_ADMIN_TOKEN: ADMIN_TOKEN,
+    PETREL_URL: "https://ci.example.test",
+  };
   const petrel = await startPetrel(readConfig(env), captureLogs("silent").log, env);
   return {
     url: petrel.url,
@@ -152,7 +179,10 @@ async function nomadMode(): Promise<Mode> {
     async dispatched(id) {
       const job = nomad.job(id);
       if (job === undefined) throw new Error(`no job ${id}`);
-      return { meta: { ...(job.Meta as Record<string, string>) }, payload: job.Payload === null ? null : JSON.parse(Buffer.from(job.Payload, "base64").toString("utf8")) };
+      return {
+        meta: { ...(job.Meta as Record<string, string>) },
+        payload: job.Payload === null ? null : JSON.parse(Buffer.from(job.Payload, "base64").toString("utf8")),
+      };
     },
     async plant(meta) {
       const res = await fetch(`${nomad.url}/v1/job/builder/dispatch`, { method: "POST", body: JSON.stringify({ Meta: meta }) });
@@ -183,7 +213,13 @@ describe.each([
   async function deliver(body: Buffer, event: string): Promise<string> {
     const res = await fetch(`${mode.url}/hook`, {
       method: "POST",
-      headers: { "content-type": "application/json", "x-gitea-event": event, "x-gitea-event-type": event, "x-gitea-delivery": crypto.randomUUID(), "x-gitea-signature": sign(HOOK_SECRET, body) },
+      headers: {
+        "content-type": "application/json",
+        "x-gitea-event": event,
+        "x-gitea-event-type": event,
+        "x-gitea-delivery": crypto.randomUUID(),
+        "x-gitea-signature": sign(HOOK_SECRET, body),
+      },
       body: new Uint8Array(body),
     });
     expect(res.status).toBe(201);
@@ -210,7 +246,11 @@ describe.each([
     expect(res.status).toBe(201);
     const answer = (await res.json()) as RerunAnswer;
     expect(answer.build).not.toBe(original);
-    expect(answer).toMatchObject({ rerun_of: original, trusted: true, status: `https://ci.example.test/builds/${encodeURIComponent(answer.build)}` });
+    expect(answer).toMatchObject({
+      rerun_of: original,
+      trusted: true,
+      status: `https://ci.example.test/builds/${encodeURIComponent(answer.build)}`,
+    });
     expect(answer.logs).toBe(`${answer.status}/logs`);
     const before = await mode.dispatched(original);
     const after = await mode.dispatched(answer.build);
@@ -232,13 +272,27 @@ describe.each([
     expect(answer).toMatchObject({ trusted: false, untrusted_because: "the original build was not trusted" });
     const after = await mode.dispatched(answer.build);
     expect(after.payload).toBeNull();
-    expect(after.meta).toMatchObject({ COMMIT: mode.repo.fork, EVENT: "pull_request", PR: "17", BRANCH: "fix/readme-typo", TRUSTED: "false" });
+    expect(after.meta).toMatchObject({
+      COMMIT: mode.repo.fork,
+      EVENT: "pull_request",
+      PR: "17",
+      BRANCH: "fix/readme-typo",
+      TRUSTED: "false",
+    });
     expect(JSON.stringify(after)).not.toContain(DEPLOY_TOKEN);
   });
 
   it("ATTACK: a build record claiming trust for a commit its ref does not reach re-runs without secrets", async () => {
     // Anyone allowed to dispatch the builder can write TRUSTED=true next to the fork's commit on main.
-    const planted = await mode.plant({ REPO_URL: mode.repo.url, COMMIT: mode.repo.fork, BRANCH: "main", FLAVOR: "default", REPO: "acme/widgets", EVENT: "push", TRUSTED: "true" });
+    const planted = await mode.plant({
+      REPO_URL: mode.repo.url,
+      COMMIT: mode.repo.fork,
+      BRANCH: "main",
+      FLAVOR: "default",
+      REPO: "acme/widgets",
+      EVENT: "push",
+      TRUSTED: "true",
+    });
     const res = await rerun(planted);
     expect(res.status).toBe(201);
     const answer = (await res.json()) as RerunAnswer;
@@ -250,7 +304,16 @@ describe.each([
   });
 
   it("re-runs a tag build at its tag, trusted while the tag still points at the commit", async () => {
-    const original = await mode.plant({ REPO_URL: mode.repo.url, COMMIT: mode.repo.main, BRANCH: "v1", TAG: "v1", FLAVOR: "default", REPO: "acme/widgets", EVENT: "tag", TRUSTED: "true" });
+    const original = await mode.plant({
+      REPO_URL: mode.repo.url,
+      COMMIT: mode.repo.main,
+      BRANCH: "v1",
+      TAG: "v1",
+      FLAVOR: "default",
+      REPO: "acme/widgets",
+      EVENT: "tag",
+      TRUSTED: "true",
+    });
     const answer = (await (await rerun(original)).json()) as RerunAnswer;
     expect(answer.trusted).toBe(true);
     const after = await mode.dispatched(answer.build);
