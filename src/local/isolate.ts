@@ -28,27 +28,25 @@ export const NAMESPACE_SETUP_FAILED = 125;
  * its init. https://man7.org/linux/man-pages/man7/pid_namespaces.7.html
  */
 export function namespaceArgv(spec: NamespaceSpec): string[] {
-  return [
-    "setpriv",
-    "--pdeathsig",
-    "KILL",
-    "--",
-    "unshare",
-    "--kill-child",
-    "--pid",
-    "--fork",
-    "--mount-proc",
-    "--mount",
-    "--propagation",
-    "private",
-    "--",
-    "/bin/sh",
-    "-c",
-    namespaceScript(spec),
-    "petrel-build-ns",
-    ...spec.command,
-  ];
+  return [...NAMESPACE_PREFIX, "/bin/sh", "-c", namespaceScript(spec), "petrel-build-ns", ...spec.command];
 }
+
+/** What every single-machine build (and the start-up probe) runs under: its own PID and mount namespace. */
+const NAMESPACE_PREFIX = [
+  "setpriv",
+  "--pdeathsig",
+  "KILL",
+  "--",
+  "unshare",
+  "--kill-child",
+  "--pid",
+  "--fork",
+  "--mount-proc",
+  "--mount",
+  "--propagation",
+  "private",
+  "--",
+] as const;
 
 /** The shell program that arranges the mounts, then execs the command (which becomes the namespace's init). */
 export function namespaceScript(spec: NamespaceSpec): string {
@@ -103,25 +101,8 @@ function isInside(parent: string, path: string): boolean {
 /** Why builds cannot get their own namespaces here, or undefined when they can. */
 export function namespaceProblem(uid: number | undefined, env: NodeJS.ProcessEnv): string | undefined {
   if (uid !== 0) return "petrel does not run as root";
-  const probe = spawnSync(
-    "setpriv",
-    [
-      "--pdeathsig",
-      "KILL",
-      "--",
-      "unshare",
-      "--kill-child",
-      "--pid",
-      "--fork",
-      "--mount-proc",
-      "--mount",
-      "--",
-      "/bin/sh",
-      "-c",
-      "mount -t tmpfs none /mnt",
-    ],
-    { env, encoding: "utf8", timeout: 10_000 },
-  );
+  const [command, ...args] = NAMESPACE_PREFIX;
+  const probe = spawnSync(command, [...args, "/bin/sh", "-c", "mount -t tmpfs none /mnt"], { env, encoding: "utf8", timeout: 10_000 });
   if (probe.error)
     return `${(probe.error as NodeJS.ErrnoException).code === "ENOENT" ? "setpriv or unshare (util-linux) not found" : probe.error.message}`;
   if (probe.status !== 0) return `unshare --pid --mount failed: ${probe.stderr.trim().split("\n").pop() ?? `exit ${probe.status}`}`;
