@@ -39,7 +39,7 @@ Lists builds, newest first: ID, STATE, REPO, REF, COMMIT, STARTED, TOOK.
   --state S      queued, running, success, failure, cancelled or error
   --limit N      at most N builds (default 20, at most 500)
   --cursor C     the next page: the cursor a previous listing printed
-  --json         petrel's JSON answer ({"builds": [...], "hidden", "next_cursor"}) instead of the table
+  --json         petrel's JSON answer ({"builds": [...], "hidden", "cursor"}) instead of the table
 ${CONNECTION_HELP}
 `;
 
@@ -127,7 +127,7 @@ export async function buildsCommand(argv: string[], env: Env, io: CliIo = proces
     if (values.cursor !== undefined) query.set("cursor", values.cursor);
     const { api } = connect(values, env, io);
     try {
-      const { body } = await api.json<{ builds: ApiBuild[]; hidden?: number; next_cursor?: string }>("GET", `/builds?${query}`);
+      const { body } = await api.json<{ builds: ApiBuild[]; hidden?: number; cursor?: string }>("GET", `/builds?${query}`);
       // Notes go to stderr, so the table (or the JSON) on stdout stays what scripts read.
       const hidden = typeof body.hidden === "number" ? body.hidden : 0;
       if (hidden > 0) {
@@ -139,9 +139,9 @@ export async function buildsCommand(argv: string[], env: Env, io: CliIo = proces
       if (values.json) io.stdout.write(`${JSON.stringify(body)}\n`);
       else if (builds.length === 0) io.stderr.write("no builds match\n");
       else io.stdout.write(buildsTable(builds, Date.now()));
-      if (typeof body.next_cursor === "string") {
+      if (typeof body.cursor === "string") {
         const next = new URLSearchParams(query);
-        next.set("cursor", body.next_cursor);
+        next.set("cursor", body.cursor);
         const flags = [...next].filter(([k]) => k !== "limit" || values.limit !== undefined).map(([k, v]) => `--${k} ${shellWord(v)}`);
         io.stderr.write(`more builds: petrel builds ${flags.join(" ")}\n`);
       }

@@ -53,7 +53,7 @@ function parseCursor(raw: string): BuildCursor {
   const time = Number(text.slice(0, dot));
   const id = text.slice(dot + 1);
   if (dot < 1 || !Number.isSafeInteger(time) || id === "" || formatCursor({ time, id }) !== raw) {
-    throw new AppError("bad_request", "cursor is not one this server gave out (use next_cursor from a listing)");
+    throw new AppError("bad_request", "cursor is not one this server gave out (send back the `cursor` of a listing)");
   }
   return { time, id };
 }
@@ -123,7 +123,7 @@ export function createBuildsRoute(deps: AppDeps): Hono {
       builds: page.builds.map((b) => withLinks(deps.publicUrl, b)),
       // Builds left out for lack of the token, so a reader knows the listing is not the whole story.
       hidden: page.hidden,
-      ...(page.next === undefined ? {} : { next_cursor: formatCursor(page.next) }),
+      ...(page.next === undefined ? {} : { cursor: formatCursor(page.next) }),
     });
   });
 

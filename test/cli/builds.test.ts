@@ -97,11 +97,11 @@ describe("petrel builds", () => {
     const admin = { ...env, PETREL_ADMIN_TOKEN: ADMIN_TOKEN };
     const first = captureIo();
     expect(await buildsCommand(["--json", "-q", "--limit", "1", "--repo", "acme/widgets"], admin, first.io)).toBe(0);
-    const page = JSON.parse(first.stdout()) as { builds: ApiBuild[]; next_cursor: string };
+    const page = JSON.parse(first.stdout()) as { builds: ApiBuild[]; cursor: string };
     expect(page.builds.map((b) => b.id)).toEqual([failed]);
-    expect(first.stderr()).toBe(`more builds: petrel builds --repo acme/widgets --limit 1 --cursor ${page.next_cursor}\n`);
+    expect(first.stderr()).toBe(`more builds: petrel builds --repo acme/widgets --limit 1 --cursor ${page.cursor}\n`);
     const second = captureIo();
-    expect(await buildsCommand(["--limit", "1", "--repo", "acme/widgets", "--cursor", page.next_cursor], admin, second.io)).toBe(0);
+    expect(await buildsCommand(["--limit", "1", "--repo", "acme/widgets", "--cursor", page.cursor], admin, second.io)).toBe(0);
     expect(second.stdout()).toContain(ok);
     expect(second.stdout()).not.toContain(failed);
   });

@@ -21,7 +21,7 @@ const HOST = "git.example.test";
 interface Listing {
   builds: { id: string; repo: string }[];
   hidden: number;
-  next_cursor?: string;
+  cursor?: string;
 }
 
 describe("listing builds over HTTP (cluster mode against the fakes)", () => {
@@ -110,14 +110,14 @@ describe("listing builds over HTTP (cluster mode against the fakes)", () => {
     // The newest build an anonymous reader may see is the newest public one, past the 21 it may not.
     expect(body?.builds.map((b) => b.id)).toEqual([ids.flagged[0]]);
     expect(body?.hidden).toBe(21);
-    expect(body?.next_cursor).toEqual(expect.any(String));
+    expect(body?.cursor).toEqual(expect.any(String));
     expect(calls.length).toBeLessThanOrEqual(1 + 3);
     expect(calls.filter((c) => c.path === "/v1/jobs")).toHaveLength(1);
     const hidden = [...ids.closed, ...ids.unknown, ids.flagged[1] as string];
     expect(calls.filter((c) => hidden.some((id) => decodeURIComponent(c.path).includes(id)))).toEqual([]);
   });
 
-  it("pages with next_cursor through every build, in order, without repeats", async () => {
+  it("pages with cursor through every build, in order, without repeats", async () => {
     const whole = (await (await get("/builds?limit=500", ADMIN)).json()) as Listing;
     expect(whole.builds).toHaveLength(26);
     expect(whole.hidden).toBe(0);
@@ -128,7 +128,7 @@ describe("listing builds over HTTP (cluster mode against the fakes)", () => {
         const res = await get(`/builds?limit=7${cursor === undefined ? "" : `&cursor=${cursor}`}`, ADMIN);
         const page = (await res.json()) as Listing;
         seen.push(...page.builds.map((b) => b.id));
-        cursor = page.next_cursor;
+        cursor = page.cursor;
       });
       // Finished or not, a page of 7 reads at most 7 builds (job, allocations, evaluations) plus the list.
       expect(calls.length).toBeLessThanOrEqual(1 + 3 * 7);
