@@ -7,7 +7,7 @@ import type { AppDeps } from "./routes/deps.js";
 import { createHealthRoute } from "./routes/health.js";
 import { createHookRoute } from "./routes/hook.js";
 
-/** An error body as SPEC gives it: `{"error": {"code", "message"}}`. */
+/** petrel's error body (README, "HTTP API"): `{"error": {"code", "message"}}`. */
 export function errorBody(code: string, message: string): { error: { code: string; message: string } } {
   return { error: { code, message } };
 }

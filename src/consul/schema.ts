@@ -52,7 +52,7 @@ const UINT64_FIELDS = /"(CreateIndex|ModifyIndex|LockIndex|Flags)"(\s*:\s*)(\d+)
 
 /**
  * Parses a KV read body without losing precision: indexes and flags are uint64, which `JSON.parse` would round
- * above 2^53 (contracts/consul-gitea.md pitfall 21), so the digits are quoted before parsing. A key containing
+ * above 2^53 (https://developer.hashicorp.com/consul/api-docs/kv: `Flags` is a uint64), so the digits are quoted before parsing. A key containing
  * the same text cannot match: inside a JSON string its quotes are escaped.
  */
 export function parseKvBody(text: string): KvEntries {

@@ -14,7 +14,7 @@ export interface NomadLogsOptions {
   log: Logger;
   /** The build as Nomad shows it; consulted while the build has no allocation yet. */
   readBuild: (id: string, signal?: AbortSignal) => Promise<Build | undefined>;
-  /** Task whose logs are read (SPEC §5: `executor`). */
+  /** Task whose logs are read (petrel's builder contract: `executor`). */
   task?: string;
   /** How long one blocking query may wait for a change. */
   waitMs?: number;
@@ -181,7 +181,8 @@ export function createNomadLogs(options: NomadLogsOptions): NomadLogs {
         return { allocId: build.allocId, started: build.startedAt !== undefined, done: build.finishedAt !== undefined, index: 0 };
       }
       if (!follow || isTerminal(build.state)) return undefined;
-      // Placement, a placement failure and a stop all write an evaluation (contracts/nomad.md §2.1, §2.6).
+      // Placement, a placement failure and a stop all write an evaluation
+      // (https://developer.hashicorp.com/nomad/api-docs/evaluations).
       // The index is taken before the build is read again, so a change in between ends the wait at once.
       const started = Date.now();
       index = (await evaluations(index)).index;
@@ -294,8 +295,8 @@ export function createNomadLogs(options: NomadLogsOptions): NomadLogs {
                   task: o.task,
                   type: request.type,
                   follow: following,
-                  // origin=start skips this many bytes across the rotated files that still exist (contracts/nomad.md
-                  // §3.6): exact unless logmon deleted the oldest file (max_files) in between.
+                  // origin=start skips this many bytes across the rotated files that still exist
+                  // (https://github.com/hashicorp/nomad/blob/main/client/fs_endpoint.go `findClosest`): exact unless logmon deleted the oldest file (max_files) in between.
                   offset,
                   signal: streamSignal,
                   idleTimeoutMs: o.idleTimeoutMs,
