@@ -1457,6 +1457,12 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       headers: req.headers,
       body,
     });
+    const unmodelled = unmodelledParams(req.method ?? "GET", url);
+    if (unmodelled.length > 0) {
+      unexpected.push(`${req.method ?? "GET"} ${url.pathname}?${unmodelled.join("&")}`);
+      sendText(res, 501, `nomad fake: ${unmodelled.join(", ")} on ${url.pathname} is not modelled`);
+      return;
+    }
     if (latencyMs > 0) await sleep(latencyMs);
     const rule = failRules.find((r) => r.remaining > 0 && (!r.method || r.method === req.method) && (!r.path || r.path.test(url.pathname)));
     if (rule) {
@@ -2113,6 +2119,47 @@ function clone<T>(value: T): T {
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+// ---- query parameters the fake models, per route --------------------------------------------------
+
+// Every route parses these (https://github.com/hashicorp/nomad/blob/main/command/agent/http.go `parseNamespace`,
+// `parseRegion`, `wrap` for `pretty`).
+const COMMON_PARAMS = ["namespace", "region", "pretty"];
+// https://developer.hashicorp.com/nomad/api-docs#blocking-queries
+const BLOCKING_PARAMS = [...COMMON_PARAMS, "index", "wait"];
+
+/** The parameters of one modelled route, or undefined for a route the fake does not model (answered 501 later). */
+function modelledParams(method: string, pathname: string): readonly string[] | undefined {
+  const write = method === "PUT" || method === "POST";
+  if (pathname === "/v1/status/leader" || pathname === "/v1/jobs/parse") return COMMON_PARAMS;
+  if (pathname === "/v1/jobs") return write ? COMMON_PARAMS : [...BLOCKING_PARAMS, "prefix", "meta"];
+  if (pathname === "/v1/allocations") return [...BLOCKING_PARAMS, "prefix"];
+  if (pathname.startsWith("/v1/allocation/")) return BLOCKING_PARAMS;
+  if (pathname.startsWith("/v1/evaluation/")) return COMMON_PARAMS;
+  // https://developer.hashicorp.com/nomad/api-docs/client#stream-logs
+  if (pathname.startsWith("/v1/client/fs/logs/")) {
+    return [...COMMON_PARAMS, "task", "type", "follow", "offset", "origin", "plain"];
+  }
+  // https://developer.hashicorp.com/nomad/api-docs/client#stream-file
+  if (pathname.startsWith("/v1/client/fs/stream/")) return [...COMMON_PARAMS, "path", "follow", "offset", "origin", "plain"];
+  // https://developer.hashicorp.com/nomad/api-docs/events
+  if (pathname === "/v1/event/stream") return [...COMMON_PARAMS, "index", "topic"];
+  if (!pathname.startsWith("/v1/job/")) return undefined;
+  const sub = /\/(dispatch|allocations|evaluations|summary|deployment)$/.exec(pathname)?.[1];
+  if (sub === "dispatch") return [...COMMON_PARAMS, "idempotency_token"];
+  if (sub === "allocations") return [...BLOCKING_PARAMS, "all"];
+  if (sub === "evaluations" || sub === "summary") return BLOCKING_PARAMS;
+  if (sub === "deployment") return COMMON_PARAMS;
+  if (method === "DELETE") return [...COMMON_PARAMS, "purge"];
+  return write ? COMMON_PARAMS : BLOCKING_PARAMS;
+}
+
+/** The query parameters of a request to a modelled route that the route does not model. */
+function unmodelledParams(method: string, url: URL): string[] {
+  const allowed = modelledParams(method, url.pathname);
+  if (allowed === undefined) return [];
+  return [...new Set(url.searchParams.keys())].filter((k) => !allowed.includes(k));
 }
 
 // ---- HCL → Nomad JSON, for the fields builder jobs use ------------------------------------------

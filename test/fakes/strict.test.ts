@@ -19,4 +19,41 @@ describe("strict fakes", () => {
     expect(fake.unexpected).toEqual([`GET ${path}`]);
     await expect(fake.close()).rejects.toThrow(`${name} fake: requests it does not model: GET ${path}`);
   });
+
+  it.each([
+    ["nomad", async () => startNomadFake(), "/v1/jobs?prefix=b&per_page=20", "GET /v1/jobs?per_page"],
+    ["nomad", async () => startNomadFake(), "/v1/job/builder?stale=true", "GET /v1/job/builder?stale"],
+    ["nomad", async () => startNomadFake(), "/v1/event/stream?topic=Job&filter=x", "GET /v1/event/stream?filter"],
+    ["consul", async () => startConsulFake(), "/v1/kv/a?consistent", "GET /v1/kv/a?consistent"],
+    ["consul", async () => startConsulFake(), "/v1/status/leader?stale", "GET /v1/status/leader?stale"],
+    ["gitea", async () => startGiteaFake({ token: "t" }), "/api/v1/version?limit=1", "GET /api/v1/version?limit"],
+  ] as const)("%s answers 501 to a parameter it does not model on a modelled route (%s)", async (name, start, path, recorded) => {
+    const fake = await start();
+    const res = await request(`${fake.url}${path}`);
+    expect(res.statusCode).toBe(501);
+    await res.body.text();
+    expect(fake.unexpected).toEqual([recorded]);
+    await expect(fake.close()).rejects.toThrow(`${name} fake: requests it does not model: ${recorded}`);
+  });
+
+  it.each([
+    ["nomad", async () => startNomadFake(), "/v1/jobs?prefix=b&meta=true&namespace=default&index=0&wait=1s"],
+    ["nomad", async () => startNomadFake(), "/v1/job/builder%2Fdispatch-1/allocations?all=false&region=global"],
+    ["consul", async () => startConsulFake(), "/v1/kv/a?recurse&dc=dc1&index=0"],
+  ] as const)("%s answers a modelled route with modelled parameters (%s)", async (_name, start, path) => {
+    const fake = await start();
+    const res = await request(`${fake.url}${path}`);
+    expect(res.statusCode).not.toBe(501);
+    await res.body.text();
+    expect(fake.unexpected).toEqual([]);
+    await fake.close();
+  });
+
+  it("the consul fake refuses a datacenter it is not", async () => {
+    const fake = await startConsulFake({ datacenter: "dc1" });
+    const res = await request(`${fake.url}/v1/kv/a?dc=dc2`);
+    expect(res.statusCode).toBe(500);
+    expect(await res.body.text()).toBe("No path to datacenter");
+    await fake.close();
+  });
 });
