@@ -41,8 +41,8 @@ export const KvEntries = z.array(KvEntry);
 export type KvEntries = z.output<typeof KvEntries>;
 
 /** `GET /v1/status/leader`: the leader's `host:port`, or `""` while the cluster has none. */
-export const Leader = z.string();
-export type Leader = z.infer<typeof Leader>;
+export const ConsulLeader = z.string();
+export type ConsulLeader = z.infer<typeof ConsulLeader>;
 
 /** The JSON literal `true`/`false` that PUT and DELETE answer with. */
 export const WriteResult = z.boolean();

@@ -13,7 +13,7 @@ import {
   Evaluation,
   Job,
   JobListStub,
-  Leader,
+  NomadLeader,
   ParsedJob,
   RegisterResponse,
 } from "./schema.js";
@@ -482,7 +482,7 @@ export function createNomadClient(opts: NomadClientOptions): NomadClient {
     },
 
     async leader(signal) {
-      const answer = await call({ method: "GET", path: "/v1/status/leader", action: "leader", schema: Leader }, signal, {
+      const answer = await call({ method: "GET", path: "/v1/status/leader", action: "leader", schema: NomadLeader }, signal, {
         budgetMs,
         retries: 0,
         minDelayMs: 0,

@@ -289,4 +289,4 @@ export const ParsedJob = z.looseObject({ ID: z.string().min(1) });
 export type ParsedJob = z.infer<typeof ParsedJob>;
 
 /** `GET /v1/status/leader`: the leader's RPC address as a JSON string. */
-export const Leader = z.string();
+export const NomadLeader = z.string();
