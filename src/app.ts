@@ -7,7 +7,7 @@ import type { AppDeps } from "./routes/deps.js";
 import { createHealthRoute } from "./routes/health.js";
 import { createHookRoute } from "./routes/hook.js";
 
-/** An error body as SPEC gives it: `{"error": {"code", "message"}}`. */
+/** petrel's error body (README, "HTTP API"): `{"error": {"code", "message"}}`. */
 export function errorBody(code: string, message: string): { error: { code: string; message: string } } {
   return { error: { code, message } };
 }
@@ -26,12 +26,11 @@ export function createApp(deps: AppDeps): Hono {
 
 function respondError(deps: AppDeps, c: Context, err: unknown): Response {
   if (err instanceof AppError) {
-    if (err instanceof UpstreamError) {
-      deps.metrics.upstreamErrors.inc({ service: err.service, status: String(err.upstreamStatus) });
-    }
+    const upstream = err instanceof UpstreamError ? { upstream: err.service, upstreamStatus: err.upstreamStatus } : undefined;
+    if (upstream) deps.metrics.upstreamErrors.inc({ service: upstream.upstream, status: String(upstream.upstreamStatus) });
     // A client that hung up mid-request is routine on the internet, not petrel's problem.
     const level = err.code === "aborted" ? "debug" : err.status >= 500 ? "error" : "info";
-    deps.log[level]({ code: err.code, status: err.status, path: c.req.path, err: err.message }, "request failed");
+    deps.log[level]({ code: err.code, status: err.status, path: c.req.path, ...upstream, err: err.message }, "request failed");
     const headers: Record<string, string> = err.status === 401 ? { "WWW-Authenticate": 'Bearer realm="petrel"' } : {};
     return c.json(errorBody(err.code, err.message), err.status as 400, headers);
   }

@@ -14,7 +14,7 @@ interface Module {
    * modules' meanings together), and so do `import("./x.js")` calls (a lazy load is still a dependency).
    */
   imports: string[];
-  /** Types, interfaces, classes, functions and enums this module declares and exports (not re-exports). */
+  /** Types, interfaces, classes, functions, enums and constants this module declares and exports (not re-exports). */
   declares: string[];
 }
 
@@ -62,6 +62,9 @@ function readModule(file: string, text: string = readFileSync(file, "utf8")): Mo
       stmt.name
     ) {
       declares.push(stmt.name.text);
+    }
+    if (ts.isVariableStatement(stmt)) {
+      for (const d of stmt.declarationList.declarations) if (ts.isIdentifier(d.name)) declares.push(d.name.text);
     }
   }
   const imports = specs
@@ -113,7 +116,7 @@ describe("the module structure of src/", () => {
     expect(cycles, `import cycles:\n${cycles.join("\n")}`).toEqual([]);
   });
 
-  it("gives no two exported types, interfaces, classes or functions the same name (re-exports are fine)", () => {
+  it("gives no two exported types, interfaces, classes, functions or constants the same name (re-exports are fine)", () => {
     const owners = new Map<string, string[]>();
     for (const m of graph.values()) for (const name of m.declares) owners.set(name, [...(owners.get(name) ?? []), m.path]);
     const clashes = [...owners].filter(([, paths]) => paths.length > 1).map(([name, paths]) => `${name}: ${paths.sort().join(", ")}`);
@@ -133,13 +136,16 @@ describe("the checks of the architecture test itself", () => {
         'export async function load() { return import("./lazy.js"); }',
         "export interface Shape {}",
         "export const Schema = 1;",
+        "export type Schema = number;",
+        "export let counter = 0, other = 1;",
+        "const hidden = 2;",
         "export type Alias = string;",
         "class Hidden {}",
         "export { Hidden };",
       ].join("\n"),
     );
     expect(m.imports.sort()).toEqual(["u.ts", "x/lazy.ts", "x/t.ts", "x/v.ts"]);
-    expect(m.declares.sort()).toEqual(["Alias", "Shape", "load"]);
+    expect(m.declares.sort()).toEqual(["Alias", "Schema", "Shape", "counter", "load", "other"]);
   });
 
   it("finds a cycle and names it, and none where there is none", () => {

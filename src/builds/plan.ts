@@ -42,10 +42,10 @@ export interface SkipPlan {
   reason: string;
 }
 
-/** A request petrel refuses, answered with this status and code. */
+/** A request petrel refuses, answered with this code. */
 export interface RejectPlan {
   kind: "reject";
-  status: number;
+  /** The HTTP status follows from the code (`statusOf` in src/errors.ts). */
   code: ErrorCode;
   message: string;
 }
@@ -74,7 +74,7 @@ const BUILD_ACTIONS: ReadonlySet<string> = new Set(["opened", "synchronized", "r
  */
 export function planBuild({ delivery, entry, flavor, defaultBuilder }: PlanBuildInput): Plan {
   const bound = bindDelivery(entry.key, entry, delivery);
-  if (!bound.ok) return { kind: "reject", status: 400, code: "repository_mismatch", message: bound.message };
+  if (!bound.ok) return { kind: "reject", code: "repository_mismatch", message: bound.message };
   const builder = builderOf(entry, flavor, defaultBuilder);
   if (typeof builder !== "string") return builder;
   const target = { entry, flavor, builder, bound };
@@ -332,7 +332,6 @@ function build(parts: BuildParts): Plan {
   if (payloadBytes(payload) > DISPATCH_PAYLOAD_LIMIT) {
     return {
       kind: "reject",
-      status: 500,
       code: "config_invalid",
       message: `the secrets of ${entry.key} exceed Nomad's 16 KiB dispatch payload limit`,
     };
@@ -400,5 +399,5 @@ export function isEntryCloneUrl(entry: RepoEntry, url: string): boolean {
 }
 
 function badRequest(message: string): RejectPlan {
-  return { kind: "reject", status: 400, code: "bad_request", message };
+  return { kind: "reject", code: "bad_request", message };
 }

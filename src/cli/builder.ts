@@ -36,7 +36,7 @@ function strings(value: unknown): string[] {
   return Array.isArray(value) ? value.filter((v): v is string => typeof v === "string") : [];
 }
 
-/** Checks a parsed job (Nomad's JSON job, canonicalized) against the builder contract of SPEC §5. */
+/** Checks a parsed job (Nomad's JSON job, canonicalized) against petrel's builder contract (hcl/README.md, "The builder contract"). */
 export function checkBuilderJob(job: Loose): BuilderCheck {
   const problems: string[] = [];
   const warnings: string[] = [];

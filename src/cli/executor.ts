@@ -38,7 +38,7 @@ export async function runExecutorCommand(argv: readonly string[], env: Record<st
   }
 }
 
-/** The executor's output with the merged log (SPEC §4 `type=all`); without it when the file cannot be made. */
+/** The executor's output with the merged log (`type=all` of petrel's HTTP API); without it when the file cannot be made. */
 function openOutput(env: Record<string, string | undefined>): BuildOutput {
   try {
     return createBuildOutput(mergedLogPath(env), process.stdout, process.stderr);

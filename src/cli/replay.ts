@@ -39,7 +39,7 @@ export interface SavedDelivery {
   eventType: string;
 }
 
-// Gitea's fine-grained X-Gitea-Event-Type of pull request actions (contracts/consul-gitea.md C.1).
+// Gitea's fine-grained X-Gitea-Event-Type of pull request actions (https://github.com/go-gitea/gitea/blob/main/modules/webhook/type.go).
 const PR_EVENT_TYPES: Record<string, string> = {
   synchronized: "pull_request_sync",
   assigned: "pull_request_assign",

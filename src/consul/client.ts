@@ -6,7 +6,7 @@ import { type HttpAnswer, headerValue, type Method, request } from "../http/requ
 import { type TlsOptions, tlsAgentOptions } from "../http/tls.js";
 import { sleep } from "../util/abort.js";
 import type { KvEntry } from "./schema.js";
-import { Leader, parseKvBody, WriteResult } from "./schema.js";
+import { ConsulLeader, parseKvBody, WriteResult } from "./schema.js";
 import { createTokenBucket } from "./token-bucket.js";
 
 export type { KvEntry } from "./schema.js";
@@ -283,8 +283,8 @@ export function createConsulClient(opts: ConsulClientOptions): ConsulClient {
 
     async leader(signal) {
       const action = "GET /v1/status/leader";
-      const res = await call({ method: "GET", path: "/v1/status/leader", signal, timeoutMs, action, retry: false, schema: Leader });
-      const leader = Leader.parse(res.value);
+      const res = await call({ method: "GET", path: "/v1/status/leader", signal, timeoutMs, action, retry: false, schema: ConsulLeader });
+      const leader = ConsulLeader.parse(res.value);
       if (leader === "") {
         const err = new UpstreamError("consul", 503, "no cluster leader", { action });
         err.message = 'consul has no cluster leader (GET /v1/status/leader answered "")';

@@ -45,7 +45,7 @@ export function parseStoredValue(text: string): Parsed<unknown> {
   try {
     return { ok: true, value: JSON.parse(text) as unknown };
   } catch {
-    // Not JSON; YAML is accepted too (SPEC §3).
+    // Not JSON; YAML is accepted too (petrel's registry format, README "Registering a repository").
   }
   try {
     return { ok: true, value: yaml.load(text) };

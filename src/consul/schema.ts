@@ -41,8 +41,8 @@ export const KvEntries = z.array(KvEntry);
 export type KvEntries = z.output<typeof KvEntries>;
 
 /** `GET /v1/status/leader`: the leader's `host:port`, or `""` while the cluster has none. */
-export const Leader = z.string();
-export type Leader = z.infer<typeof Leader>;
+export const ConsulLeader = z.string();
+export type ConsulLeader = z.infer<typeof ConsulLeader>;
 
 /** The JSON literal `true`/`false` that PUT and DELETE answer with. */
 export const WriteResult = z.boolean();
@@ -52,7 +52,7 @@ const UINT64_FIELDS = /"(CreateIndex|ModifyIndex|LockIndex|Flags)"(\s*:\s*)(\d+)
 
 /**
  * Parses a KV read body without losing precision: indexes and flags are uint64, which `JSON.parse` would round
- * above 2^53 (contracts/consul-gitea.md pitfall 21), so the digits are quoted before parsing. A key containing
+ * above 2^53 (https://developer.hashicorp.com/consul/api-docs/kv: `Flags` is a uint64), so the digits are quoted before parsing. A key containing
  * the same text cannot match: inside a JSON string its quotes are escaped.
  */
 export function parseKvBody(text: string): KvEntries {

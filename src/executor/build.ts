@@ -82,7 +82,7 @@ const COPY_BUILD_USER = { uid: 65534, gid: 65534 } as const;
 const OUTPUT_DRAIN_MS = 1000;
 
 /**
- * Runs one build in the order of SPEC §6 (checkout, overlay, caches, run, clean up) and returns the exit code:
+ * Runs one build in order (checkout, overlay, caches, run, clean up) and returns the exit code:
  * the script's, or the executor's own (docs/executor.md) when a step before it failed.
  */
 export async function executeBuild(plan: ExecutorPlan, io: BuildIo, signal?: AbortSignal): Promise<number> {

@@ -128,7 +128,7 @@ export function readRuntimeSettings(env: Env): { isolation: Isolation; killGrace
   return { isolation, killGraceMs };
 }
 
-/** The build a Nomad task environment describes (SPEC §6): meta, payload, cache and secrets directories. */
+/** The build a Nomad task environment describes (petrel's executor interface, docs/executor.md): meta, payload, cache and secrets directories. */
 export async function planFromNomadEnv(env: Env): Promise<ExecutorPlan> {
   const id = env.NOMAD_JOB_ID;
   if (!id) {

@@ -7,7 +7,8 @@ import { isPermanentDispatchError } from "./client.js";
 
 /**
  * Why Nomad would refuse a dispatch with these meta keys and this payload under the builder's `parameterized`
- * block, in the order Nomad checks (contracts/nomad.md §1.6: payload, unpermitted keys, missing keys); or
+ * block, in the order Nomad checks (payload, unpermitted keys, missing keys:
+ * https://github.com/hashicorp/nomad/blob/main/nomad/job_endpoint.go `validateDispatchRequest`); or
  * undefined when it would accept them.
  */
 export function dispatchRefusal(params: BuilderParams, meta: Record<string, string>, payloadBytes: number | undefined): string | undefined {
@@ -45,7 +46,7 @@ export function createNomadBackend(options: { nomad: NomadClient }): BuildBacken
       return { id: result.id, duplicate: result.duplicate };
     } catch (err) {
       // What could not be checked up front (a builder stopped or re-registered since it was read, a priority):
-      // Nomad answers 500 to requests it will never accept (contracts/nomad.md §1.6), and a redelivery cannot
+      // Nomad answers 500 to requests it will never accept (https://github.com/hashicorp/nomad/blob/main/command/agent/http.go `wrap`), and a redelivery cannot
       // cure those, so they must not read as an outage.
       if (err instanceof UpstreamError && isPermanentDispatchError(err)) {
         throw new AppError("upstream_error", `Nomad refused to dispatch ${builder}: ${err.upstreamBody}`, { cause: err });

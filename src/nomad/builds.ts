@@ -170,7 +170,8 @@ export function createNomadBuildReader(options: NomadBuildReaderOptions): NomadB
 
     async cancel(id, signal) {
       refuse(id);
-      // Stop, not purge: the job stays inspectable with `nomad job status` (contracts/nomad.md §2.6).
+      // Stop, not purge: the job stays inspectable with `nomad job status`
+      // (https://developer.hashicorp.com/nomad/api-docs/jobs#stop-a-job).
       await nomad.stopJob(id, signalOpt(signal));
       finished.delete(id);
     },

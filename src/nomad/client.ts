@@ -13,7 +13,7 @@ import {
   Evaluation,
   Job,
   JobListStub,
-  Leader,
+  NomadLeader,
   ParsedJob,
   RegisterResponse,
 } from "./schema.js";
@@ -42,7 +42,7 @@ export interface DispatchRequest {
   idempotencyToken: string;
 }
 
-/** Options of a blocking query (contracts/nomad.md §2.5): answers once the index moved past `index`. */
+/** Options of a blocking query (https://developer.hashicorp.com/nomad/api-docs#blocking-queries): answers once the index moved past `index`. */
 export interface BlockingOptions {
   index?: number;
   /** Longest time, in milliseconds, Nomad should hold the query; Nomad caps it at 300 s. */
@@ -54,7 +54,7 @@ export interface SignalOption {
   signal?: AbortSignal;
 }
 
-/** `GET /v1/client/fs/logs/:alloc` parameters (contracts/nomad.md §3.1). */
+/** `GET /v1/client/fs/logs/:alloc` parameters (https://developer.hashicorp.com/nomad/api-docs/client#stream-logs). */
 export interface LogStreamOptions {
   task: string;
   type: "stdout" | "stderr";
@@ -79,7 +79,7 @@ export interface FileStreamOptions {
   idleTimeoutMs?: number;
 }
 
-/** `GET /v1/event/stream` parameters (contracts/nomad.md §4.1). */
+/** `GET /v1/event/stream` parameters (https://developer.hashicorp.com/nomad/api-docs/events). */
 export interface EventStreamOptions {
   /** First Raft index wanted (inclusive); 0 starts at the oldest buffered batch. */
   index: number;
@@ -127,7 +127,8 @@ export interface NomadClient {
    * exist (yet) is a 400 whose text names the failed `stat`.
    */
   streamFile(allocId: string, opts: FileStreamOptions): Promise<AsyncIterable<Uint8Array>>;
-  /** Opens the event stream (NDJSON); the body may be close-delimited (contracts/nomad.md §4.2). */
+  /** Opens the event stream (NDJSON); the body may be close-delimited
+   * (https://github.com/hashicorp/nomad/blob/main/command/agent/event_endpoint.go). */
   eventStream(opts: EventStreamOptions): Promise<AsyncIterable<Uint8Array>>;
   stopJob(id: string, opts?: { purge?: boolean; signal?: AbortSignal }): Promise<{ evalId: string; index: number }>;
   parseJob(hcl: string, opts?: { canonicalize?: boolean; signal?: AbortSignal }): Promise<ParsedJob>;
@@ -142,14 +143,16 @@ const DEFAULT_RETRY_BUDGET_MS = 3500;
 const DEFAULT_PARAMETERIZED_TTL_MS = 60_000;
 const FIRST_RETRY_DELAY_MS = 100;
 const MAX_RETRY_DELAY_MS = 800;
-// Nomad adds up to wait/16 of jitter to a blocking query (contracts/nomad.md §2.5); allow that plus slack.
+// Nomad adds up to wait/16 of jitter to a blocking query
+// (https://github.com/hashicorp/nomad/blob/main/nomad/structs/structs.go `JitterFraction`); allow that plus slack.
 const BLOCKING_SLACK_MS = 10_000;
 const DEFAULT_BLOCKING_WAIT_MS = 300_000;
 const STREAM_HEADERS_TIMEOUT_MS = 30_000;
 const DEFAULT_LOG_IDLE_MS = 30_000;
 const DEFAULT_EVENT_IDLE_MS = 95_000;
 
-// Uncoded dispatch validation errors come back as 500 (contracts/nomad.md §1.6); retrying cannot fix them.
+// Uncoded dispatch validation errors come back as 500
+// (https://github.com/hashicorp/nomad/blob/main/command/agent/http.go `wrap`); retrying cannot fix them.
 const PERMANENT_DISPATCH_ERRORS = [
   "missing parameterized job ID",
   "parameterized job not found",
@@ -201,14 +204,15 @@ export function createNomadClient(opts: NomadClientOptions): NomadClient {
     return u;
   }
 
-  // No Accept-Encoding: Nomad gzips whole streams on request (contracts/nomad.md §0.1).
+  // No Accept-Encoding: Nomad gzips whole streams on request (https://developer.hashicorp.com/nomad/api-docs#compressed-responses).
   const headers = (json: boolean): Record<string, string> => ({
     accept: "application/json",
     ...(opts.token ? { "x-nomad-token": opts.token } : {}),
     ...(json ? { "content-type": "application/json" } : {}),
   });
 
-  /** Retries on outages inside the retry budget, as contracts/nomad.md §1.6 allows. */
+  /** Retries on outages inside the retry budget; Nomad's refusals are not outages
+   * (https://github.com/hashicorp/nomad/blob/main/command/agent/http.go `wrap`). */
   function budget(action: string, retryable?: (err: UpstreamError) => boolean): RetryPolicy {
     return {
       budgetMs,
@@ -478,7 +482,7 @@ export function createNomadClient(opts: NomadClientOptions): NomadClient {
     },
 
     async leader(signal) {
-      const answer = await call({ method: "GET", path: "/v1/status/leader", action: "leader", schema: Leader }, signal, {
+      const answer = await call({ method: "GET", path: "/v1/status/leader", action: "leader", schema: NomadLeader }, signal, {
         budgetMs,
         retries: 0,
         minDelayMs: 0,
@@ -488,7 +492,8 @@ export function createNomadClient(opts: NomadClientOptions): NomadClient {
   };
 }
 
-// Registration and parse report validation problems as 500 (contracts/nomad.md §7.1); only outages are retried.
+// Registration and parse report validation problems as 500
+// (https://github.com/hashicorp/nomad/blob/main/command/agent/http.go `wrap`); only outages are retried.
 function onlyOutages(err: UpstreamError): boolean {
   return err.upstreamStatus === 0 || err.upstreamStatus === 429 || (err.upstreamStatus >= 502 && err.upstreamStatus <= 504);
 }

@@ -37,7 +37,7 @@ export interface EventFollowOptions {
 const MAX_LINE = 64 * 1024 * 1024;
 
 /**
- * Follows `/v1/event/stream` until `signal` aborts (contracts/nomad.md §4): reads NDJSON whether the body is
+ * Follows `/v1/event/stream` until `signal` aborts (https://developer.hashicorp.com/nomad/api-docs/events): reads NDJSON whether the body is
  * chunked or close-delimited, skips `{}` heartbeats, resumes with `index = last + 1` (the server's start is
  * inclusive), drops batches it has already seen, and reports a possible gap. A 200 that ends before its first
  * `{}` is how a v1.11.2+ agent refuses a request (e.g. a token without `read-job`): an error, retried with

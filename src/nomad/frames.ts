@@ -1,7 +1,7 @@
 import { UpstreamError } from "../errors.js";
 
 /**
- * One frame of Nomad's framed log stream (contracts/nomad.md §3.4). Every key is omitempty upstream, so an
+ * One frame of Nomad's framed log stream (https://github.com/hashicorp/nomad/blob/main/client/lib/streamframer/framer.go). Every key is omitempty upstream, so an
  * absent key reads as its zero value; a heartbeat (`{}`) has them all zero.
  */
 export interface LogFrame {
@@ -44,7 +44,8 @@ const BACKSLASH = 0x5c;
 const DATA_KEY = Buffer.from('"Data":"');
 /** A frame carries at most 64 KiB of data (≈ 88 KiB as base64); anything far larger is not a Nomad frame. */
 const DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024;
-/** How much of a non-JSON tail (the agent's error text, §3.6) is kept for the error message. */
+/** How much of a non-JSON tail (the agent's error text, appended after a committed 200 by
+ * https://github.com/hashicorp/nomad/blob/main/command/agent/http.go `wrap`) is kept for the error message. */
 const MAX_TAIL = 512;
 /** Pieces shorter than this are decoded into a small new buffer (Node's pool) instead of in place. */
 const MIN_IN_PLACE = 16;

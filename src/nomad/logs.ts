@@ -3,6 +3,7 @@ import type { Build, LogRequest } from "../builds/backend.js";
 import { isTerminal } from "../builds/backend.js";
 import { AppError, errorMessage, UpstreamError } from "../errors.js";
 import type { Logger } from "../log.js";
+import { createSharedCalls } from "../util/abort.js";
 import type { NomadClient } from "./client.js";
 import { createFrameDecoder } from "./frames.js";
 import { BUILD_TASK, buildAllocation, isAllocationGone, isSetTime } from "./outcome.js";
@@ -14,7 +15,7 @@ export interface NomadLogsOptions {
   log: Logger;
   /** The build as Nomad shows it; consulted while the build has no allocation yet. */
   readBuild: (id: string, signal?: AbortSignal) => Promise<Build | undefined>;
-  /** Task whose logs are read (SPEC §5: `executor`). */
+  /** Task whose logs are read (petrel's builder contract: `executor`). */
   task?: string;
   /** How long one blocking query may wait for a change. */
   waitMs?: number;
@@ -91,53 +92,10 @@ export function createNomadLogs(options: NomadLogsOptions): NomadLogs {
         : `the logs of build ${id} are gone: Nomad garbage-collected its allocation ${allocId}`,
     );
 
-  const calls = new Map<string, { promise: Promise<unknown>; refs: number; controller: AbortController }>();
-
-  /** `fn` run once for every concurrent caller with the same key; aborted only once all of them left. */
-  function shared<T>(key: string, signal: AbortSignal, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
-    let entry = calls.get(key);
-    if (entry === undefined) {
-      const controller = new AbortController();
-      const created = { promise: fn(controller.signal) as Promise<unknown>, refs: 0, controller };
-      const clear = () => {
-        if (calls.get(key) === created) calls.delete(key);
-      };
-      created.promise.then(clear, clear);
-      calls.set(key, created);
-      entry = created;
-    }
-    const e = entry;
-    e.refs++;
-    return new Promise<T>((resolve, reject) => {
-      let left = false;
-      const leave = () => {
-        if (left) return;
-        left = true;
-        e.refs--;
-        signal.removeEventListener("abort", onAbort);
-        if (e.refs === 0) {
-          e.controller.abort();
-          if (calls.get(key) === e) calls.delete(key);
-        }
-      };
-      const onAbort = () => {
-        leave();
-        reject(signal.reason);
-      };
-      if (signal.aborted) return onAbort();
-      signal.addEventListener("abort", onAbort, { once: true });
-      (e.promise as Promise<T>).then(
-        (value) => {
-          leave();
-          resolve(value);
-        },
-        (err: unknown) => {
-          leave();
-          reject(err);
-        },
-      );
-    });
-  }
+  // The key's prefix names what is read, so one run's result type never meets another's.
+  const calls = createSharedCalls<unknown>();
+  const shared = <T>(key: string, signal: AbortSignal, fn: (signal: AbortSignal) => Promise<T>): Promise<T> =>
+    calls.join(key, signal, fn) as Promise<T>;
 
   /** Retries `fn` on upstream outages with back-off until `giveUpMs` of failures in a row. */
   async function patiently<T>(signal: AbortSignal, what: string, fn: () => Promise<T>): Promise<T> {
@@ -181,7 +139,8 @@ export function createNomadLogs(options: NomadLogsOptions): NomadLogs {
         return { allocId: build.allocId, started: build.startedAt !== undefined, done: build.finishedAt !== undefined, index: 0 };
       }
       if (!follow || isTerminal(build.state)) return undefined;
-      // Placement, a placement failure and a stop all write an evaluation (contracts/nomad.md §2.1, §2.6).
+      // Placement, a placement failure and a stop all write an evaluation
+      // (https://developer.hashicorp.com/nomad/api-docs/evaluations).
       // The index is taken before the build is read again, so a change in between ends the wait at once.
       const started = Date.now();
       index = (await evaluations(index)).index;
@@ -294,8 +253,8 @@ export function createNomadLogs(options: NomadLogsOptions): NomadLogs {
                   task: o.task,
                   type: request.type,
                   follow: following,
-                  // origin=start skips this many bytes across the rotated files that still exist (contracts/nomad.md
-                  // §3.6): exact unless logmon deleted the oldest file (max_files) in between.
+                  // origin=start skips this many bytes across the rotated files that still exist
+                  // (https://github.com/hashicorp/nomad/blob/main/client/fs_endpoint.go `findClosest`): exact unless logmon deleted the oldest file (max_files) in between.
                   offset,
                   signal: streamSignal,
                   idleTimeoutMs: o.idleTimeoutMs,

@@ -3,9 +3,9 @@ import { isTerminal } from "../builds/backend.js";
 import { buildFromMeta } from "../builds/model.js";
 import type { AllocationStub, AllocMetric, Evaluation, Job, TaskEvent, TaskState } from "./schema.js";
 
-/** The task group every builder runs (SPEC §5). */
+/** The task group every builder runs (petrel's builder contract, hcl/README.md). */
 export const BUILD_GROUP = "runner";
-/** The task whose exit decides the build and whose logs are served (SPEC §5). */
+/** The task whose exit decides the build and whose logs are served (petrel's builder contract, hcl/README.md). */
 export const BUILD_TASK = "executor";
 
 const ZERO_TIME = "0001-01-01T00:00:00Z";
@@ -51,7 +51,8 @@ export function isSetTime(value: string | null | undefined): value is string {
 }
 
 /**
- * A build from Nomad's state: meta from the child job, state by the outcome rule of contracts/nomad.md §2.4.
+ * A build from Nomad's state: meta from the child job, state from the task states and events of
+ * https://developer.hashicorp.com/nomad/api-docs/allocations#read-allocation (success: every task dead, not failed, exit_code 0).
  * A stopped job's allocation ends `complete` with its task killed: that is cancelled, never success. No
  * allocation plus a failed or blocked evaluation is a placement failure; a lost allocation is an error.
  * `evaluations` is only needed while there is no allocation.

@@ -1,7 +1,8 @@
 import { z } from "zod";
 
 // Only the fields petrel reads are listed; objects stay loose so callers can still see the rest.
-// Nomad omits zero values on some objects (contracts/nomad.md §0.1), so absent scalars default to zero.
+// Nomad omits zero values on some objects (struct-level `omitempty` codec tags in
+// https://github.com/hashicorp/nomad/blob/main/nomad/structs/alloc.go and eval.go), so absent scalars default to zero.
 
 const str = z
   .string()
@@ -44,7 +45,7 @@ export const TaskGroupSpec = z.looseObject({
 });
 export type TaskGroupSpec = z.infer<typeof TaskGroupSpec>;
 
-/** A job as `GET /v1/job/:id` returns it (contracts/nomad.md §2.1). */
+/** A job as `GET /v1/job/:id` returns it (https://developer.hashicorp.com/nomad/api-docs/jobs#read-job). */
 export const Job = z.looseObject({
   ID: z.string(),
   Name: str,
@@ -101,7 +102,7 @@ export const JobSummary = z.object({
 });
 export type JobSummary = z.infer<typeof JobSummary>;
 
-/** One element of `GET /v1/jobs` (contracts/nomad.md §6.2, §6.4). */
+/** One element of `GET /v1/jobs` (https://developer.hashicorp.com/nomad/api-docs/jobs#list-jobs). */
 export const JobListStub = z.looseObject({
   ID: z.string(),
   ParentID: str,
@@ -127,7 +128,7 @@ export const JobListStub = z.looseObject({
 });
 export type JobListStub = z.infer<typeof JobListStub>;
 
-/** A task event; `Details` values are strings, e.g. `exit_code: "1"` (contracts/nomad.md §2.4). */
+/** A task event; `Details` values are strings, e.g. `exit_code: "1"` (https://github.com/hashicorp/nomad/blob/main/nomad/structs/structs.go `TaskEvent`). */
 export const TaskEvent = z.looseObject({
   Type: z.string(),
   Time: num,
@@ -212,7 +213,7 @@ export const AllocMetric = z.looseObject({
 });
 export type AllocMetric = z.infer<typeof AllocMetric>;
 
-/** One element of `GET /v1/job/:id/evaluations`; fields may be omitted when zero (contracts/nomad.md §0.1). */
+/** One element of `GET /v1/job/:id/evaluations`; fields may be omitted when zero (https://github.com/hashicorp/nomad/blob/main/nomad/structs/eval.go). */
 export const Evaluation = z.looseObject({
   ID: z.string(),
   JobID: str,
@@ -232,7 +233,7 @@ export const Evaluation = z.looseObject({
 export type Evaluation = z.infer<typeof Evaluation>;
 
 /**
- * One event of `/v1/event/stream` (contracts/nomad.md §4.2). The payload is left unparsed here: a consumer
+ * One event of `/v1/event/stream` (https://developer.hashicorp.com/nomad/api-docs/events). The payload is left unparsed here: a consumer
  * reads the few fields it needs from the topic's object.
  */
 export const StreamEvent = z.looseObject({
@@ -259,7 +260,7 @@ export const EventBatch = z.looseObject({
 });
 export type EventBatch = z.infer<typeof EventBatch>;
 
-/** `POST /v1/job/:id/dispatch` response (contracts/nomad.md §1.3). */
+/** `POST /v1/job/:id/dispatch` response (https://developer.hashicorp.com/nomad/api-docs/jobs#dispatch-job). */
 export const DispatchResponse = z.object({
   DispatchedJobID: z.string().min(1),
   EvalID: str,
@@ -269,11 +270,11 @@ export const DispatchResponse = z.object({
 });
 export type DispatchResponse = z.infer<typeof DispatchResponse>;
 
-/** `DELETE /v1/job/:id` response (contracts/nomad.md §2.6). */
+/** `DELETE /v1/job/:id` response (https://developer.hashicorp.com/nomad/api-docs/jobs#stop-a-job). */
 export const DeregisterResponse = z.object({ EvalID: str, EvalCreateIndex: num, JobModifyIndex: num, Index: num });
 export type DeregisterResponse = z.infer<typeof DeregisterResponse>;
 
-/** `POST /v1/jobs` response (contracts/nomad.md §7.1). */
+/** `POST /v1/jobs` response (https://developer.hashicorp.com/nomad/api-docs/jobs#create-job). */
 export const RegisterResponse = z.object({
   EvalID: str,
   EvalCreateIndex: num,
@@ -283,9 +284,9 @@ export const RegisterResponse = z.object({
 });
 export type RegisterResponse = z.infer<typeof RegisterResponse>;
 
-/** `POST /v1/jobs/parse` answers with the bare job object (contracts/nomad.md §7.2). */
+/** `POST /v1/jobs/parse` answers with the bare job object (https://developer.hashicorp.com/nomad/api-docs/jobs#parse-job). */
 export const ParsedJob = z.looseObject({ ID: z.string().min(1) });
 export type ParsedJob = z.infer<typeof ParsedJob>;
 
 /** `GET /v1/status/leader`: the leader's RPC address as a JSON string. */
-export const Leader = z.string();
+export const NomadLeader = z.string();

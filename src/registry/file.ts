@@ -64,7 +64,7 @@ function loadDocument(path: string, text: string): Record<string, unknown> {
 }
 
 /**
- * Parses the single-machine registry file (SPEC §3: `repos: { "<host>/<owner>/<name>": {..., secrets} }`).
+ * Parses the single-machine registry file (petrel.yaml, README "Single-machine mode": `repos: { "<host>/<owner>/<name>": {..., secrets} }`).
  * Throws an AppError `config_invalid` naming the file and the line, or the repository and field.
  */
 export function parseRegistryFile(path: string, text: string, defaultBuilder: string): Map<RepoKey, RepoEntry> {

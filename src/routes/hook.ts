@@ -2,7 +2,7 @@ import type { IncomingMessage } from "node:http";
 import type { Context } from "hono";
 import { Hono } from "hono";
 import { metaForBuilder, planBuild } from "../builds/plan.js";
-import { AppError, UpstreamError } from "../errors.js";
+import { AppError } from "../errors.js";
 import { parseDelivery } from "../gitea/events.js";
 import { extractPayload, verifyHook } from "../gitea/signature.js";
 import { repoKeyFromUrl } from "../registry/schema.js";
@@ -120,7 +120,7 @@ export function createHookRoute(deps: AppDeps): Hono {
       return c.json(links, 201);
     } catch (err) {
       outcome(err instanceof AppError ? err.code : "internal");
-      if (err instanceof UpstreamError) log.warn({ service: err.service, status: err.upstreamStatus, err: err.message }, "upstream failed");
+      // Logged once, where it becomes the response (createApp's error handler).
       throw err;
     }
   });

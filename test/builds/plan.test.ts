@@ -190,7 +190,7 @@ describe("planBuild: what builds", () => {
 
   it("refuses secrets that exceed Nomad's dispatch payload limit", () => {
     const entry = entryWith({}, { secrets: { BIG: "x".repeat(17 * 1024) } });
-    expect(plan(delivery("push.json", "push"), entry)).toMatchObject({ kind: "reject", status: 500, code: "config_invalid" });
+    expect(plan(delivery("push.json", "push"), entry)).toMatchObject({ kind: "reject", code: "config_invalid" });
   });
 });
 
@@ -225,7 +225,6 @@ describe("planBuild: bad flavors", () => {
   it("rejects an unknown flavor with 400, listing the known ones", () => {
     expect(plan(delivery("push.json", "push"), entryWith(), "gpu")).toEqual({
       kind: "reject",
-      status: 400,
       code: "bad_request",
       message: expect.stringMatching(/unknown flavor "gpu".*default/),
     });
@@ -242,8 +241,8 @@ describe("planBuild: bad flavors", () => {
   });
 
   it("rejects malformed flavor names", () => {
-    expect(plan(delivery("push.json", "push"), entryWith(), "a/b")).toMatchObject({ kind: "reject", status: 400 });
-    expect(plan(delivery("push.json", "push"), entryWith(), "")).toMatchObject({ kind: "reject", status: 400 });
+    expect(plan(delivery("push.json", "push"), entryWith(), "a/b")).toMatchObject({ kind: "reject", code: "bad_request" });
+    expect(plan(delivery("push.json", "push"), entryWith(), "")).toMatchObject({ kind: "reject", code: "bad_request" });
   });
 });
 
@@ -439,8 +438,8 @@ describe("planManual", () => {
   });
 
   it("rejects a commit that is not hex and a ref it cannot build", () => {
-    expect(planManual({ ...base, commit: "HEAD~1" })).toMatchObject({ kind: "reject", status: 400 });
-    expect(planManual({ ...base, ref: "refs/notes/x" })).toMatchObject({ kind: "reject", status: 400 });
-    expect(planManual({ ...base, flavor: "gpu" })).toMatchObject({ kind: "reject", status: 400 });
+    expect(planManual({ ...base, commit: "HEAD~1" })).toMatchObject({ kind: "reject", code: "bad_request" });
+    expect(planManual({ ...base, ref: "refs/notes/x" })).toMatchObject({ kind: "reject", code: "bad_request" });
+    expect(planManual({ ...base, flavor: "gpu" })).toMatchObject({ kind: "reject", code: "bad_request" });
   });
 });

@@ -215,8 +215,12 @@ describe("Consul KV client (behaviour)", () => {
   fakeOnly("sends the datacenter as dc", async () => {
     const f = fakeOf();
     const before = f.requests.length;
-    await createConsulClient({ addr, dispatcher: agent, datacenter: "dc2" }).get("t/x");
-    expect(f.requests[before]?.query.dc).toBe("dc2");
+    await createConsulClient({ addr, dispatcher: agent, datacenter: "dc1" }).get("t/x");
+    expect(f.requests[before]?.query.dc).toBe("dc1");
+    const retry = { retries: 0 };
+    await expect(createConsulClient({ addr, dispatcher: agent, datacenter: "dc2", retry }).get("t/x")).rejects.toThrow(
+      /No path to datacenter/,
+    );
   });
 
   fakeOnly("keeps uint64 indexes and flags exact beyond 2^53", async () => {

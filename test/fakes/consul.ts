@@ -24,6 +24,8 @@ export interface ConsulFakeOptions {
   maxValueBytes?: number;
   /** Raft index the store starts at. */
   initialIndex?: bigint;
+  /** The fake's datacenter (Consul's default `dc1`); `?dc=` naming another one fails as an unreachable one. */
+  datacenter?: string;
 }
 
 export interface ConsulFakeEntry {
@@ -77,6 +79,26 @@ function goDuration(text: string): number | undefined {
   return ms;
 }
 
+// Every route takes these (https://github.com/hashicorp/consul/blob/main/agent/http.go `parseDC`, `parseToken`).
+const COMMON_PARAMS = ["dc", "token"];
+
+/** The query parameters each modelled route reads (https://developer.hashicorp.com/consul/api-docs/kv). */
+function modelledParams(method: string, pathname: string): readonly string[] | undefined {
+  if (pathname === "/v1/status/leader") return COMMON_PARAMS;
+  if (!pathname.startsWith("/v1/kv/") && pathname !== "/v1/kv") return undefined;
+  if (method === "GET") return [...COMMON_PARAMS, "recurse", "keys", "separator", "seperator", "raw", "index", "wait"];
+  if (method === "PUT") return [...COMMON_PARAMS, "flags", "cas"];
+  if (method === "DELETE") return [...COMMON_PARAMS, "recurse", "cas"];
+  return undefined;
+}
+
+/** The query parameters of a request to a modelled route that the route does not model. */
+function unmodelledParams(method: string, url: URL): string[] {
+  const allowed = modelledParams(method, url.pathname);
+  if (allowed === undefined) return [];
+  return [...new Set(url.searchParams.keys())].filter((k) => !allowed.includes(k));
+}
+
 interface Waiter {
   key: string;
   recurse: boolean;
@@ -87,6 +109,7 @@ interface Waiter {
 /** Starts the fake on 127.0.0.1 with a random port. */
 export async function startConsulFake(options: ConsulFakeOptions = {}): Promise<ConsulFake> {
   const maxValue = options.maxValueBytes ?? 512 * 1024;
+  const datacenter = options.datacenter ?? "dc1";
   const kv = new Map<string, ConsulFakeEntry>();
   const tombstones = new Map<string, bigint>();
   const waiters = new Set<Waiter>();
@@ -267,8 +290,6 @@ export async function startConsulFake(options: ConsulFakeOptions = {}): Promise<
     const length = Number(req.headers["content-length"] ?? "0");
     const body = await readBody(req);
     if (key === "") return send(res, 400, "Missing key name");
-    const flagsSet = ["cas", "acquire", "release"].filter((f) => q.has(f));
-    if (flagsSet.length > 1) return send(res, 400, `Conflicting flags: ${q.toString()}`);
     const size = Math.max(length, body.length);
     if (size > maxValue) return send(res, 413, `Request body(${size} bytes) too large, max size: ${maxValue} bytes`);
     const why = denied(token, "write", key);
@@ -316,6 +337,13 @@ export async function startConsulFake(options: ConsulFakeOptions = {}): Promise<
     const record: ConsulFakeRequest = { method: req.method ?? "", path: url.pathname, query: Object.fromEntries(query) };
     if (token !== undefined) record.token = token;
     requests.push(record);
+    const unmodelled = unmodelledParams(req.method ?? "", url);
+    if (unmodelled.length > 0) {
+      unexpected.push(`${req.method ?? ""} ${url.pathname}?${unmodelled.join("&")}`);
+      return send(res, 501, `consul fake: ${unmodelled.join(", ")} on ${url.pathname} is not modelled`);
+    }
+    // Consul forwards to another datacenter's servers; the fake has none (structs.ErrNoDCPath).
+    if (query.has("dc") && query.get("dc") !== datacenter) return send(res, 500, "No path to datacenter");
     if (url.pathname === "/v1/status/leader" && req.method === "GET") return send(res, 200, JSON.stringify(leader));
     if (!url.pathname.startsWith("/v1/kv/") && url.pathname !== "/v1/kv") {
       unexpected.push(`${req.method ?? ""} ${url.pathname}`);

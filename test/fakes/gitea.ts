@@ -166,7 +166,15 @@ export async function startGiteaFake(options: GiteaFakeOptions): Promise<GiteaFa
   }
 
   function route(req: IncomingMessage, res: ServerResponse, body: string): void {
-    const path = new URL(req.url ?? "/", "http://fake").pathname;
+    const parsed = new URL(req.url ?? "/", "http://fake");
+    const path = parsed.pathname;
+    // No modelled route reads a query parameter: petrel authenticates with the header, and neither `page`/`limit`
+    // nor `access_token` (https://github.com/go-gitea/gitea/blob/main/services/auth/oauth2.go) is modelled.
+    const params = [...new Set(parsed.searchParams.keys())];
+    if (params.length > 0) {
+      unexpected.push(`${req.method ?? ""} ${path}?${params.join("&")}`);
+      return apiError(res, 501, `gitea fake: ${params.join(", ")} on ${path} is not modelled`);
+    }
     if (failures.count > 0) {
       failures = { ...failures, count: failures.count - 1 };
       return apiError(res, failures.status, "fake failure");

@@ -23,7 +23,8 @@ function dispatch(parent: string, body: unknown, token?: string) {
   return t.http("POST", `/v1/job/${encodeURIComponent(parent)}/dispatch${q}`, body);
 }
 
-describe("dispatch validation (§1.6)", () => {
+// https://github.com/hashicorp/nomad/blob/main/nomad/job_endpoint.go `validateDispatchRequest`
+describe("dispatch validation", () => {
   it("answers 405 Invalid method to a GET", async () => {
     const res = await t.http("GET", `/v1/job/${builder}/dispatch`);
     expect(res.status).toBe(405);
@@ -111,7 +112,8 @@ describe("dispatch validation (§1.6)", () => {
   });
 });
 
-describe("dispatch result (§1.3–§1.5)", () => {
+// https://developer.hashicorp.com/nomad/api-docs/jobs#dispatch-job
+describe("dispatch result", () => {
   it("creates a child with the parent's ID shape, equal indexes and X-Nomad-Index", async () => {
     const res = await dispatch(builder, { Meta: META, Payload: Buffer.from('{"secrets":{}}').toString("base64") }, "fresh-1");
     expect(res.status).toBe(200);
@@ -165,7 +167,8 @@ describe("dispatch result (§1.3–§1.5)", () => {
   });
 });
 
-describe("job and allocation reads (§2)", () => {
+// https://developer.hashicorp.com/nomad/api-docs/jobs#read-job, https://developer.hashicorp.com/nomad/api-docs/allocations#read-allocation
+describe("job and allocation reads", () => {
   it("answers 404 job not found as plain text, for the job and its summary", async () => {
     for (const path of [`/v1/job/${t.jobId("ghost")}`, `/v1/job/${t.jobId("ghost")}/summary`]) {
       const res = await t.http("GET", path);
@@ -233,7 +236,8 @@ describe("job and allocation reads (§2)", () => {
   });
 });
 
-describe("stop (§2.6)", () => {
+// https://developer.hashicorp.com/nomad/api-docs/jobs#stop-a-job
+describe("stop", () => {
   it("answers 200 with zero fields for an unknown job", async () => {
     const res = await t.http("DELETE", `/v1/job/${t.jobId("ghost")}`);
     expect(res.status).toBe(200);
@@ -249,7 +253,8 @@ describe("stop (§2.6)", () => {
   });
 });
 
-describe("parse and register (§7)", () => {
+// https://developer.hashicorp.com/nomad/api-docs/jobs#parse-job, https://developer.hashicorp.com/nomad/api-docs/jobs#create-job
+describe("parse and register", () => {
   it("answers 400 Job spec is empty", async () => {
     const res = await t.http("POST", "/v1/jobs/parse", { JobHCL: "" });
     expect(res).toMatchObject({ status: 400, text: "Job spec is empty" });

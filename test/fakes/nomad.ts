@@ -107,7 +107,7 @@ export interface FakeAlloc {
   ModifyTime: number;
 }
 
-/** One event as Nomad's event stream would carry it (§4.2). */
+/** One event as Nomad's event stream would carry it (https://developer.hashicorp.com/nomad/api-docs/events). */
 export interface FakeEvent {
   Topic: "Job" | "Evaluation" | "Allocation";
   Type: string;
@@ -136,16 +136,17 @@ export interface NomadFakeOptions {
   dispatchRace?: boolean;
   /** How long a dispatch waits between its token check and its write when the race is emulated. */
   raceWindowMs?: number;
-  /** Log streams (§3.4): heartbeat period (Nomad: 1000 ms), batch window (200 ms), largest frame (64 KiB). */
+  /** Log streams (https://github.com/hashicorp/nomad/blob/main/client/fs_endpoint.go): heartbeat period (Nomad: 1000 ms), batch window (200 ms), largest frame (64 KiB). */
   logHeartbeatMs?: number;
   logBatchMs?: number;
   logFrameSize?: number;
-  /** Event stream (§4): heartbeat period (Nomad: 30 s) and batches kept for resuming (100). */
+  /** Event stream (https://github.com/hashicorp/nomad/blob/main/nomad/event_endpoint.go): heartbeat period (Nomad: 30 s) and batches kept for resuming (100). */
   eventHeartbeatMs?: number;
   eventBufferSize?: number;
   /**
    * `close` (default): a hand-built 200 on the raw connection with no length and no chunking, as v1.11.2+
-   * hijacking agents send; `chunked`: an ordinary streamed response, as earlier versions did (§4.2).
+   * hijacking agents send; `chunked`: an ordinary streamed response, as earlier versions did
+   * (https://github.com/hashicorp/nomad/blob/main/command/agent/event_endpoint.go).
    */
   eventFraming?: "close" | "chunked";
 }
@@ -202,7 +203,7 @@ export interface NomadFake {
   loseAlloc(jobId: string, opts?: { namespace?: string }): void;
   /** Appends to the task's current log file `<task>.<type>.<N>` of the job's latest allocation. */
   writeLog(jobId: string, type: FakeLogType, bytes: string | Uint8Array, opts?: TaskOptions): void;
-  /** logmon starts file N+1; with `maxFiles`, the oldest files beyond it are deleted (§3.7). */
+  /** logmon starts file N+1; with `maxFiles`, the oldest files beyond it are deleted (https://developer.hashicorp.com/nomad/docs/job-specification/logs). */
   rotateLog(jobId: string, type: FakeLogType, opts?: TaskOptions & { maxFiles?: number }): void;
   /** The current log file shrinks to nothing (followers get `file truncated`). */
   truncateLog(jobId: string, type: FakeLogType, opts?: TaskOptions): void;
@@ -237,7 +238,7 @@ const TEXT = "text/plain; charset=utf-8";
 /** The client's allocation directory root, as it shows in `stat` errors. */
 const ALLOC_ROOT = "/var/lib/nomad/alloc";
 
-/** An answer that is not a success: Nomad writes the status and the bare message as plain text (§0.1). */
+/** An answer that is not a success: Nomad writes the status and the bare message as plain text (https://github.com/hashicorp/nomad/blob/main/command/agent/http.go `wrap`). */
 class NomadHttpError extends Error {
   readonly status: number;
   constructor(status: number, message: string) {
@@ -295,7 +296,7 @@ interface State {
   /** `Submission` of the latest registration (source HCL), by job. */
   submissions: Map<string, unknown>;
   pending: FakeEvent[];
-  /** The last `eventBufferSize` batches, for `/v1/event/stream?index=` (§4.3). */
+  /** The last `eventBufferSize` batches, for `/v1/event/stream?index=` (https://developer.hashicorp.com/nomad/docs/configuration/server). */
   eventBuffer: EventBatch[];
   /** Log files by allocation, then `<task>\0<type>`. */
   logs: Map<string, Map<string, LogState>>;
@@ -446,7 +447,7 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       .sort((a, b) => a.CreateIndex - b.CreateIndex);
   }
 
-  /** §2.1 `getJobStatus`. */
+  /** `getJobStatus` of https://github.com/hashicorp/nomad/blob/main/nomad/state/state_store.go. */
   function statusOf(job: FakeJob): FakeJob["Status"] {
     if ((job.ParameterizedJob && !job.Dispatched) || job.Periodic) return job.Stop ? "dead" : "running";
     if (allocsOf(job.Namespace, job.ID, false).some((r) => !isTerminal(r.alloc))) return "running";
@@ -519,7 +520,7 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
     );
   }
 
-  /** §7.1 register: canonicalise, validate, upsert; a new version only when the spec changed. */
+  /** Register (https://developer.hashicorp.com/nomad/api-docs/jobs#create-job): canonicalise, validate, upsert; a new version only when the spec changed. */
   function register(input: Record<string, unknown>, ns: string): { job: FakeJob; evalId: string; evalIndex: number } {
     const job = canonicalJob(input, ns);
     if (job.ParameterizedJob && job.Type !== "batch" && job.Type !== "sysbatch") {
@@ -568,7 +569,7 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
     return { job, evalId, evalIndex };
   }
 
-  /** §2.6: stop (or purge) a job; the fake's scheduler and client act at once. */
+  /** Stops (or purges) a job (https://developer.hashicorp.com/nomad/api-docs/jobs#stop-a-job); the fake's scheduler and client act at once. */
   function deregister(ns: string, id: string, purge: boolean) {
     const job = state.jobs.get(key(ns, id));
     if (!job) return { EvalID: "", EvalCreateIndex: 0, JobModifyIndex: 0, VolumeEvalID: "", VolumeEvalIndex: 0, Index: 0 };
@@ -619,7 +620,8 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
     };
   }
 
-  // ---- dispatch (§1) ----------------------------------------------------------------------------
+  // ---- dispatch ---------------------------------------------------------------------------------
+  // https://developer.hashicorp.com/nomad/api-docs/jobs#dispatch-job
 
   async function dispatch(ns: string, parentId: string, body: Record<string, unknown>, query: Query) {
     if (!parentId) throw new NomadHttpError(500, "missing parameterized job ID");
@@ -766,7 +768,8 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       Type: job.Type,
       Priority: job.Priority,
       Periodic: Boolean(job.Periodic),
-      // `IsParameterized()`: a dispatched child keeps the block but is not parameterized itself (§1.4).
+      // `IsParameterized()`: a dispatched child keeps the block but is not parameterized itself
+      // (https://github.com/hashicorp/nomad/blob/main/nomad/structs/structs.go).
       ParameterizedJob: Boolean(job.ParameterizedJob) && !job.Dispatched,
       Stop: job.Stop,
       Status: job.Status,
@@ -871,7 +874,7 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
     if (token !== opts.aclToken) throw new NomadHttpError(403, "Permission denied");
   }
 
-  /** Holds a GET until `indexOf()` passes `?index=` or `?wait=` runs out (§2.5). */
+  /** Holds a GET until `indexOf()` passes `?index=` or `?wait=` runs out (https://developer.hashicorp.com/nomad/api-docs#blocking-queries). */
   async function block(query: Query, indexOf: () => number): Promise<void> {
     const rawIndex = query.get("index");
     const min = rawIndex === null || rawIndex === "" ? 0 : Number(rawIndex);
@@ -1092,7 +1095,7 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
     return write(hclToJob(parsed, canonicalize));
   }
 
-  // ---- logs (§3) and the event stream (§4): streamed answers -------------------------------------
+  // ---- logs and the event stream: streamed answers ----------------------------------------------
 
   function logKey(task: string, type: FakeLogType): string {
     return `${task}\u0000${type}`;
@@ -1121,7 +1124,8 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
     for (const wake of [...log.followers]) wake();
   }
 
-  /** `origin`/`offset` to a position: forward from the lowest file or backward from the highest (§3.6). */
+  /** `origin`/`offset` to a position: forward from the lowest file or backward from the highest
+   * (https://github.com/hashicorp/nomad/blob/main/client/fs_endpoint.go `findClosest`). */
   function startPosition(log: LogState, origin: string, offset: number): { n: number; pos: number } {
     const files = liveFiles(log);
     const first = files[0];
@@ -1203,7 +1207,8 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
     const fileName = (n: number) => o.path ?? `alloc/logs/${log.task}.${log.type}.${n}`;
     let cur = startPosition(log, o.origin, o.offset);
     let seenTruncations = log.files.find((f) => f.n === cur.n)?.truncations ?? 0;
-    // follow=false ends at the end of the highest file that existed when the request came in (§3.6).
+    // follow=false ends at the end of the highest file that existed when the request came in
+    // (https://github.com/hashicorp/nomad/blob/main/client/fs_endpoint.go).
     const limit = o.follow ? Number.POSITIVE_INFINITY : (liveFiles(log).at(-1)?.n ?? 0);
     let pendingEvent = "";
     let pumping = false;
@@ -1268,7 +1273,8 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
             if (!file || file.deleted) {
               if (file?.deleted && !o.plain) await send(logFrame({ File: fileName(file.n), FileEvent: "file deleted" }));
               if (log.gone || (!nextFile && file?.deleted)) {
-                // The agent's error path after a committed 200 can only append its message (§3.6).
+                // The agent's error path after a committed 200 can only append its message
+                // (https://github.com/hashicorp/nomad/blob/main/command/agent/http.go `wrap`).
                 res.end(log.gone ? `Unknown allocation "${o.allocId}"` : `log file ${fileName(cur.n)} deleted`);
                 finish();
                 return;
@@ -1312,7 +1318,8 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
   }
 
   /**
-   * `GET /v1/client/fs/stream/:alloc` — one file of the allocation directory, framed like the logs (§3.4).
+   * `GET /v1/client/fs/stream/:alloc` — one file of the allocation directory, framed like the logs
+   * (https://developer.hashicorp.com/nomad/api-docs/client#stream-file).
    * Unlike the logs endpoint it defaults `follow` to true and does not care whether the task started; a file
    * that does not exist fails its `stat` with 400 (hashicorp/nomad `command/agent/fs_endpoint.go` `Stream`,
    * `client/fs_endpoint.go` `stream`).
@@ -1408,7 +1415,8 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
     };
     write("{}\n");
     const buffer = state.eventBuffer;
-    // Inclusive start; too old starts at the oldest kept batch, too new re-delivers the newest (§4.3).
+    // Inclusive start; too old starts at the oldest kept batch, too new re-delivers the newest
+    // (https://github.com/hashicorp/nomad/blob/main/nomad/stream/event_buffer.go `StartAtClosest`).
     let start = from === 0 ? 0 : buffer.findIndex((b) => b.Index >= from);
     if (start === -1) start = Math.max(0, buffer.length - 1);
     for (const batch of buffer.slice(start)) deliver(batch);
@@ -1449,6 +1457,12 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       headers: req.headers,
       body,
     });
+    const unmodelled = unmodelledParams(req.method ?? "GET", url);
+    if (unmodelled.length > 0) {
+      unexpected.push(`${req.method ?? "GET"} ${url.pathname}?${unmodelled.join("&")}`);
+      sendText(res, 501, `nomad fake: ${unmodelled.join(", ")} on ${url.pathname} is not modelled`);
+      return;
+    }
     if (latencyMs > 0) await sleep(latencyMs);
     const rule = failRules.find((r) => r.remaining > 0 && (!r.method || r.method === req.method) && (!r.path || r.path.test(url.pathname)));
     if (rule) {
@@ -1548,7 +1562,8 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
     const [name, ts] = taskOf(record, opts.task);
     const idx = next();
     change(ts, name);
-    // logmon creates `<task>.stdout.0` and `<task>.stderr.0` before the task runs (§3.7).
+    // logmon creates `<task>.stdout.0` and `<task>.stderr.0` before the task runs
+    // (https://github.com/hashicorp/nomad/blob/main/client/allocrunner/taskrunner/logmon_hook.go).
     if (ts.StartedAt !== ZERO_TIME) {
       for (const type of ["stdout", "stderr"] as const) {
         const log = logStateOf(record.alloc.ID, name, type, true) as LogState;
@@ -1876,7 +1891,7 @@ interface Answer {
   body: unknown;
   /** `X-Nomad-Index`; parse answers without one. */
   index: number | undefined;
-  /** GETs carry KnownLeader and LastContact as well (§2.5). */
+  /** GETs carry KnownLeader and LastContact as well (https://github.com/hashicorp/nomad/blob/main/command/agent/http.go `setMeta`). */
   read: boolean;
 }
 
@@ -1893,7 +1908,7 @@ function sendText(res: ServerResponse, status: number, text: string): void {
   res.end(text);
 }
 
-/** §2.4 `getClientStatus`: the alloc's client status from its tasks, unless the node was lost. */
+/** `getClientStatus` (https://github.com/hashicorp/nomad/blob/main/client/allocrunner/alloc_runner.go): the alloc's client status from its tasks, unless the node was lost. */
 function rollUp(alloc: FakeAlloc): void {
   if (alloc.ClientStatus === "lost") return;
   const states = Object.values(alloc.TaskStates);
@@ -1929,7 +1944,8 @@ function specChanged(a: FakeJob, b: FakeJob): boolean {
   return strip(a) !== strip(b);
 }
 
-/** Go's `encoding/json` into a struct: an empty body is refused, unknown keys are ignored (§0.1). */
+/** Go's `encoding/json` into a struct: an empty body is refused, unknown keys are ignored
+ * (https://github.com/hashicorp/nomad/blob/main/command/agent/http.go `decodeBody`). */
 function decodeBody(body: string): Record<string, unknown> {
   if (body.length === 0) throw new NomadHttpError(400, "Request body is empty");
   let value: unknown;
@@ -2105,7 +2121,49 @@ function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-// ---- HCL → Nomad JSON (§7.2), for the fields builder jobs use ------------------------------------
+// ---- query parameters the fake models, per route --------------------------------------------------
+
+// Every route parses these (https://github.com/hashicorp/nomad/blob/main/command/agent/http.go `parseNamespace`,
+// `parseRegion`, `wrap` for `pretty`).
+const COMMON_PARAMS = ["namespace", "region", "pretty"];
+// https://developer.hashicorp.com/nomad/api-docs#blocking-queries
+const BLOCKING_PARAMS = [...COMMON_PARAMS, "index", "wait"];
+
+/** The parameters of one modelled route, or undefined for a route the fake does not model (answered 501 later). */
+function modelledParams(method: string, pathname: string): readonly string[] | undefined {
+  const write = method === "PUT" || method === "POST";
+  if (pathname === "/v1/status/leader" || pathname === "/v1/jobs/parse") return COMMON_PARAMS;
+  if (pathname === "/v1/jobs") return write ? COMMON_PARAMS : [...BLOCKING_PARAMS, "prefix", "meta"];
+  if (pathname === "/v1/allocations") return [...BLOCKING_PARAMS, "prefix"];
+  if (pathname.startsWith("/v1/allocation/")) return BLOCKING_PARAMS;
+  if (pathname.startsWith("/v1/evaluation/")) return COMMON_PARAMS;
+  // https://developer.hashicorp.com/nomad/api-docs/client#stream-logs
+  if (pathname.startsWith("/v1/client/fs/logs/")) {
+    return [...COMMON_PARAMS, "task", "type", "follow", "offset", "origin", "plain"];
+  }
+  // https://developer.hashicorp.com/nomad/api-docs/client#stream-file
+  if (pathname.startsWith("/v1/client/fs/stream/")) return [...COMMON_PARAMS, "path", "follow", "offset", "origin", "plain"];
+  // https://developer.hashicorp.com/nomad/api-docs/events
+  if (pathname === "/v1/event/stream") return [...COMMON_PARAMS, "index", "topic"];
+  if (!pathname.startsWith("/v1/job/")) return undefined;
+  const sub = /\/(dispatch|allocations|evaluations|summary|deployment)$/.exec(pathname)?.[1];
+  if (sub === "dispatch") return [...COMMON_PARAMS, "idempotency_token"];
+  if (sub === "allocations") return [...BLOCKING_PARAMS, "all"];
+  if (sub === "evaluations" || sub === "summary") return BLOCKING_PARAMS;
+  if (sub === "deployment") return COMMON_PARAMS;
+  if (method === "DELETE") return [...COMMON_PARAMS, "purge"];
+  return write ? COMMON_PARAMS : BLOCKING_PARAMS;
+}
+
+/** The query parameters of a request to a modelled route that the route does not model. */
+function unmodelledParams(method: string, url: URL): string[] {
+  const allowed = modelledParams(method, url.pathname);
+  if (allowed === undefined) return [];
+  return [...new Set(url.searchParams.keys())].filter((k) => !allowed.includes(k));
+}
+
+// ---- HCL → Nomad JSON, for the fields builder jobs use ------------------------------------------
+// https://developer.hashicorp.com/nomad/api-docs/jobs#parse-job
 
 type Hcl = Record<string, unknown>;
 

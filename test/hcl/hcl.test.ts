@@ -45,7 +45,7 @@ describe("hcl/", () => {
   });
 
   describe.each(["builder.nomad.hcl", "builder-exec.nomad.hcl", "builder-raw.nomad.hcl"])(
-    "%s follows the builder contract (SPEC §5)",
+    "%s follows petrel's builder contract",
     (file) => {
       it("is a parameterized batch job with the required and optional meta keys and an optional payload", async () => {
         const job = labelled(await load(file), "job", "builder");

@@ -9,7 +9,7 @@ import { captureLogs } from "../helpers/log-capture.js";
 import { rejection } from "../helpers/rejection.js";
 import { builderJob, type NomadTarget, realNomad, startTarget } from "./target.js";
 
-// The Nomad build reader: state derivation (contracts/nomad.md §2.4), listing, cancel, and the refusal of
+// The Nomad build reader: state derivation (https://developer.hashicorp.com/nomad/api-docs/allocations#read-allocation), listing, cancel, and the refusal of
 // anything that is not a dispatched child of a configured builder.
 
 const META = {

@@ -338,7 +338,7 @@ describe.skipIf(realNomad)("headers and scoping", () => {
     }
   });
 
-  it("drives failure, placement failure, loss and stop through the task-state sequences of §2.4", async () => {
+  it("drives failure, placement failure, loss and stop through the task-state sequences Nomad's client writes", async () => {
     const fake = t.fake;
     if (!fake) return;
     const failed = await nomad.dispatch(builder, { meta: META, idempotencyToken: token() });

@@ -7,7 +7,7 @@ import { type NomadFake, type NomadFakeOptions, startNomadFake } from "../fakes/
 import { captureLogs } from "../helpers/log-capture.js";
 import { builderJob, type NomadTarget, realNomad, startTarget } from "./target.js";
 
-// The event-stream consumer (contracts/nomad.md §4) against the fake in both of Nomad's framings, and the
+// The event-stream consumer (https://developer.hashicorp.com/nomad/api-docs/events) against the fake in both of Nomad's framings, and the
 // stream's wire facts against the fake or a real Nomad.
 
 const META = { REPO_URL: "https://git.example.test/acme/widgets", COMMIT: "4c1d7e0", BRANCH: "main", FLAVOR: "default" };

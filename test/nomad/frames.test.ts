@@ -4,7 +4,7 @@ import { UpstreamError } from "../../src/errors.js";
 import { createFrameDecoder, isHeartbeat, type LogFrame } from "../../src/nomad/frames.js";
 
 // Nomad writes frames as Go's encoding/json does: keys in struct order, omitempty, []byte as base64, no
-// separator between objects (contracts/nomad.md §3.4).
+// separator between objects (https://github.com/hashicorp/nomad/blob/main/client/lib/streamframer/framer.go).
 
 interface Spec {
   offset?: number;

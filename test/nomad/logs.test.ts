@@ -112,7 +112,7 @@ describe("following a build's log (fake or real Nomad)", () => {
     expect(out.toString()).toBe("built\n");
   });
 
-  it("answers the log endpoint's pre-stream errors as plain text (§3.1, §3.3)", async () => {
+  it("answers the log endpoint's pre-stream errors as plain text", async () => {
     const unknown = randomUUID();
     const res = await t.http("GET", `/v1/client/fs/logs/${unknown}?task=executor&type=stdout`);
     expect(res).toMatchObject({ status: 404, text: `Unknown allocation "${unknown}"` });
@@ -127,7 +127,7 @@ describe("following a build's log (fake or real Nomad)", () => {
     });
   });
 
-  it("serves a finished allocation's log as concatenated frames with per-file offsets (§3.4)", async () => {
+  it("serves a finished allocation's log as concatenated frames with per-file offsets", async () => {
     const id = await dispatch();
     if (t.fake) {
       t.fake.placeAlloc(id);

@@ -73,7 +73,7 @@ describe("file registry", () => {
     expect(lines.join("")).toContain("petrel repo add");
   });
 
-  it("reads the SPEC §3 format with inline secrets and the deploy key apart", async () => {
+  it("reads the petrel.yaml format with inline secrets and the deploy key apart", async () => {
     writeFileSync(path, VALID);
     const entry = await (await open()).get(WIDGETS);
     expect(entry?.config.hook.secret).toBe(HOOK_SECRET);

@@ -223,6 +223,21 @@ describe("POST /hook", () => {
     expect((await c.deliver(pushOf("5555555555555555555555555555555555555555"), "push")).status).toBe(201);
   });
 
+  it("logs a refused dispatch once, where it becomes the response", async () => {
+    const before = c.logs().length;
+    c.nomad.failNext(1, 403, "Permission denied", { method: "POST", path: /dispatch/ });
+    const res = await c.deliver(pushOf("5656565656565656565656565656565656565656"), "push");
+    expect(res.status).toBe(502);
+    const records = c
+      .logs()
+      .slice(before)
+      .split("\n")
+      .filter((l) => l.includes("Permission denied"))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(records).toHaveLength(1);
+    expect(records[0]).toMatchObject({ msg: "request failed", upstream: "nomad", upstreamStatus: 403, status: 502 });
+  });
+
   it("keeps secrets, tokens and signatures out of the logs", async () => {
     await c.deliver(pushOf("6666666666666666666666666666666666666666"), "push");
     await c.deliver(PUSH, "push", { headers: { "x-gitea-signature": "f".repeat(64), "x-hub-signature-256": null } });
