@@ -45,8 +45,8 @@ export const TaskGroupSpec = z.looseObject({
 });
 export type TaskGroupSpec = z.infer<typeof TaskGroupSpec>;
 
-/** A job as `GET /v1/job/:id` returns it (https://developer.hashicorp.com/nomad/api-docs/jobs#read-job). */
-export const Job = z.looseObject({
+/** The fields a job and its list stub share (Nomad's `structs.Job` and `structs.JobListStub`). */
+const JOB_IDENTITY = {
   ID: z.string(),
   Name: str,
   ParentID: str,
@@ -56,6 +56,11 @@ export const Job = z.looseObject({
   Status: str,
   StatusDescription: str,
   Stop: bool,
+};
+
+/** A job as `GET /v1/job/:id` returns it (https://developer.hashicorp.com/nomad/api-docs/jobs#read-job). */
+export const Job = z.looseObject({
+  ...JOB_IDENTITY,
   Dispatched: bool,
   DispatchIdempotencyToken: str,
   ParameterizedJob: ParameterizedJobConfig.nullish().transform((v) => v ?? null),
@@ -104,15 +109,7 @@ export type JobSummary = z.infer<typeof JobSummary>;
 
 /** One element of `GET /v1/jobs` (https://developer.hashicorp.com/nomad/api-docs/jobs#list-jobs). */
 export const JobListStub = z.looseObject({
-  ID: z.string(),
-  ParentID: str,
-  Name: str,
-  Namespace: str,
-  Type: str,
-  Priority: num,
-  Status: str,
-  StatusDescription: str,
-  Stop: bool,
+  ...JOB_IDENTITY,
   // A bool in `JobListStub`; tolerate an object too, as filters treat it as a pointer.
   ParameterizedJob: z.unknown().transform((v) => v !== undefined && v !== null && v !== false),
   SubmitTime: num,
