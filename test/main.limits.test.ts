@@ -46,6 +46,25 @@ function untilClosed(socket: Socket, ms: number): Promise<{ closed: boolean; tex
   });
 }
 
+/**
+ * Sends the head of a request with `Expect: 100-continue` and resolves once the server answers 100 Continue:
+ * Node does so when it hands the request to the app, so the request is in flight from then on.
+ */
+function sendHead(socket: Socket, head: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let seen = "";
+    const onData = (c: Buffer) => {
+      seen += c.toString("utf8");
+      if (!seen.startsWith("HTTP/1.1 100 ")) return reject(new Error(`expected 100 Continue, got ${JSON.stringify(seen)}`));
+      if (!seen.includes("\r\n\r\n")) return;
+      socket.off("data", onData);
+      resolve();
+    };
+    socket.on("data", onData);
+    socket.write(head.replace(/\r\n\r\n$/, "\r\nExpect: 100-continue\r\n\r\n"));
+  });
+}
+
 async function metric(url: string, line: RegExp): Promise<number> {
   const text = await (await fetch(`${url}/metrics`)).text();
   const m = text.split("\n").find((l) => line.test(l));
@@ -63,9 +82,12 @@ describe("petrel's HTTP server under hostile clients", () => {
     const { petrel, logs } = await start();
     running = petrel;
     const socket = await open(petrel.url);
-    socket.write("POST /hook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Gitea-Event: push\r\nContent-Length: 1000\r\n\r\n");
-    socket.write('{"ref": "refs/heads/main", "repository": {');
-    await sleep(100);
+    await sendHead(
+      socket,
+      "POST /hook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Gitea-Event: push\r\nContent-Length: 1000\r\n\r\n",
+    );
+    // Hang up once the partial body has left: the server is reading the body when the connection goes.
+    await new Promise<void>((r) => socket.write('{"ref": "refs/heads/main", "repository": {', () => r()));
     socket.destroy();
 
     await expect.poll(() => metric(petrel.url, /^petrel_webhook_deliveries_total\{outcome="aborted"\}/), { timeout: 5000 }).toBe(1);
@@ -82,11 +104,11 @@ describe("petrel's HTTP server under hostile clients", () => {
     const { petrel, logs } = await start({ PETREL_ADMIN_TOKEN: "admin-token-0123456789abcdef" });
     running = petrel;
     const socket = await open(petrel.url);
-    socket.write(
+    await sendHead(
+      socket,
       "POST /builds HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer admin-token-0123456789abcdef\r\nContent-Length: 500\r\n\r\n",
     );
-    socket.write('{"repo": "acme/');
-    await sleep(100);
+    await new Promise<void>((r) => socket.write('{"repo": "acme/', () => r()));
     socket.destroy();
     await expect.poll(() => logs.lines.some((l) => l.includes('"request failed"')), { timeout: 5000 }).toBe(true);
     const records = logs.lines.map((l) => JSON.parse(l) as { level: number; code?: string });
@@ -138,8 +160,12 @@ describe("petrel's HTTP server under hostile clients", () => {
     expect(ends.map((e) => e.text)).toEqual(["", ""]);
     // One held connection finishes: room again for /metrics.
     held[0]!.destroy();
-    await sleep(100);
-    expect(await metric(petrel.url, /^petrel_http_connections_dropped_total /)).toBe(2);
+    // Until the server has seen that close, /metrics is itself dropped (and counted): ask until it answers.
+    let refused = 0;
+    const dropped = () => metric(petrel.url, /^petrel_http_connections_dropped_total /).catch(() => void refused++);
+    let answer: number | undefined;
+    await expect.poll(async () => (answer = (await dropped()) ?? undefined), { timeout: 5000 }).toBeTypeOf("number");
+    expect(answer).toBe(2 + refused);
     for (const s of held) s.destroy();
   });
 });

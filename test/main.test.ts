@@ -13,6 +13,7 @@ import { startNomadFake } from "./fakes/nomad.js";
 import { fixtureBytes } from "./gitea/fixtures.js";
 import { GITEA_TOKEN, HOOK_SECRET, seedFakes } from "./helpers/cluster.js";
 import { captureLogs } from "./helpers/log-capture.js";
+import { eventually } from "./helpers/wait.js";
 
 const PUSH = fixtureBytes("push.json");
 const COMMIT = "4c1d7e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d";
@@ -175,8 +176,14 @@ describe("petrel serve in cluster mode (composition root against the fakes)", ()
 
     nomad.setLatency(600);
     const body = Buffer.from(PUSH.toString("utf8").replaceAll(COMMIT, "9".repeat(40)));
+    const from = nomad.requests.length;
     const inFlight = deliver(petrel.url, body);
-    await sleep(150);
+    // The delivery has reached Nomad (which answers 600 ms later): it is in flight when the stop begins.
+    await eventually(
+      () => nomad.requests.slice(from).some((r) => r.path === "/v1/job/builder" || r.path === "/v1/job/builder/dispatch"),
+      5000,
+      "the delivery's request to Nomad",
+    );
     const started = Date.now();
     const stopping = petrel.stop();
     const res = await inFlight;

@@ -134,7 +134,9 @@ describe("Consul KV client (contract)", () => {
     const { index } = await consul.get(`${prefix}/block`);
     const started = Date.now();
     const pending = consul.get(`${prefix}/block`, { index, wait: "10s" });
-    await new Promise((r) => setTimeout(r, 200));
+    // The fake shows the read is held; a real Consul answers a read that arrives after the put at once, with the
+    // same outcome.
+    if (fake) await fake.waitForWaiting(1);
     await consul.put(`${prefix}/block`, "new");
     const res = await pending;
     expect(Date.now() - started).toBeLessThan(5_000);

@@ -180,13 +180,20 @@ describe("consul registry", () => {
     let clock = 1_000_000;
     const stale: RegistryHealth[] = [];
     setRepo(WIDGETS, { hook: { secret: HOOK_SECRET } });
-    const r = open({ now: () => clock, onStale: (h) => void stale.push(h) });
+    // Counts the watches' failed attempts, so the test waits for several of them instead of a guessed while.
+    let failed = 0;
+    const counting: typeof consul = {
+      ...consul,
+      watch: (key, o) => consul.watch(key, { ...o, onError: (err, d) => (failed++, o.onError?.(err, d)) }),
+    };
+    const r = open({ consul: counting, now: () => clock, onStale: (h) => void stale.push(h) });
     await r.get(WIDGETS);
     await fake.waitForWaiting(2);
     await fake.setDown(true);
     await until(() => r.health().ok === false);
     clock += 42_000;
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    const sofar = failed;
+    await until(() => failed >= sofar + 4);
     expect((await r.get(WIDGETS))?.config.hook.secret).toBe(HOOK_SECRET);
     const h = r.health();
     expect(h).toMatchObject({ ok: false, stalenessSeconds: 42, repositories: 1 });

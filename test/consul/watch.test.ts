@@ -114,25 +114,34 @@ describe("consul watch loop", () => {
   it("keeps the request rate bounded when every answer comes back at once", async () => {
     fake.setBlocking(false);
     fake.set("p/a", "1");
+    const started = performance.now();
     startWatch("p/", { minIntervalMs: 100, burst: 2 });
-    await new Promise((r) => setTimeout(r, 1_000));
-    controller.abort();
-    await running;
-    // Burst of 2, then one request per 100 ms: about 12 in one second, where an unlimited loop makes thousands.
-    expect(fake.requests.length).toBeGreaterThanOrEqual(5);
-    expect(fake.requests.length).toBeLessThanOrEqual(14);
+    // Burst of 2, then one request per 100 ms: the 8th cannot leave before 600 ms, where an unlimited loop
+    // sends thousands a second. Timed by what was sent, not counted inside a window.
+    await until(() => fake.requests.length >= 8, 5_000);
+    expect(performance.now() - started).toBeGreaterThanOrEqual(590);
   });
 
   it("backs off on errors, reports them, and recovers when Consul returns", async () => {
     fake.set("p/a", "1");
     const successes: bigint[] = [];
-    const { changes, errors } = startWatch("p/", { onSuccess: (i) => void successes.push(i) });
+    const failures: { attempt: number; retryInMs: number; at: number }[] = [];
+    const { changes } = startWatch("p/", {
+      onSuccess: (i) => void successes.push(i),
+      onError: (_err, d) => void failures.push({ ...d, at: performance.now() }),
+    });
     await fake.waitForWaiting(1);
     await fake.setDown(true);
-    await new Promise((r) => setTimeout(r, 300));
-    // Backoff of 20..50 ms keeps it to a handful of attempts in 300 ms.
-    expect(errors.length).toBeGreaterThanOrEqual(2);
-    expect(errors.length).toBeLessThanOrEqual(16);
+    await until(() => failures.length >= 4);
+    // Backoff of 20..50 ms: each wait is half to all of a doubling ceiling, and the next attempt waits it out.
+    expect(failures.slice(0, 4).map((f) => f.attempt)).toEqual([1, 2, 3, 4]);
+    for (const [i, f] of failures.slice(0, 4).entries()) {
+      const ceiling = Math.min(50, 20 * 2 ** i);
+      expect(f.retryInMs).toBeGreaterThanOrEqual(ceiling / 2);
+      expect(f.retryInMs).toBeLessThanOrEqual(ceiling);
+      const next = failures[i + 1];
+      if (next) expect(next.at - f.at).toBeGreaterThanOrEqual(f.retryInMs - 1);
+    }
     const okBefore = successes.length;
     fake.set("p/a", "2");
     await fake.setDown(false);
@@ -157,13 +166,14 @@ describe("consul watch loop", () => {
   it("stops promptly when aborted during a blocking read and sends nothing more", async () => {
     startWatch("p/", { wait: "5m" });
     await fake.waitForWaiting(1);
+    const sent = fake.requests.length;
     const started = Date.now();
     controller.abort();
     await running;
     expect(Date.now() - started).toBeLessThan(1_000);
-    const count = fake.requests.length;
-    await new Promise((r) => setTimeout(r, 100));
-    expect(fake.requests.length).toBe(count);
+    // The loop has returned, so nothing more can be sent; the held query itself was cancelled.
+    await until(() => fake.waiting() === 0);
+    expect(fake.requests).toHaveLength(sent);
   });
 
   it("stops when aborted during an error backoff", async () => {

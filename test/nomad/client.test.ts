@@ -165,12 +165,15 @@ describe("jobs and allocations", () => {
       t.fake.startTask(child.id);
       t.fake.finishTask(child.id, 0);
     }
+    // A real agent runs the builder by itself: blocking queries answer as its allocation changes.
     const deadline = Date.now() + 15_000;
     let stub;
+    let index = 0;
     do {
-      [stub] = (await nomad.jobAllocations(child.id)).allocations;
+      const answer = await nomad.jobAllocations(child.id, index === 0 ? {} : { index, wait: 5000 });
+      [stub] = answer.allocations;
+      index = answer.index;
       if (stub?.ClientStatus === "complete" || stub?.ClientStatus === "failed") break;
-      await new Promise((r) => setTimeout(r, 250));
     } while (Date.now() < deadline);
     expect(stub?.ClientStatus).toBe("complete");
     const executor = stub?.TaskStates.executor;

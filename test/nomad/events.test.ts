@@ -5,24 +5,14 @@ import { createNomadClient, type NomadClient } from "../../src/nomad/client.js";
 import { type EventStreamBatch, followEvents } from "../../src/nomad/events.js";
 import { type NomadFake, type NomadFakeOptions, startNomadFake } from "../fakes/nomad.js";
 import { captureLogs } from "../helpers/log-capture.js";
+import { eventually } from "../helpers/wait.js";
+import { createLifecycleDriver } from "./driver.js";
 import { builderJob, type NomadTarget, realNomad, startTarget } from "./target.js";
 
 // The event-stream consumer (https://developer.hashicorp.com/nomad/api-docs/events) against the fake in both of Nomad's framings, and the
 // stream's wire facts against the fake or a real Nomad.
 
 const META = { REPO_URL: "https://git.example.test/acme/widgets", COMMIT: "4c1d7e0", BRANCH: "main", FLAVOR: "default" };
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-async function eventually(check: () => boolean, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error("condition not met in time");
-    await sleep(10);
-  }
-}
 
 /** The first bytes of a streamed answer, then the request is dropped. */
 async function firstBytes(addr: string, path: string, token: string | undefined): Promise<{ status: number; text: string }> {
@@ -58,6 +48,40 @@ describe("event stream wire facts (fake or real Nomad)", () => {
     const res = await firstBytes(t.addr, "/v1/event/stream?topic=Job:*", t.token);
     expect(res.status).toBe(200);
     expect(res.text.split("\n")[0]).toBe("{}");
+  });
+
+  it("hands over a build's lifecycle as batches in index order, ending with its allocation's end", async () => {
+    const drive = createLifecycleDriver(t);
+    const builder = t.jobId("builder");
+    await drive.registerBuilder(builder);
+    const nomad = createNomadClient({ addr: t.addr, dispatcher: t.dispatcher, ...(t.token ? { token: t.token } : {}) });
+    const batches: EventStreamBatch[] = [];
+    const controller = new AbortController();
+    const done = followEvents({
+      nomad,
+      log: captureLogs().log,
+      topics: ["Job:*", "Allocation:*"],
+      index: 0,
+      signal: controller.signal,
+      onBatch: (b) => void batches.push(b),
+      onGap: () => undefined,
+      retryMinMs: 20,
+      retryMaxMs: 100,
+    });
+    type Seen = { Topic: string; Key: string; Payload?: { Allocation?: { JobID?: string; ClientStatus?: string } } };
+    try {
+      const id = await drive.dispatch(builder, META);
+      await drive.run(id, { stdout: "built\n", exitCode: 3 });
+      const mine = () => batches.flatMap((b) => b.events as Seen[]).filter((e) => e.Key === id || e.Payload?.Allocation?.JobID === id);
+      const ended = (e: Seen) => e.Topic === "Allocation" && e.Payload?.Allocation?.ClientStatus === "failed";
+      await eventually(() => mine().some(ended), 30_000, "the allocation's failure event");
+      const indexes = batches.map((b) => b.index);
+      expect(indexes).toEqual([...new Set(indexes)].sort((x, y) => x - y));
+      expect(mine().some((e) => e.Topic === "Job" && e.Key === id)).toBe(true);
+    } finally {
+      controller.abort();
+      await done;
+    }
   });
 
   it("answers 400 to an index that is not a number", async () => {
@@ -151,7 +175,7 @@ describe.skipIf(realNomad).each(["close", "chunked"] as const)("following events
       // While the agent is unreachable, more batches happen than it keeps (registered directly, not over HTTP).
       fake.setDown(true);
       for (let i = 0; i < 6; i++) fake.registerJob(builderJob(`other-${i}`));
-      await sleep(60);
+      // No wait here: the batches are gone from the buffer whenever the consumer comes back.
       fake.setDown(false);
       await eventually(() => c.gaps.length > 0);
       await c.stop();
@@ -171,7 +195,6 @@ describe.skipIf(realNomad).each(["close", "chunked"] as const)("following events
       await eventually(() => c.batches.length >= 1);
       fake.setDown(true);
       for (let i = 0; i < 3; i++) fake.registerJob(builderJob(`more-${i}`));
-      await sleep(60);
       fake.setDown(false);
       await eventually(() => c.batches.some((b) => b.events.some((e) => e.Key === "more-2")));
       await c.stop();
@@ -187,8 +210,8 @@ describe.skipIf(realNomad).each(["close", "chunked"] as const)("following events
     try {
       const newest = fake.index();
       const c = consume(newest + 1);
-      await sleep(100);
-      expect(c.batches).toEqual([]);
+      // Connected and greeted: whatever the server re-delivers comes before the dispatch's batch below.
+      await eventually(() => fake.openEventStreams() === 1);
       const a = await dispatch();
       await eventually(() => c.batches.length > 0);
       await c.stop();

@@ -7,6 +7,8 @@ import { createNomadClient, type NomadClient } from "../../src/nomad/client.js";
 import { createFrameDecoder } from "../../src/nomad/frames.js";
 import { captureLogs } from "../helpers/log-capture.js";
 import { rejection } from "../helpers/rejection.js";
+import { eventually } from "../helpers/wait.js";
+import { createLifecycleDriver, type LifecycleDriver } from "./driver.js";
 import { type NomadTarget, realNomad, startTarget } from "./target.js";
 
 // Following build logs through src/nomad/logs.ts (via the build reader) against the fake, whose log files,
@@ -15,14 +17,16 @@ import { type NomadTarget, realNomad, startTarget } from "./target.js";
 const META = { REPO_URL: "https://git.example.test/acme/widgets", COMMIT: "4c1d7e0", BRANCH: "main", FLAVOR: "default" };
 
 let t: NomadTarget;
+let drive: LifecycleDriver;
 let nomad: NomadClient;
 let reader: NomadBuildReader;
 let builder: string;
 
 beforeAll(async () => {
   t = await startTarget({ logHeartbeatMs: 50, logBatchMs: 20, logFrameSize: 1000 });
+  drive = createLifecycleDriver(t);
   builder = t.jobId("builder");
-  await t.registerBuilder(builder);
+  await drive.registerBuilder(builder);
   nomad = createNomadClient({ addr: t.addr, dispatcher: t.dispatcher, ...(t.token ? { token: t.token } : {}) });
   reader = createNomadBuildReader({
     nomad,
@@ -33,9 +37,25 @@ beforeAll(async () => {
 });
 afterAll(() => t.close());
 
-async function dispatch(): Promise<string> {
-  const res = await nomad.dispatch(builder, { meta: META, idempotencyToken: randomUUID() });
-  return res.id;
+function dispatch(): Promise<string> {
+  return drive.dispatch(builder, META);
+}
+
+/** Resolves once the fake has recorded a blocking query on `id`'s evaluations: the follower waits for placement. */
+function waitingOnPlacement(id: string): Promise<void> {
+  const fake = t.fake!;
+  const path = `/v1/job/${encodeURIComponent(id)}/evaluations`;
+  return eventually(() => fake.requests.some((r) => r.path === path && r.query.index !== undefined), 5000, `a watch of ${id}`);
+}
+
+/** Resolves once the fake has recorded a request about `name` after `from` requests (the follower is waiting). */
+function asked(name: string, from: number, path = ""): Promise<void> {
+  const fake = t.fake!;
+  return eventually(
+    () => fake.requests.slice(from).some((r) => r.path.startsWith(path) && decodeURIComponent(r.path).includes(name)),
+    5000,
+    `a request naming ${name}`,
+  );
 }
 
 interface Follow {
@@ -81,33 +101,16 @@ function follow(id: string, opts: { type?: LogType; follow?: boolean; offset?: n
         if (endedAt !== undefined)
           throw new Error(`follow ended before "${text}"; got ${JSON.stringify(Buffer.concat(chunks).toString())}`);
         if (Date.now() > deadline) throw new Error(`no "${text}" within ${ms} ms; got ${JSON.stringify(Buffer.concat(chunks).toString())}`);
-        await sleep(5);
+        await new Promise((r) => setTimeout(r, 5));
       }
     },
   };
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-async function eventually(check: () => boolean, ms = 3000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error("condition not met in time");
-    await sleep(10);
-  }
-}
-
 describe("following a build's log (fake or real Nomad)", () => {
   it("streams a finished build's stdout and ends", async () => {
     const id = await dispatch();
-    if (t.fake) {
-      t.fake.placeAlloc(id);
-      t.fake.startTask(id);
-      t.fake.writeLog(id, "stdout", "built\n");
-      t.fake.finishTask(id, 0);
-    }
+    await drive.run(id, { stdout: "built\n", exitCode: 0 });
     const out = await follow(id).done;
     expect(out.toString()).toBe("built\n");
   });
@@ -129,12 +132,7 @@ describe("following a build's log (fake or real Nomad)", () => {
 
   it("serves a finished allocation's log as concatenated frames with per-file offsets", async () => {
     const id = await dispatch();
-    if (t.fake) {
-      t.fake.placeAlloc(id);
-      t.fake.startTask(id);
-      t.fake.writeLog(id, "stdout", "built\n");
-      t.fake.finishTask(id, 0);
-    }
+    await drive.run(id, { stdout: "built\n", exitCode: 0 });
     await follow(id).done;
     const allocId = (await reader.getBuild(id))?.allocId ?? "";
     const res = await t.http("GET", `/v1/client/fs/logs/${allocId}?task=executor&type=stdout&follow=false`);
@@ -150,36 +148,80 @@ describe("following a build's log (fake or real Nomad)", () => {
   });
 });
 
-describe.skipIf(realNomad)("following a build's log (fake-driven lifecycles)", () => {
+describe("following a build's log (driven lifecycles, fake or real Nomad)", () => {
   it("shows a running build's output live and ends within 2 s of the task's end, after its last bytes", async () => {
-    const fake = t.fake!;
     const id = await dispatch();
-    fake.placeAlloc(id);
-    fake.startTask(id);
-    fake.writeLog(id, "stderr", "==> checkout\n");
+    await drive.place(id);
+    await drive.start(id);
+    await drive.writeLog(id, "stderr", "==> checkout\n");
     const f = follow(id, { type: "stderr" });
     await f.until("==> checkout\n");
-    fake.writeLog(id, "stderr", "\u001b[31mred\u001b[0m\n");
+    await drive.writeLog(id, "stderr", "\u001b[31mred\u001b[0m\n");
     await f.until("red");
-    // Written inside the batch window right before the end: only a read to the end of the file can see it.
-    fake.writeLog(id, "stderr", "last line\n");
+    // Against the fake, written inside the batch window right before the end: only a read to the end of the
+    // file can see it.
+    await drive.writeLog(id, "stderr", "last line\n");
     const finished = performance.now();
-    fake.finishTask(id, 0);
+    await drive.finish(id, 0);
     const out = await f.done;
     expect(out.toString()).toBe("==> checkout\n\u001b[31mred\u001b[0m\nlast line\n");
     expect((f.endedAt() ?? Infinity) - finished).toBeLessThan(2000);
     // Nomad's follow never ends by itself; ours must have closed it.
-    await eventually(() => fake.openLogStreams() === 0);
+    if (t.fake) await eventually(() => t.fake?.openLogStreams() === 0);
   });
 
+  it("returns what exists and ends at once without follow, even while the build runs", async () => {
+    const id = await dispatch();
+    await drive.place(id);
+    await drive.start(id);
+    await drive.writeLog(id, "stdout", "so far\n");
+    if (drive.real) await follow(id).until("so far\n", 30_000);
+    expect((await follow(id, { follow: false }).done).toString()).toBe("so far\n");
+    await drive.finish(id, 0);
+  });
+
+  it("keeps a shared watch for the followers that stay when one leaves", async () => {
+    const id = await dispatch();
+    await drive.place(id);
+    await drive.start(id);
+    await drive.writeLog(id, "stdout", "a\n");
+    const leaving = follow(id);
+    const staying = follow(id);
+    await leaving.until("a\n");
+    await staying.until("a\n");
+    leaving.abort();
+    await leaving.done.catch(() => undefined);
+    await drive.writeLog(id, "stdout", "b\n");
+    await staying.until("b\n");
+    const finished = performance.now();
+    await drive.finish(id, 0);
+    expect((await staying.done).toString()).toBe("a\nb\n");
+    expect((staying.endedAt() ?? Infinity) - finished).toBeLessThan(2000);
+  });
+
+  it("ends without output when the build is cancelled before it has written any", async () => {
+    const id = await dispatch();
+    const from = t.fake?.requests.length ?? 0;
+    const f = follow(id);
+    // The follower is waiting on the job (the fake shows it); a real agent just runs the silent task meanwhile.
+    if (t.fake) await asked(id, from);
+    await reader.cancel(id);
+    expect((await f.done).length).toBe(0);
+  });
+});
+
+// Steps a real agent cannot take on demand: answer 404s, rotate or truncate a log file, cut connections,
+// garbage-collect or lose an allocation, fail a placement; or assertions on the requests the fake recorded.
+describe.skipIf(realNomad)("following a build's log (fake-driven lifecycles)", () => {
   it("waits while queued and while Nomad answers 404 not started yet, then streams", async () => {
     const fake = t.fake!;
     const id = await dispatch();
     const f = follow(id);
-    await sleep(100);
+    await waitingOnPlacement(id);
     expect(f.endedAt()).toBeUndefined();
-    fake.placeAlloc(id);
-    await sleep(50);
+    const from = fake.requests.length;
+    const allocId = fake.placeAlloc(id);
+    await asked(allocId, from);
     fake.failNext(2, 404, 'task "executor" not started yet. No logs available', { path: /\/v1\/client\/fs\/logs\// });
     fake.startTask(id);
     fake.writeLog(id, "stdout", "first\n");
@@ -217,16 +259,18 @@ describe.skipIf(realNomad)("following a build's log (fake-driven lifecycles)", (
     fake.startTask(id);
     const f = follow(id);
     const written: Buffer[] = [];
+    let atCut = 0;
     for (let i = 0; i < 60; i++) {
       const chunk = randomBytes(50 + ((i * 733) % 3000));
       written.push(chunk);
       fake.writeLog(id, "stdout", chunk);
       if (i % 15 === 7) fake.rotateLog(id, "stdout");
       if (i % 6 === 5) {
-        await sleep(30);
+        // Cut a stream that has delivered something since the last cut, so each cut interrupts a live read.
+        await eventually(() => f.bytes().length > atCut);
+        atCut = f.bytes().length;
         fake.cutLogStreams();
       }
-      await sleep(3);
     }
     fake.finishTask(id, 0);
     const out = await f.done;
@@ -245,16 +289,6 @@ describe.skipIf(realNomad)("following a build's log (fake-driven lifecycles)", (
     fake.finishTask(id, 0);
     expect((await follow(id, { offset: 13 }).done).toString()).toBe("defghij");
     expect((await follow(id, { offset: 4 }).done).toString()).toBe("456789abcdefghij");
-  });
-
-  it("returns what exists and ends at once without follow, even while the build runs", async () => {
-    const fake = t.fake!;
-    const id = await dispatch();
-    fake.placeAlloc(id);
-    fake.startTask(id);
-    fake.writeLog(id, "stdout", "so far\n");
-    expect((await follow(id, { follow: false }).done).toString()).toBe("so far\n");
-    fake.finishTask(id, 0);
   });
 
   it("answers 410 gone for a build whose allocation was garbage-collected", async () => {
@@ -301,19 +335,11 @@ describe.skipIf(realNomad)("following a build's log (fake-driven lifecycles)", (
     fake.finishTask(id, 0);
   });
 
-  it("ends without output when the build is cancelled before it starts", async () => {
-    const id = await dispatch();
-    const f = follow(id);
-    await sleep(50);
-    await reader.cancel(id);
-    expect((await f.done).length).toBe(0);
-  });
-
   it("ends when the build cannot be placed", async () => {
     const fake = t.fake!;
     const id = await dispatch();
     const f = follow(id);
-    await sleep(50);
+    await waitingOnPlacement(id);
     fake.failPlacement(id);
     expect((await f.done).length).toBe(0);
   });
@@ -382,25 +408,6 @@ describe.skipIf(realNomad)("following a build's log (fake-driven lifecycles)", (
     expect(calls.filter((c) => c.path === `/v1/client/fs/logs/${allocId}`).length).toBeGreaterThanOrEqual(20);
   });
 
-  it("keeps a shared watch for the followers that stay when one leaves", async () => {
-    const fake = t.fake!;
-    const id = await dispatch();
-    fake.placeAlloc(id);
-    fake.startTask(id);
-    fake.writeLog(id, "stdout", "a\n");
-    const leaving = follow(id);
-    const staying = follow(id);
-    await leaving.until("a\n");
-    await staying.until("a\n");
-    leaving.abort();
-    await leaving.done.catch(() => undefined);
-    fake.writeLog(id, "stdout", "b\n");
-    const finished = performance.now();
-    fake.finishTask(id, 0);
-    expect((await staying.done).toString()).toBe("a\nb\n");
-    expect((staying.endedAt() ?? Infinity) - finished).toBeLessThan(2000);
-  });
-
   it("refuses a job that is not a child of a configured builder before any Nomad call", async () => {
     const fake = t.fake!;
     const before = fake.requests.length;
@@ -463,11 +470,13 @@ describe.skipIf(realNomad)("the merged log (type=all) through /v1/client/fs/stre
     const fake = t.fake!;
     const id = await dispatch();
     const f = follow(id, { type: "all" });
-    await sleep(50);
-    fake.placeAlloc(id);
+    await waitingOnPlacement(id);
+    const allocId = fake.placeAlloc(id);
     fake.startTask(id);
-    // The executor has not created the file yet: Nomad answers 400 "stat ...: no such file", a passing state.
-    await sleep(100);
+    // The executor has not created the file yet: Nomad answers 400 "stat ...: no such file", a passing state;
+    // a second ask shows the follower took the first answer for one.
+    const stream = `/v1/client/fs/stream/${allocId}`;
+    await eventually(() => fake.requests.filter((r) => r.path === stream).length >= 2);
     expect(f.endedAt()).toBeUndefined();
     fake.writeAllocFile(id, MERGED, "==> checkout acme/widgets@4c1d7e0\nout\n");
     await f.until("out\n");

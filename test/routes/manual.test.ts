@@ -147,7 +147,8 @@ describe("POST /builds", () => {
     const second = await trigger({ repo: "acme/gadgets", ref: "main" });
     expect(second.body.error?.message).toContain(`at ${viaBuild}`);
     // A newer build that clones from elsewhere (its meta is anyone's to set) is passed over.
-    await new Promise((r) => setTimeout(r, 5));
+    const submitted = Date.now();
+    while (Date.now() === submitted) await new Promise((r) => setImmediate(r));
     await backend.dispatch({ builder: "builder", meta: meta("http://localhost:9/evil/gadgets.git"), idempotencyToken: "gadgets-2" });
     const third = await trigger({ repo: "acme/gadgets", ref: "main" });
     expect(third.body.error?.message).toContain(`at ${viaBuild}`);
