@@ -1,6 +1,6 @@
 import { createWriteStream } from "node:fs";
 import { appendFile, mkdir, mkdtemp, open, readdir, readFile, rename, rm } from "node:fs/promises";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { Readable, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { createGunzip, createGzip } from "node:zlib";
@@ -136,8 +136,8 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
     },
 
     async put(build, logs) {
-      await mkdir(buildsDir, { recursive: true });
-      await mkdir(tmpDir, { recursive: true });
+      await ensureDir(buildsDir);
+      await ensureDir(tmpDir);
       // Unique across processes and stores sharing the directory (replicas on a shared filesystem).
       const tmp = await mkdtemp(join(tmpDir, "entry-"));
       try {
@@ -186,6 +186,22 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
       return (await indexOf()).get(id);
     },
   };
+}
+
+/**
+ * mkdir -p that keeps the real cause: Node's recursive mkdir reports a read-only file system as ENOENT, and
+ * the archiver tells an unwritable directory from other failures by the code.
+ */
+async function ensureDir(path: string): Promise<void> {
+  try {
+    await mkdir(path);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "EEXIST") return;
+    if (code !== "ENOENT") throw err;
+    await ensureDir(dirname(path));
+    await ensureDir(path);
+  }
 }
 
 function indexEntry(build: Build): ArchiveIndexEntry {
