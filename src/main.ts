@@ -207,7 +207,7 @@ async function compose(
   let archiveEnabled = false;
   if (config.archiveDir === undefined) {
     log.warn(
-      "PETREL_ARCHIVE_DIR is unset: finished builds are not archived, and their pages and logs answer 410 once Nomad garbage-collects them",
+      "PETREL_ARCHIVE_DIR is unset: finished builds are not archived, so their pages and logs (and commit-status links) are gone once Nomad garbage-collects them",
     );
   } else {
     const { createArchiveStore } = await import("./archive/store.js");

@@ -176,3 +176,29 @@ describe("archived builds read the same after Nomad garbage-collects them (clust
     expect((await fetch(`${petrel.url}/builds/payroll`, { headers: ADMIN })).status).toBe(404);
   });
 });
+
+describe("cluster mode without PETREL_ARCHIVE_DIR", () => {
+  it("warns once at start that links die at Nomad GC, and answers 404 for an unknown build as before", async () => {
+    const consul = await startConsulFake();
+    const nomad = await startNomadFake();
+    const gitea = await startGiteaFake({ token: GITEA_TOKEN });
+    seedFakes(consul, nomad, gitea.url);
+    const env = {
+      NOMAD_ADDR: nomad.url,
+      CONSUL_HTTP_ADDR: consul.url,
+      PETREL_LISTEN: "127.0.0.1:0",
+      PETREL_ADMIN_TOKEN: "admin-token-0123456789abcdef",
+    };
+    const logs = captureLogs("info");
+    const petrel = await startPetrel(readConfig(env), logs.log, env);
+    try {
+      expect(logs.lines.filter((l) => l.includes("PETREL_ARCHIVE_DIR is unset"))).toHaveLength(1);
+      expect(logs.text()).toMatch(/"level":40[^\n]*are gone once Nomad garbage-collects them/);
+      const res = await fetch(`${petrel.url}/builds/${encodeURIComponent("builder/dispatch-1700000000-0badf00d")}`, { headers: ADMIN });
+      expect(res.status).toBe(404);
+    } finally {
+      await petrel.stop();
+      await Promise.all([consul.close(), nomad.close(), gitea.close()]);
+    }
+  });
+});
