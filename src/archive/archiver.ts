@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from "node:timers/promises";
 import { Counter, type Registry } from "prom-client";
 import type { Build, BuildReader, LogType } from "../builds/backend.js";
 import { isTerminal } from "../builds/backend.js";
@@ -19,6 +20,11 @@ export interface ArchiverOptions {
   retryMs?: number;
   /** Builds archived at once. */
   concurrency?: number;
+  /**
+   * Wait between a build turning final and reading its logs, so the last bytes the log shipper (Nomad's
+   * logmon) was still writing when the task died are in the archive.
+   */
+  settleMs?: number;
 }
 
 /** Archives builds that reached a final state, in the background. */
@@ -32,6 +38,9 @@ export interface Archiver {
 }
 
 const DEFAULT_RETRY_MS = 60_000;
+const DEFAULT_SETTLE_MS = 1000;
+/** Failed builds remembered for a retry; beyond this the oldest are left to the next start-up reconciliation. */
+const MAX_FAILED = 10_000;
 
 /**
  * Archives each build once it is final, reading it back through the live reader (the record exactly as
@@ -43,6 +52,7 @@ export function createArchiver(options: ArchiverOptions): Archiver {
   const { store, reader, log } = options;
   const retryMs = options.retryMs ?? DEFAULT_RETRY_MS;
   const concurrency = options.concurrency ?? 2;
+  const settleMs = options.settleMs ?? DEFAULT_SETTLE_MS;
   const failures = new Counter({
     name: "petrel_archive_failures_total",
     help: "Builds that could not be archived, by cause (disk_full, unwritable, io, source); each is retried.",
@@ -92,6 +102,7 @@ export function createArchiver(options: ArchiverOptions): Archiver {
     const signal = controller.signal;
     try {
       if (await store.has(id)) return;
+      if (settleMs > 0) await sleep(settleMs, undefined, { signal });
       const build = await reader.getBuild(id, signal);
       if (build === undefined) {
         failed.delete(id);
@@ -118,6 +129,7 @@ export function createArchiver(options: ArchiverOptions): Archiver {
       const cause = causeOf(err);
       failures.inc({ cause });
       failed.add(id);
+      if (failed.size > MAX_FAILED) failed.delete(failed.values().next().value as string);
       if (!logged.has(cause)) {
         logged.add(cause);
         log.error(

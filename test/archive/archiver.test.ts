@@ -81,7 +81,7 @@ describe("archiver", () => {
     const running = build(1, "running");
     const { reader, byId, reads } = memoryReader([running]);
     const logs = captureLogs();
-    const archiver = createArchiver({ store, reader, log: logs.log, metrics: new Registry() });
+    const archiver = createArchiver({ store, reader, log: logs.log, metrics: new Registry(), settleMs: 0 });
     archiver.onBuild(running);
     await archiver.idle();
     expect(await store.has(running.id)).toBe(false);
@@ -105,13 +105,32 @@ describe("archiver", () => {
     await archiver.stop();
   });
 
+  it("waits a moment after the final state before reading logs, so bytes the log shipper still writes are kept", async () => {
+    const store = createArchiveStore({ dir: tempDir() });
+    const done = build(9, "success");
+    const { reader } = memoryReader([done]);
+    let tail = "";
+    reader.logs = async function* () {
+      yield Buffer.from(`first\n${tail}`);
+    };
+    const archiver = createArchiver({ store, reader, log: captureLogs().log, metrics: new Registry(), settleMs: 150 });
+    archiver.onBuild(done);
+    await sleep(20);
+    tail = "last words\n";
+    await archiver.idle();
+    const parts: Buffer[] = [];
+    for await (const c of (await store.log(done.id, "stdout")) ?? []) parts.push(Buffer.from(c));
+    expect(Buffer.concat(parts).toString()).toBe("first\nlast words\n");
+    await archiver.stop();
+  });
+
   it("does not archive a build whose logs the backend already lost, and says so", async () => {
     const store = createArchiveStore({ dir: tempDir() });
     const done = build(2, "success");
     const { reader, logsGone } = memoryReader([done]);
     logsGone.add(done.id);
     const logs = captureLogs();
-    const archiver = createArchiver({ store, reader, log: logs.log, metrics: new Registry() });
+    const archiver = createArchiver({ store, reader, log: logs.log, metrics: new Registry(), settleMs: 0 });
     archiver.onBuild(done);
     await archiver.idle();
     expect(await store.has(done.id)).toBe(false);
@@ -128,7 +147,7 @@ describe("archiver", () => {
     const { reader } = memoryReader(builds);
     const logs = captureLogs();
     const metrics = new Registry();
-    const archiver = createArchiver({ store, reader, log: logs.log, metrics, retryMs: 100 });
+    const archiver = createArchiver({ store, reader, log: logs.log, metrics, retryMs: 100, settleMs: 0 });
     for (const b of builds) archiver.onBuild(b);
     await archiver.idle();
     expect(await failuresMetric(metrics)).toMatch(/petrel_archive_failures_total\{cause="unwritable"\} 3/);
@@ -162,7 +181,7 @@ describe("archiver", () => {
     reader.getBuild = async (id) => (id === big.id ? big : undefined);
     const logs = captureLogs();
     const metrics = new Registry();
-    const archiver = createArchiver({ store, reader, log: logs.log, metrics, retryMs: 60_000 });
+    const archiver = createArchiver({ store, reader, log: logs.log, metrics, retryMs: 60_000, settleMs: 0 });
     archiver.onBuild(big);
     await archiver.idle();
     expect(await failuresMetric(metrics)).toMatch(/cause="disk_full"\} 1/);
@@ -178,7 +197,7 @@ describe("archiver", () => {
     const { reader } = memoryReader([build(8)]);
     const metrics = new Registry();
     const logs = captureLogs();
-    const archiver = createArchiver({ store, reader, log: logs.log, metrics });
+    const archiver = createArchiver({ store, reader, log: logs.log, metrics, settleMs: 0 });
     archiver.onBuild(build(8));
     await archiver.idle();
     expect(logs.text()).toMatch(/EROFS/);

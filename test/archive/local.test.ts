@@ -58,7 +58,7 @@ describe("archive in single-machine mode", () => {
       onTransition: (b) => archive(b),
     });
     try {
-      const archiver = createArchiver({ store, reader: backend, log: captureLogs().log, metrics: new Registry() });
+      const archiver = createArchiver({ store, reader: backend, log: captureLogs().log, metrics: new Registry(), settleMs: 0 });
       archive = (b) => archiver.onBuild(b);
       const reader = createArchivedReader(backend, store);
 
