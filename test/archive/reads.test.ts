@@ -30,7 +30,9 @@ interface Answer {
 }
 
 async function read(url: string): Promise<Answer> {
-  const res = await fetch(url, { headers: ADMIN });
+  // `#sse`: the same path, as a browser's EventSource asks for it.
+  const sse = url.endsWith("#sse");
+  const res = await fetch(url.replace(/#sse$/, ""), { headers: sse ? { ...ADMIN, accept: "text/event-stream" } : ADMIN });
   const body = Buffer.from(await res.arrayBuffer()).toString("base64");
   return { status: res.status, type: res.headers.get("content-type"), body };
 }
@@ -44,7 +46,15 @@ function reads(id: string): string[] {
     `${b}/logs?type=${type}&offset=7&follow=false`,
     `${b}/logs?type=${type}&offset=100000`,
   ]);
-  return [b, `${b}/logs`, ...logs, `/build?job=${encodeURIComponent(id)}&log=stdout`, `/build?job=${encodeURIComponent(id)}&log=stderr`];
+  return [
+    b,
+    `${b}/logs`,
+    `${b}/logs?type=all#sse`,
+    `${b}/logs?type=stdout&offset=7#sse`,
+    ...logs,
+    `/build?job=${encodeURIComponent(id)}&log=stdout`,
+    `/build?job=${encodeURIComponent(id)}&log=stderr`,
+  ];
 }
 
 async function readAll(base: string, id: string): Promise<Record<string, Answer>> {
@@ -131,6 +141,10 @@ describe("archived builds read the same after Nomad garbage-collects them (clust
     );
     expect(text(`/build?job=${encodeURIComponent(id)}&log=stderr`)).toBe("warning: unused\n");
     for (const answer of Object.values(live)) expect(answer.status).toBe(200);
+    const sse = text(`/builds/${encodeURIComponent(id)}/logs?type=all#sse`);
+    expect(sse).toMatch(/^event: state\n/);
+    expect(sse).toContain("event: log\ndata: --- step build\ndata: compiling ✓\n");
+    expect(sse).toMatch(/event: end\n/);
 
     nomad.gcJob(id);
     const gone = await fetch(`${nomad.url}/v1/job/${encodeURIComponent(id)}`);
