@@ -1,4 +1,4 @@
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import { resolve } from "node:path";
 import { z } from "zod";
 import { AppError } from "./errors.js";
@@ -37,6 +37,11 @@ export interface Config {
   requestTimeoutSeconds: number;
   /** Open connections accepted at once; more are dropped (PETREL_MAX_CONNECTIONS). */
   maxConnections: number;
+  /**
+   * Where finished builds are archived (PETREL_ARCHIVE_DIR). Single-machine mode defaults to
+   * `<dataDir>/archive`; cluster mode has no default, and unset means no archive.
+   */
+  archiveDir?: string;
   nomad?: NomadConfig;
   consul: ConsulConfig;
 }
@@ -153,6 +158,22 @@ function wholeNumber(env: Env, name: string, fallback: number, min: number, max:
   return n;
 }
 
+/** PETREL_ARCHIVE_DIR: a directory (created on first write) or a path that does not exist yet. */
+function archive(env: Env, cwd: string, fallback: string | undefined): string | undefined {
+  const raw = value(env, "PETREL_ARCHIVE_DIR");
+  if (raw === undefined) return fallback;
+  if (raw.includes("\0")) throw new ConfigError("PETREL_ARCHIVE_DIR", "contains a NUL byte; give a directory path");
+  const dir = resolve(cwd, raw);
+  let isDir = true;
+  try {
+    isDir = statSync(dir).isDirectory();
+  } catch {
+    // Not there yet: the store creates it, and reports (without stopping petrel) when it cannot.
+  }
+  if (!isDir) throw new ConfigError("PETREL_ARCHIVE_DIR", `${dir} is not a directory; point it at a directory or a path to create`);
+  return dir;
+}
+
 const LOG_LEVEL = z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]);
 const JOB_ID = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
@@ -207,14 +228,18 @@ export function readConfig(env: Env, cwd: string = process.cwd()): Config {
   const consulToken = tokenFrom(env, "CONSUL_HTTP_TOKEN_FILE", "CONSUL_HTTP_TOKEN");
   if (consulToken !== undefined) consul.token = consulToken;
 
+  const mode = value(env, "NOMAD_ADDR") ? "cluster" : "local";
+  const dataDir = resolve(cwd, value(env, "PETREL_DATA_DIR") ?? ".petrel");
+  const archiveDir = archive(env, cwd, mode === "local" ? resolve(dataDir, "archive") : undefined);
+
   const config: Config = {
-    mode: value(env, "NOMAD_ADDR") ? "cluster" : "local",
+    mode,
     listen: listenAt,
     publicUrl,
     consulPrefix: prefix,
     builderJob,
     configPath: resolve(cwd, value(env, "PETREL_CONFIG") ?? "petrel.yaml"),
-    dataDir: resolve(cwd, value(env, "PETREL_DATA_DIR") ?? ".petrel"),
+    dataDir,
     logLevel: level.data,
     localConcurrency,
     localKeep,
@@ -224,6 +249,7 @@ export function readConfig(env: Env, cwd: string = process.cwd()): Config {
     consul,
   };
   if (adminToken !== undefined) config.adminToken = adminToken;
+  if (archiveDir !== undefined) config.archiveDir = archiveDir;
 
   const nomadAddr = value(env, "NOMAD_ADDR");
   if (nomadAddr !== undefined) {

@@ -117,6 +117,12 @@ async function compose(
   let reader: BuildReader;
   // Builds report transitions through this; it is bound once the registry exists.
   let notify: (build: Build) => void = () => undefined;
+  // Bound once the live reader exists; archives each build that reached a final state.
+  let archive: (build: Build) => void = () => undefined;
+  const onBuild = (build: Build) => {
+    notify(build);
+    archive(build);
+  };
 
   if (config.mode === "cluster" && config.nomad !== undefined) {
     const { createNomadClient } = await import("./nomad/client.js");
@@ -161,7 +167,7 @@ async function compose(
       nomad,
       builders,
       log,
-      onBuild: (build: Build) => notify(build),
+      onBuild,
       metrics: { reconnects: metrics.eventReconnects, lagSeconds: metrics.eventLagSeconds },
     });
     closers.push(() => tracker.stop());
@@ -189,7 +195,7 @@ async function compose(
       log,
       env,
       configPath: config.configPath,
-      onTransition: (build) => notify(build),
+      onTransition: onBuild,
     });
     backend = local;
     reader = local;
@@ -197,6 +203,23 @@ async function compose(
   }
   const activeRegistry = registry;
   closers.push(() => activeRegistry.close());
+
+  let archiveEnabled = false;
+  if (config.archiveDir === undefined) {
+    log.warn(
+      "PETREL_ARCHIVE_DIR is unset: finished builds are not archived, so their pages and logs (and commit-status links) are gone once Nomad garbage-collects them",
+    );
+  } else {
+    const { createArchiveStore } = await import("./archive/store.js");
+    const { createArchiver } = await import("./archive/archiver.js");
+    const { createArchivedReader } = await import("./archive/reader.js");
+    const store = createArchiveStore({ dir: config.archiveDir });
+    const archiver = createArchiver({ store, reader, log, metrics: metrics.registry });
+    closers.push(() => archiver.stop());
+    archive = (build) => archiver.onBuild(build);
+    reader = createArchivedReader(reader, store);
+    archiveEnabled = true;
+  }
 
   const shutdown = new AbortController();
   const app = createApp({
@@ -210,6 +233,7 @@ async function compose(
     publicUrl: config.publicUrl,
     defaultBuilder: config.builderJob,
     extraHealth,
+    archiveEnabled,
     ...(config.adminToken === undefined ? {} : { adminToken: config.adminToken }),
   });
 
@@ -224,6 +248,7 @@ async function compose(
       listen: `${host}:${port}`,
       url: config.publicUrl,
       ...(config.mode === "local" ? { config: config.configPath, data: config.dataDir } : {}),
+      ...(config.archiveDir === undefined ? {} : { archive: config.archiveDir }),
     },
     "petrel listening",
   );

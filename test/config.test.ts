@@ -132,4 +132,21 @@ describe("readConfig", () => {
     expect(c.requestTimeoutSeconds).toBe(3);
     expect(c.maxConnections).toBe(64);
   });
+
+  it("archives under PETREL_DATA_DIR in single-machine mode and nowhere by default in cluster mode", () => {
+    expect(readConfig({ PETREL_DATA_DIR: "/var/lib/petrel" }).archiveDir).toBe("/var/lib/petrel/archive");
+    expect(readConfig({ NOMAD_ADDR: "127.0.0.1:4646" }).archiveDir).toBeUndefined();
+    expect(readConfig({ NOMAD_ADDR: "127.0.0.1:4646", PETREL_ARCHIVE_DIR: "history" }, "/srv/petrel").archiveDir).toBe(
+      "/srv/petrel/history",
+    );
+    expect(readConfig({ PETREL_ARCHIVE_DIR: "/mnt/archive" }).archiveDir).toBe("/mnt/archive");
+  });
+
+  it("refuses a PETREL_ARCHIVE_DIR that is a file, in one line naming the variable", () => {
+    const file = join(mkdtempSync(join(tmpdir(), "petrel-config-")), "not-a-dir");
+    writeFileSync(file, "");
+    expect(() => readConfig({ PETREL_ARCHIVE_DIR: file })).toThrow(
+      new RegExp(`^PETREL_ARCHIVE_DIR: ${file} is not a directory; point it at a directory or a path to create$`),
+    );
+  });
 });

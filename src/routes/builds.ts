@@ -92,6 +92,12 @@ export function createBuildsRoute(deps: AppDeps): Hono {
       throw new AppError("not_found", `${id} is not a petrel build (not a dispatched child of a configured builder job)`);
     }
     const build = await reader.getBuild(id, c.req.raw.signal);
+    if (build === undefined && deps.archiveEnabled) {
+      throw new AppError(
+        "gone",
+        `build ${id} is not known: Nomad garbage-collected it before petrel could archive it (or it was never dispatched)`,
+      );
+    }
     if (build === undefined) throw new AppError("not_found", `build ${id} is not known (never dispatched, or garbage-collected by Nomad)`);
     if (!(await readable(c, build))) {
       throw new AppError("unauthorized", "this repository's builds need Authorization: Bearer <PETREL_ADMIN_TOKEN>");

@@ -17,6 +17,8 @@ export interface AppDeps {
   reporter: StatusReporter;
   publicUrl: string;
   defaultBuilder: string;
+  /** Finished builds are archived: a petrel build neither the backend nor the archive knows was lost to GC. */
+  archiveEnabled?: boolean;
   /** Checks for /health besides the registry and the backend, e.g. Consul's leader. */
   extraHealth?: Record<string, (signal: AbortSignal) => Promise<{ ok: boolean; error?: string }>>;
 }

@@ -216,6 +216,11 @@ export interface NomadFake {
   logFiles(jobId: string, type: FakeLogType, opts?: TaskOptions): { name: string; size: number }[];
   /** Garbage-collects the job's latest allocation: it and its log files are gone. Returns its ID. */
   gcAlloc(jobId: string, opts?: { namespace?: string }): string;
+  /**
+   * Nomad's job GC (contracts/nomad.md §2: `job_gc_threshold` after a batch job is dead): the job, its
+   * evaluations, allocations and their log files are forgotten, as if never there. Throws unless the job is dead.
+   */
+  gcJob(jobId: string, opts?: { namespace?: string }): void;
   /** Drops every open log-stream connection mid-stream; returns how many. */
   cutLogStreams(): number;
   openLogStreams(): number;
@@ -1854,6 +1859,33 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       state.tables.allocs = next();
       commit();
       return id;
+    },
+
+    gcJob(jobId, { namespace = "default" } = {}) {
+      const job = mustJob(jobId, namespace);
+      if (job.Status !== "dead") throw new Error(`nomad fake: job "${jobId}" is ${job.Status}; only dead jobs are garbage-collected`);
+      for (const record of allocsOf(namespace, jobId)) {
+        const id = record.alloc.ID;
+        state.allocs.delete(id);
+        for (const log of [...(state.logs.get(id)?.values() ?? []), ...(state.allocFiles.get(id)?.values() ?? [])]) {
+          for (const f of log.files) {
+            f.deleted = true;
+            f.buf = Buffer.alloc(0);
+          }
+          log.gone = true;
+          wakeFollowers(log);
+        }
+        state.logs.delete(id);
+        state.allocFiles.delete(id);
+      }
+      for (const ev of evalsOf(namespace, jobId)) state.evals.delete(ev.ID);
+      state.jobs.delete(key(namespace, jobId));
+      state.submissions.delete(key(namespace, jobId));
+      const idx = next();
+      state.tables.jobs = idx;
+      state.tables.evals = idx;
+      state.tables.allocs = idx;
+      commit();
     },
 
     cutLogStreams() {

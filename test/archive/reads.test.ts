@@ -1,0 +1,218 @@
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { readConfig } from "../../src/config.js";
+import { sign } from "../../src/gitea/signature.js";
+import type { RunningPetrel } from "../../src/main.js";
+import { startPetrel } from "../../src/main.js";
+import { MERGED_LOG_PATH } from "../../src/nomad/logs.js";
+import type { ConsulFake } from "../fakes/consul.js";
+import { startConsulFake } from "../fakes/consul.js";
+import type { GiteaFake } from "../fakes/gitea.js";
+import { startGiteaFake } from "../fakes/gitea.js";
+import type { NomadFake } from "../fakes/nomad.js";
+import { startNomadFake } from "../fakes/nomad.js";
+import { fixtureBytes } from "../gitea/fixtures.js";
+import { GITEA_TOKEN, HOOK_SECRET, seedFakes } from "../helpers/cluster.js";
+import { captureLogs } from "../helpers/log-capture.js";
+
+const PUSH = fixtureBytes("push.json");
+const COMMIT = "4c1d7e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d";
+const ADMIN = { authorization: "Bearer admin-token-0123456789abcdef" };
+
+/** What a client sees of one read: status, content type and the exact body bytes. */
+interface Answer {
+  status: number;
+  type: string | null;
+  body: string;
+}
+
+async function read(url: string): Promise<Answer> {
+  // `#sse`: the same path, as a browser's EventSource asks for it.
+  const sse = url.endsWith("#sse");
+  const res = await fetch(url.replace(/#sse$/, ""), { headers: sse ? { ...ADMIN, accept: "text/event-stream" } : ADMIN });
+  const body = Buffer.from(await res.arrayBuffer()).toString("base64");
+  return { status: res.status, type: res.headers.get("content-type"), body };
+}
+
+function reads(id: string): string[] {
+  const b = `/builds/${encodeURIComponent(id)}`;
+  const logs = ["stdout", "stderr", "all"].flatMap((type) => [
+    `${b}/logs?type=${type}`,
+    `${b}/logs?type=${type}&follow=false`,
+    `${b}/logs?type=${type}&offset=7`,
+    `${b}/logs?type=${type}&offset=7&follow=false`,
+    `${b}/logs?type=${type}&offset=100000`,
+  ]);
+  return [
+    b,
+    `${b}/logs`,
+    `${b}/logs?type=all#sse`,
+    `${b}/logs?type=stdout&offset=7#sse`,
+    ...logs,
+    `/build?job=${encodeURIComponent(id)}&log=stdout`,
+    `/build?job=${encodeURIComponent(id)}&log=stderr`,
+  ];
+}
+
+async function readAll(base: string, id: string): Promise<Record<string, Answer>> {
+  const out: Record<string, Answer> = {};
+  for (const path of reads(id)) out[path] = await read(`${base}${path}`);
+  return out;
+}
+
+describe("archived builds read the same after Nomad garbage-collects them (cluster mode, Nomad fake)", () => {
+  let consul: ConsulFake;
+  let nomad: NomadFake;
+  let gitea: GiteaFake;
+  let petrel: RunningPetrel;
+  let dir: string;
+  let env: Record<string, string>;
+  const logs = captureLogs("info");
+
+  const start = async () => {
+    petrel = await startPetrel(readConfig(env), logs.log, env);
+  };
+  const entry = (id: string) => join(dir, "builds", encodeURIComponent(id), "build.json");
+  const archived = async (id: string) => {
+    for (let i = 0; i < 200 && !existsSync(entry(id)); i++) await sleep(25);
+    expect(existsSync(entry(id))).toBe(true);
+  };
+  const push = async (sha: string): Promise<string> => {
+    const body = Buffer.from(PUSH.toString("utf8").replaceAll(COMMIT, sha));
+    const res = await fetch(`${petrel.url}/hook`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "x-gitea-event": "push", "x-gitea-signature": sign(HOOK_SECRET, body) },
+      body: new Uint8Array(body),
+    });
+    expect(res.status).toBe(201);
+    return ((await res.json()) as { build: string }).build;
+  };
+  const run = (id: string, exitCode: number) => {
+    nomad.placeAlloc(id, { node: "worker-3" });
+    nomad.startTask(id);
+    nomad.writeLog(id, "stdout", "compiling ✓\nlinking\n");
+    nomad.writeAllocFile(id, MERGED_LOG_PATH, "--- step build\ncompiling ✓\nwarning: unused\nlinking\n");
+    nomad.writeLog(id, "stderr", "warning: unused\n");
+    nomad.finishTask(id, exitCode);
+  };
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), "petrel-archive-reads-"));
+    consul = await startConsulFake();
+    nomad = await startNomadFake();
+    gitea = await startGiteaFake({ token: GITEA_TOKEN });
+    seedFakes(consul, nomad, gitea.url);
+    env = {
+      NOMAD_ADDR: nomad.url,
+      CONSUL_HTTP_ADDR: consul.url,
+      PETREL_LISTEN: "127.0.0.1:0",
+      PETREL_URL: "https://ci.example.test",
+      PETREL_ADMIN_TOKEN: "admin-token-0123456789abcdef",
+      PETREL_ARCHIVE_DIR: dir,
+    };
+    await start();
+  });
+
+  afterAll(async () => {
+    await petrel.stop();
+    await Promise.all([consul.close(), nomad.close(), gitea.close()]);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("serves every read byte for byte the same before GC, after GC, and after a restart", async () => {
+    const id = await push("a".repeat(40));
+    run(id, 3);
+    await archived(id);
+    const live = await readAll(petrel.url, id);
+    // The captured answers are the build's: a failure with its logs, not errors.
+    expect(live[`/builds/${encodeURIComponent(id)}`]?.status).toBe(200);
+    const shown = JSON.parse(Buffer.from(live[`/builds/${encodeURIComponent(id)}`]?.body ?? "", "base64").toString()) as {
+      state: string;
+      exitCode: number;
+    };
+    expect(shown).toMatchObject({ state: "failure", exitCode: 3 });
+    const text = (path: string) => Buffer.from(live[path]?.body ?? "", "base64").toString();
+    expect(text(`/builds/${encodeURIComponent(id)}/logs?type=all`)).toBe("--- step build\ncompiling ✓\nwarning: unused\nlinking\n");
+    expect(text(`/builds/${encodeURIComponent(id)}/logs?type=stdout&offset=7`)).toBe(
+      Buffer.from("compiling ✓\nlinking\n").subarray(7).toString(),
+    );
+    expect(text(`/build?job=${encodeURIComponent(id)}&log=stderr`)).toBe("warning: unused\n");
+    for (const answer of Object.values(live)) expect(answer.status).toBe(200);
+    const sse = text(`/builds/${encodeURIComponent(id)}/logs?type=all#sse`);
+    expect(sse).toMatch(/^event: state\n/);
+    expect(sse).toContain("event: log\ndata: --- step build\ndata: compiling ✓\n");
+    expect(sse).toMatch(/event: end\n/);
+
+    nomad.gcJob(id);
+    const gone = await fetch(`${nomad.url}/v1/job/${encodeURIComponent(id)}`);
+    expect(gone.status).toBe(404);
+    const nomadRequests = nomad.requests.length;
+    expect(await readAll(petrel.url, id)).toEqual(live);
+    // An archived build's logs come from the archive alone.
+    expect(nomad.requests.slice(nomadRequests).filter((r) => r.path.includes("/client/fs/"))).toEqual([]);
+
+    await petrel.stop();
+    await start();
+    expect(await readAll(petrel.url, id)).toEqual(live);
+  });
+
+  it("archives at start-up a build that ended while petrel was down", async () => {
+    const id = await push("b".repeat(40));
+    nomad.placeAlloc(id, { node: "worker-3" });
+    nomad.startTask(id);
+    await petrel.stop();
+    nomad.writeLog(id, "stdout", "done while petrel was away\n");
+    nomad.writeAllocFile(id, MERGED_LOG_PATH, "done while petrel was away\n");
+    nomad.finishTask(id, 0);
+    await start();
+    await archived(id);
+    const live = await readAll(petrel.url, id);
+    expect(JSON.parse(Buffer.from(live[`/builds/${encodeURIComponent(id)}`]?.body ?? "", "base64").toString())).toMatchObject({
+      state: "success",
+    });
+    nomad.gcJob(id);
+    expect(await readAll(petrel.url, id)).toEqual(live);
+  });
+
+  it("answers 410 for a petrel build neither Nomad nor the archive knows, on every read", async () => {
+    const id = "builder/dispatch-1700000000-0badf00d";
+    for (const path of [`/builds/${encodeURIComponent(id)}`, `/builds/${encodeURIComponent(id)}/logs`, `/build?job=${id}&log=stdout`]) {
+      const res = await fetch(`${petrel.url}${path}`, { headers: ADMIN });
+      expect(res.status).toBe(410);
+      const body = (await res.json()) as { error: { code: string; message: string } };
+      expect(body.error.code).toBe("gone");
+      expect(body.error.message).toMatch(/garbage-collected it before petrel could archive it/);
+    }
+    // Not a petrel build at all: still 404, with no archive or Nomad lookup.
+    expect((await fetch(`${petrel.url}/builds/payroll`, { headers: ADMIN })).status).toBe(404);
+  });
+});
+
+describe("cluster mode without PETREL_ARCHIVE_DIR", () => {
+  it("warns once at start that links die at Nomad GC, and answers 404 for an unknown build as before", async () => {
+    const consul = await startConsulFake();
+    const nomad = await startNomadFake();
+    const gitea = await startGiteaFake({ token: GITEA_TOKEN });
+    seedFakes(consul, nomad, gitea.url);
+    const env = {
+      NOMAD_ADDR: nomad.url,
+      CONSUL_HTTP_ADDR: consul.url,
+      PETREL_LISTEN: "127.0.0.1:0",
+      PETREL_ADMIN_TOKEN: "admin-token-0123456789abcdef",
+    };
+    const logs = captureLogs("info");
+    const petrel = await startPetrel(readConfig(env), logs.log, env);
+    try {
+      expect(logs.lines.filter((l) => l.includes("PETREL_ARCHIVE_DIR is unset"))).toHaveLength(1);
+      expect(logs.text()).toMatch(/"level":40[^\n]*are gone once Nomad garbage-collects them/);
+      const res = await fetch(`${petrel.url}/builds/${encodeURIComponent("builder/dispatch-1700000000-0badf00d")}`, { headers: ADMIN });
+      expect(res.status).toBe(404);
+    } finally {
+      await petrel.stop();
+      await Promise.all([consul.close(), nomad.close(), gitea.close()]);
+    }
+  });
+});

@@ -1,0 +1,146 @@
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { gunzipSync } from "node:zlib";
+import { afterEach, describe, expect, it } from "vitest";
+import { createArchiveStore } from "../../src/archive/store.js";
+import type { Build } from "../../src/builds/backend.js";
+
+const ID = "builder/dispatch-1700000000-1a2b3c4d";
+
+function build(id = ID, extra: Partial<Build> = {}): Build {
+  return {
+    id,
+    builder: "builder",
+    repo: "acme/widgets",
+    repoUrl: "https://git.example.test/acme/widgets.git",
+    commit: "a".repeat(40),
+    ref: "main",
+    flavor: "default",
+    event: "push",
+    trusted: true,
+    state: "failure",
+    reason: "build failed with exit code 3",
+    exitCode: 3,
+    createdAt: "2026-12-07T03:00:00.000Z",
+    ...extra,
+  };
+}
+
+async function text(iter: AsyncIterable<Uint8Array> | undefined): Promise<string> {
+  if (iter === undefined) throw new Error("not archived");
+  const parts: Buffer[] = [];
+  for await (const chunk of iter) parts.push(Buffer.from(chunk));
+  return Buffer.concat(parts).toString("utf8");
+}
+
+async function* chunks(...parts: string[]): AsyncIterable<Uint8Array> {
+  for (const p of parts) yield Buffer.from(p);
+}
+
+const dirs: string[] = [];
+function tempDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), "petrel-archive-"));
+  dirs.push(dir);
+  return dir;
+}
+afterEach(() => {
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+describe("archive store", () => {
+  it("keeps the record as given and the three logs gzip-compressed, read back from any offset", async () => {
+    const dir = tempDir();
+    const store = createArchiveStore({ dir: join(dir, "archive") });
+    const record = build();
+    expect(await store.has(ID)).toBe(false);
+    expect(await store.get(ID)).toBeUndefined();
+    expect(await store.log(ID, "stdout")).toBeUndefined();
+    const all = "step 1\nout ✓\nerr\n";
+    expect(await store.put(record, { stdout: chunks("out ", "✓\n"), stderr: Buffer.from("err\n"), all: chunks(all) })).toBe("written");
+
+    expect(JSON.stringify(await store.get(ID))).toBe(JSON.stringify(record));
+    expect(await text(await store.log(ID, "stdout"))).toBe("out ✓\n");
+    expect(await text(await store.log(ID, "stderr"))).toBe("err\n");
+    expect(await text(await store.log(ID, "all"))).toBe(all);
+    // Offsets count bytes, so one may fall inside a character.
+    expect(Buffer.from(await text(await store.log(ID, "stdout", 4)), "utf8")).toEqual(Buffer.from("✓\n"));
+    expect(await text(await store.log(ID, "all", 1000))).toBe("");
+
+    const entry = join(dir, "archive", "builds", encodeURIComponent(ID));
+    expect(readdirSync(entry).sort()).toEqual(["all.gz", "build.json", "stderr.gz", "stdout.gz"]);
+    expect(gunzipSync(readFileSync(join(entry, "stdout.gz"))).toString()).toBe("out ✓\n");
+    // Nothing is left behind in the temporary directory.
+    expect(readdirSync(join(dir, "archive", "tmp"))).toEqual([]);
+    expect(await store.lookup(ID)).toEqual({ id: ID, repo: "acme/widgets", createdAt: record.createdAt, state: "failure" });
+  });
+
+  it("compresses: a repetitive 4 MiB log takes a small fraction of that on disk", async () => {
+    const dir = tempDir();
+    const store = createArchiveStore({ dir });
+    const line = "compiling module 42 of 9000 ... ok\n";
+    const big = line.repeat(Math.ceil((4 << 20) / line.length));
+    await store.put(build(), { stdout: Buffer.from(big), stderr: Buffer.alloc(0), all: Buffer.from(big) });
+    const size = readFileSync(join(dir, "builds", encodeURIComponent(ID), "stdout.gz")).length;
+    expect(size).toBeLessThan(big.length / 20);
+    expect(await text(await store.log(ID, "stdout"))).toBe(big);
+  });
+
+  it("leaves a finished entry's bytes alone when a second writer archives the same build", async () => {
+    const dir = tempDir();
+    const store = createArchiveStore({ dir });
+    const logs = () => ({ stdout: chunks("same\n"), stderr: chunks(""), all: chunks("same\n") });
+    expect(await store.put(build(), logs())).toBe("written");
+    const entry = join(dir, "builds", encodeURIComponent(ID));
+    const before = readdirSync(entry).map((f) => readFileSync(join(entry, f)));
+    // A second store on the same directory (a second replica, or a restart) writes the same build.
+    const other = createArchiveStore({ dir });
+    expect(await other.put(build(), logs())).toBe("exists");
+    expect(readdirSync(entry).map((f) => readFileSync(join(entry, f)))).toEqual(before);
+    const both = await Promise.all([
+      store.put(build("builder/dispatch-1700000001-00000000"), logs()),
+      other.put(build("builder/dispatch-1700000001-00000000"), logs()),
+    ]);
+    expect(both.sort()).toEqual(["exists", "written"]);
+    expect(readdirSync(join(dir, "tmp"))).toEqual([]);
+    // One index line per build, whoever wrote it.
+    const lines = readFileSync(join(dir, "index.jsonl"), "utf8").trim().split("\n");
+    expect(lines.map((l) => (JSON.parse(l) as { id: string }).id).sort()).toEqual([ID, "builder/dispatch-1700000001-00000000"]);
+  });
+
+  it("never shows half an entry: a write that fails midway leaves nothing, and the build can be archived again", async () => {
+    const dir = tempDir();
+    const store = createArchiveStore({ dir });
+    async function* failing(): AsyncIterable<Uint8Array> {
+      yield Buffer.from("partial");
+      throw new Error("log read failed");
+    }
+    await expect(store.put(build(), { stdout: Buffer.from("x"), stderr: failing(), all: Buffer.from("x") })).rejects.toThrow(
+      "log read failed",
+    );
+    expect(await store.has(ID)).toBe(false);
+    expect(await store.get(ID)).toBeUndefined();
+    expect(readdirSync(join(dir, "tmp"))).toEqual([]);
+    expect(await store.put(build(), { stdout: Buffer.from("x"), stderr: Buffer.from("y"), all: Buffer.from("xy") })).toBe("written");
+    expect(await text(await store.log(ID, "stderr"))).toBe("y");
+  });
+
+  it("indexes an entry a crash kept out of the index, and skips a torn index line", async () => {
+    const dir = tempDir();
+    await createArchiveStore({ dir }).put(build(), { stdout: Buffer.from(""), stderr: Buffer.from(""), all: Buffer.from("") });
+    // As if the process died after the rename, during the index append.
+    writeFileSync(join(dir, "index.jsonl"), '{"id":"builder/disp');
+    const reopened = createArchiveStore({ dir });
+    expect(await reopened.lookup(ID)).toMatchObject({ id: ID, state: "failure" });
+    expect(await reopened.lookup("builder/dispatch-1700000009-ffffffff")).toBeUndefined();
+  });
+
+  it("fails with the file system's error code when the directory cannot be written", async () => {
+    const dir = tempDir();
+    writeFileSync(join(dir, "file"), "");
+    const store = createArchiveStore({ dir: join(dir, "file", "archive") });
+    await expect(store.put(build(), { stdout: Buffer.from(""), stderr: Buffer.from(""), all: Buffer.from("") })).rejects.toMatchObject({
+      code: "ENOTDIR",
+    });
+  });
+});
