@@ -340,15 +340,23 @@ export function createBuildsRoute(deps: AppDeps): Hono {
   }
 
   /** Ties a stream's upstream work to the client's connection and to petrel's shutdown. */
-  function tieToClient(c: Context, abort: AbortController): void {
-    c.req.raw.signal.addEventListener("abort", () => abort.abort(), { once: true });
+  /** Ends `abort` when the client leaves or petrel shuts down; the returned function lets go of both signals. */
+  function tieToClient(c: Context, abort: AbortController): () => void {
+    const onAbort = () => abort.abort();
+    c.req.raw.signal.addEventListener("abort", onAbort, { once: true });
     if (deps.shutdown?.aborted) abort.abort();
-    deps.shutdown?.addEventListener("abort", () => abort.abort(), { once: true });
+    // Removed when the stream ends: the shutdown signal lives as long as petrel, and every log request
+    // would otherwise leave a listener on it.
+    deps.shutdown?.addEventListener("abort", onAbort, { once: true });
+    return () => {
+      c.req.raw.signal.removeEventListener("abort", onAbort);
+      deps.shutdown?.removeEventListener("abort", onAbort);
+    };
   }
 
   async function streamText(c: Context, id: string, type: LogType, follow: boolean, offset: number): Promise<Response> {
     const abort = new AbortController();
-    tieToClient(c, abort);
+    const release = tieToClient(c, abort);
     const iterator = reader.logs(id, { type, follow, offset, signal: abort.signal })[Symbol.asyncIterator]();
     // Errors known up front (logs gone, unknown allocation) get their status; a queued build answers at once.
     let pending: Promise<IteratorResult<Uint8Array>> | undefined = iterator.next();
@@ -359,12 +367,16 @@ export function createBuildsRoute(deps: AppDeps): Hono {
       ),
       new Promise<undefined>((r) => setTimeout(() => r(undefined), FIRST_CHUNK_WAIT_MS).unref()),
     ]);
-    if (early !== undefined) throw early.err;
+    if (early !== undefined) {
+      release();
+      throw early.err;
+    }
     deps.metrics.logFollowers.inc();
     let done = false;
     const finish = () => {
       if (done) return;
       done = true;
+      release();
       deps.metrics.logFollowers.dec();
     };
     const stream = new ReadableStream<Uint8Array>({
@@ -415,7 +427,7 @@ export function createBuildsRoute(deps: AppDeps): Hono {
    */
   async function streamSse(c: Context, build: Build, type: LogType, offset: number): Promise<Response> {
     const abort = new AbortController();
-    tieToClient(c, abort);
+    const release = tieToClient(c, abort);
     c.header("X-Accel-Buffering", "no");
     return streamSSE(c, async (stream) => {
       stream.onAbort(() => abort.abort());
@@ -472,6 +484,7 @@ export function createBuildsRoute(deps: AppDeps): Hono {
       } finally {
         clearInterval(heartbeat);
         clearInterval(poll);
+        release();
         deps.metrics.logFollowers.dec();
       }
     });

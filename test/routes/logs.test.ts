@@ -1,3 +1,4 @@
+import { getEventListeners } from "node:events";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -11,6 +12,7 @@ import type { Registry } from "../../src/registry/schema.js";
 import { listen } from "../cli/harness.js";
 import { captureLogs } from "../helpers/log-capture.js";
 import { readSse } from "../helpers/sse.js";
+import { eventually } from "../helpers/wait.js";
 
 // The log endpoints of src/routes/builds.ts over a real socket, with a reader whose chunks the tests choose
 // byte for byte, so the SSE framing is tested at every boundary a build's output can have.
@@ -43,6 +45,8 @@ const NO_BACKEND: BuildBackend = {
 };
 
 let chunks: Record<string, Uint8Array[]> = {};
+/** Lives as long as the server, as petrel's own shutdown signal does. */
+const shutdown = new AbortController();
 const asked: LogRequest[] = [];
 let state: Build["state"] = "failure";
 const reader: BuildReader = {
@@ -84,6 +88,7 @@ beforeAll(async () => {
     reporter: NO_REPORTS,
     publicUrl: "https://ci.example.test",
     defaultBuilder: "builder",
+    shutdown: shutdown.signal,
   });
   server = await listen(app);
 });
@@ -121,6 +126,20 @@ describe("GET /builds/<id>/logs?type=all", () => {
     const albatros = await fetch(`${server.url}/build?job=${encodeURIComponent(ID)}&log=all`);
     expect(albatros.status).toBe(400);
     expect(((await albatros.json()) as { error: { code: string } }).error.code).toBe("bad_request");
+  });
+});
+
+describe("log streams and petrel's shutdown signal", () => {
+  it("leave no listener behind on it once they ended", async () => {
+    state = "success";
+    chunks = { stdout: bytes("one\n", "two\n") };
+    for (let i = 0; i < 12; i++) {
+      expect(await (await fetch(logsUrl("?type=stdout"))).text()).toBe("one\ntwo\n");
+      await readSse(await sse("?type=stdout"));
+    }
+    // Each stream let go of the signal: nothing accumulates over petrel's lifetime.
+    await eventually(() => getEventListeners(shutdown.signal, "abort").length === 0, 5000, "the streams to let go");
+    expect(getEventListeners(shutdown.signal, "abort")).toHaveLength(0);
   });
 });
 
