@@ -8,7 +8,7 @@ import type { Config } from "./config.js";
 import { ConfigError, readConfig } from "./config.js";
 import { consulAgentOptions, createConsulClient } from "./consul/client.js";
 import { createConsulRegistry } from "./consul/registry.js";
-import { AppError } from "./errors.js";
+import { AppError, errorMessage } from "./errors.js";
 import { createGiteaClient, createStatusReporter } from "./gitea/client.js";
 import { tlsAgentOptions } from "./http/tls.js";
 import type { Logger } from "./log.js";
@@ -214,6 +214,10 @@ async function compose(
     const { createArchiver } = await import("./archive/archiver.js");
     const { createArchivedReader } = await import("./archive/reader.js");
     const store = createArchiveStore({ dir: config.archiveDir });
+    // Listings read the index from memory: loaded once now, in the background (the first listing waits for it).
+    store
+      .ready()
+      .catch((err: unknown) => log.error({ dir: config.archiveDir, err: errorMessage(err) }, "could not read the archive's index"));
     const archiver = createArchiver({ store, reader, log, metrics: metrics.registry });
     closers.push(() => archiver.stop());
     archive = (build) => archiver.onBuild(build);

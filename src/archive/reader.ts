@@ -1,5 +1,7 @@
-import type { BuildReader } from "../builds/backend.js";
-import type { ArchiveStore } from "./store.js";
+import type { Build, BuildCursor, BuildFilter, BuildPage, BuildReader, BuildSummary } from "../builds/backend.js";
+import { isAfterCursor, newestFirst } from "../builds/backend.js";
+import { matchesFilter } from "../builds/model.js";
+import type { ArchiveListed, ArchiveStore } from "./store.js";
 
 /**
  * The live reader, falling back to the archive for builds the backend forgot. A build's record comes from the
@@ -8,8 +10,7 @@ import type { ArchiveStore } from "./store.js";
  */
 export function createArchivedReader(live: BuildReader, store: ArchiveStore): BuildReader {
   return {
-    // Merging archived builds into listings (with an index-based cursor) is not done yet.
-    listBuilds: (filter, signal) => live.listBuilds(filter, signal),
+    listBuilds: (filter, signal) => listMerged(live, store, filter, signal),
 
     async getBuild(id, signal) {
       return (await live.getBuild(id, signal)) ?? (await store.get(id));
@@ -26,4 +27,72 @@ export function createArchivedReader(live: BuildReader, store: ArchiveStore): Bu
 
     cancel: (id, signal) => live.cancel(id, signal),
   };
+}
+
+type Ranked = { time: number; id: string };
+
+/**
+ * One page of live and archived builds, newest first. The live page comes first; it covers everything from
+ * the cursor down to where it stopped (its `next`), so archived builds are taken from that same stretch only
+ * (all of the rest when the live side is exhausted), from the in-memory index. Every build the live side
+ * looked at (its visibility check sees each one) is the live side's to show or hide: the archive skips it,
+ * so a build both live and archived appears once, as the live one, and is counted hidden once. Cost: the
+ * live page, plus at most `limit` archived records read.
+ */
+async function listMerged(live: BuildReader, store: ArchiveStore, filter: BuildFilter, signal?: AbortSignal): Promise<BuildPage> {
+  const seen = new Set<string>();
+  const visible = filter.visible;
+  const livePage = await live.listBuilds(
+    {
+      ...filter,
+      visible: (summary: BuildSummary) => {
+        seen.add(summary.id);
+        return visible === undefined ? true : visible(summary);
+      },
+    },
+    signal,
+  );
+  for (const build of livePage.builds) seen.add(build.id);
+  await store.ready();
+
+  // The archived side of this page: builds of the live stretch (or beyond it when live has nothing more).
+  const bound = livePage.next;
+  const picked: ArchiveListed[] = [];
+  const hiddenAt: Ranked[] = [];
+  let scanEnd: Ranked | undefined;
+  let more = false;
+  for (const entry of store.newest(filter.after)) {
+    if (bound !== undefined && isAfterCursor(entry.time, entry.id, bound)) break;
+    if (picked.length >= filter.limit) {
+      more = true;
+      break;
+    }
+    scanEnd = entry;
+    if (seen.has(entry.id) || !matchesFilter(entry as unknown as Build, filter)) continue;
+    if (visible !== undefined && !(await visible(entry))) {
+      hiddenAt.push(entry);
+      continue;
+    }
+    picked.push(entry);
+  }
+  signal?.throwIfAborted();
+  const records = await Promise.all(picked.map((e) => store.get(e.id)));
+  const archived = records.flatMap((b, i) => (b === undefined ? [] : [{ build: b, time: (picked[i] as ArchiveListed).time, id: b.id }]));
+
+  const merged = [...livePage.builds.map((b) => ({ build: b, time: Date.parse(b.createdAt), id: b.id })), ...archived].sort(newestFirst);
+  const shown = merged.slice(0, filter.limit);
+  const page: BuildPage = { builds: shown.map((m) => m.build), hidden: livePage.hidden };
+  let next: BuildCursor | undefined;
+  if (merged.length > filter.limit) {
+    const last = shown[shown.length - 1] as Ranked;
+    next = { time: last.time, id: last.id };
+  } else if (bound !== undefined) {
+    next = bound;
+  } else if (more && scanEnd !== undefined) {
+    next = { time: scanEnd.time, id: scanEnd.id };
+  }
+  // Archived builds hidden beyond where this page ends are counted by the page that shows their stretch.
+  page.hidden += hiddenAt.filter((h) => next === undefined || !isAfterCursor(h.time, h.id, next)).length;
+  if (next !== undefined) page.next = next;
+  return page;
 }

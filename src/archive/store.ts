@@ -4,17 +4,19 @@ import { dirname, join } from "node:path";
 import { Readable, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { createGunzip, createGzip } from "node:zlib";
-import type { Build, LogType } from "../builds/backend.js";
+import type { Build, BuildCursor, BuildSummary, LogType } from "../builds/backend.js";
+import { isAfterCursor, newestFirst } from "../builds/backend.js";
 
 export const ARCHIVED_LOGS: readonly LogType[] = ["stdout", "stderr", "all"];
 
-/** What the index keeps of an archived build: enough to find it and, later, to list without reading entries. */
-export interface ArchiveIndexEntry {
-  id: string;
-  repo: string;
-  createdAt: string;
-  state: string;
-}
+/**
+ * What the index keeps of an archived build: enough to filter, check visibility, sort and prune a listing
+ * without reading entries (the record itself is read only for builds a page shows).
+ */
+export type ArchiveIndexEntry = BuildSummary & Pick<Build, "state" | "createdAt" | "finishedAt">;
+
+/** An index entry with its sort key (creation time in ms), as listings and retention walk them. */
+export type ArchiveListed = ArchiveIndexEntry & { time: number };
 
 /** Finished builds on disk: one directory per build (its record and gzip-compressed logs) and an index. */
 export interface ArchiveStore {
@@ -32,6 +34,17 @@ export interface ArchiveStore {
   log(id: string, type: LogType, offset?: number): Promise<AsyncIterable<Uint8Array> | undefined>;
   /** The index entry of an archived build. */
   lookup(id: string): Promise<ArchiveIndexEntry | undefined>;
+  /** Loads the index (once: later calls share it); listings and retention wait for it. */
+  ready(): Promise<void>;
+  /**
+   * The index in memory, newest first, from just after `after`: no disk access. Call after `ready()`; an
+   * entry removed while iterating may still be yielded (its record then reads as undefined).
+   */
+  newest(after?: BuildCursor): Iterable<ArchiveListed>;
+  /** Every indexed entry, newest first (retention). */
+  all(): readonly ArchiveListed[];
+  /** Deletes entries (each directory goes in one rename) and rewrites the index without them. */
+  remove(ids: readonly string[]): Promise<void>;
 }
 
 const RECORD = "build.json";
@@ -48,6 +61,41 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
   const tmpDir = join(dir, "tmp");
   const indexPath = join(dir, INDEX);
   let index: Promise<Map<string, ArchiveIndexEntry>> | undefined;
+  // The same entries as the map, newest first, so a page starts with a binary search instead of a sort.
+  let sorted: ArchiveListed[] = [];
+  // Appends and rewrites of index.jsonl, one at a time, so a rewrite never drops a line appended meanwhile.
+  let indexWrites: Promise<void> = Promise.resolve();
+  const writeIndex = (op: () => Promise<void>): Promise<void> => {
+    const next = indexWrites.then(op);
+    indexWrites = next.catch(() => undefined);
+    return next;
+  };
+
+  const insertSorted = (entry: ArchiveIndexEntry): void => {
+    const item: ArchiveListed = { ...entry, time: Date.parse(entry.createdAt) };
+    let lo = 0;
+    let hi = sorted.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (newestFirst(sorted[mid] as ArchiveListed, item) < 0) lo = mid + 1;
+      else hi = mid;
+    }
+    sorted.splice(lo, 0, item);
+  };
+
+  /** Index of the first entry after `cursor` (older than it). */
+  const firstAfter = (cursor: BuildCursor | undefined): number => {
+    if (cursor === undefined) return 0;
+    let lo = 0;
+    let hi = sorted.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      const e = sorted[mid] as ArchiveListed;
+      if (isAfterCursor(e.time, e.id, cursor)) hi = mid;
+      else lo = mid + 1;
+    }
+    return lo;
+  };
 
   const entryDir = (id: string) => join(buildsDir, encodeURIComponent(id));
 
@@ -60,11 +108,20 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
     }
+    let stale = false;
     for (const line of text.split("\n")) {
       if (line === "") continue;
       try {
         const entry = JSON.parse(line) as ArchiveIndexEntry;
-        if (typeof entry.id === "string") map.set(entry.id, entry);
+        if (typeof entry.id !== "string") continue;
+        if (typeof entry.ref === "string" && typeof entry.createdAt === "string") {
+          map.set(entry.id, entry);
+          continue;
+        }
+        // A line from before the index carried what listings need: upgraded once from the record.
+        stale = true;
+        const build = await readRecord(entry.id);
+        if (build !== undefined) map.set(entry.id, indexEntry(build));
       } catch {
         // A line cut short by a crash during append; the directory scan below restores its entry.
       }
@@ -82,11 +139,23 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
       const build = await readRecord(id);
       if (build !== undefined) missing.push(indexEntry(build));
     }
-    if (missing.length > 0) {
-      await appendFile(indexPath, missing.map((e) => `${JSON.stringify(e)}\n`).join(""));
-      for (const e of missing) map.set(e.id, e);
-    }
+    for (const e of missing) map.set(e.id, e);
+    if (stale) await writeIndex(() => rewriteIndex(map));
+    else if (missing.length > 0) await writeIndex(() => appendFile(indexPath, missing.map((e) => `${JSON.stringify(e)}\n`).join("")));
+    sorted = [...map.values()].map((e) => ({ ...e, time: Date.parse(e.createdAt) })).sort(newestFirst);
     return map;
+  }
+
+  /** Replaces index.jsonl with the entries of `map`, atomically (temporary file, fsync, rename). */
+  async function rewriteIndex(map: Map<string, ArchiveIndexEntry>): Promise<void> {
+    await ensureDir(tmpDir);
+    const tmp = join(tmpDir, `index-${process.pid}-${Date.now()}.jsonl`);
+    try {
+      await writeSynced(tmp, Buffer.from([...map.values()].map((e) => `${JSON.stringify(e)}\n`).join("")), false);
+      await rename(tmp, indexPath);
+    } finally {
+      await rm(tmp, { force: true });
+    }
   }
 
   const indexOf = () => {
@@ -159,7 +228,8 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
       const map = await indexOf();
       if (!map.has(build.id)) {
         map.set(build.id, entry);
-        await appendFile(indexPath, `${JSON.stringify(entry)}\n`);
+        insertSorted(entry);
+        await writeIndex(() => appendFile(indexPath, `${JSON.stringify(entry)}\n`));
       }
       return "written";
     },
@@ -185,6 +255,39 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
     async lookup(id) {
       return (await indexOf()).get(id);
     },
+
+    async ready() {
+      await indexOf();
+    },
+
+    *newest(after) {
+      const from = firstAfter(after);
+      // A snapshot of the array: inserts and removals during the walk do not shift it.
+      const view = sorted;
+      for (let i = from; i < view.length; i++) yield view[i] as ArchiveListed;
+    },
+
+    all: () => sorted,
+
+    async remove(ids) {
+      const map = await indexOf();
+      const gone = new Set(ids.filter((id) => map.has(id)));
+      if (gone.size === 0) return;
+      await ensureDir(tmpDir);
+      for (const id of gone) {
+        // Renamed out of builds/ first, so a reader never sees half a directory.
+        const doomed = join(tmpDir, `removed-${process.pid}-${encodeURIComponent(id)}`);
+        try {
+          await rename(entryDir(id), doomed);
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+        }
+        await rm(doomed, { recursive: true, force: true });
+        map.delete(id);
+      }
+      sorted = sorted.filter((e) => !gone.has(e.id));
+      await writeIndex(() => rewriteIndex(map));
+    },
   };
 }
 
@@ -205,7 +308,13 @@ async function ensureDir(path: string): Promise<void> {
 }
 
 function indexEntry(build: Build): ArchiveIndexEntry {
-  return { id: build.id, repo: build.repo, createdAt: build.createdAt, state: build.state };
+  const { id, builder, repo, repoUrl, commit, ref, flavor, event, trusted, state, createdAt } = build;
+  const entry: ArchiveIndexEntry = { id, builder, repo, repoUrl, commit, ref, flavor, event, trusted, state, createdAt };
+  if (build.private !== undefined) entry.private = build.private;
+  if (build.pr !== undefined) entry.pr = build.pr;
+  if (build.tag !== undefined) entry.tag = build.tag;
+  if (build.finishedAt !== undefined) entry.finishedAt = build.finishedAt;
+  return entry;
 }
 
 /** Drops the first `n` bytes of a byte stream. */

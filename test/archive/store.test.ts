@@ -72,7 +72,13 @@ describe("archive store", () => {
     expect(gunzipSync(readFileSync(join(entry, "stdout.gz"))).toString()).toBe("out ✓\n");
     // Nothing is left behind in the temporary directory.
     expect(readdirSync(join(dir, "archive", "tmp"))).toEqual([]);
-    expect(await store.lookup(ID)).toEqual({ id: ID, repo: "acme/widgets", createdAt: record.createdAt, state: "failure" });
+    expect(await store.lookup(ID)).toMatchObject({
+      id: ID,
+      repo: "acme/widgets",
+      ref: record.ref,
+      createdAt: record.createdAt,
+      state: "failure",
+    });
   });
 
   it("compresses: a repetitive 4 MiB log takes a small fraction of that on disk", async () => {

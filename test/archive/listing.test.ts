@@ -1,0 +1,184 @@
+import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { createArchivedReader } from "../../src/archive/reader.js";
+import { createArchiveStore } from "../../src/archive/store.js";
+import type { Build, BuildFilter, BuildPage, BuildReader } from "../../src/builds/backend.js";
+import { isAfterCursor, newestFirst } from "../../src/builds/backend.js";
+import { matchesFilter } from "../../src/builds/model.js";
+
+const T0 = Date.parse("2026-01-01T00:00:00Z");
+
+function build(n: number, extra: Partial<Build> = {}): Build {
+  return {
+    id: `builder/dispatch-${1767225600 + n}-${n.toString(16).padStart(8, "0")}`,
+    builder: "builder",
+    repo: n % 3 === 0 ? "acme/secret" : "acme/widgets",
+    repoUrl: "https://git.example.test/acme/widgets.git",
+    commit: "4c1d7e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d",
+    ref: n % 2 === 0 ? "main" : "dev",
+    flavor: "default",
+    event: "push",
+    trusted: true,
+    state: n % 4 === 0 ? "failure" : "success",
+    // Some builds share a creation time, so ties are broken by ID across live and archive alike.
+    createdAt: new Date(T0 + Math.floor(n / 2) * 1000).toISOString(),
+    finishedAt: new Date(T0 + Math.floor(n / 2) * 1000 + 500).toISOString(),
+    ...extra,
+  };
+}
+
+/** A live reader over a fixed set of builds, paging like the local runner (visibility checked per build). */
+function liveReader(builds: Build[]): BuildReader & { listings: number } {
+  const reader = {
+    listings: 0,
+    async listBuilds(filter: BuildFilter): Promise<BuildPage> {
+      reader.listings += 1;
+      const sorted = builds
+        .map((b) => ({ build: b, time: Date.parse(b.createdAt), id: b.id }))
+        .filter((c) => isAfterCursor(c.time, c.id, filter.after) && matchesFilter(c.build, filter))
+        .sort(newestFirst);
+      const page: BuildPage = { builds: [], hidden: 0 };
+      let at = 0;
+      for (; at < sorted.length && page.builds.length < filter.limit; at += 1) {
+        const { build: b } = sorted[at] as { build: Build };
+        if (filter.visible !== undefined && !(await filter.visible(b))) page.hidden += 1;
+        else page.builds.push(b);
+      }
+      const last = sorted[at - 1];
+      if (at < sorted.length && last !== undefined) page.next = { time: last.time, id: last.id };
+      return page;
+    },
+    getBuild: async (id: string) => builds.find((b) => b.id === id),
+    logs: () => (async function* () {})(),
+    cancel: async () => undefined,
+  };
+  return reader;
+}
+
+async function listAll(reader: BuildReader, filter: Omit<BuildFilter, "limit" | "after">, limit: number) {
+  const ids: string[] = [];
+  const shown: Build[] = [];
+  let hidden = 0;
+  let pages = 0;
+  let after: BuildFilter["after"];
+  do {
+    const page = await reader.listBuilds({ ...filter, limit, ...(after === undefined ? {} : { after }) });
+    expect(page.builds.length).toBeLessThanOrEqual(limit);
+    pages += 1;
+    hidden += page.hidden;
+    for (const b of page.builds) {
+      ids.push(b.id);
+      shown.push(b);
+    }
+    after = page.next;
+  } while (after !== undefined && pages < 100);
+  return { ids, shown, hidden, pages };
+}
+
+const empty = () => (async function* () {})();
+
+describe("listing live and archived builds together", () => {
+  const dirs: string[] = [];
+  const tempDir = () => {
+    const d = mkdtempSync(join(tmpdir(), "petrel-archive-list-"));
+    dirs.push(d);
+    return d;
+  };
+  afterAll(() => {
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  });
+
+  // Builds 0..29 finished and were archived; 20..29 are still live too (Nomad has not GC'd them), 30..34 run.
+  const archived = Array.from({ length: 30 }, (_, n) => build(n));
+  const live = [
+    ...archived.slice(20).map((b) => ({ ...b, node: "live-copy" })),
+    ...Array.from({ length: 5 }, (_, i) => build(30 + i, { state: "running" })),
+  ];
+  const expectedAll = [...Array.from({ length: 35 }, (_, n) => build(n))]
+    .map((b) => ({ time: Date.parse(b.createdAt), id: b.id }))
+    .sort(newestFirst)
+    .map((b) => b.id);
+
+  const setUp = async () => {
+    const store = createArchiveStore({ dir: tempDir() });
+    for (const b of archived) await store.put(b, { stdout: empty(), stderr: empty(), all: empty() });
+    const liveSide = liveReader(live);
+    return { store, liveSide, reader: createArchivedReader(liveSide, store) };
+  };
+
+  it.each([1, 2, 3, 7, 50])("pages of %i: every build once, newest first, the live copy when both have it", async (limit) => {
+    const { reader } = await setUp();
+    const { ids, shown, hidden } = await listAll(reader, {}, limit);
+    expect(ids).toEqual(expectedAll);
+    expect(hidden).toBe(0);
+    for (const b of shown) {
+      const n = Number.parseInt(b.id.slice(-8), 16);
+      expect(b.node).toBe(n >= 20 && n < 30 ? "live-copy" : undefined);
+    }
+  });
+
+  it("applies repo, ref and state filters to archived builds", async () => {
+    const { reader } = await setUp();
+    const failures = await listAll(reader, { state: "failure" }, 3);
+    expect(failures.ids).toEqual(
+      expectedAll.filter((id) => Number.parseInt(id.slice(-8), 16) % 4 === 0 && Number.parseInt(id.slice(-8), 16) < 30),
+    );
+    const devWidgets = await listAll(reader, { repo: "acme/widgets", ref: "refs/heads/dev" }, 4);
+    expect(devWidgets.ids).toEqual(
+      expectedAll.filter((id) => {
+        const n = Number.parseInt(id.slice(-8), 16);
+        return n % 2 === 1 && n % 3 !== 0;
+      }),
+    );
+  });
+
+  it("hides builds the caller may not read, archived ones included, each counted once over all pages", async () => {
+    const { reader } = await setUp();
+    const visible = (b: { repo: string }) => b.repo !== "acme/secret";
+    for (const limit of [1, 4, 50]) {
+      const { ids, hidden } = await listAll(reader, { visible }, limit);
+      expect(ids).toEqual(expectedAll.filter((id) => Number.parseInt(id.slice(-8), 16) % 3 !== 0));
+      expect(hidden).toBe(expectedAll.length - ids.length);
+    }
+  });
+
+  it("lists from the index in memory: a build removed from the disk behind its back is skipped, not an error", async () => {
+    const { store, reader } = await setUp();
+    await store.ready();
+    rmSync(join(store.dir, "builds", encodeURIComponent(build(3).id)), { recursive: true });
+    const { ids } = await listAll(reader, {}, 5);
+    expect(ids).toEqual(expectedAll.filter((id) => id !== build(3).id));
+  });
+
+  it("reads an index written before it carried listing fields, and an entry the index missed", async () => {
+    const dir = tempDir();
+    const first = createArchiveStore({ dir });
+    for (const b of archived.slice(0, 4)) await first.put(b, { stdout: empty(), stderr: empty(), all: empty() });
+    // The index as the first archive version wrote it, without build 3 (a crash between rename and append).
+    writeFileSync(
+      join(dir, "index.jsonl"),
+      archived
+        .slice(0, 3)
+        .map((b) => `${JSON.stringify({ id: b.id, repo: b.repo, createdAt: b.createdAt, state: b.state })}\n`)
+        .join(""),
+    );
+    appendFileSync(join(dir, "index.jsonl"), '{"id":"cut sho');
+    const reader = createArchivedReader(liveReader([]), createArchiveStore({ dir }));
+    const { ids } = await listAll(reader, { ref: "main" }, 10);
+    expect(ids).toEqual([build(2).id, build(0).id]);
+    // Upgraded in place: a third start reads the fields from the index alone.
+    expect(await createArchiveStore({ dir }).lookup(build(3).id)).toMatchObject({ ref: "dev", commit: build(3).commit });
+  });
+
+  it("removes entries: gone from listings, the disk and the index of the next start", async () => {
+    const { store, reader } = await setUp();
+    await store.remove([build(0).id, build(1).id]);
+    expect((await listAll(reader, {}, 50)).ids).toEqual(expectedAll.filter((id) => id !== build(0).id && id !== build(1).id));
+    expect(await store.get(build(0).id)).toBeUndefined();
+    const reopened = createArchiveStore({ dir: store.dir });
+    expect(await reopened.lookup(build(0).id)).toBeUndefined();
+    expect(await reopened.lookup(build(2).id)).toBeDefined();
+  });
+});
