@@ -74,6 +74,14 @@ describe("archive in single-machine mode", () => {
       for (let i = 0; i < 400 && (await backend.getBuild(id)) !== undefined; i++) await sleep(25);
       expect(await backend.getBuild(id)).toBeUndefined();
       expect(await snapshot(reader, id)).toEqual(before);
+      // The listing has both: the live second build and the first, from the archive alone now.
+      expect((await backend.listBuilds({ limit: 10 })).builds.map((b) => b.id)).toEqual([second.id]);
+      const listed = await reader.listBuilds({ limit: 1 });
+      expect(listed.builds.map((b) => b.id)).toEqual([second.id]);
+      expect(listed.next).toBeDefined();
+      const rest = await reader.listBuilds({ limit: 1, ...(listed.next === undefined ? {} : { after: listed.next }) });
+      expect(rest.builds.map((b) => b.id)).toEqual([id]);
+      expect(rest.next).toBeUndefined();
       for (let i = 0; i < 400 && !(await store.has(second.id)); i++) await sleep(25);
       await archiver.stop();
     } finally {

@@ -177,6 +177,41 @@ describe("archived builds read the same after Nomad garbage-collects them (clust
     expect(await readAll(petrel.url, id)).toEqual(live);
   });
 
+  it("lists GC'd, archived-and-live and running builds together across pages, each once, newest first", async () => {
+    const ids: string[] = [];
+    for (const [i, c] of ["1", "2", "3", "4", "5"].entries()) {
+      const id = await push(c.repeat(40));
+      ids.push(id);
+      if (i < 4) {
+        run(id, i % 2);
+        await archived(id);
+      }
+    }
+    // Builds 0 and 1 are GC'd (archive only), 2 and 3 archived and still in Nomad, 4 still queued.
+    nomad.gcJob(ids[0] as string);
+    nomad.gcJob(ids[1] as string);
+    const seen: { id: string; state: string }[] = [];
+    let cursor: string | undefined;
+    let pages = 0;
+    do {
+      const res = await fetch(`${petrel.url}/builds?limit=2${cursor === undefined ? "" : `&cursor=${cursor}`}`, { headers: ADMIN });
+      expect(res.status).toBe(200);
+      const page = (await res.json()) as { builds: { id: string; state: string }[]; cursor?: string; hidden: number };
+      expect(page.builds.length).toBeLessThanOrEqual(2);
+      seen.push(...page.builds.map((b) => ({ id: b.id, state: b.state })));
+      cursor = page.cursor;
+      pages += 1;
+    } while (cursor !== undefined && pages < 50);
+    const mine = seen.filter((b) => ids.includes(b.id));
+    expect(mine.map((b) => b.id)).toEqual([...ids].reverse());
+    expect(new Set(seen.map((b) => b.id)).size).toBe(seen.length);
+    expect(mine.map((b) => b.state)).toEqual(["queued", "failure", "success", "failure", "success"]);
+    const failures = (await (await fetch(`${petrel.url}/builds?state=failure&limit=50`, { headers: ADMIN })).json()) as {
+      builds: { id: string }[];
+    };
+    expect(failures.builds.map((b) => b.id).filter((id) => ids.includes(id))).toEqual([ids[3], ids[1]]);
+  });
+
   it("answers 410 for a petrel build neither Nomad nor the archive knows, on every read", async () => {
     const id = "builder/dispatch-1700000000-0badf00d";
     for (const path of [`/builds/${encodeURIComponent(id)}`, `/builds/${encodeURIComponent(id)}/logs`, `/build?job=${id}&log=stdout`]) {
