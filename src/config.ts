@@ -30,9 +30,14 @@ export interface Config {
   dataDir: string;
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
   localConcurrency: number;
-  /** Single-machine mode keeps this many finished builds, none older than localMaxAgeDays. */
-  localKeep: number;
-  localMaxAgeDays: number;
+  /**
+   * Finished builds kept per repository in the archive (PETREL_ARCHIVE_KEEP), none older than
+   * archiveMaxAgeDays; single-machine mode's runner keeps its finished builds by the same two numbers.
+   */
+  archiveKeep: number;
+  archiveMaxAgeDays: number;
+  /** Retired variables still honoured, for one warning at start. */
+  deprecated: string[];
   /** Seconds a client has to send a request's headers and body (PETREL_REQUEST_TIMEOUT). */
   requestTimeoutSeconds: number;
   /** Open connections accepted at once; more are dropped (PETREL_MAX_CONNECTIONS). */
@@ -212,8 +217,18 @@ export function readConfig(env: Env, cwd: string = process.cwd()): Config {
 
   const localConcurrency = wholeNumber(env, "PETREL_LOCAL_CONCURRENCY", 1, 1, 256);
 
-  const localKeep = wholeNumber(env, "PETREL_LOCAL_KEEP", 500, 1, 1_000_000);
-  const localMaxAgeDays = wholeNumber(env, "PETREL_LOCAL_MAX_AGE_DAYS", 30, 1, 36_500);
+  // PETREL_LOCAL_KEEP and PETREL_LOCAL_MAX_AGE_DAYS were single-machine mode's own retention; the archive's
+  // settings replaced them, and the old names still work (the new ones win) with a warning at start.
+  const deprecated: string[] = [];
+  const renamed = (name: string, old: string, fallback: number, max: number): number => {
+    if (value(env, name) === undefined && value(env, old) !== undefined) {
+      deprecated.push(`${old} (use ${name})`);
+      return wholeNumber(env, old, fallback, 1, max);
+    }
+    return wholeNumber(env, name, fallback, 1, max);
+  };
+  const archiveKeep = renamed("PETREL_ARCHIVE_KEEP", "PETREL_LOCAL_KEEP", 1000, 10_000_000);
+  const archiveMaxAgeDays = renamed("PETREL_ARCHIVE_MAX_AGE_DAYS", "PETREL_LOCAL_MAX_AGE_DAYS", 90, 36_500);
 
   const requestTimeoutSeconds = wholeNumber(env, "PETREL_REQUEST_TIMEOUT", 10, 1, 3600);
   const maxConnections = wholeNumber(env, "PETREL_MAX_CONNECTIONS", 1024, 1, 1_000_000);
@@ -242,8 +257,9 @@ export function readConfig(env: Env, cwd: string = process.cwd()): Config {
     dataDir,
     logLevel: level.data,
     localConcurrency,
-    localKeep,
-    localMaxAgeDays,
+    archiveKeep,
+    archiveMaxAgeDays,
+    deprecated,
     requestTimeoutSeconds,
     maxConnections,
     consul,

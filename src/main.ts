@@ -96,6 +96,9 @@ async function compose(
   env: NodeJS.ProcessEnv,
   closers: Array<() => Promise<unknown>>,
 ): Promise<RunningPetrel> {
+  if (config.deprecated.length > 0) {
+    log.warn({ deprecated: config.deprecated }, `deprecated settings still honoured, rename them: ${config.deprecated.join(", ")}`);
+  }
   const extraHealth: Record<string, HealthCheck> = {};
 
   const forgeAgent = new Agent({ connections: 16 });
@@ -190,8 +193,8 @@ async function compose(
     const local = await createLocalBackend({
       dataDir: config.dataDir,
       concurrency: config.localConcurrency,
-      keep: config.localKeep,
-      maxAgeMs: config.localMaxAgeDays * 24 * 3600 * 1000,
+      keep: config.archiveKeep,
+      maxAgeMs: config.archiveMaxAgeDays * 24 * 3600 * 1000,
       log,
       env,
       configPath: config.configPath,

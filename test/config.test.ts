@@ -99,6 +99,11 @@ describe("readConfig", () => {
     ["PETREL_REQUEST_TIMEOUT", "1.5"],
     ["PETREL_MAX_CONNECTIONS", "0"],
     ["PETREL_MAX_CONNECTIONS", "many"],
+    ["PETREL_ARCHIVE_KEEP", "0"],
+    ["PETREL_ARCHIVE_KEEP", "lots"],
+    ["PETREL_ARCHIVE_MAX_AGE_DAYS", "0"],
+    ["PETREL_ARCHIVE_MAX_AGE_DAYS", "7.5"],
+    ["PETREL_LOCAL_KEEP", "-1"],
   ])("rejects %s=%s with one line naming it", (name, value) => {
     const err = fail({ [name]: value });
     expect(err.variable).toBe(name);
@@ -148,5 +153,21 @@ describe("readConfig", () => {
     expect(() => readConfig({ PETREL_ARCHIVE_DIR: file })).toThrow(
       new RegExp(`^PETREL_ARCHIVE_DIR: ${file} is not a directory; point it at a directory or a path to create$`),
     );
+  });
+
+  it("archive retention: defaults 1000 per repository and 90 days; the single-machine names still work, deprecated", () => {
+    expect(readConfig({})).toMatchObject({ archiveKeep: 1000, archiveMaxAgeDays: 90, deprecated: [] });
+    expect(readConfig({ PETREL_ARCHIVE_KEEP: "20", PETREL_ARCHIVE_MAX_AGE_DAYS: "7" })).toMatchObject({
+      archiveKeep: 20,
+      archiveMaxAgeDays: 7,
+      deprecated: [],
+    });
+    expect(readConfig({ PETREL_LOCAL_KEEP: "5", PETREL_LOCAL_MAX_AGE_DAYS: "3" })).toMatchObject({
+      archiveKeep: 5,
+      archiveMaxAgeDays: 3,
+      deprecated: ["PETREL_LOCAL_KEEP (use PETREL_ARCHIVE_KEEP)", "PETREL_LOCAL_MAX_AGE_DAYS (use PETREL_ARCHIVE_MAX_AGE_DAYS)"],
+    });
+    // The new name wins, and then the old one is not reported.
+    expect(readConfig({ PETREL_LOCAL_KEEP: "5", PETREL_ARCHIVE_KEEP: "8" })).toMatchObject({ archiveKeep: 8, deprecated: [] });
   });
 });

@@ -1,12 +1,15 @@
 import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, describe, expect, it } from "vitest";
 import { createArchivedReader } from "../../src/archive/reader.js";
+import { createArchiveRetention } from "../../src/archive/retention.js";
 import { createArchiveStore } from "../../src/archive/store.js";
 import type { Build, BuildFilter, BuildPage, BuildReader } from "../../src/builds/backend.js";
 import { isAfterCursor, newestFirst } from "../../src/builds/backend.js";
 import { matchesFilter } from "../../src/builds/model.js";
+import { captureLogs } from "../helpers/log-capture.js";
 
 const T0 = Date.parse("2026-01-01T00:00:00Z");
 
@@ -180,5 +183,41 @@ describe("listing live and archived builds together", () => {
     const reopened = createArchiveStore({ dir: store.dir });
     expect(await reopened.lookup(build(0).id)).toBeUndefined();
     expect(await reopened.lookup(build(2).id)).toBeDefined();
+  });
+});
+
+describe("archive retention", () => {
+  const dir = mkdtempSync(join(tmpdir(), "petrel-archive-retention-"));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it("keeps the newest N per repository and nothing older than the age limit, in the background", async () => {
+    const store = createArchiveStore({ dir });
+    // Builds n = 0..11 finished n half-seconds after T0 (two per second); repo acme/secret is every third.
+    const builds = Array.from({ length: 12 }, (_, n) => build(n));
+    for (const b of builds) await store.put(b, { stdout: empty(), stderr: empty(), all: empty() });
+    const logs = captureLogs();
+    // "Now" is 30 s after T0, the age limit 26 s: builds finished before T0 + 4 s go (n < 8 by finish time).
+    const retention = createArchiveRetention({
+      store,
+      keep: 3,
+      maxAgeMs: 26_000,
+      log: logs.log,
+      now: () => T0 + 30_000,
+      intervalMs: 60_000,
+    });
+    try {
+      for (let i = 0; i < 200 && store.all().length === 12; i++) await sleep(10);
+      await retention.prune();
+      const left = store.all().map((e) => Number.parseInt(e.id.slice(-8), 16));
+      // acme/widgets: 11 and 10 (the newest two; 8 is young enough but beyond keep); acme/secret: 9 (6 is too old).
+      expect(left).toEqual([11, 10, 9]);
+      const reopened = createArchiveStore({ dir });
+      await reopened.ready();
+      expect(reopened.all().map((e) => e.id)).toEqual(store.all().map((e) => e.id));
+      expect(await store.get(build(7).id)).toBeUndefined();
+      expect(logs.text()).toContain("archive retention removed old builds");
+    } finally {
+      retention.stop();
+    }
   });
 });
