@@ -199,7 +199,7 @@ describe("archive retention", () => {
     // "Now" is 30 s after T0, the age limit 26 s: builds finished before T0 + 4 s go (n < 8 by finish time).
     const retention = createArchiveRetention({
       store,
-      keep: 3,
+      keep: 2,
       maxAgeMs: 26_000,
       log: logs.log,
       now: () => T0 + 30_000,
