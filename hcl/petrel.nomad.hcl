@@ -1,5 +1,8 @@
 # petrel itself as a Nomad service: stateless, so any number of replicas can run behind a load balancer.
 # Secrets (tokens) come from Nomad Variables at nomad/jobs/petrel (see hcl/README.md).
+# Build history outlives Nomad's garbage collection in the archive, a host volume "petrel-archive" that every
+# client running petrel declares (hcl/README.md); point it at one shared filesystem when replicas run on
+# several clients, so each of them serves every archived build.
 
 variable "image" {
   description = "The petrel image (builders/executor/Dockerfile also runs `petrel serve`); override with -var image=..."
@@ -33,6 +36,11 @@ job "petrel" {
       }
     }
 
+    volume "petrel-archive" {
+      type   = "host"
+      source = "petrel-archive"
+    }
+
     update {
       max_parallel     = 1
       min_healthy_time = "10s"
@@ -49,9 +57,15 @@ job "petrel" {
         ports   = ["http"]
       }
 
+      volume_mount {
+        volume      = "petrel-archive"
+        destination = "/var/lib/petrel/archive"
+      }
+
       env {
         PETREL_LISTEN      = "0.0.0.0:8080"
         PETREL_BUILDER_JOB = "builder"
+        PETREL_ARCHIVE_DIR = "/var/lib/petrel/archive"
         NOMAD_ADDR         = "http://${attr.unique.network.ip-address}:4646"
         CONSUL_HTTP_ADDR   = "http://${attr.unique.network.ip-address}:8500"
         LOG_LEVEL          = "info"

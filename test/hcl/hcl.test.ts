@@ -167,4 +167,14 @@ describe("hcl/", () => {
     expect(one(service.check, "check")).toMatchObject({ type: "http", path: "/health" });
     expect(one(task.env, "env").PETREL_LISTEN).toBe("0.0.0.0:8080");
   });
+
+  it("keeps the archive on a host volume, where PETREL_ARCHIVE_DIR points", async () => {
+    const job = labelled(await load("petrel.nomad.hcl"), "job", "petrel");
+    const group = labelled(job, "group", "petrel");
+    const task = labelled(group, "task", "petrel");
+    expect(labelled(group, "volume", "petrel-archive")).toMatchObject({ type: "host", source: "petrel-archive" });
+    const mount = one(task.volume_mount, "volume_mount");
+    expect(mount.volume).toBe("petrel-archive");
+    expect(one(task.env, "env").PETREL_ARCHIVE_DIR).toBe(mount.destination);
+  });
 });
