@@ -1,5 +1,5 @@
 import { createWriteStream } from "node:fs";
-import { appendFile, mkdir, mkdtemp, open, readdir, readFile, rename, rm } from "node:fs/promises";
+import { appendFile, mkdir, mkdtemp, open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { Readable, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -61,6 +61,10 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
   const tmpDir = join(dir, "tmp");
   const indexPath = join(dir, INDEX);
   let index: Promise<Map<string, ArchiveIndexEntry>> | undefined;
+  // How much of index.jsonl (which file: its inode) the map holds, so entries other writers sharing the
+  // directory appended (replicas on a shared filesystem) are picked up by reading only what is new.
+  let seen: { ino: number; size: number } | undefined;
+  let refreshing: Promise<void> | undefined;
   // The same entries as the map, newest first, so a page starts with a binary search instead of a sort.
   let sorted: ArchiveListed[] = [];
   // Appends and rewrites of index.jsonl, one at a time, so a rewrite never drops a line appended meanwhile.
@@ -103,10 +107,16 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
   async function loadIndex(): Promise<Map<string, ArchiveIndexEntry>> {
     const map = new Map<string, ArchiveIndexEntry>();
     let text = "";
+    const file = await statIndex();
     try {
-      text = await readFile(indexPath, "utf8");
+      const bytes = await readFile(indexPath);
+      // Up to the last complete line: a line another writer is still appending is read by a later refresh.
+      const end = bytes.lastIndexOf(10) + 1;
+      text = bytes.subarray(0, end).toString("utf8");
+      seen = { ino: file.ino, size: end };
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+      seen = { ino: 0, size: 0 };
     }
     let stale = false;
     for (const line of text.split("\n")) {
@@ -140,8 +150,11 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
       if (build !== undefined) missing.push(indexEntry(build));
     }
     for (const e of missing) map.set(e.id, e);
-    if (stale) await writeIndex(() => rewriteIndex(map));
-    else if (missing.length > 0) await writeIndex(() => appendFile(indexPath, missing.map((e) => `${JSON.stringify(e)}\n`).join("")));
+    if (stale) {
+      await writeIndex(() => rewriteIndex(map));
+      const now = await statIndex();
+      seen = { ino: now.ino, size: now.size };
+    } else if (missing.length > 0) await writeIndex(() => appendFile(indexPath, missing.map((e) => `${JSON.stringify(e)}\n`).join("")));
     sorted = [...map.values()].map((e) => ({ ...e, time: Date.parse(e.createdAt) })).sort(newestFirst);
     return map;
   }
@@ -156,6 +169,58 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
     } finally {
       await rm(tmp, { force: true });
     }
+  }
+
+  async function statIndex(): Promise<{ ino: number; size: number }> {
+    try {
+      const st = await stat(indexPath);
+      return { ino: st.ino, size: st.size };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return { ino: 0, size: 0 };
+      throw err;
+    }
+  }
+
+  /**
+   * Adds what other writers appended to index.jsonl since it was read; reloads it whole when it was replaced
+   * (another store's retention rewrote it). One stat when nothing changed.
+   */
+  function refresh(): Promise<void> {
+    refreshing ??= (async () => {
+      const map = await indexOf();
+      const now = await statIndex();
+      if (seen === undefined || (now.size === seen.size && now.ino === seen.ino)) return;
+      if (now.ino !== seen.ino || now.size < seen.size) {
+        index = undefined;
+        await indexOf();
+        return;
+      }
+      const handle = await open(indexPath, "r");
+      let bytes: Buffer;
+      try {
+        bytes = Buffer.alloc(now.size - seen.size);
+        const { bytesRead } = await handle.read(bytes, 0, bytes.length, seen.size);
+        bytes = bytes.subarray(0, bytesRead);
+      } finally {
+        await handle.close();
+      }
+      const end = bytes.lastIndexOf(10) + 1;
+      for (const line of bytes.subarray(0, end).toString("utf8").split("\n")) {
+        if (line === "") continue;
+        try {
+          const entry = JSON.parse(line) as ArchiveIndexEntry;
+          if (typeof entry.id !== "string" || typeof entry.createdAt !== "string" || map.has(entry.id)) continue;
+          map.set(entry.id, entry);
+          insertSorted(entry);
+        } catch {
+          // A torn line; a full load's directory scan restores its entry.
+        }
+      }
+      seen = { ino: seen.ino, size: seen.size + end };
+    })().finally(() => {
+      refreshing = undefined;
+    });
+    return refreshing;
   }
 
   const indexOf = () => {
@@ -253,11 +318,15 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
     },
 
     async lookup(id) {
+      const known = (await indexOf()).get(id);
+      if (known !== undefined) return known;
+      await refresh();
       return (await indexOf()).get(id);
     },
 
     async ready() {
       await indexOf();
+      await refresh();
     },
 
     *newest(after) {
@@ -286,7 +355,11 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
         map.delete(id);
       }
       sorted = sorted.filter((e) => !gone.has(e.id));
-      await writeIndex(() => rewriteIndex(map));
+      await writeIndex(async () => {
+        await rewriteIndex(map);
+        const now = await statIndex();
+        seen = { ino: now.ino, size: now.size };
+      });
     },
   };
 }

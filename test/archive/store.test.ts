@@ -141,6 +141,27 @@ describe("archive store", () => {
     expect(await reopened.lookup("builder/dispatch-1700000009-ffffffff")).toBeUndefined();
   });
 
+  it("sees what another store sharing the directory archived or pruned (replicas on a shared filesystem)", async () => {
+    const dir = join(tempDir(), "archive");
+    const a = createArchiveStore({ dir });
+    const b = createArchiveStore({ dir });
+    const logs = () => ({ stdout: Buffer.from("o\n"), stderr: Buffer.from("e\n"), all: Buffer.from("o\ne\n") });
+    await a.put(build(ID), logs());
+    await b.ready();
+    expect([...b.newest()].map((e) => e.id)).toEqual([ID]);
+    // B has its index in memory now; A's later writes reach it through the index file alone.
+    const second = "builder/dispatch-1700000001-2b3c4d5e";
+    await a.put(build(second, { createdAt: "2026-12-07T03:00:01.000Z" }), logs());
+    expect(await b.lookup(second)).toMatchObject({ id: second });
+    await b.ready();
+    expect([...b.newest()].map((e) => e.id)).toEqual([second, ID]);
+    // A's retention rewrites the index (a new file): B reloads it whole.
+    await a.remove([ID]);
+    await b.ready();
+    expect([...b.newest()].map((e) => e.id)).toEqual([second]);
+    expect(await b.lookup(ID)).toBeUndefined();
+  });
+
   it("fails with the file system's error code when the directory cannot be written", async () => {
     const dir = tempDir();
     writeFileSync(join(dir, "file"), "");
