@@ -272,7 +272,9 @@ export async function main(): Promise<boolean> {
     // 2. The first page, petrel (all archived) and the single-machine reference (all live).
     const archived = await pageLatencies(petrel.url, "/builds?limit=50", PAGES);
     const live = await pageLatencies(reference.url, "/builds?limit=50", PAGES);
-    const same = archived.ids.length === 50 && archived.ids.join() === live.ids.join();
+    // The archived page also has the 50 MiB build (the newest); the rest is the live page's start.
+    const rest = archived.ids.filter((id) => id !== bigId);
+    const same = archived.ids.length === 50 && rest.join() === live.ids.slice(0, rest.length).join();
     if (!same) process.stderr.write("  the archived and the live first pages differ\n");
     const line = (name: string, s: number[]) =>
       `  ${name.padEnd(34)} p50 ${percentile(s, 50).toFixed(2)} ms  p99 ${percentile(s, 99).toFixed(2)} ms  max ${(s[s.length - 1] ?? 0).toFixed(2)} ms\n`;
