@@ -1,0 +1,313 @@
+/**
+ * Archive benchmark (issue 11, "Performance"), on real HTTP over 127.0.0.1 against petrel as `startPetrel`
+ * runs it (cluster mode on the Consul, Nomad and Gitea fakes) with a real archive directory:
+ *
+ * 1. A 50 MiB build log served from the archive after Nomad garbage-collected the build, beside a plain
+ *    node:http server streaming the same bytes uncompressed from a file (fs.createReadStream). The client is
+ *    curl, in a process of its own; target: petrel >= 0.9x the reference's throughput.
+ * 2. `GET /builds?limit=50` over 20,000 archived builds (none left in Nomad): p99 < 20 ms, and <= 2x the same
+ *    page from a warm live listing (a single-machine petrel with the 20,000 builds in memory, no archive).
+ *
+ * Not measured here: the webhook benchmark's throughput during a burst of 1,000 archivings.
+ */
+import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { once } from "node:events";
+import { createReadStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+import { gzipSync } from "node:zlib";
+import { Pool, request } from "undici";
+import { createArchiveStore } from "../src/archive/store.js";
+import type { Build } from "../src/builds/backend.js";
+import { readConfig } from "../src/config.js";
+import { sign } from "../src/gitea/signature.js";
+import { createLogger } from "../src/log.js";
+import { startPetrel } from "../src/main.js";
+import { MERGED_LOG_PATH } from "../src/nomad/logs.js";
+import { startConsulFake } from "../test/fakes/consul.js";
+import { startGiteaFake } from "../test/fakes/gitea.js";
+import { startNomadFake } from "../test/fakes/nomad.js";
+import { GITEA_TOKEN, HOOK_SECRET, seedFakes } from "../test/helpers/cluster.js";
+import { percentile, verdict } from "./stats.js";
+
+const LOG_MIB = Number(process.env.BENCH_ARCHIVE_LOG_MIB ?? 50);
+const BUILDS = Number(process.env.BENCH_ARCHIVE_BUILDS ?? 20_000);
+const READS = Number(process.env.BENCH_ARCHIVE_READS ?? 5);
+const PAGES = Number(process.env.BENCH_ARCHIVE_PAGES ?? 500);
+const ADMIN_TOKEN = "admin-token-0123456789abcdef";
+const AUTH = { authorization: `Bearer ${ADMIN_TOKEN}` };
+const PUSH = readFileSync(fileURLToPath(new URL("../test/fixtures/gitea/push.json", import.meta.url)), "utf8");
+const COMMIT = "4c1d7e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d";
+
+/** Build output as a CI log looks: compiler and test lines of varying length, some coloured; deterministic. */
+function buildOutput(mib: number): Buffer {
+  let seed = 0x2545f491;
+  const rand = (n: number) => {
+    seed ^= seed << 13;
+    seed ^= seed >>> 17;
+    seed ^= seed << 5;
+    return (seed >>> 0) % n;
+  };
+  const files = ["src/app.ts", "src/nomad/builds.ts", "lib/parser/expr.rs", "cmd/server/main.go", "pkg/http/router.go"];
+  const words = ["compiling", "linking", "resolving", "downloading", "checking", "optimizing", "bundling", "generating"];
+  const parts: Buffer[] = [];
+  let size = 0;
+  const target = mib * 2 ** 20;
+  let n = 0;
+  while (size < target) {
+    n++;
+    const file = files[rand(files.length)] as string;
+    const kind = rand(20);
+    let line: string;
+    if (kind === 0) line = `\u001b[33mwarning\u001b[0m: unused variable \`x${n}\` at ${file}:${rand(900)}:${rand(80)}\n`;
+    else if (kind < 6) line = `\u001b[32m  ✓\u001b[0m ${file.replace(/\.\w+$/, "")} > handles case ${n} (${rand(300)} ms)\n`;
+    else if (kind === 6) line = `\u001b[1m\u001b[34m==>\u001b[0m\u001b[1m step ${n}: npm run build\u001b[0m\n`;
+    else line = `   ${words[rand(words.length)]} ${file} [${rand(100)}%] ${"·".repeat(rand(40))} ${(rand(100000) / 100).toFixed(2)} kB\n`;
+    const b = Buffer.from(line);
+    parts.push(b);
+    size += b.length;
+  }
+  return Buffer.concat(parts).subarray(0, target);
+}
+
+/** Downloads `url` with curl in its own process; its own transfer time, so spawning is not counted. */
+async function curl(url: string, headers: Record<string, string> = {}): Promise<{ bytes: number; ms: number; status: number }> {
+  const args = ["-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{time_total}"];
+  for (const [k, v] of Object.entries(headers)) args.push("-H", `${k}: ${v}`);
+  const child = spawn("curl", [...args, url], { stdio: ["ignore", "pipe", "inherit"] });
+  let out = "";
+  child.stdout.on("data", (c: Buffer) => (out += c.toString()));
+  await once(child, "close");
+  const [status, bytes, seconds] = out.trim().split(" ").map(Number);
+  return { status: status ?? 0, bytes: bytes ?? 0, ms: (seconds ?? Number.NaN) * 1000 };
+}
+
+async function sha256Of(url: string, headers: Record<string, string> = {}): Promise<{ sha: string; bytes: number }> {
+  const res = await request(url, { headers });
+  const hash = createHash("sha256");
+  let bytes = 0;
+  for await (const chunk of res.body) {
+    bytes += (chunk as Buffer).length;
+    hash.update(chunk as Buffer);
+  }
+  return { sha: hash.digest("hex"), bytes };
+}
+
+/** `count` sequential GETs of `path` after a warm-up; latencies in ms, sorted, and the first page's IDs. */
+async function pageLatencies(base: string, path: string, count: number): Promise<{ sorted: number[]; ids: string[] }> {
+  const pool = new Pool(base, { connections: 1 });
+  const get = async () => {
+    const res = await pool.request({ path, method: "GET", headers: AUTH });
+    const body = (await res.body.json()) as { builds: { id: string }[] };
+    if (res.statusCode !== 200) throw new Error(`${path} answered ${res.statusCode}`);
+    return body.builds.map((b) => b.id);
+  };
+  let ids: string[] = [];
+  for (let i = 0; i < 50; i++) ids = await get();
+  const out: number[] = [];
+  for (let i = 0; i < count; i++) {
+    const t0 = performance.now();
+    await get();
+    out.push(performance.now() - t0);
+  }
+  await pool.close();
+  return { sorted: out.sort((a, b) => a - b), ids };
+}
+
+function nomadId(n: number, seconds: number): string {
+  return `builder/dispatch-${seconds}-${(0x1000_0000 + n).toString(16)}`;
+}
+
+export async function main(): Promise<boolean> {
+  process.stdout.write(`\narchive: a ${LOG_MIB} MiB archived log, GET /builds?limit=50 over ${BUILDS} archived builds\n`);
+  const dir = mkdtempSync(join(tmpdir(), "petrel-bench-archive-"));
+  const archiveDir = join(dir, "archive");
+  const consul = await startConsulFake();
+  const nomad = await startNomadFake({ logBatchMs: 0 });
+  const gitea = await startGiteaFake({ token: GITEA_TOKEN });
+  seedFakes(consul, nomad, gitea.url);
+  const log = createLogger({ level: "warn" });
+  const env: Record<string, string> = {
+    NOMAD_ADDR: nomad.url,
+    CONSUL_HTTP_ADDR: consul.url,
+    PETREL_LISTEN: "127.0.0.1:0",
+    PETREL_URL: "https://ci.example.test",
+    PETREL_ADMIN_TOKEN: ADMIN_TOKEN,
+    PETREL_ARCHIVE_DIR: archiveDir,
+    PETREL_ARCHIVE_KEEP: String(BUILDS * 2),
+  };
+  const closers: (() => Promise<unknown>)[] = [];
+  try {
+    // ---- the 50 MiB build: a webhook, the fake runs it, petrel archives it, Nomad forgets it ----
+    const output = buildOutput(LOG_MIB);
+    const expected = createHash("sha256").update(output).digest("hex");
+    let petrel = await startPetrel(readConfig(env), log, env);
+    const body = Buffer.from(PUSH.replaceAll(COMMIT, "b".repeat(40)));
+    const hook = await fetch(`${petrel.url}/hook`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "x-gitea-event": "push", "x-gitea-signature": sign(HOOK_SECRET, body) },
+      body: new Uint8Array(body),
+    });
+    if (hook.status !== 201) throw new Error(`the webhook answered ${hook.status}`);
+    const bigId = ((await hook.json()) as { build: string }).build;
+    nomad.placeAlloc(bigId, { node: "worker-1" });
+    nomad.startTask(bigId);
+    nomad.writeLog(bigId, "stdout", output);
+    nomad.writeLog(bigId, "stderr", "\u001b[33mwarning\u001b[0m: 3 deprecations\n");
+    nomad.writeAllocFile(bigId, MERGED_LOG_PATH, "--- step build\n\u001b[33mwarning\u001b[0m: 3 deprecations\n");
+    nomad.finishTask(bigId, 0);
+    const record = join(archiveDir, "builds", encodeURIComponent(bigId), "build.json");
+    const archiveStart = performance.now();
+    for (let i = 0; i < 1200 && !existsSync(record); i++) await sleep(50);
+    if (!existsSync(record)) throw new Error("the 50 MiB build was not archived within 60 s");
+    const archiveMs = performance.now() - archiveStart;
+    nomad.gcJob(bigId);
+    await petrel.stop();
+
+    // ---- 20,000 archived builds, cloned from the real record, written as the store lays them out; the store
+    // then indexes them (its start-up scan of entries missing from the index) ----
+    const template = JSON.parse(readFileSync(record, "utf8")) as Build;
+    const gzEmpty = gzipSync(Buffer.alloc(0));
+    const gzLine = gzipSync(Buffer.from("\u001b[32m  ✓\u001b[0m done\n"));
+    const now = Math.floor(Date.now() / 1000) - 3600;
+    const repos = ["acme/widgets", "acme/gadgets", "acme/docs", "umbrella/api", "umbrella/web"];
+    const local = join(dir, "local");
+    const localBuilds = join(local, "builds");
+    const seedStart = performance.now();
+    for (let n = 0; n < BUILDS; n++) {
+      // One build a minute on average, newest an hour ago: 20,000 builds span about two weeks.
+      const seconds = now - n * 60 - (n % 7);
+      const id = nomadId(n, seconds);
+      const repo = repos[n % repos.length] as string;
+      const created = new Date(seconds * 1000).toISOString();
+      const finished = new Date((seconds + 90 + (n % 300)) * 1000).toISOString();
+      const state = n % 11 === 0 ? "failure" : "success";
+      const build: Build = {
+        ...template,
+        id,
+        repo,
+        repoUrl: `https://git.example.test/${repo}.git`,
+        commit: createHash("sha1").update(String(n)).digest("hex"),
+        ref: n % 4 === 0 ? "dev" : "main",
+        state,
+        createdAt: created,
+        finishedAt: finished,
+        ...(template.startedAt === undefined ? {} : { startedAt: new Date((seconds + 3) * 1000).toISOString() }),
+        ...(state === "failure" ? { exitCode: 1 } : { exitCode: 0 }),
+      };
+      const entry = join(archiveDir, "builds", encodeURIComponent(id));
+      mkdirSync(entry);
+      writeFileSync(join(entry, "build.json"), `${JSON.stringify(build)}\n`);
+      writeFileSync(join(entry, "stdout.gz"), gzLine);
+      writeFileSync(join(entry, "stderr.gz"), gzEmpty);
+      writeFileSync(join(entry, "all.gz"), gzLine);
+      // The same builds for the single-machine reference, as its store keeps them.
+      const localEntry = join(localBuilds, encodeURIComponent(id));
+      mkdirSync(localEntry, { recursive: true });
+      const meta = { REPO_URL: build.repoUrl, COMMIT: build.commit, BRANCH: build.ref, FLAVOR: "default", REPO: repo };
+      writeFileSync(
+        join(localEntry, "build.json"),
+        `${JSON.stringify({ id, builder: "builder", meta, idempotencyToken: `t${n}`, state, createdAt: created, startedAt: created, finishedAt: finished, exitCode: state === "failure" ? 1 : 0 }, null, 2)}\n`,
+      );
+    }
+    await createArchiveStore({ dir: archiveDir }).ready();
+    const seedMs = performance.now() - seedStart;
+
+    // ---- petrel again (a restart: it loads the index once), and the two references ----
+    petrel = await startPetrel(readConfig(env), log, env);
+    closers.push(() => petrel.stop());
+    const plainFile = join(dir, "stdout.log");
+    writeFileSync(plainFile, output);
+    const plain = createServer((_req, res) => {
+      res.writeHead(200, { "content-type": "text/plain; charset=utf-8" });
+      createReadStream(plainFile).pipe(res);
+    });
+    plain.listen(0, "127.0.0.1");
+    await once(plain, "listening");
+    closers.push(() => new Promise((r) => plain.close(r)));
+    const plainUrl = `http://127.0.0.1:${(plain.address() as AddressInfo).port}/stdout.log`;
+    const localEnv: Record<string, string> = {
+      PETREL_LISTEN: "127.0.0.1:0",
+      PETREL_DATA_DIR: local,
+      PETREL_CONFIG: join(dir, "petrel.yaml"),
+      PETREL_ADMIN_TOKEN: ADMIN_TOKEN,
+      PETREL_ARCHIVE_KEEP: String(BUILDS * 2),
+    };
+    const reference = await startPetrel(readConfig(localEnv, dir), log, localEnv);
+    closers.push(() => reference.stop());
+
+    // 1. The archived log, checked byte for byte, then timed against the plain file server.
+    const logUrl = `${petrel.url}/builds/${encodeURIComponent(bigId)}/logs?type=stdout`;
+    const got = await sha256Of(logUrl, AUTH);
+    if (got.sha !== expected) throw new Error(`petrel served ${got.bytes} bytes that differ from the build's log; the benchmark is void`);
+    const plainGot = await sha256Of(plainUrl);
+    if (plainGot.sha !== expected) throw new Error("the reference served different bytes; the benchmark is void");
+    const runs = { petrel: [] as number[], plain: [] as number[] };
+    for (let i = 0; i < READS; i++) {
+      const a = await curl(plainUrl);
+      const b = await curl(logUrl, AUTH);
+      if (a.bytes !== output.length || b.bytes !== output.length || b.status !== 200) {
+        throw new Error(`short read: reference ${a.bytes}, petrel ${b.bytes} (${b.status}) of ${output.length}`);
+      }
+      runs.plain.push(a.ms);
+      runs.petrel.push(b.ms);
+    }
+    const petrelMs = Math.min(...runs.petrel);
+    const plainMs = Math.min(...runs.plain);
+    if (process.env.BENCH_VERBOSE)
+      process.stderr.write(
+        `  log reads ms: petrel ${runs.petrel.map((v) => v.toFixed(0))}, plain ${runs.plain.map((v) => v.toFixed(0))}\n`,
+      );
+    const mibps = (ms: number) => LOG_MIB / (ms / 1000);
+    process.stdout.write(
+      `  archiving the ${LOG_MIB} MiB build took ${(archiveMs / 1000).toFixed(1)} s after it finished (1 s settle included); ${BUILDS} entries seeded in ${(seedMs / 1000).toFixed(1)} s\n` +
+        `  log: petrel (archive, gunzip) ${mibps(petrelMs).toFixed(0)} MiB/s (${petrelMs.toFixed(0)} ms), plain file server ${mibps(plainMs).toFixed(0)} MiB/s (${plainMs.toFixed(0)} ms), best of ${READS}\n`,
+    );
+
+    // 2. The first page, petrel (all archived) and the single-machine reference (all live).
+    const archived = await pageLatencies(petrel.url, "/builds?limit=50", PAGES);
+    const live = await pageLatencies(reference.url, "/builds?limit=50", PAGES);
+    // The archived page also has the 50 MiB build (the newest); the rest is the live page's start.
+    const rest = archived.ids.filter((id) => id !== bigId);
+    const same = archived.ids.length === 50 && rest.join() === live.ids.slice(0, rest.length).join();
+    if (!same) process.stderr.write("  the archived and the live first pages differ\n");
+    const line = (name: string, s: number[]) =>
+      `  ${name.padEnd(34)} p50 ${percentile(s, 50).toFixed(2)} ms  p99 ${percentile(s, 99).toFixed(2)} ms  max ${(s[s.length - 1] ?? 0).toFixed(2)} ms\n`;
+    process.stdout.write(
+      line("GET /builds?limit=50, archived", archived.sorted) + line("same page, warm live (single-machine)", live.sorted),
+    );
+
+    const ratio = plainMs / petrelMs;
+    const p99 = percentile(archived.sorted, 99);
+    const pageRatio = p99 / percentile(live.sorted, 99);
+    const p50Ratio = percentile(archived.sorted, 50) / percentile(live.sorted, 50);
+    process.stdout.write(`  p50 archived/live ${p50Ratio.toFixed(2)}x\n`);
+    const ok = [
+      verdict("log throughput petrel/plain file", `${ratio.toFixed(2)}x`, ">= 0.9x", ratio >= 0.9),
+      verdict("archived page p99", `${p99.toFixed(2)} ms`, "< 20 ms", p99 < 20),
+      verdict("archived/live page p99", `${pageRatio.toFixed(2)}x`, "<= 2x", pageRatio <= 2),
+      verdict("same first page archived and live", same ? "yes" : "no", "yes", same),
+    ].every(Boolean);
+    process.stdout.write("  not measured: /hook throughput during a burst of 1,000 archivings\n");
+    return ok;
+  } finally {
+    for (const close of closers.reverse()) await close().catch(() => undefined);
+    await Promise.all([consul.close(), nomad.close(), gitea.close()]);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  main().then(
+    (ok) => process.exit(ok ? 0 : 1),
+    (err: unknown) => {
+      console.error(err);
+      process.exit(2);
+    },
+  );
+}
