@@ -311,7 +311,8 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
       }
       const file = handle.createReadStream({ highWaterMark: 256 * 1024 });
       const gunzip = createGunzip({ chunkSize: 256 * 1024 });
-      const out = file.pipe(gunzip).pipe(skipBytes(offset));
+      // From the start (the common read) the decompressed bytes go out as they are, with no stream in between.
+      const out = offset > 0 ? file.pipe(gunzip).pipe(skipBytes(offset)) : file.pipe(gunzip);
       file.on("error", (err) => gunzip.destroy(err));
       gunzip.on("error", (err) => out.destroy(err));
       return out;
