@@ -16,6 +16,7 @@ import type { LocalBackend } from "../../src/local/backend.js";
 import { createLocalBackend } from "../../src/local/backend.js";
 import { createMetrics } from "../../src/metrics.js";
 import { createFileRegistry } from "../../src/registry/file.js";
+import type { Registry } from "../../src/registry/schema.js";
 import { captureLogs } from "../helpers/log-capture.js";
 
 export const ADMIN_TOKEN = "admin-token-0123456789abcdef";
@@ -103,13 +104,24 @@ out 'done\\n'
     configPath,
     `repos:\n  git.example.test/acme/widgets:\n    hook: { secret: "local-hook-secret-0123456789" }\n    logs: public\n    clone_url: "${repo.url}"\n  git.example.test/acme/private:\n    hook: { secret: "local-hook-secret-0123456789" }\n    logs: token\n`,
   );
+  const served = await serveLocal({ dir, configPath, executor: [script], concurrency: 4 });
+  return { url: served.url, dir, backend: served.backend, repo, close: served.close };
+}
+
+/** A single-machine petrel app on a socket: the YAML registry at `configPath`, the local backend under `dir`. */
+export async function serveLocal(options: {
+  dir: string;
+  configPath: string;
+  executor: string[];
+  concurrency: number;
+}): Promise<{ url: string; registry: Registry; backend: LocalBackend; close(): Promise<void> }> {
   const { log } = captureLogs("silent");
-  const registry = await createFileRegistry({ path: configPath, defaultBuilder: "builder", log });
+  const registry = await createFileRegistry({ path: options.configPath, defaultBuilder: "builder", log });
   const backend = await createLocalBackend({
-    dataDir: join(dir, "data"),
-    concurrency: 4,
+    dataDir: join(options.dir, "data"),
+    concurrency: options.concurrency,
     log,
-    executor: [script],
+    executor: options.executor,
     killTimeoutMs: 1000,
     env: { PATH: process.env.PATH },
   });
@@ -127,9 +139,8 @@ out 'done\\n'
   const server = await listen(app);
   return {
     url: server.url,
-    dir,
+    registry,
     backend,
-    repo,
     async close() {
       await server.close();
       await backend.close();

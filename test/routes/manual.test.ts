@@ -3,14 +3,8 @@ import { chmodSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createApp } from "../../src/app.js";
 import type { LocalBackend } from "../../src/local/backend.js";
-import { createLocalBackend } from "../../src/local/backend.js";
-import { createMetrics } from "../../src/metrics.js";
-import { createFileRegistry } from "../../src/registry/file.js";
-import type { Registry } from "../../src/registry/schema.js";
-import { ADMIN_TOKEN, listen } from "../cli/harness.js";
-import { captureLogs } from "../helpers/log-capture.js";
+import { ADMIN_TOKEN, serveLocal } from "../cli/harness.js";
 
 // POST /builds without extra fields (issue 8, item 4): where the clone URL comes from, which entry `owner/name`
 // names, a strict body, and the privacy a manual build carries.
@@ -27,7 +21,6 @@ const GADGETS_FORGE_URL = "https://127.0.0.1:9/acme/gadgets.git";
 
 let url: string;
 let backend: LocalBackend;
-let registry: Registry;
 let close: () => Promise<void>;
 let main: string;
 
@@ -55,34 +48,8 @@ beforeAll(async () => {
   };
   const configPath = join(dir, "petrel.yaml");
   writeFileSync(configPath, JSON.stringify(config));
-  const { log } = captureLogs("silent");
-  registry = await createFileRegistry({ path: configPath, defaultBuilder: "builder", log });
-  backend = await createLocalBackend({
-    dataDir: join(dir, "data"),
-    concurrency: 2,
-    log,
-    executor: [script],
-    killTimeoutMs: 1000,
-    env: { PATH: process.env.PATH },
-  });
-  const app = createApp({
-    log,
-    metrics: createMetrics({ staleness: () => ({ seconds: 0, ok: true }) }),
-    registry,
-    backend,
-    reader: backend,
-    reporter: { report: () => undefined, drain: async () => undefined },
-    publicUrl: "https://ci.example.test",
-    defaultBuilder: "builder",
-    adminToken: ADMIN_TOKEN,
-  });
-  const server = await listen(app);
-  url = server.url;
-  close = async () => {
-    await server.close();
-    await backend.close();
-    await registry.close();
-  };
+  const served = await serveLocal({ dir, configPath, executor: [script], concurrency: 2 });
+  ({ url, backend, close } = served);
 });
 
 afterAll(async () => {

@@ -3,14 +3,10 @@ import { chmodSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createApp } from "../../src/app.js";
 import { readConfig } from "../../src/config.js";
 import { sign } from "../../src/gitea/signature.js";
-import { createLocalBackend } from "../../src/local/backend.js";
 import { startPetrel } from "../../src/main.js";
-import { createMetrics } from "../../src/metrics.js";
-import { createFileRegistry } from "../../src/registry/file.js";
-import { ADMIN_TOKEN, listen, until } from "../cli/harness.js";
+import { ADMIN_TOKEN, serveLocal, until } from "../cli/harness.js";
 import { startConsulFake } from "../fakes/consul.js";
 import { startNomadFake } from "../fakes/nomad.js";
 import { fixtureBytes } from "../gitea/fixtures.js";
@@ -95,28 +91,8 @@ if [ -n "\${PETREL_PAYLOAD_FD:-}" ]; then echo "PAYLOAD=$(eval "cat <&$PETREL_PA
   chmodSync(script, 0o755);
   const configPath = join(dir, "petrel.yaml");
   writeFileSync(configPath, JSON.stringify({ repos: { [KEY]: { ...entryConfig(repo), secrets: { DEPLOY_TOKEN } } } }));
-  const { log } = captureLogs("silent");
-  const registry = await createFileRegistry({ path: configPath, defaultBuilder: "builder", log });
-  const backend = await createLocalBackend({
-    dataDir: join(dir, "data"),
-    concurrency: 2,
-    log,
-    executor: [script],
-    killTimeoutMs: 1000,
-    env: { PATH: process.env.PATH },
-  });
-  const app = createApp({
-    log,
-    metrics: createMetrics({ staleness: () => ({ seconds: 0, ok: true }) }),
-    registry,
-    backend,
-    reader: backend,
-    reporter: { report: () => undefined, drain: async () => undefined },
-    publicUrl: "https://ci.example.test",
-    defaultBuilder: "builder",
-    adminToken: ADMIN_TOKEN,
-  });
-  const server = await listen(app);
+  const server = await serveLocal({ dir, configPath, executor: [script], concurrency: 2 });
+  const { backend } = server;
   let planted = 0;
   return {
     url: server.url,
@@ -150,8 +126,6 @@ if [ -n "\${PETREL_PAYLOAD_FD:-}" ]; then echo "PAYLOAD=$(eval "cat <&$PETREL_PA
     backendCalls: () => 0,
     async close() {
       await server.close();
-      await backend.close();
-      await registry.close();
     },
   };
 }
