@@ -109,7 +109,12 @@ export function createArchiver(options: ArchiverOptions): Archiver {
         log.warn({ build: id }, "build gone from the backend before it could be archived");
         return;
       }
-      if (!isTerminal(build.state)) return;
+      if (!isTerminal(build.state)) {
+        // The backend's view lags the event that announced the end: try again later rather than drop it.
+        failed.add(id);
+        scheduleRetry();
+        return;
+      }
       const logs = (type: LogType) => reader.logs(id, { type, follow: false, offset: 0, signal });
       const result = await store.put(build, { stdout: logs("stdout"), stderr: logs("stderr"), all: logs("all") });
       failed.delete(id);

@@ -1,6 +1,7 @@
 import type { Build, BuildCursor, BuildFilter, BuildPage, BuildReader, BuildSummary } from "../builds/backend.js";
 import { isAfterCursor, newestFirst } from "../builds/backend.js";
 import { matchesFilter } from "../builds/model.js";
+import { UpstreamError } from "../errors.js";
 import type { ArchiveListed, ArchiveStore } from "./store.js";
 
 /**
@@ -13,7 +14,15 @@ export function createArchivedReader(live: BuildReader, store: ArchiveStore): Bu
     listBuilds: (filter, signal) => listMerged(live, store, filter, signal),
 
     async getBuild(id, signal) {
-      return (await live.getBuild(id, signal)) ?? (await store.get(id));
+      try {
+        return (await live.getBuild(id, signal)) ?? (await store.get(id));
+      } catch (err) {
+        // Nomad down: an archived build is still served (it no longer changes); anything else waits for Nomad.
+        if (!(err instanceof UpstreamError && err.unavailable)) throw err;
+        const archived = await store.get(id);
+        if (archived === undefined) throw err;
+        return archived;
+      }
     },
 
     async *logs(id, request) {

@@ -159,6 +159,27 @@ describe("archived builds read the same after Nomad garbage-collects them (clust
     expect(await readAll(petrel.url, id)).toEqual(live);
   });
 
+  it("serves an archived build while Nomad is down, and says Nomad is unavailable for one it never archived", async () => {
+    const id = await push("d".repeat(40));
+    run(id, 0);
+    await archived(id);
+    const path = `/builds/${encodeURIComponent(id)}`;
+    const before = await (await fetch(`${petrel.url}${path}`, { headers: ADMIN })).text();
+    const log = await (await fetch(`${petrel.url}${path}/logs?type=stdout`, { headers: ADMIN })).text();
+    nomad.setDown(true);
+    try {
+      const record = await fetch(`${petrel.url}${path}`, { headers: ADMIN });
+      expect(record.status).toBe(200);
+      expect(await record.text()).toBe(before);
+      expect(await (await fetch(`${petrel.url}${path}/logs?type=stdout`, { headers: ADMIN })).text()).toBe(log);
+      const unknown = await fetch(`${petrel.url}/builds/${encodeURIComponent("builder/dispatch-1700000000-0badf00d")}`, { headers: ADMIN });
+      expect(unknown.status).toBe(503);
+      expect(((await unknown.json()) as { error: { code: string } }).error.code).toBe("nomad_unavailable");
+    } finally {
+      nomad.setDown(false);
+    }
+  }, 30_000);
+
   it("archives at start-up a build that ended while petrel was down", async () => {
     const id = await push("b".repeat(40));
     nomad.placeAlloc(id, { node: "worker-3" });
