@@ -1,3 +1,4 @@
+import { existsSync, rmSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LocalPetrel } from "../cli/harness.js";
 import { ADMIN_TOKEN, startLocalPetrel } from "../cli/harness.js";
@@ -74,11 +75,15 @@ describe("POST /builds only builds a commit its ref reaches", () => {
     const missing = await trigger({ repo: "acme/widgets", ref: "nope", commit: petrel.repo.main });
     expect(missing.status).toBe(400);
     expect(((await missing.json()) as { error: { message: string } }).error.message).toMatch(/cannot fetch refs\/heads\/nope/);
-    for (const ref of ["--upload-pack=touch /tmp/petrel-pwned", "main\nx", "refs/heads/../../x"]) {
+    const pwned = "/tmp/petrel-pwned";
+    rmSync(pwned, { force: true });
+    for (const ref of [`--upload-pack=touch ${pwned}`, "main\nx", "refs/heads/../../x"]) {
       const res = await trigger({ repo: "acme/widgets", ref, commit: petrel.repo.main });
       expect(res.status).toBe(400);
       expect(((await res.json()) as { error: { code: string } }).error.code).toBe("bad_request");
     }
     expect(await buildCount()).toBe(before);
+    // The option-shaped ref never reached git as an option.
+    expect(existsSync(pwned)).toBe(false);
   });
 });
