@@ -22,8 +22,10 @@ export type CommitCheck =
   /** `commit` is the full id of the commit, which the ref reaches. */
   | { kind: "on_ref"; commit: string }
   | { kind: "not_on_ref"; message: string }
-  /** The ref could not be fetched: missing, unreachable repository, or out of time. */
-  | { kind: "unfetchable"; message: string };
+  /** The ref is not there (or the URL is none): the caller's input is wrong. */
+  | { kind: "unfetchable"; message: string }
+  /** The repository could not be reached, or not in time: the forge's outage, worth trying again. */
+  | { kind: "unreachable"; message: string };
 
 /**
  * Whether `commit` is reachable from `ref` in the repository at `url`, asked of git itself: the ref is fetched
@@ -44,10 +46,14 @@ export async function checkCommitOnRef(input: CommitCheckInput): Promise<CommitC
       run(["fetch", "-q", "--no-tags", "--end-of-options", input.url, `+${input.ref}:refs/petrel/check`], env),
     );
     if (fetched.code !== 0) {
-      return {
-        kind: "unfetchable",
-        message: `cannot fetch ${input.ref} from ${shown}: ${firstLine(fetched.stderr.replaceAll(input.url, shown))}`,
-      };
+      const why = firstLine(fetched.stderr.replaceAll(input.url, shown));
+      // git fetch exits 128 for a missing ref and for an unreachable host alike; `ls-remote --exit-code`
+      // tells them apart by its status: 2 when the repository answered without the ref.
+      const probe = await withSshEnv(input.deployKey, join(dir, "known_hosts"), (env) =>
+        run(["ls-remote", "--exit-code", "--", input.url, input.ref], env),
+      );
+      if (probe.code === 2) return { kind: "unfetchable", message: `cannot fetch ${input.ref} from ${shown}: ${why}` };
+      return { kind: "unreachable", message: `cannot reach ${shown} to fetch ${input.ref}: ${why}` };
     }
     if (!/^[0-9a-fA-F]{4,64}$/.test(input.commit))
       return { kind: "not_on_ref", message: `${JSON.stringify(input.commit)} is not a commit id` };
@@ -61,7 +67,7 @@ export async function checkCommitOnRef(input: CommitCheckInput): Promise<CommitC
     throw new Error(`git merge-base failed: ${firstLine(ancestor.stderr)}`);
   } catch (err) {
     if (timeout.aborted)
-      return { kind: "unfetchable", message: `checking ${input.ref} at ${shown} took longer than ${input.timeoutMs / 1000} s` };
+      return { kind: "unreachable", message: `checking ${input.ref} at ${shown} took longer than ${input.timeoutMs / 1000} s` };
     throw err;
   } finally {
     await rm(dir, { recursive: true, force: true });

@@ -191,6 +191,7 @@ export function createBuildsRoute(deps: AppDeps): Hono {
       const check = await commitCheck(c, entry, cloneUrl, fullRef, body.commit);
       if (check.kind === "not_on_ref") throw new AppError("commit_not_on_ref", check.message);
       if (check.kind === "unfetchable") throw new AppError("bad_request", `${check.message}; cannot check that the commit is on the ref`);
+      if (check.kind === "unreachable") throw new AppError("gitea_unavailable", `${check.message}; try again once it answers`);
       commit = check.commit;
     }
     const plan = await dispatchPlan(
@@ -552,14 +553,17 @@ async function findEntry(registry: AppDeps["registry"], repo: string): Promise<R
 async function resolveRef(url: string, ref: string): Promise<string> {
   const full = ref.startsWith("refs/") ? ref : `refs/heads/${ref}`;
   try {
-    const { stdout } = await execFileAsync("git", ["ls-remote", "--", url, full], {
+    const { stdout } = await execFileAsync("git", ["ls-remote", "--exit-code", "--", url, full], {
       timeout: 10_000,
       env: { ...process.env, GIT_TERMINAL_PROMPT: "0", GIT_SSH_COMMAND: "ssh -o BatchMode=yes" },
     });
     const sha = stdout.split(/\s+/)[0];
     if (sha && /^[0-9a-f]{40,64}$/.test(sha)) return sha;
   } catch (err) {
-    throw new AppError("bad_request", `cannot resolve ${full} at ${url} (${(err as Error).message.split("\n")[0]}); give "commit"`);
+    // `--exit-code`: 2 is a repository that answered without the ref; anything else is the forge not answering.
+    if ((err as { code?: unknown }).code !== 2) {
+      throw new AppError("gitea_unavailable", `cannot reach ${url} to resolve ${full} (${(err as Error).message.split("\n")[0]})`);
+    }
   }
   throw new AppError("bad_request", `${full} does not exist at ${url}; give "commit"`);
 }

@@ -1,5 +1,9 @@
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { checkCommitOnRef } from "../../src/gitea/commit-check.js";
 
@@ -16,7 +20,7 @@ describe("checkCommitOnRef", () => {
         commit: "4c1d7e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d",
         timeoutMs: 500,
       });
-      expect(check).toMatchObject({ kind: "unfetchable", message: expect.stringMatching(/longer than 0.5 s/) });
+      expect(check).toMatchObject({ kind: "unreachable", message: expect.stringMatching(/longer than 0.5 s/) });
       expect(Date.now() - started).toBeLessThan(5000);
     } finally {
       server.closeAllConnections();
@@ -41,7 +45,24 @@ describe("checkCommitOnRef", () => {
       commit: "abcdef0",
       timeoutMs: 5000,
     });
-    expect(check.kind).toBe("unfetchable");
-    if (check.kind === "unfetchable") expect(check.message).not.toContain("tok3n-secret");
+    // Nothing listens on port 1: the forge is down, not the ref missing.
+    expect(check.kind).toBe("unreachable");
+    if (check.kind === "unreachable") expect(check.message).not.toContain("tok3n-secret");
+  });
+
+  it("tells a ref the repository does not have from a repository it cannot reach", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "petrel-commit-check-"));
+    try {
+      execFileSync("git", ["init", "-q", "--bare", "-b", "main", join(dir, "r.git")]);
+      const check = await checkCommitOnRef({
+        url: `file://${join(dir, "r.git")}`,
+        ref: "refs/heads/nope",
+        commit: "abcdef0",
+        timeoutMs: 5000,
+      });
+      expect(check).toMatchObject({ kind: "unfetchable", message: expect.stringMatching(/cannot fetch refs\/heads\/nope/) });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
