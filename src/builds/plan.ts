@@ -9,9 +9,9 @@ import {
   payloadBytes,
 } from "../contract/dispatch.js";
 import type { ErrorCode } from "../errors.js";
-import { type BoundRepository, bindDelivery, isRefName } from "../gitea/binding.js";
+import { type BoundRepository, bindDelivery, isCloneUrlOfEntry, isRefName } from "../gitea/binding.js";
 import type { Delivery, PullRequestEvent, PushEvent } from "../gitea/events.js";
-import { flavorsOf, isCloneUrl, type RepoEntry } from "../registry/schema.js";
+import { flavorsOf, type RepoEntry } from "../registry/schema.js";
 import type { BuilderParams } from "./backend.js";
 
 /** The event a build records: what the forge sent, or `manual` for `POST /builds`. */
@@ -370,32 +370,12 @@ export function cloneUrlOf(entry: RepoEntry): string {
 }
 
 /**
- * True when `url` clones from the entry's own forge: its `clone_url`, or a URL on the entry key's host or
- * `gitea.url`'s host. A URL read back from a build record (Nomad meta anyone allowed to dispatch can set) is
- * used for a trusted build only when this holds.
+ * True when `url` clones the entry's own repository: its `clone_url`, or a URL on the entry key's host or
+ * `gitea.url`'s host whose path ends in the entry's owner/name. A URL read back from a build record (Nomad
+ * meta anyone allowed to dispatch can set) is used for a trusted build only when this holds.
  */
 export function isEntryCloneUrl(entry: RepoEntry, url: string): boolean {
-  if (url === entry.config.clone_url) return true;
-  if (!isCloneUrl(url) || url.startsWith("file:")) return false;
-  const scp = /^(?:[^@/:]+@)?([^/:]+):(?!\/\/)/.exec(url);
-  let host: string;
-  if (scp) host = scp[1] ?? "";
-  else {
-    try {
-      host = new URL(url).hostname;
-    } catch {
-      return false;
-    }
-  }
-  const hosts = [entry.key.split("/")[0]?.replace(/_\d+$/, "") ?? ""];
-  if (entry.config.gitea !== undefined) {
-    try {
-      hosts.push(new URL(entry.config.gitea.url).hostname);
-    } catch {
-      // a gitea.url that does not parse adds no host
-    }
-  }
-  return host !== "" && hosts.includes(host.toLowerCase());
+  return isCloneUrlOfEntry(entry.key, entry, url);
 }
 
 function badRequest(message: string): RejectPlan {

@@ -52,6 +52,20 @@ export function bindDelivery(entryKey: RepoKey, entry: { config: Pick<RepoConfig
   return { ok: true, repo, repoUrl: entry.config.clone_url ?? clone };
 }
 
+/**
+ * True when `url` clones the entry's own repository: the operator's `clone_url`, or an http(s) or SSH URL on
+ * the entry's host (or `gitea.url`'s) whose path ends in the entry's `owner/name`. Used where a clone URL comes
+ * from a build record, whose meta anyone allowed to dispatch the builder could have written.
+ */
+export function isCloneUrlOfEntry(entryKey: RepoKey, entry: { config: Pick<RepoConfig, "gitea" | "clone_url"> }, url: string): boolean {
+  if (url === entry.config.clone_url) return true;
+  const [keyHost = "", owner = "", name = ""] = entryKey.split("/");
+  const hosts = allowedHosts(keyHost, entry.config.gitea?.url);
+  const http = parseHttpUrl(url);
+  if (http !== undefined) return hosts.has(http.hostname) && sameRepo(http.path, owner, name, true);
+  return isSshUrlOf(url, hosts, owner, name);
+}
+
 /** Host names (no port) a clone or SSH URL may name: the entry key's host and the host of `gitea.url`. */
 function allowedHosts(keyHost: string, giteaUrl: string | undefined): Set<string> {
   const hosts = new Set([keyHost.replace(/_\d+$/, "")]);

@@ -421,13 +421,19 @@ describe("planManual", () => {
     expect(built(planManual({ ...base, rerun: { event: "push", branch: "main", trusted: true } })).payload).toEqual(TRUSTED_PAYLOAD);
   });
 
-  it("tells clone URLs of the entry's forge from others", () => {
+  it("tells clone URLs of the entry's own repository from others, on its forge or not", () => {
     const entry = entryWith({ gitea: { url: "https://forge.example.test/", token: "t" } });
     expect(isEntryCloneUrl(entry, "https://git.example.test/acme/widgets.git")).toBe(true);
     expect(isEntryCloneUrl(entry, "ssh://git@forge.example.test:2222/acme/widgets.git")).toBe(true);
     expect(isEntryCloneUrl(entry, "git@forge.example.test:acme/widgets.git")).toBe(true);
     for (const url of [
       "https://evil.example.test/acme/widgets.git",
+      // The entry's forge, another repository: a build record naming it must not get acme/widgets' secrets.
+      "https://git.example.test/mallory/evil.git",
+      "https://git.example.test/mallory/widgets.git",
+      "git@forge.example.test:mallory/evil.git",
+      "ssh://git@forge.example.test/acme/widgets-fork.git",
+      "https://user:pw@git.example.test/acme/widgets.git",
       "file:///srv/git/widgets.git",
       "/srv/git/widgets.git",
       "ext::sh -c x",
