@@ -127,8 +127,10 @@ export function createBuildsRoute(deps: AppDeps): Hono {
     const page = await reader.listBuilds(filter, c.req.raw.signal);
     return c.json({
       builds: page.builds.map((b) => withLinks(deps.publicUrl, b)),
-      // Builds left out for lack of the token, so a reader knows the listing is not the whole story.
-      hidden: page.hidden,
+      // Builds left out for lack of the token, so a reader knows the listing is not the whole story. Not for
+      // an anonymous listing filtered by repository or ref: the count would tell whether a private repository
+      // has builds, or a guessed branch exists.
+      ...(admin(c) || (repo === undefined && ref === undefined) ? { hidden: page.hidden } : {}),
       ...(page.next === undefined ? {} : { cursor: formatCursor(page.next) }),
     });
   });

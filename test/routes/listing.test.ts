@@ -144,6 +144,17 @@ describe("listing builds over HTTP (cluster mode against the fakes)", () => {
     expect(seen).toEqual(whole.builds.map((b) => b.id));
   });
 
+  it("does not tell an anonymous reader how many builds a private repository or a guessed ref has", async () => {
+    for (const query of ["repo=acme/closed", "repo=acme/closed&ref=main", "ref=main"]) {
+      const body = (await (await get(`/builds?${query}`)).json()) as Listing;
+      if (query.startsWith("repo=")) expect(body.builds).toEqual([]);
+      expect(body).not.toHaveProperty("hidden");
+    }
+    const admin = (await (await get("/builds?repo=acme/closed", ADMIN)).json()) as Listing;
+    expect(admin.builds.length).toBeGreaterThan(0);
+    expect(admin.hidden).toBe(0);
+  });
+
   it("answers 400 to a cursor it did not give out", async () => {
     for (const cursor of [
       "nonsense",
