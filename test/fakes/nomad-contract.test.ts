@@ -138,6 +138,8 @@ describe("dispatch result", () => {
 
   it("answers a repeated token with the existing child and no evaluation", async () => {
     const first = JSON.parse((await dispatch(builder, { Meta: META }, "repeat-1")).text);
+    // A later write moves the server's index past the child's.
+    const later = JSON.parse((await dispatch(builder, { Meta: META }, "repeat-1-later")).text);
     const again = await dispatch(builder, { Meta: { ...META, BRANCH: "other" } }, "repeat-1");
     expect(again.status).toBe(200);
     const body = JSON.parse(again.text);
@@ -148,7 +150,9 @@ describe("dispatch result", () => {
       EvalCreateIndex: 0,
       JobCreateIndex: child.CreateIndex,
     });
-    expect(body.Index).toBeGreaterThanOrEqual(child.CreateIndex);
+    expect(body.Index).toBeGreaterThanOrEqual(later.JobCreateIndex);
+    // The server's index, as in the answer's header (recorded: Index 190 and X-Nomad-Index 190).
+    expect(again.headers["x-nomad-index"]).toBe(String(body.Index));
     expect(child.Meta.BRANCH).toBe("main");
   });
 

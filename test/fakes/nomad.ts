@@ -670,14 +670,16 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       existing = undefined;
     }
     if (existing) {
+      // The answer carries the server's current index, not the child's (recorded: dispatch.repeat-token,
+      // Index 190 for a child created at 189); no new evaluation.
       return {
-        index: existing.ModifyIndex,
+        index: state.index,
         body: {
           DispatchedJobID: existing.ID,
           EvalID: "",
           EvalCreateIndex: 0,
           JobCreateIndex: existing.CreateIndex,
-          Index: existing.ModifyIndex,
+          Index: state.index,
         },
       };
     }
