@@ -77,3 +77,38 @@ export async function checkCommitOnRef(input: CommitCheckInput): Promise<CommitC
 function firstLine(text: string): string {
   return text.trim().split("\n")[0]?.slice(0, 300) ?? "";
 }
+
+/** What a ref points at in the repository at `url`, asked with `git ls-remote` (the deploy key when given). */
+export type RefHead =
+  | { kind: "head"; commit: string }
+  /** The repository answered without the ref (or the URL is none): the caller's input is wrong. */
+  | { kind: "missing"; message: string }
+  /** The repository could not be reached, or not in time. */
+  | { kind: "unreachable"; message: string };
+
+export async function resolveRefHead(input: Omit<CommitCheckInput, "commit">): Promise<RefHead> {
+  const shown = redactUrl(input.url);
+  if (!isCloneUrl(input.url)) return { kind: "missing", message: `${JSON.stringify(shown.slice(0, 200))} is not a clone URL` };
+  const timeout = AbortSignal.timeout(input.timeoutMs);
+  const signal = input.signal === undefined ? timeout : AbortSignal.any([timeout, input.signal]);
+  const dir = await mkdtemp(join(tmpdir(), "petrel-ls-remote-"));
+  try {
+    // `--exit-code`: 2 when the repository answered without the ref; anything else is the forge not answering.
+    const listed = await withSshEnv(input.deployKey, join(dir, "known_hosts"), (env) =>
+      git(["ls-remote", "--exit-code", "--", input.url, input.ref], { env, signal }),
+    );
+    const sha = listed.stdout.split(/\s+/)[0] ?? "";
+    if (listed.code === 0 && /^[0-9a-f]{40,64}$/.test(sha)) return { kind: "head", commit: sha };
+    if (listed.code === 2) return { kind: "missing", message: `${input.ref} does not exist at ${shown}` };
+    return {
+      kind: "unreachable",
+      message: `cannot reach ${shown} to resolve ${input.ref}: ${firstLine(listed.stderr.replaceAll(input.url, shown))}`,
+    };
+  } catch (err) {
+    if (timeout.aborted)
+      return { kind: "unreachable", message: `resolving ${input.ref} at ${shown} took longer than ${input.timeoutMs / 1000} s` };
+    throw err;
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}

@@ -1,6 +1,4 @@
-import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { promisify } from "node:util";
 import type { Context } from "hono";
 import { Hono } from "hono";
 import { streamSSE } from "hono/streaming";
@@ -14,19 +12,20 @@ import { entryOfBuild } from "../builds/statuses.js";
 import { isBuildOf } from "../contract/dispatch.js";
 import { AppError } from "../errors.js";
 import { isRefName } from "../gitea/binding.js";
-import { checkCommitOnRef } from "../gitea/commit-check.js";
+import { checkCommitOnRef, resolveRefHead } from "../gitea/commit-check.js";
 import type { RepoEntry } from "../registry/schema.js";
 import { isRepoKey } from "../registry/schema.js";
 import type { AppDeps } from "./deps.js";
 import { buildLinks } from "./hook.js";
 
-const execFileAsync = promisify(execFile);
 const DEFAULT_LIMIT = 50;
 const MAX_LIMIT = 500;
 /** How long a log request waits for its first bytes before it answers 200 and streams whatever comes. */
 const FIRST_CHUNK_WAIT_MS = 1000;
 const SSE_HEARTBEAT_MS = 15_000;
 const SSE_STATE_POLL_MS = 1000;
+/** How long `POST /builds` without a commit may spend asking the forge for the ref's head. */
+const RESOLVE_TIMEOUT_MS = 10_000;
 /** How long `POST /builds` may spend fetching the ref to check that the commit is on it. */
 const COMMIT_CHECK_TIMEOUT_MS = 60_000;
 
@@ -187,7 +186,16 @@ export function createBuildsRoute(deps: AppDeps): Hono {
     const cloneUrl = await cloneUrlFor(entry, c.req.raw.signal);
     let commit: string;
     if (body.commit === undefined) {
-      commit = await resolveRef(cloneUrl, fullRef);
+      const head = await resolveRefHead({
+        url: cloneUrl,
+        ref: fullRef,
+        timeoutMs: RESOLVE_TIMEOUT_MS,
+        signal: c.req.raw.signal,
+        ...(entry.deployKey === undefined ? {} : { deployKey: entry.deployKey }),
+      });
+      if (head.kind === "missing") throw new AppError("bad_request", `${head.message}; give "commit"`);
+      if (head.kind === "unreachable") throw new AppError("gitea_unavailable", `${head.message}; try again once it answers`);
+      commit = head.commit;
     } else {
       // Trusted builds get the secrets: a commit only on a fork's pull request ref must not pass as `main`.
       const check = await commitCheck(c, entry, cloneUrl, fullRef, body.commit);
@@ -550,22 +558,4 @@ async function findEntry(registry: AppDeps["registry"], repo: string): Promise<R
     );
   }
   throw new AppError("not_registered", `repository ${repo} is not registered with petrel`);
-}
-
-async function resolveRef(url: string, ref: string): Promise<string> {
-  const full = ref.startsWith("refs/") ? ref : `refs/heads/${ref}`;
-  try {
-    const { stdout } = await execFileAsync("git", ["ls-remote", "--exit-code", "--", url, full], {
-      timeout: 10_000,
-      env: { ...process.env, GIT_TERMINAL_PROMPT: "0", GIT_SSH_COMMAND: "ssh -o BatchMode=yes" },
-    });
-    const sha = stdout.split(/\s+/)[0];
-    if (sha && /^[0-9a-f]{40,64}$/.test(sha)) return sha;
-  } catch (err) {
-    // `--exit-code`: 2 is a repository that answered without the ref; anything else is the forge not answering.
-    if ((err as { code?: unknown }).code !== 2) {
-      throw new AppError("gitea_unavailable", `cannot reach ${url} to resolve ${full} (${(err as Error).message.split("\n")[0]})`);
-    }
-  }
-  throw new AppError("bad_request", `${full} does not exist at ${url}; give "commit"`);
 }

@@ -5,7 +5,7 @@ import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { checkCommitOnRef } from "../../src/gitea/commit-check.js";
+import { checkCommitOnRef, resolveRefHead } from "../../src/gitea/commit-check.js";
 
 describe("checkCommitOnRef", () => {
   it("gives up after its timeout on a forge that never answers, and says so", async () => {
@@ -61,6 +61,28 @@ describe("checkCommitOnRef", () => {
         timeoutMs: 5000,
       });
       expect(check).toMatchObject({ kind: "unfetchable", message: expect.stringMatching(/cannot fetch refs\/heads\/nope/) });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("resolves a ref's head, and tells a missing ref from a forge that does not answer", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "petrel-resolve-"));
+    try {
+      const bare = join(dir, "r.git");
+      const src = join(dir, "src");
+      const env = { ...process.env, GIT_AUTHOR_NAME: "t", GIT_AUTHOR_EMAIL: "t@t", GIT_COMMITTER_NAME: "t", GIT_COMMITTER_EMAIL: "t@t" };
+      execFileSync("git", ["init", "-q", "--bare", "-b", "main", bare]);
+      execFileSync("git", ["init", "-q", "-b", "main", src]);
+      execFileSync("git", ["commit", "-q", "--allow-empty", "-m", "x"], { cwd: src, env });
+      execFileSync("git", ["push", "-q", bare, "main"], { cwd: src });
+      const head = execFileSync("git", ["rev-parse", "HEAD"], { cwd: src, encoding: "utf8" }).trim();
+      const url = `file://${bare}`;
+      expect(await resolveRefHead({ url, ref: "refs/heads/main", timeoutMs: 5000 })).toEqual({ kind: "head", commit: head });
+      expect(await resolveRefHead({ url, ref: "refs/heads/nope", timeoutMs: 5000 })).toMatchObject({ kind: "missing" });
+      expect(await resolveRefHead({ url: "http://127.0.0.1:1/acme/x.git", ref: "refs/heads/main", timeoutMs: 5000 })).toMatchObject({
+        kind: "unreachable",
+      });
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
