@@ -96,7 +96,9 @@ describe("a fresh clone, following the README's quick start", () => {
       }
       expect(health?.status).toBe(200);
       expect(await health?.json()).toMatchObject({ status: "ok", mode: "local" });
-      // The start-up line shows where data lives, as an absolute path.
+      // The start-up line shows where data lives, as an absolute path. It is written once the socket listens,
+      // so it can reach this pipe a moment after the first /health answer.
+      for (let i = 0; i < 100 && !output.includes("petrel listening"); i++) await sleep(50);
       expect(output).toContain(join(clone, ".petrel"));
 
       // A signed push, as Gitea sends it (petrel replay signs with the entry's secret).
