@@ -4,6 +4,7 @@ import { Agent } from "undici";
 import { createApp } from "./app.js";
 import type { Build, BuildBackend, BuildReader } from "./builds/backend.js";
 import { createStatusNotifier } from "./builds/statuses.js";
+import { createBuildWatch } from "./builds/watch.js";
 import type { Config } from "./config.js";
 import { ConfigError, readConfig } from "./config.js";
 import { consulAgentOptions, createConsulClient } from "./consul/client.js";
@@ -122,9 +123,12 @@ async function compose(
   let notify: (build: Build) => void = () => undefined;
   // Bound once the live reader exists; archives each build that reached a final state.
   let archive: (build: Build) => void = () => undefined;
+  // Bound once the watch exists; a running build's viewers hear its transitions at once.
+  let watched: (build: Build) => void = () => undefined;
   const onBuild = (build: Build) => {
     notify(build);
     archive(build);
+    watched(build);
   };
 
   if (config.mode === "cluster" && config.nomad !== undefined) {
@@ -228,8 +232,14 @@ async function compose(
     archiveEnabled = true;
   }
 
+  const watch = createBuildWatch({ reader, log });
+  watched = (build) => watch.onBuild(build);
+  // Pushed last, so closed first: its streams read from the backend closed before it.
+  closers.push(() => watch.close());
+
   const shutdown = new AbortController();
   const app = createApp({
+    watch,
     shutdown: shutdown.signal,
     log,
     metrics,

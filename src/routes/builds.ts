@@ -9,6 +9,7 @@ import { BUILD_STATES, isTerminal } from "../builds/backend.js";
 import type { BuildPlan, Plan, PlanEvent } from "../builds/plan.js";
 import { cloneUrlOf, isEntryCloneUrl, metaForBuilder, planManual } from "../builds/plan.js";
 import { entryOfBuild } from "../builds/statuses.js";
+import { createBuildWatch } from "../builds/watch.js";
 import { isBuildOf } from "../contract/dispatch.js";
 import { AppError } from "../errors.js";
 import { isRefName } from "../gitea/binding.js";
@@ -23,7 +24,6 @@ const MAX_LIMIT = 500;
 /** How long a log request waits for its first bytes before it answers 200 and streams whatever comes. */
 const FIRST_CHUNK_WAIT_MS = 1000;
 const SSE_HEARTBEAT_MS = 15_000;
-const SSE_STATE_POLL_MS = 1000;
 /** How long `POST /builds` without a commit may spend asking the forge for the ref's head. */
 const RESOLVE_TIMEOUT_MS = 10_000;
 /** How long `POST /builds` may spend fetching the ref to check that the commit is on it. */
@@ -61,6 +61,7 @@ function parseCursor(raw: string): BuildCursor {
 export function createBuildsRoute(deps: AppDeps): Hono {
   const app = new Hono();
   const { reader } = deps;
+  const watch = deps.watch ?? createBuildWatch({ reader, log: deps.log });
 
   const admin = (c: Context) => isAdmin(c.req.header("authorization"), deps.adminToken);
 
@@ -298,8 +299,8 @@ export function createBuildsRoute(deps: AppDeps): Hono {
     const id = c.req.query("job");
     if (!id) throw new AppError("bad_request", "job is required: /build?job=<build id>&log=stdout|stderr");
     const type = logType(c.req.query("log"), false);
-    await ourBuild(c, id);
-    return streamText(c, id, type, true, 0);
+    const build = await ourBuild(c, id);
+    return streamText(c, build, type, true, 0);
   });
 
   app.on(["GET", "DELETE"], "/builds/*", async (c) => {
@@ -331,7 +332,7 @@ export function createBuildsRoute(deps: AppDeps): Hono {
     }
     const offset = Number(c.req.query("offset") ?? 0);
     if (!Number.isInteger(offset) || offset < 0) throw new AppError("bad_request", "offset must be a whole number of bytes");
-    return streamText(c, id, type, follow, offset);
+    return streamText(c, build, type, follow, offset);
   });
 
   /**
@@ -365,10 +366,20 @@ export function createBuildsRoute(deps: AppDeps): Hono {
     };
   }
 
-  async function streamText(c: Context, id: string, type: LogType, follow: boolean, offset: number): Promise<Response> {
+  /**
+   * A running build's followers share one upstream stream (the watch); a finished build's log, or one read
+   * without follow, is a plain read of its own.
+   */
+  const logsOf = (build: Build, type: LogType, follow: boolean, offset: number, signal: AbortSignal): AsyncIterable<Uint8Array> =>
+    follow && !isTerminal(build.state)
+      ? watch.follow(build.id, { type, offset, signal })
+      : reader.logs(build.id, { type, follow, offset, signal });
+
+  async function streamText(c: Context, build: Build, type: LogType, follow: boolean, offset: number): Promise<Response> {
+    const { id } = build;
     const abort = new AbortController();
     const release = tieToClient(c, abort);
-    const iterator = reader.logs(id, { type, follow, offset, signal: abort.signal })[Symbol.asyncIterator]();
+    const iterator = logsOf(build, type, follow, offset, abort.signal)[Symbol.asyncIterator]();
     // Errors known up front (logs gone, unknown allocation) get their status; a queued build answers at once.
     let pending: Promise<IteratorResult<Uint8Array>> | undefined = iterator.next();
     const early = await Promise.race([
@@ -474,27 +485,25 @@ export function createBuildsRoute(deps: AppDeps): Hono {
       const heartbeat = setInterval(() => {
         if (!abort.signal.aborted) void stream.write(": heartbeat\n\n").catch(() => undefined);
       }, SSE_HEARTBEAT_MS);
-      const poll = setInterval(() => {
-        void reader.getBuild(build.id, abort.signal).then(
-          (b) => b && sendState(b),
-          () => undefined,
-        );
-      }, SSE_STATE_POLL_MS);
+      // One shared read of the build per interval, and the transitions the backend reports, whatever the viewers.
+      const unwatch = isTerminal(build.state)
+        ? () => undefined
+        : watch.states(build.id, (b) => void sendState(b).catch(() => undefined), abort.signal);
       try {
-        for await (const chunk of reader.logs(build.id, { type, follow: true, offset, signal: abort.signal })) {
+        for await (const chunk of logsOf(build, type, true, offset, abort.signal)) {
           position += chunk.byteLength;
           deps.metrics.logBytes.inc(chunk.byteLength);
           await sendLog(chunk, false);
         }
         await sendLog(new Uint8Array(0), true);
-        const final = await reader.getBuild(build.id, abort.signal);
+        const final = await watch.current(build.id, abort.signal);
         if (final) await sendState(final);
         await send({ event: "end", data: "{}" });
       } catch (err) {
         if (!abort.signal.aborted) await send({ event: "error", data: JSON.stringify({ message: (err as Error).message }) });
       } finally {
         clearInterval(heartbeat);
-        clearInterval(poll);
+        unwatch();
         release();
         deps.metrics.logFollowers.dec();
       }

@@ -1,4 +1,5 @@
 import type { BuildBackend, BuildReader } from "../builds/backend.js";
+import type { BuildWatch } from "../builds/watch.js";
 import type { StatusReporter } from "../gitea/client.js";
 import type { Logger } from "../log.js";
 import type { Metrics } from "../metrics.js";
@@ -11,6 +12,8 @@ export interface AppDeps {
   registry: Registry;
   backend: BuildBackend;
   reader: BuildReader;
+  /** Shares one log stream and one state watch per running build among its viewers; one is made when absent. */
+  watch?: BuildWatch;
   adminToken?: string;
   /** Aborted when petrel stops: log streams end so the server can close. */
   shutdown?: AbortSignal;
