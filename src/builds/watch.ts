@@ -46,6 +46,17 @@ export interface BuildWatch {
   close(): Promise<void>;
 }
 
+/** A viewer the live log outran by more than the buffer: it was cut off, and resumes from `offset`. */
+export class FellBehindError extends Error {
+  readonly offset: number;
+
+  constructor(id: string, offset: number, bufferBytes: number) {
+    super(`this viewer fell more than ${bufferBytes} bytes behind the live log of build ${id}; resume from offset ${offset}`);
+    this.name = "FellBehindError";
+    this.offset = offset;
+  }
+}
+
 const DEFAULTS = { bufferBytes: 1024 * 1024, pollMs: 1000, lingerMs: 2000 };
 
 interface Chunk {
@@ -65,7 +76,11 @@ interface LogStream {
   done: boolean;
   failure?: { err: unknown };
   viewers: number;
+  /** Where each viewer is: the upstream is read no further ahead of the furthest one than half the buffer. */
+  cursors: Set<{ position: number }>;
   wakers: Set<() => void>;
+  /** Set while the upstream waits for a viewer to take bytes. */
+  resume?: (() => void) | undefined;
   controller: AbortController;
   linger?: NodeJS.Timeout | undefined;
   pump?: Promise<void>;
@@ -87,10 +102,11 @@ interface StateWatch {
  * viewer's queue at once. A viewer joining at an offset the buffer no longer holds first reads those bytes
  * with a non-following read of its own, up to where the buffer starts, then continues from the buffer: the
  * whole log is not kept (a long build's log can be far larger than memory should hold for it), and only late
- * joiners of long logs pay one extra read. A viewer the live stream outruns by the whole buffer is cut off
- * rather than fed the same way: a viewer that cannot keep up would otherwise re-read from upstream again and
- * again, one stream each, the cost this watch exists to remove; it resumes with its offset (EventSource does
- * so by itself with Last-Event-ID).
+ * joiners of long logs pay one extra read. The upstream is read at the pace of the furthest viewer (so a
+ * lone viewer on a slow link holds the upstream back as a direct read would, and is never cut off); a viewer
+ * that many others outrun by the whole buffer is cut off rather than fed from upstream again: a viewer that
+ * cannot keep up would otherwise re-read again and again, one stream each, the cost this watch exists to
+ * remove. It resumes with its offset (EventSource does so by itself with Last-Event-ID).
  */
 export function createBuildWatch(options: BuildWatchOptions): BuildWatch {
   const { reader, log } = options;
@@ -139,13 +155,21 @@ export function createBuildWatch(options: BuildWatchOptions): BuildWatch {
       held: 0,
       done: false,
       viewers: 1,
+      cursors: new Set(),
       wakers: new Set(),
       controller: new AbortController(),
     };
     logStreams.set(key, s);
     s.pump = (async () => {
       try {
-        for await (const chunk of reader.logs(id, { type, follow: true, offset, signal: s.controller.signal })) append(s, chunk);
+        for await (const chunk of reader.logs(id, { type, follow: true, offset, signal: s.controller.signal })) {
+          append(s, chunk);
+          while (aheadOfViewers(s) && !s.controller.signal.aborted) {
+            await new Promise<void>((resolve) => {
+              s.resume = resolve;
+            });
+          }
+        }
       } catch (err) {
         s.failure = { err };
       } finally {
@@ -161,12 +185,28 @@ export function createBuildWatch(options: BuildWatchOptions): BuildWatch {
     return s;
   };
 
-  const leave = (s: LogStream) => {
+  const aheadOfViewers = (s: LogStream): boolean => {
+    if (s.cursors.size === 0) return false;
+    let furthest = 0;
+    for (const c of s.cursors) furthest = Math.max(furthest, c.position);
+    return s.end - furthest >= bufferBytes / 2;
+  };
+
+  const resume = (s: LogStream) => {
+    const r = s.resume;
+    s.resume = undefined;
+    r?.();
+  };
+
+  const leave = (s: LogStream, cursor: { position: number }) => {
+    s.cursors.delete(cursor);
+    resume(s);
     s.viewers--;
     if (s.viewers > 0 || s.done) return;
     const stop = () => {
       if (logStreams.get(s.key) === s) logStreams.delete(s.key);
       s.controller.abort();
+      resume(s);
     };
     if (lingerMs <= 0) stop();
     else s.linger = setTimeout(stop, lingerMs).unref();
@@ -189,6 +229,8 @@ export function createBuildWatch(options: BuildWatchOptions): BuildWatch {
     if (signal.aborted) return;
     let position = request.offset;
     const s = open(id, type, position);
+    const cursor = { position };
+    s.cursors.add(cursor);
     let wakeMe: (() => void) | undefined;
     const onAbort = () => wakeMe?.();
     signal.addEventListener("abort", onAbort, { once: true });
@@ -208,9 +250,7 @@ export function createBuildWatch(options: BuildWatchOptions): BuildWatch {
       for (;;) {
         if (signal.aborted) return;
         if (position < s.start) {
-          throw new Error(
-            `this viewer fell more than ${bufferBytes} bytes behind the live log of build ${id}; resume from offset ${position}`,
-          );
+          throw new FellBehindError(id, position, bufferBytes);
         }
         if (position < s.end) {
           const chunk = s.chunks[chunkAt(s, position)] as Chunk;
@@ -218,6 +258,8 @@ export function createBuildWatch(options: BuildWatchOptions): BuildWatch {
           const bytes = from === 0 ? chunk.bytes : chunk.bytes.subarray(from);
           position += bytes.byteLength;
           yield bytes;
+          cursor.position = position;
+          resume(s);
           continue;
         }
         if (s.done) {
@@ -233,7 +275,7 @@ export function createBuildWatch(options: BuildWatchOptions): BuildWatch {
     } finally {
       signal.removeEventListener("abort", onAbort);
       if (wakeMe !== undefined) s.wakers.delete(wakeMe);
-      leave(s);
+      leave(s, cursor);
     }
   }
 
@@ -323,6 +365,7 @@ export function createBuildWatch(options: BuildWatchOptions): BuildWatch {
       for (const s of open) {
         clearTimeout(s.linger);
         s.controller.abort();
+        resume(s);
       }
       await Promise.allSettled(open.map((s) => s.pump));
     },

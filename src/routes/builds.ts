@@ -9,7 +9,7 @@ import { BUILD_STATES, isTerminal } from "../builds/backend.js";
 import type { BuildPlan, Plan, PlanEvent } from "../builds/plan.js";
 import { cloneUrlOf, isEntryCloneUrl, metaForBuilder, planManual } from "../builds/plan.js";
 import { entryOfBuild } from "../builds/statuses.js";
-import { createBuildWatch } from "../builds/watch.js";
+import { createBuildWatch, FellBehindError } from "../builds/watch.js";
 import { isBuildOf } from "../contract/dispatch.js";
 import { AppError } from "../errors.js";
 import { isRefName } from "../gitea/binding.js";
@@ -336,15 +336,16 @@ export function createBuildsRoute(deps: AppDeps): Hono {
   });
 
   /**
-   * Ends a log transfer cut short by shutdown as a broken one (no final chunk), so the client resumes with
+   * Ends a log transfer cut short by shutdown (or by a viewer falling behind, `why`) as a broken one (no final chunk), so the client resumes with
    * ?offset= elsewhere. Closing the socket rather than erroring the stream keeps @hono/node-server from
    * printing the error's stack to stderr on every shutdown with a follower.
    */
-  function breakOff(c: Context, controller: ReadableStreamDefaultController<Uint8Array>, id: string): void {
-    deps.log.info({ build: id }, "log stream cut off: petrel is shutting down");
+  function breakOff(c: Context, controller: ReadableStreamDefaultController<Uint8Array>, id: string, why?: Error): void {
+    if (why === undefined) deps.log.info({ build: id }, "log stream cut off: petrel is shutting down");
+    else deps.log.info({ build: id, err: why.message }, "log stream cut off");
     const outgoing = (c.env as { outgoing?: { destroy(): void } } | undefined)?.outgoing;
     if (outgoing === undefined) {
-      controller.error(new Error("petrel is shutting down"));
+      controller.error(why ?? new Error("petrel is shutting down"));
       return;
     }
     outgoing.destroy();
@@ -419,6 +420,8 @@ export function createBuildsRoute(deps: AppDeps): Hono {
           finish();
           // A client that left needs nothing; one cut off by shutdown sees a broken transfer and resumes elsewhere.
           if (abort.signal.aborted) return deps.shutdown?.aborted ? breakOff(c, controller, id) : controller.close();
+          // A follower too slow for the live log: a broken transfer, so it resumes with ?offset= at the bytes it has.
+          if (err instanceof FellBehindError) return breakOff(c, controller, id, err);
           deps.log.warn({ build: id, err: (err as Error).message }, "log stream failed");
           // Ending with an error (not with text of our own) keeps the body the build's bytes only, so a client
           // sees a broken transfer and resumes with ?offset= at exactly the bytes it has.
