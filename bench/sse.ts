@@ -1,0 +1,262 @@
+/**
+ * Shared-watch benchmark (issue 12, "Performance"): 100 SSE viewers of one running build, against petrel as
+ * `startPetrel` runs it in cluster mode. Two processes: a child plays Nomad, Consul and Gitea (the test fakes,
+ * Nomad's log frames sent as soon as they are written) and the viewers (EventSource-like SSE parsers); this
+ * process is petrel and nothing else. The child stamps each log line with its clock when it writes it and
+ * reads the same clock when a viewer has parsed the line's `log` event, so frame-to-viewer latency needs no
+ * clock shared across processes.
+ *
+ * Targets: one upstream log stream for the 100 viewers; frame-to-viewer p99 < 50 ms. Printed beside a
+ * reference measured in the same run: one lone viewer of another build, the same way.
+ */
+import { type ChildProcess, fork } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { once } from "node:events";
+import { setTimeout as sleep } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+import pino from "pino";
+import { Agent, request } from "undici";
+import { readConfig } from "../src/config.js";
+import { startPetrel } from "../src/main.js";
+import { createNomadClient } from "../src/nomad/client.js";
+import { startConsulFake } from "../test/fakes/consul.js";
+import { startGiteaFake } from "../test/fakes/gitea.js";
+import { type NomadFake, startNomadFake } from "../test/fakes/nomad.js";
+import { GITEA_TOKEN, seedFakes } from "../test/helpers/cluster.js";
+import { createSseParser } from "../test/helpers/sse.js";
+import { percentile, verdict } from "./stats.js";
+
+const VIEWERS = Number(process.env.BENCH_SSE_VIEWERS ?? 100);
+const LINES = Number(process.env.BENCH_SSE_LINES ?? 300);
+const INTERVAL_MS = Number(process.env.BENCH_SSE_INTERVAL_MS ?? 10);
+const ADMIN_TOKEN = "admin-token-0123456789abcdef";
+const META = { REPO_URL: "https://git.example.test/acme/widgets.git", COMMIT: "4c1d7e0", BRANCH: "main", FLAVOR: "default" };
+
+type Command =
+  | { cmd: "init" }
+  | { cmd: "build" }
+  | { cmd: "watch"; url: string; job: string; allocId: string; viewers: number; lines: number; intervalMs: number };
+
+/** What one measurement saw. */
+interface Watched {
+  samples: number[];
+  /** `follow=true` log requests Nomad received for the build. */
+  follows: number;
+  /** Most log streams Nomad had open at once while the viewers watched. */
+  openStreams: number;
+  /** `GET /v1/job/<id>` requests while the lines were written, and over how long. */
+  jobReads: number;
+  windowMs: number;
+  ended: number;
+}
+
+// ---- petrel's side (this process) ---------------------------------------------------------------
+
+/** Runs the benchmark, prints the figures; true when every target is met. */
+export async function main(): Promise<boolean> {
+  const child = fork(fileURLToPath(import.meta.url), ["--child"], { execArgv: process.execArgv, stdio: "inherit" });
+  const call = rpc(child);
+  try {
+    const urls = (await call({ cmd: "init" })) as { nomad: string; consul: string };
+    const env = {
+      NOMAD_ADDR: urls.nomad,
+      CONSUL_HTTP_ADDR: urls.consul,
+      PETREL_LISTEN: "127.0.0.1:0",
+      PETREL_URL: "https://ci.example.test",
+      PETREL_ADMIN_TOKEN: ADMIN_TOKEN,
+    };
+    const petrel = await startPetrel(readConfig(env), pino({ level: "silent" }), env);
+    try {
+      const measure = async (viewers: number) => {
+        const { id, allocId } = (await call({ cmd: "build" })) as { id: string; allocId: string };
+        return (await call({
+          cmd: "watch",
+          url: petrel.url,
+          job: id,
+          allocId,
+          viewers,
+          lines: LINES,
+          intervalMs: INTERVAL_MS,
+        })) as Watched;
+      };
+      const lone = await measure(1);
+      const many = await measure(VIEWERS);
+      return print(lone, many);
+    } finally {
+      await petrel.stop();
+    }
+  } finally {
+    child.send({ id: 0, cmd: "exit" });
+    if (child.exitCode === null) await once(child, "exit");
+  }
+}
+
+function print(lone: Watched, many: Watched): boolean {
+  const sort = (v: number[]) => [...v].sort((a, b) => a - b);
+  const a = sort(lone.samples);
+  const b = sort(many.samples);
+  const p99 = percentile(b, 99);
+  const refP99 = percentile(a, 99);
+  const ms = (v: number) => `${v.toFixed(2)} ms`;
+  process.stdout.write(
+    `\nSSE viewers of one running build (${VIEWERS} viewers, ${LINES} lines every ${INTERVAL_MS} ms; ${b.length} samples, reference ${a.length})\n`,
+  );
+  const streams = verdict(
+    "upstream log streams (100 viewers)",
+    `${many.follows} (${many.openStreams} open at most)`,
+    "1",
+    many.follows === 1,
+  );
+  const latency = verdict("frame-to-viewer p99", ms(p99), "< 50 ms", p99 < 50);
+  process.stdout.write(
+    `  frame-to-viewer p50 ${ms(percentile(b, 50))}, max ${ms(b.at(-1) ?? Number.NaN)}; lone viewer p50 ${ms(percentile(a, 50))}, p99 ${ms(refP99)}\n`,
+  );
+  process.stdout.write(`  ratio p99 ${VIEWERS} viewers / lone viewer = ${(p99 / refP99).toFixed(2)}x\n`);
+  process.stdout.write(
+    `  build reads (GET /v1/job/<id>) while watched: ${many.jobReads} in ${(many.windowMs / 1000).toFixed(1)} s with ${VIEWERS} viewers, ${lone.jobReads} in ${(lone.windowMs / 1000).toFixed(1)} s with one\n`,
+  );
+  process.stdout.write(`  viewers that saw the build end: ${many.ended}/${VIEWERS}\n`);
+  return streams && latency && many.ended === VIEWERS && b.length === VIEWERS * LINES;
+}
+
+function rpc(child: ChildProcess): (command: Command) => Promise<unknown> {
+  let next = 1;
+  const waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  child.on("message", (msg: { id: number; result?: unknown; error?: string }) => {
+    const w = waiting.get(msg.id);
+    waiting.delete(msg.id);
+    if (msg.error !== undefined) w?.reject(new Error(msg.error));
+    else w?.resolve(msg.result);
+  });
+  child.on("exit", (code) => {
+    for (const w of waiting.values()) w.reject(new Error(`bench child exited with ${code}`));
+  });
+  return (command) =>
+    new Promise((resolve, reject) => {
+      const id = next++;
+      waiting.set(id, { resolve, reject });
+      child.send({ ...command, id });
+    });
+}
+
+// ---- Nomad, Consul, Gitea and the viewers (the child process) -------------------------------------
+
+async function child(): Promise<void> {
+  let nomad: NomadFake | undefined;
+  const closers: Array<() => Promise<unknown>> = [];
+  const agent = new Agent({ connections: null });
+
+  const handlers: { [K in Command["cmd"]]: (c: Extract<Command, { cmd: K }>) => Promise<unknown> } = {
+    async init() {
+      const consul = await startConsulFake();
+      nomad = await startNomadFake({ logBatchMs: 0 });
+      const gitea = await startGiteaFake({ token: GITEA_TOKEN });
+      closers.push(
+        () => consul.close(),
+        () => (nomad as NomadFake).close(),
+        () => gitea.close(),
+      );
+      seedFakes(consul, nomad, gitea.url);
+      return { nomad: nomad.url, consul: consul.url };
+    },
+    async build() {
+      const f = nomad as NomadFake;
+      const client = createNomadClient({ addr: f.url, dispatcher: agent });
+      const { id } = await client.dispatch("builder", { meta: META, idempotencyToken: randomUUID() });
+      const allocId = f.placeAlloc(id);
+      f.startTask(id);
+      return { id, allocId };
+    },
+    async watch({ url, job, allocId, viewers, lines, intervalMs }) {
+      const f = nomad as NomadFake;
+      const samples: number[] = [];
+      let connected = 0;
+      let ended = 0;
+      let openStreams = 0;
+      const aborts: AbortController[] = [];
+      const path = `${url}/builds/${encodeURIComponent(job)}/logs?type=stdout`;
+      const reading = Array.from({ length: viewers }, async () => {
+        const abort = new AbortController();
+        aborts.push(abort);
+        const res = await request(path, {
+          dispatcher: agent,
+          signal: abort.signal,
+          headers: { accept: "text/event-stream", authorization: `Bearer ${ADMIN_TOKEN}` },
+        });
+        const parser = createSseParser();
+        let first = true;
+        let text = "";
+        try {
+          for await (const chunk of res.body) {
+            const now = performance.now();
+            for (const event of parser.push((chunk as Buffer).toString("utf8"))) {
+              if (event.event === "state" && first) {
+                first = false;
+                connected++;
+              } else if (event.event === "log") {
+                text += event.data;
+                let nl = text.indexOf("\n");
+                while (nl !== -1) {
+                  const sent = Number(/^t=([\d.]+)$/.exec(text.slice(0, nl))?.[1]);
+                  if (Number.isFinite(sent)) samples.push(now - sent);
+                  text = text.slice(nl + 1);
+                  nl = text.indexOf("\n");
+                }
+              } else if (event.event === "end") {
+                ended++;
+              }
+            }
+          }
+        } catch {
+          // aborted after the deadline
+        }
+      });
+      const deadline = Date.now() + 60_000;
+      while (connected < viewers && Date.now() < deadline) await sleep(10);
+      const from = f.requests.length;
+      const started = performance.now();
+      for (let i = 0; i < lines; i++) {
+        f.writeLog(job, "stdout", `t=${performance.now()}\n`);
+        openStreams = Math.max(openStreams, f.openLogStreams());
+        await sleep(intervalMs);
+      }
+      while (samples.length < viewers * lines && Date.now() < deadline) await sleep(10);
+      const windowMs = performance.now() - started;
+      const jobReads = f.requests.slice(from).filter((r) => r.method === "GET" && decodeURIComponent(r.path) === `/v1/job/${job}`).length;
+      f.finishTask(job, 0);
+      while (ended < viewers && Date.now() < deadline) await sleep(10);
+      for (const a of aborts) a.abort();
+      await Promise.allSettled(reading);
+      const follows = f.requests.filter(
+        (r) => r.path === `/v1/client/fs/logs/${allocId}` && r.query.type === "stdout" && r.query.follow === "true",
+      ).length;
+      return { samples, follows, openStreams, jobReads, windowMs, ended } satisfies Watched;
+    },
+  };
+
+  process.on("message", (msg: (Command & { id: number }) | { id: number; cmd: "exit" }) => {
+    if (msg.cmd === "exit") {
+      void Promise.allSettled([...closers.map((c) => c()), agent.destroy()]).finally(() => process.exit(0));
+      return;
+    }
+    const handler = handlers[msg.cmd] as (c: Command) => Promise<unknown>;
+    handler(msg).then(
+      (result) => process.send?.({ id: msg.id, result }),
+      (err: unknown) => process.send?.({ id: msg.id, error: err instanceof Error ? (err.stack ?? err.message) : String(err) }),
+    );
+  });
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  if (process.argv.includes("--child")) {
+    void child();
+  } else {
+    main().then(
+      (ok) => process.exit(ok ? 0 : 1),
+      (err: unknown) => {
+        process.stderr.write(`${err instanceof Error ? err.stack : String(err)}\n`);
+        process.exit(1);
+      },
+    );
+  }
+}
