@@ -57,6 +57,9 @@ export class FellBehindError extends Error {
   }
 }
 
+/** How long a late joiner waits before reading again when the log has not reached the shared stream yet. */
+const CATCH_UP_RETRY_MS = 250;
+
 const DEFAULTS = { bufferBytes: 1024 * 1024, pollMs: 1000, lingerMs: 2000 };
 
 interface Chunk {
@@ -245,7 +248,24 @@ export function createBuildWatch(options: BuildWatchOptions): BuildWatch {
           if (position >= s.start) break;
         }
         if (signal.aborted) return;
-        if (position === before) throw new Error(`the log of build ${id} ended at byte ${position}, before the bytes being streamed`);
+        if (position === before) {
+          // The log ends before where the stream began (its first viewer asked for an offset not yet written):
+          // nothing more until the build writes more, or ends.
+          if (s.done) {
+            if (s.failure !== undefined) throw s.failure.err;
+            return;
+          }
+          await new Promise<void>((resolve) => {
+            const timer = setTimeout(resolve, CATCH_UP_RETRY_MS);
+            wakeMe = () => {
+              clearTimeout(timer);
+              resolve();
+            };
+            s.wakers.add(wakeMe);
+          });
+          if (wakeMe !== undefined) s.wakers.delete(wakeMe);
+          wakeMe = undefined;
+        }
       }
       for (;;) {
         if (signal.aborted) return;
