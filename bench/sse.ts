@@ -48,6 +48,10 @@ interface Watched {
   jobReads: number;
   windowMs: number;
   ended: number;
+  /** CPU the child (Nomad fake and viewers) spent while the lines were written and read. */
+  childCpuMs: number;
+  /** CPU petrel spent over the same measurement (filled in by petrel's side). */
+  petrelCpuMs?: number;
 }
 
 // ---- petrel's side (this process) ---------------------------------------------------------------
@@ -69,7 +73,8 @@ export async function main(): Promise<boolean> {
     try {
       const measure = async (viewers: number) => {
         const { id, allocId } = (await call({ cmd: "build" })) as { id: string; allocId: string };
-        return (await call({
+        const cpu = process.cpuUsage();
+        const watched = (await call({
           cmd: "watch",
           url: petrel.url,
           job: id,
@@ -78,6 +83,8 @@ export async function main(): Promise<boolean> {
           lines: LINES,
           intervalMs: INTERVAL_MS,
         })) as Watched;
+        const used = process.cpuUsage(cpu);
+        return { ...watched, petrelCpuMs: (used.user + used.system) / 1000 };
       };
       const lone = await measure(1);
       const many = await measure(VIEWERS);
@@ -114,6 +121,9 @@ function print(lone: Watched, many: Watched): boolean {
   process.stdout.write(`  ratio p99 ${VIEWERS} viewers / lone viewer = ${(p99 / refP99).toFixed(2)}x\n`);
   process.stdout.write(
     `  build reads (GET /v1/job/<id>) while watched: ${many.jobReads} in ${(many.windowMs / 1000).toFixed(1)} s with ${VIEWERS} viewers, ${lone.jobReads} in ${(lone.windowMs / 1000).toFixed(1)} s with one\n`,
+  );
+  process.stdout.write(
+    `  CPU: petrel ${(many.petrelCpuMs ?? 0).toFixed(0)} ms (lone viewer ${(lone.petrelCpuMs ?? 0).toFixed(0)} ms), fake Nomad and viewers ${many.childCpuMs.toFixed(0)} ms (lone ${lone.childCpuMs.toFixed(0)} ms)\n`,
   );
   process.stdout.write(`  viewers that saw the build end: ${many.ended}/${VIEWERS}\n`);
   return streams && latency && many.ended === VIEWERS && b.length === VIEWERS * LINES;
@@ -214,6 +224,7 @@ async function child(): Promise<void> {
       const deadline = Date.now() + 60_000;
       while (connected < viewers && Date.now() < deadline) await sleep(10);
       const from = f.requests.length;
+      const cpu = process.cpuUsage();
       const started = performance.now();
       for (let i = 0; i < lines; i++) {
         f.writeLog(job, "stdout", `t=${performance.now()}\n`);
@@ -222,6 +233,7 @@ async function child(): Promise<void> {
       }
       while (samples.length < viewers * lines && Date.now() < deadline) await sleep(10);
       const windowMs = performance.now() - started;
+      const used = process.cpuUsage(cpu);
       const jobReads = f.requests.slice(from).filter((r) => r.method === "GET" && decodeURIComponent(r.path) === `/v1/job/${job}`).length;
       f.finishTask(job, 0);
       while (ended < viewers && Date.now() < deadline) await sleep(10);
@@ -230,7 +242,7 @@ async function child(): Promise<void> {
       const follows = f.requests.filter(
         (r) => r.path === `/v1/client/fs/logs/${allocId}` && r.query.type === "stdout" && r.query.follow === "true",
       ).length;
-      return { samples, follows, openStreams, jobReads, windowMs, ended } satisfies Watched;
+      return { samples, follows, openStreams, jobReads, windowMs, ended, childCpuMs: (used.user + used.system) / 1000 } satisfies Watched;
     },
   };
 

@@ -1,3 +1,4 @@
+import { setMaxListeners } from "node:events";
 import type { Server } from "node:http";
 import { serve } from "@hono/node-server";
 import { Agent } from "undici";
@@ -238,6 +239,8 @@ async function compose(
   closers.push(() => watch.close());
 
   const shutdown = new AbortController();
+  // Every open log stream listens for the shutdown (and lets go when it ends): a hundred viewers are no leak.
+  setMaxListeners(0, shutdown.signal);
   const app = createApp({
     watch,
     shutdown: shutdown.signal,

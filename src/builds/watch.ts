@@ -60,6 +60,9 @@ export class FellBehindError extends Error {
 /** How long a late joiner waits before reading again when the log has not reached the shared stream yet. */
 const CATCH_UP_RETRY_MS = 250;
 
+/** Most bytes a viewer takes from the buffer at once (joined from several upstream chunks). */
+const MAX_BATCH = 64 * 1024;
+
 const DEFAULTS = { bufferBytes: 1024 * 1024, pollMs: 1000, lingerMs: 2000 };
 
 interface Chunk {
@@ -227,6 +230,26 @@ export function createBuildWatch(options: BuildWatchOptions): BuildWatch {
     return lo;
   };
 
+  /**
+   * The bytes held from `position` on, up to {@link MAX_BATCH}: a viewer that is behind takes what waits in one
+   * piece, so when petrel is busy each viewer costs one write per turn rather than one per upstream frame, and
+   * the backlog shrinks instead of growing.
+   */
+  const takeFrom = (s: LogStream, position: number): Uint8Array => {
+    let i = chunkAt(s, position);
+    const first = s.chunks[i] as Chunk;
+    const head = first.bytes.subarray(position - first.at);
+    if (i === s.chunks.length - 1 || head.byteLength >= MAX_BATCH) return head;
+    const parts = [head];
+    let size = head.byteLength;
+    while (++i < s.chunks.length && size < MAX_BATCH) {
+      const next = (s.chunks[i] as Chunk).bytes;
+      parts.push(next);
+      size += next.byteLength;
+    }
+    return Buffer.concat(parts, size);
+  };
+
   async function* follow(id: string, request: WatchRequest): AsyncGenerator<Uint8Array> {
     const { type, signal } = request;
     if (signal.aborted) return;
@@ -273,9 +296,7 @@ export function createBuildWatch(options: BuildWatchOptions): BuildWatch {
           throw new FellBehindError(id, position, bufferBytes);
         }
         if (position < s.end) {
-          const chunk = s.chunks[chunkAt(s, position)] as Chunk;
-          const from = position - chunk.at;
-          const bytes = from === 0 ? chunk.bytes : chunk.bytes.subarray(from);
+          const bytes = takeFrom(s, position);
           position += bytes.byteLength;
           yield bytes;
           cursor.position = position;
