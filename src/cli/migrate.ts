@@ -22,7 +22,7 @@ lines of \`inject\`; any other inject text is kept whole as "inject"). Secret va
   --flavor name=builder
                 the flavors the petrel entries list (repeatable; \`default\` is added as PETREL_BUILDER_JOB).
                 Albatros sent any ?flavor= to its one builder; a petrel entry accepts only the flavors it lists
-  --json        {"prefix", "applied", "entries": [{"albatros", "repo", "repos", "secrets", "secret_names", "inject", "status", "problem"}]}
+  --json        {"prefix", "applied", "entries": [{"albatros", "repo", "repos", "fields", "secrets", "secret_names", "inject", "status", "problem"}]}
   -q, --quiet   no progress lines on stderr
 
 Consul at CONSUL_HTTP_ADDR (CONSUL_HTTP_TOKEN). The Albatros entries are left in place: petrel prefers its own
@@ -46,6 +46,8 @@ export interface MigrationRow {
   albatros: string;
   repo?: RepoKey;
   repos?: string;
+  /** The fields the petrel entry gets (`hook.token`, `trusted.senders`, `gitea`, ...), never their values. */
+  fields: string[];
   secrets?: string;
   secret_names: string[];
   /** The inject text could not be parsed into secrets and is kept whole. */
@@ -165,7 +167,7 @@ export function planEntry(
   petrelPrefix: string,
   flavors?: Record<string, { builder: string }>,
 ): Planned {
-  const row: MigrationRow = { albatros: albatrosKey, secret_names: [], inject: false, status: "invalid" };
+  const row: MigrationRow = { albatros: albatrosKey, fields: [], secret_names: [], inject: false, status: "invalid" };
   const repo = repoKeyOfAlbatros(encoded);
   if (repo === undefined) {
     row.problem = "the key is not base64 of a repository URL";
@@ -194,6 +196,11 @@ export function planEntry(
     return { row };
   }
   row.repos = repoKeyPath(petrelPrefix, "repos", repo);
+  row.fields = [
+    "hook.token",
+    ...(value.trusted.senders.length > 0 ? ["trusted.senders"] : []),
+    ...Object.keys(config).filter((k) => k !== "hook" && k !== "trusted"),
+  ];
   row.status = "would_write";
   const planned: Planned = { row, config };
   if (value.inject !== undefined && value.inject.trim() !== "") {
@@ -268,7 +275,7 @@ function formatRows(prefix: string, rows: readonly MigrationRow[], applied: bool
   const out: string[] = [];
   for (const r of rows) {
     out.push(`${r.albatros}${r.repo === undefined ? "" : `  (${r.repo})`}`);
-    if (r.repos !== undefined) out.push(`  ${r.repos}  hook token, trusted senders, forge`);
+    if (r.repos !== undefined) out.push(`  ${r.repos}  ${r.fields.join(", ")}`);
     if (r.secrets !== undefined) {
       out.push(`  ${r.secrets}  ${r.inject ? "inject (kept as shell: not plain export lines)" : `secrets ${r.secret_names.join(", ")}`}`);
     }
