@@ -24,6 +24,8 @@ export interface Config {
   listen: { host: string; port: number };
   publicUrl: string;
   consulPrefix: string;
+  /** PETREL_ALBATROS_PREFIX (default `albatros`): where Albatros entries are read; undefined when set empty. */
+  albatrosPrefix?: string;
   builderJob: string;
   adminToken?: string;
   configPath: string;
@@ -205,6 +207,21 @@ export function readConfig(env: Env, cwd: string = process.cwd()): Config {
       `${JSON.stringify(prefix)} must be key segments of letters, digits, '.', '_' or '-' joined by '/'`,
     );
   }
+  // Unset means Albatros's own default; set but empty turns reading Albatros entries off.
+  const albatrosPrefix = env.PETREL_ALBATROS_PREFIX === undefined ? "albatros" : value(env, "PETREL_ALBATROS_PREFIX");
+  if (albatrosPrefix !== undefined && !/^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/.test(albatrosPrefix)) {
+    throw new ConfigError(
+      "PETREL_ALBATROS_PREFIX",
+      `${JSON.stringify(albatrosPrefix)} must be key segments of letters, digits, '.', '_' or '-' joined by '/' (empty turns Albatros entries off)`,
+    );
+  }
+  const nested = (a: string, b: string) => a === b || a.startsWith(`${b}/`);
+  if (albatrosPrefix !== undefined && (nested(albatrosPrefix, prefix) || nested(prefix, albatrosPrefix))) {
+    throw new ConfigError(
+      "PETREL_ALBATROS_PREFIX",
+      `${JSON.stringify(albatrosPrefix)} and PETREL_CONSUL_PREFIX (${prefix}) must not contain one another`,
+    );
+  }
   const builderJob = value(env, "PETREL_BUILDER_JOB") ?? "builder";
   if (!JOB_ID.test(builderJob)) {
     throw new ConfigError("PETREL_BUILDER_JOB", `${JSON.stringify(builderJob)} is not a Nomad job ID`);
@@ -265,6 +282,7 @@ export function readConfig(env: Env, cwd: string = process.cwd()): Config {
     consul,
   };
   if (adminToken !== undefined) config.adminToken = adminToken;
+  if (albatrosPrefix !== undefined) config.albatrosPrefix = albatrosPrefix;
   if (archiveDir !== undefined) config.archiveDir = archiveDir;
 
   const nomadAddr = value(env, "NOMAD_ADDR");

@@ -152,6 +152,7 @@ async function compose(
     registry = createConsulRegistry({
       consul,
       prefix: config.consulPrefix,
+      ...(config.albatrosPrefix === undefined ? {} : { albatrosPrefix: config.albatrosPrefix }),
       defaultBuilder: config.builderJob,
       log,
       // A webhook that arrives while Consul has never answered must fail inside Gitea's 5 s delivery timeout.

@@ -93,6 +93,9 @@ describe("readConfig", () => {
     ["NOMAD_ADDR", "unix:///var/run/nomad.sock"],
     ["PETREL_BUILDER_JOB", "has space"],
     ["PETREL_CONSUL_PREFIX", "/leading"],
+    ["PETREL_ALBATROS_PREFIX", "bad prefix"],
+    ["PETREL_ALBATROS_PREFIX", "petrel"],
+    ["PETREL_ALBATROS_PREFIX", "petrel/albatros"],
     ["PETREL_ADMIN_TOKEN", "short"],
     ["PETREL_LOCAL_CONCURRENCY", "0"],
     ["PETREL_REQUEST_TIMEOUT", "0"],
@@ -169,5 +172,13 @@ describe("readConfig", () => {
     });
     // The new name wins, and then the old one is not reported.
     expect(readConfig({ PETREL_LOCAL_KEEP: "5", PETREL_ARCHIVE_KEEP: "8" })).toMatchObject({ archiveKeep: 8, deprecated: [] });
+  });
+});
+
+describe("PETREL_ALBATROS_PREFIX", () => {
+  it("defaults to albatros, is turned off by an empty value, and takes another prefix", () => {
+    expect(readConfig({}).albatrosPrefix).toBe("albatros");
+    expect(readConfig({ PETREL_ALBATROS_PREFIX: "" }).albatrosPrefix).toBeUndefined();
+    expect(readConfig({ PETREL_ALBATROS_PREFIX: "ci/albatros" }).albatrosPrefix).toBe("ci/albatros");
   });
 });

@@ -11,8 +11,8 @@ export interface BuilderParams {
 export interface BuildDispatch {
   builder: string;
   meta: Record<string, string>;
-  /** Only for trusted builds. */
-  payload?: DispatchPayload;
+  /** Only for trusted builds: JSON for petrel's builders, the shell text itself for an Albatros builder. */
+  payload?: DispatchPayload | string;
   idempotencyToken: string;
 }
 

@@ -328,6 +328,7 @@ function build(parts: BuildParts): Plan {
   const payload: DispatchPayload = {
     secrets: { ...entry.secrets },
     ...(entry.deployKey === undefined ? {} : { deploy_key: entry.deployKey }),
+    ...(entry.inject === undefined ? {} : { inject: entry.inject }),
   };
   if (payloadBytes(payload) > DISPATCH_PAYLOAD_LIMIT) {
     return {
@@ -343,6 +344,8 @@ function builderOf(entry: RepoEntry, flavor: string, defaultBuilder: string): st
   if (!FLAVOR_NAME.test(flavor)) return badRequest("flavor must be letters, digits, '.', '_' or '-'");
   const flavors = flavorsOf(entry.config, defaultBuilder);
   // hasOwn: a flavor named like an Object.prototype member ("constructor") must not resolve to one.
+  // Albatros passed any flavor to its one builder as the FLAVOR meta; its entries keep working that way.
+  if (!Object.hasOwn(flavors, flavor) && entry.albatros !== undefined) return flavors.default?.builder ?? defaultBuilder;
   if (!Object.hasOwn(flavors, flavor)) {
     const known = Object.keys(flavors).sort().join(", ");
     return badRequest(`unknown flavor "${flavor}"; ${entry.key} has: ${known}`);

@@ -17,6 +17,7 @@ commands:
   builder register <file.nomad.hcl>
                              check a builder job and register it with Nomad
   replay <delivery.json>     sign a saved webhook delivery and POST it to petrel
+  migrate albatros [--apply] show (then write) the petrel entries of an Albatros installation's Consul keys
 
 Every command takes --help; operator commands take --json. Exit codes: docs/cli.md.
 
@@ -37,6 +38,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   repo: async () => (await import("./repo.js")).repoCommand,
   builder: async () => (await import("./builder.js")).builderCommand,
   replay: async () => (await import("./replay.js")).replayCommand,
+  migrate: async () => (await import("./migrate.js")).migrateCommand,
 };
 
 /** petrel's version, from the package.json next to dist/ (and src/). */

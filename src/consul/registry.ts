@@ -3,17 +3,30 @@ import yaml from "js-yaml";
 import type { Logger } from "pino";
 import type { z } from "zod";
 import { AppError, errorMessage, UpstreamError } from "../errors.js";
+import { entryFromAlbatros, repoKeyOfAlbatros } from "../registry/albatros.js";
 import type { Registry, RegistryHealth, RepoEntry, RepoKey } from "../registry/schema.js";
-import { buildersOf, describeIssues, flavorsOf, isRepoKey, RepoConfig, RepoSecrets, splitSecrets } from "../registry/schema.js";
+import {
+  AlbatrosEntry,
+  buildersOf,
+  describeIssues,
+  flavorsOf,
+  isRepoKey,
+  RepoConfig,
+  RepoSecrets,
+  splitSecrets,
+} from "../registry/schema.js";
 import type { ConsulClient, KvEntry, WatchOptions } from "./client.js";
 
 type Kind = "repos" | "secrets";
-const KINDS: readonly Kind[] = ["repos", "secrets"];
+/** What the registry watches: petrel's two prefixes, and Albatros's when PETREL_ALBATROS_PREFIX is set. */
+type Watched = Kind | "albatros";
 
 export interface ConsulRegistryOptions {
   consul: ConsulClient;
   /** PETREL_CONSUL_PREFIX; default `petrel`. */
   prefix?: string;
+  /** PETREL_ALBATROS_PREFIX: where Albatros entries live (SPEC §12); undefined or empty reads none. */
+  albatrosPrefix?: string;
   /** Builder job of the `default` flavor for entries that name no flavors. */
   defaultBuilder: string;
   log: Logger;
@@ -72,7 +85,12 @@ function validate<T extends z.ZodType>(schema: T, text: string): Parsed<z.output
 
 interface Cached {
   modifyIndex: bigint;
-  parsed: Parsed<RepoConfig> | Parsed<RepoSecrets>;
+  parsed: Parsed<RepoConfig> | Parsed<RepoSecrets> | Parsed<AlbatrosValue>;
+}
+
+interface AlbatrosValue {
+  key: RepoKey;
+  value: AlbatrosEntry;
 }
 
 interface WatchState {
@@ -96,11 +114,16 @@ export function createConsulRegistry(opts: ConsulRegistryOptions): Registry {
   const controller = new AbortController();
   // Every lookup made before the first load waits on this signal: a burst of webhooks at start-up is normal.
   setMaxListeners(0, controller.signal);
-  const cache: Record<Kind, Map<string, Cached>> = { repos: new Map(), secrets: new Map() };
-  const state: Record<Kind, WatchState> = {
+  const albatrosPrefix = (opts.albatrosPrefix ?? "").replace(/^\/+|\/+$/g, "");
+  const KINDS: readonly Watched[] = albatrosPrefix === "" ? ["repos", "secrets"] : ["repos", "secrets", "albatros"];
+  const cache: Record<Watched, Map<string, Cached>> = { repos: new Map(), secrets: new Map(), albatros: new Map() };
+  const state: Record<Watched, WatchState> = {
     repos: { loaded: false, confirmedAt: createdAt },
     secrets: { loaded: false, confirmedAt: createdAt },
+    albatros: { loaded: false, confirmedAt: createdAt },
   };
+  // Each (used key, ignored key) pair that names one repository is told once, not on every change.
+  const shadowed = new Set<string>();
   let entries = new Map<RepoKey, RepoEntry>();
   let stale = false;
   let closed = false;
@@ -115,19 +138,34 @@ export function createConsulRegistry(opts: ConsulRegistryOptions): Registry {
     return kind === "repos" ? validate(RepoConfig, text) : validate(RepoSecrets, text);
   }
 
-  function onChange(kind: Kind, kvEntries: KvEntry[] | null): void {
-    const base = kindPrefix(prefix, kind);
+  function parseAlbatros(encoded: string, entry: KvEntry): Cached["parsed"] {
+    const key = repoKeyOfAlbatros(encoded);
+    if (key === undefined) return { ok: false, problem: "key is not base64 of a repository URL" };
+    const checked = validate(AlbatrosEntry, entry.value?.toString("utf8") ?? "");
+    return checked.ok ? { ok: true, value: { key, value: checked.value } } : checked;
+  }
+
+  function watchedPrefix(kind: Watched): string {
+    return kind === "albatros" ? `${albatrosPrefix}/` : kindPrefix(prefix, kind);
+  }
+
+  function onChange(kind: Watched, kvEntries: KvEntry[] | null): void {
+    const base = watchedPrefix(kind);
     const next = new Map<string, Cached>();
     for (const entry of kvEntries ?? []) {
       const repoKey = entry.key.slice(base.length);
-      if (repoKey === "" || entry.key.endsWith("/")) continue;
+      // Standard base64 has '/' in its alphabet, so an Albatros key may look like a folder and still hold an entry.
+      const folder = entry.key.endsWith("/") && (kind !== "albatros" || !entry.value?.length);
+      if (repoKey === "" || folder) continue;
       const old = cache[kind].get(entry.key);
       if (old !== undefined && old.modifyIndex === entry.modifyIndex) {
         next.set(entry.key, old);
         continue;
       }
       let parsed: Cached["parsed"];
-      if (!isRepoKey(repoKey)) {
+      if (kind === "albatros") {
+        parsed = parseAlbatros(repoKey, entry);
+      } else if (!isRepoKey(repoKey)) {
         parsed = { ok: false, problem: "key is not <host>/<owner>/<name> with segments of [a-z0-9._-]" };
       } else {
         parsed = parseEntry(kind, entry);
@@ -166,9 +204,32 @@ export function createConsulRegistry(opts: ConsulRegistryOptions): Registry {
         secrets: split.secrets,
       };
       if (split.deployKey !== undefined) entry.deployKey = split.deployKey;
+      if (split.inject !== undefined) entry.inject = split.inject;
       out.set(key, entry);
     }
+    addAlbatros(out);
     entries = out;
+  }
+
+  /** Albatros entries of repositories petrel has no entry for; a petrel entry wins, with one warning. */
+  function addAlbatros(out: Map<RepoKey, RepoEntry>): void {
+    const fromAlbatros = new Map<RepoKey, string>();
+    for (const consulKey of [...cache.albatros.keys()].sort()) {
+      const parsed = cache.albatros.get(consulKey)?.parsed;
+      if (parsed === undefined || !parsed.ok) continue;
+      const { key, value } = parsed.value as AlbatrosValue;
+      if (out.has(key)) {
+        const used = fromAlbatros.get(key) ?? repoKeyPath(prefix, "repos", key);
+        const pair = JSON.stringify([used, consulKey]);
+        if (!shadowed.has(pair)) {
+          shadowed.add(pair);
+          log.warn({ repo: key, used, ignored: consulKey }, "two registry entries name one repository; the first one is used");
+        }
+        continue;
+      }
+      out.set(key, entryFromAlbatros(consulKey, key, value, opts.defaultBuilder));
+      fromAlbatros.set(key, consulKey);
+    }
   }
 
   function health(): RegistryHealth {
@@ -184,7 +245,7 @@ export function createConsulRegistry(opts: ConsulRegistryOptions): Registry {
     return h;
   }
 
-  function onError(kind: Kind, err: unknown): void {
+  function onError(kind: Watched, err: unknown): void {
     state[kind].error = errorMessage(err);
     if (stale) return;
     stale = true;
@@ -201,7 +262,7 @@ export function createConsulRegistry(opts: ConsulRegistryOptions): Registry {
     opts.onStale?.(h);
   }
 
-  function onSuccess(kind: Kind): void {
+  function onSuccess(kind: Watched): void {
     state[kind].confirmedAt = now();
     delete state[kind].error;
     if (!stale || KINDS.some((k) => state[k].error !== undefined)) return;
@@ -212,7 +273,7 @@ export function createConsulRegistry(opts: ConsulRegistryOptions): Registry {
   }
 
   const watches = KINDS.map((kind) =>
-    opts.consul.watch(kindPrefix(prefix, kind), {
+    opts.consul.watch(watchedPrefix(kind), {
       recurse: true,
       wait: opts.watch?.wait ?? "1m",
       signal: controller.signal,

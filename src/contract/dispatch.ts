@@ -26,18 +26,23 @@ export interface BuildMeta {
   CACHES?: string;
 }
 
-/** The dispatch payload: present only for trusted builds. */
+/**
+ * The dispatch payload: present only for trusted builds. `inject` is shell text the build sources after the
+ * secrets (an Albatros entry's). A builder that declares no optional meta (an Albatros builder) gets the shell
+ * text alone instead of this JSON, as Albatros sent it; the executor reads either.
+ */
 export interface DispatchPayload {
   secrets: Record<string, string>;
   deploy_key?: string;
+  inject?: string;
 }
 
 /** Nomad refuses dispatch payloads over 16 KiB of decoded data (nomad/job_endpoint.go DispatchPayloadSizeLimit). */
 export const DISPATCH_PAYLOAD_LIMIT = 16 * 1024;
 
-/** The size of a payload as it is sent: its JSON in UTF-8. */
-export function payloadBytes(payload: DispatchPayload): number {
-  return Buffer.byteLength(JSON.stringify(payload), "utf8");
+/** The size of a payload as it is sent: its JSON (or, for an Albatros builder, its shell text) in UTF-8. */
+export function payloadBytes(payload: DispatchPayload | string): number {
+  return Buffer.byteLength(typeof payload === "string" ? payload : JSON.stringify(payload), "utf8");
 }
 
 /** One thing wrong with a checked value; `path` names the field (empty for the value itself), never its value. */
@@ -111,8 +116,17 @@ export function checkDispatchPayload(raw: unknown): Checked<DispatchPayload> {
   }
   const deployKey = raw.deploy_key;
   if (deployKey !== undefined && typeof deployKey !== "string") problems.push({ path: "deploy_key", message: "expected a string" });
+  const inject = raw.inject;
+  if (inject !== undefined && typeof inject !== "string") problems.push({ path: "inject", message: "expected a string" });
   if (problems.length) return { ok: false, problems };
-  return { ok: true, value: typeof deployKey === "string" ? { secrets, deploy_key: deployKey } : { secrets } };
+  return {
+    ok: true,
+    value: {
+      secrets,
+      ...(typeof deployKey === "string" ? { deploy_key: deployKey } : {}),
+      ...(typeof inject === "string" && inject !== "" ? { inject } : {}),
+    },
+  };
 }
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {

@@ -41,6 +41,8 @@ export interface ExecutorPlan {
   trusted: boolean;
   /** Written to the secrets file when `trusted`. */
   secrets: Record<string, string>;
+  /** Shell text written to the secrets file after the secrets when `trusted` (an Albatros entry's `inject`). */
+  inject?: string;
   secretsDir?: string;
   /** Cache name → path the build sees it at (`~/` = `home`, relative = inside the build directory). */
   caches: Record<string, string>;
@@ -102,7 +104,7 @@ export async function executeBuild(plan: ExecutorPlan, io: BuildIo, signal?: Abo
     delete env.PETREL_SECRETS;
     if (plan.trusted) {
       const { writeSecretsFile } = await import("./secrets.js");
-      secretsFile = await writeSecretsFile(plan.secrets, plan.secretsDir, buildSlug(plan.id));
+      secretsFile = await writeSecretsFile(plan.secrets, plan.secretsDir, buildSlug(plan.id), plan.inject);
       env.PETREL_SECRETS = secretsFile.path;
     }
     await mkdir(plan.layout.builds, { recursive: true });
@@ -386,7 +388,8 @@ function describeCaches(plan: ExecutorPlan, caches: readonly CacheMount[], mode:
 
 function describeSecrets(file: SecretsFile): string {
   const skipped = file.skipped.map((s) => JSON.stringify(s)).join(", ");
-  return `secrets: ${file.count} in $PETREL_SECRETS${skipped ? `; skipped ${skipped} (not shell names)` : ""}`;
+  const inject = file.inject ? " and the entry's inject text" : "";
+  return `secrets: ${file.count}${inject} in $PETREL_SECRETS${skipped ? `; skipped ${skipped} (not shell names)` : ""}`;
 }
 
 async function asExecutorError(err: unknown, plan: ExecutorPlan, signal: AbortSignal | undefined): Promise<ExecutorError> {

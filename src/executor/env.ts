@@ -79,11 +79,16 @@ function readPayloadFd(value: string): string {
 }
 
 function parsePayload(text: string, path: string): DispatchPayload {
+  // An Albatros builder's payload is the entry's shell text itself (SPEC §12); petrel's is a JSON object.
+  if (!/^\s*\{/.test(text)) return text.trim() === "" ? { secrets: {} } : { secrets: {}, inject: text };
   let raw: unknown;
   try {
     raw = JSON.parse(text);
   } catch {
-    throw new ExecutorError("bad_environment", `${path} is not JSON (expected {"secrets": {...}, "deploy_key": "..."})`);
+    throw new ExecutorError(
+      "bad_environment",
+      `${path} starts like JSON but is not JSON (expected {"secrets": {...}, "deploy_key": "..."} or shell text)`,
+    );
   }
   return validateDispatchPayload(raw);
 }
@@ -148,7 +153,8 @@ export async function planFromNomadEnv(env: Env): Promise<ExecutorPlan> {
   const taskDir = env.NOMAD_TASK_DIR || undefined;
   const payload = await readPayload(taskDir, env.PETREL_PAYLOAD_FD);
   const { PETREL_PAYLOAD_FD: _fd, ...baseEnv } = env;
-  const trusted = meta.TRUSTED === "true";
+  // A builder that does not declare TRUSTED (an Albatros builder) gets a payload only when the build is trusted.
+  const trusted = meta.TRUSTED === undefined ? payload !== undefined : meta.TRUSTED === "true";
   const secretsDir = env.NOMAD_SECRETS_DIR && (await isDir(env.NOMAD_SECRETS_DIR)) ? env.NOMAD_SECRETS_DIR : undefined;
   const name = meta.REPO || repoNameFromUrl(meta.REPO_URL);
   const plan: ExecutorPlan = {
@@ -177,6 +183,7 @@ export async function planFromNomadEnv(env: Env): Promise<ExecutorPlan> {
     },
     trusted,
     secrets: trusted ? (payload?.secrets ?? {}) : {},
+    ...(trusted && payload?.inject !== undefined ? { inject: payload.inject } : {}),
     caches: parseCaches(meta.CACHES),
     home: env.HOME || homedir(),
     hideCacheRoot: true,

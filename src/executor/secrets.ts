@@ -30,23 +30,30 @@ export interface SecretsFile {
   ownDir?: string;
   count: number;
   skipped: string[];
+  /** Whether shell text followed the secrets (an Albatros entry's `inject`). */
+  inject: boolean;
 }
 
 /**
  * Writes the secrets as a 0600 file: in Nomad's per-task secrets directory when there is one (tmpfs, private
- * to the task), otherwise in a fresh 0700 temporary directory.
+ * to the task), otherwise in a fresh 0700 temporary directory. `inject` (shell text) follows the exports, so
+ * sourcing the file runs it as Albatros builds did.
  */
 export async function writeSecretsFile(
   secrets: Record<string, string>,
   secretsDir: string | undefined,
   buildSlug: string,
+  inject?: string,
 ): Promise<SecretsFile> {
-  const { text, skipped } = formatSecrets(secrets);
+  const formatted = formatSecrets(secrets);
+  const { skipped } = formatted;
+  const hasInject = inject !== undefined && inject !== "";
+  const text = hasInject ? `${formatted.text}${inject.endsWith("\n") ? inject : `${inject}\n`}` : formatted.text;
   const ownDir = secretsDir ? undefined : await mkdtemp(join(tmpdir(), "petrel-secrets-"));
   const path = join(secretsDir ?? (ownDir as string), `petrel-secrets-${buildSlug}.sh`);
   await writeFile(path, text, { mode: 0o600, flag: "w" });
   // A file left over from an earlier run keeps its old mode on overwrite.
   await chmod(path, 0o600);
   const count = Object.keys(secrets).length - skipped.length;
-  return ownDir ? { path, ownDir, count, skipped } : { path, count, skipped };
+  return ownDir ? { path, ownDir, count, skipped, inject: hasInject } : { path, count, skipped, inject: hasInject };
 }

@@ -110,12 +110,16 @@ export type ExtractedPayload = { json: string; signed: Buffer } | { error: "unsu
 /**
  * The JSON text of a delivery and the bytes its signature covers. JSON bodies are signed as they arrived;
  * form-encoded bodies (`payload=<json>`) are signed over the decoded `payload` field (Gitea
- * services/webhook/deliver.go signs the payload string, not the wire body).
+ * services/webhook/deliver.go signs the payload string, not the wire body); a form-typed body that is JSON
+ * itself (`curl -d @payload.json`) is read as JSON.
  */
 export function extractPayload(contentType: string | undefined, body: Buffer): ExtractedPayload {
   const media = (contentType ?? "").split(";")[0]?.trim().toLowerCase() ?? "";
   if (media === "application/json") return { json: body.toString("utf8"), signed: body };
   if (media === "application/x-www-form-urlencoded") {
+    // `curl -d @payload.json`, as Albatros users trigger builds, sends raw JSON under curl's default form type.
+    // A form body starts with a field name, never with `{`, so the two cannot be confused.
+    if (/^\s*\{/.test(body.toString("latin1", 0, Math.min(body.length, 64)))) return { json: body.toString("utf8"), signed: body };
     const values = new URLSearchParams(body.toString("utf8")).getAll("payload");
     if (values.length !== 1) {
       return {

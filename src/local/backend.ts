@@ -97,7 +97,7 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
     );
   }
   // Payloads (secrets, deploy keys) of queued builds: in memory only, handed to the executor over a pipe.
-  const payloads = new Map<string, DispatchPayload>();
+  const payloads = new Map<string, DispatchPayload | string>();
 
   const records = new Map<string, BuildRecord>();
   const byToken = new Map<string, string>();
@@ -189,7 +189,7 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
     }
   }
 
-  async function start(record: BuildRecord, payload: DispatchPayload | undefined): Promise<void> {
+  async function start(record: BuildRecord, payload: DispatchPayload | string | undefined): Promise<void> {
     const dir = store.dirOf(record.id);
     const taskDir = join(dir, "local");
     const secretsDir = join(dir, "secrets");
@@ -242,7 +242,7 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
     const pipe = child.stdio[3] as NodeJS.WritableStream | null | undefined;
     if (payload !== undefined && pipe) {
       pipe.on("error", (e: Error) => log.warn({ err: e.message, build: record.id }, "could not hand the payload to the executor"));
-      pipe.end(JSON.stringify(payload));
+      pipe.end(typeof payload === "string" ? payload : JSON.stringify(payload));
     }
     let exited!: () => void;
     const entry: Running = { pid: child.pid ?? -1, alloc, namespaced, cancelled: false, exited: new Promise((r) => (exited = r)) };

@@ -61,7 +61,7 @@ export function createNomadBackend(options: { nomad: NomadClient }): BuildBacken
     async dispatch(request, signal) {
       let payload: Buffer | undefined;
       if (request.payload !== undefined) {
-        payload = Buffer.from(JSON.stringify(request.payload));
+        payload = Buffer.from(typeof request.payload === "string" ? request.payload : JSON.stringify(request.payload));
         if (payload.length > NOMAD_PAYLOAD_LIMIT) {
           // Checked here so the operator reads which limit was hit instead of Nomad's bare size message.
           throw new AppError(

@@ -95,6 +95,7 @@ export function parseRegistryFile(path: string, text: string, defaultBuilder: st
       secrets: split.secrets,
     };
     if (split.deployKey !== undefined) entry.deployKey = split.deployKey;
+    if (split.inject !== undefined) entry.inject = split.inject;
     entries.set(key, entry);
   }
   if (problems.length > 0) throw invalid(path, problems.join("; "));

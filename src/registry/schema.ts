@@ -82,7 +82,10 @@ export const RepoConfig = z.object({
 });
 export type RepoConfig = z.infer<typeof RepoConfig>;
 
-/** `<prefix>/secrets/<host>/<owner>/<name>`: build secrets plus an optional clone-only deploy key. */
+/**
+ * `<prefix>/secrets/<host>/<owner>/<name>`: build secrets plus an optional clone-only deploy key and an optional
+ * `inject` (shell text the build sources after the secrets, kept from an Albatros entry that was not plain exports).
+ */
 export const RepoSecrets = z.record(z.string().min(1), z.string());
 export type RepoSecrets = z.infer<typeof RepoSecrets>;
 
@@ -93,13 +96,35 @@ export interface RepoEntry {
   /** Build secrets without the deploy key. */
   secrets: Record<string, string>;
   deployKey?: string;
+  /** Shell text given to trusted builds after the secrets (an Albatros entry's `inject`). */
+  inject?: string;
+  /** The Consul key of the Albatros entry this entry was read from (`albatros/<base64 of the URL>`). */
+  albatros?: string;
 }
 
-/** Splits a validated secrets object into build secrets and the deploy key. */
-export function splitSecrets(raw: RepoSecrets): { secrets: Record<string, string>; deployKey?: string } {
-  const { deploy_key: deployKey, ...secrets } = raw;
-  return deployKey === undefined ? { secrets } : { secrets, deployKey };
+/** Splits a validated secrets object into build secrets, the deploy key and the inject text. */
+export function splitSecrets(raw: RepoSecrets): { secrets: Record<string, string>; deployKey?: string; inject?: string } {
+  const { deploy_key: deployKey, inject, ...secrets } = raw;
+  return {
+    secrets,
+    ...(deployKey === undefined ? {} : { deployKey }),
+    ...(inject === undefined || inject === "" ? {} : { inject }),
+  };
 }
+
+/**
+ * An Albatros entry, `<PETREL_ALBATROS_PREFIX>/<base64 of the repository URL>`, as Albatros wrote it. `logs` and
+ * `private` are petrel's own and optional: Albatros served every log to anyone.
+ */
+export const AlbatrosEntry = z.object({
+  hook: z.object({ token: z.string().min(1, "must not be empty") }),
+  gitea: z.object({ url: z.url(), token: z.string().min(1) }).optional(),
+  trusted: z.object({ senders: z.array(z.string().min(1)).default([]) }).default({ senders: [] }),
+  inject: z.string().optional(),
+  logs: z.enum(["public", "token"]).optional(),
+  private: z.boolean().optional(),
+});
+export type AlbatrosEntry = z.infer<typeof AlbatrosEntry>;
 
 /** The flavors of a repository, with the documented default when the entry names none. */
 export function flavorsOf(config: RepoConfig, defaultBuilder: string): Record<string, Flavor> {

@@ -4,6 +4,7 @@ import { Hono } from "hono";
 import { streamSSE } from "hono/streaming";
 import { z } from "zod";
 import { isAdmin } from "../auth.js";
+import { payloadForBuilder } from "../builds/albatros.js";
 import type { Build, BuildCursor, BuildFilter, BuildState, BuildSummary, LogType } from "../builds/backend.js";
 import { BUILD_STATES, isTerminal } from "../builds/backend.js";
 import type { BuildPlan, Plan, PlanEvent } from "../builds/plan.js";
@@ -155,11 +156,12 @@ export function createBuildsRoute(deps: AppDeps): Hono {
     if (plan.kind === "skip") throw new AppError("bad_request", plan.reason);
     if (plan.kind === "reject") throw new AppError(plan.code, plan.message);
     const params = await deps.backend.parameterized(plan.builder, c.req.raw.signal);
+    const payload = payloadForBuilder(plan.payload, params);
     const result = await deps.backend.dispatch(
       {
         builder: plan.builder,
         meta: metaForBuilder(plan.meta, params),
-        ...(plan.payload === undefined ? {} : { payload: plan.payload }),
+        ...(payload === undefined ? {} : { payload }),
         idempotencyToken: plan.idempotencyToken,
       },
       c.req.raw.signal,

@@ -1,6 +1,7 @@
 import type { IncomingMessage } from "node:http";
 import type { Context } from "hono";
 import { Hono } from "hono";
+import { payloadForBuilder } from "../builds/albatros.js";
 import { metaForBuilder, planBuild } from "../builds/plan.js";
 import { AppError } from "../errors.js";
 import { parseDelivery } from "../gitea/events.js";
@@ -84,10 +85,11 @@ export function createHookRoute(deps: AppDeps): Hono {
         // No abort on client disconnect: once authenticated, a dispatch runs to its end (or its retry
         // budget), so a delivery Gitea gave up on is still either dispatched or not, never half-done.
         const params = await deps.backend.parameterized(plan.builder);
+        const payload = payloadForBuilder(plan.payload, params);
         result = await deps.backend.dispatch({
           builder: plan.builder,
           meta: metaForBuilder(plan.meta, params),
-          ...(plan.payload === undefined ? {} : { payload: plan.payload }),
+          ...(payload === undefined ? {} : { payload }),
           idempotencyToken: plan.idempotencyToken,
         });
         deps.metrics.dispatchSeconds.observe({ result: "ok" }, (performance.now() - started) / 1000);

@@ -210,6 +210,13 @@ describe("extractPayload", () => {
     expect("json" in extractPayload("Application/JSON; charset=utf-8", body)).toBe(true);
   });
 
+  it("reads a form-typed body that is JSON itself (curl -d @payload.json) as JSON, signed as it arrived", () => {
+    const result = extractPayload("application/x-www-form-urlencoded", body);
+    expect(result).toEqual({ json: body.toString("utf8"), signed: body });
+    // A real form body never starts with `{`; one that does not start so is still read as a form.
+    expect(extractPayload("application/x-www-form-urlencoded", Buffer.from("x={}"))).toMatchObject({ error: "malformed_body" });
+  });
+
   it("verifies a form-encoded delivery against the decoded payload field", () => {
     const json = body.toString("utf8");
     const wire = Buffer.from(new URLSearchParams({ payload: json }).toString());

@@ -54,10 +54,11 @@ describe("the executor's payload over a descriptor (PETREL_PAYLOAD_FD)", () => {
     expect(r.stdout).toContain("token=s3cret\nfd3=closed var=unset\n");
   }, 30_000);
 
-  it("refuses a payload that is not JSON with a clear error and a setup exit code", async () => {
-    const r = await run("bad", "not json");
+  it("refuses a payload that starts like JSON but is not, with a clear error and a setup exit code", async () => {
+    // Text that does not start with `{` is an Albatros inject payload (test/executor/inject.test.ts).
+    const r = await run("bad", '{"secrets": ');
     expect(r.code).toBe(64);
-    expect(r.stderr).toContain("==> error: descriptor 3 is not JSON");
+    expect(r.stderr).toContain("==> error: descriptor 3 starts like JSON but is not JSON");
     expect(r.stdout).not.toContain("token=");
   }, 30_000);
 

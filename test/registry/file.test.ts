@@ -83,6 +83,13 @@ describe("file registry", () => {
     expect(entry?.deployKey).toBe("KEY");
   });
 
+  it("keeps an `inject` secret apart from the build secrets, as the Consul registry does", () => {
+    const text = `repos:\n  ${WIDGETS}:\n    hook: { secret: "${HOOK_SECRET}" }\n    secrets: { A: "1", inject: "source /etc/ci" }\n`;
+    const entry = parseRegistryFile(path, text, "builder").get(WIDGETS);
+    expect(entry?.secrets).toEqual({ A: "1" });
+    expect(entry?.inject).toBe("source /etc/ci");
+  });
+
   it("treats an empty file as no repositories", async () => {
     writeFileSync(path, "# nothing yet\n");
     expect(await (await open()).list()).toEqual([]);
