@@ -64,6 +64,8 @@ export interface PlanBuildInput {
 const ZERO_ID = /^0+$/;
 const FLAVOR_NAME = /^[A-Za-z0-9._-]{1,64}$/;
 const COMMIT_ID = /^[0-9a-f]{7,64}$/;
+/** `[skip ci]` or `[ci skip]`, as GitHub, GitLab and Gitea Actions honour them. */
+const SKIP_CI = /\[(?:skip ci|ci skip)\]/i;
 const BUILD_ACTIONS: ReadonlySet<string> = new Set(["opened", "synchronized", "reopened"]);
 
 /**
@@ -231,6 +233,7 @@ function planPush(push: PushEvent, target: BoundTarget): Plan {
   } else {
     return { kind: "skip", reason: `push to ${ref} is neither a branch nor a tag` };
   }
+  if (SKIP_CI.test(push.head_commit?.message ?? "")) return { kind: "skip", reason: "skip ci" };
   return build({
     target,
     repo: target.bound.repo,
@@ -251,6 +254,7 @@ function planPullRequest(event: PullRequestEvent, target: BoundTarget): Plan {
     const what = action === "closed" && pr.merged ? "closed (merged)" : `"${action}"`;
     return { kind: "skip", reason: `pull request #${number} ${what} does not start a build` };
   }
+  if (SKIP_CI.test(pr.title ?? "")) return { kind: "skip", reason: "skip ci" };
   const pullRef = `refs/pull/${number}/head`;
   // head.ref becomes BRANCH in the build's environment: a forged one must not carry anything a ref cannot.
   if (pr.head.ref !== "" && !isRefName(`refs/heads/${pr.head.ref}`)) {
