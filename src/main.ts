@@ -4,6 +4,7 @@ import { Agent } from "undici";
 import { createApp } from "./app.js";
 import type { Build, BuildBackend, BuildReader } from "./builds/backend.js";
 import { createStatusNotifier } from "./builds/statuses.js";
+import { createSoleLeadership } from "./cluster/leadership.js";
 import type { Config } from "./config.js";
 import { ConfigError, readConfig } from "./config.js";
 import { consulAgentOptions, createConsulClient } from "./consul/client.js";
@@ -14,6 +15,7 @@ import { tlsAgentOptions } from "./http/tls.js";
 import type { Logger } from "./log.js";
 import { createLogger } from "./log.js";
 import { createMetrics } from "./metrics.js";
+import { createPolicies } from "./policies/policies.js";
 import type { Registry } from "./registry/schema.js";
 
 /** How long SIGTERM waits for in-flight deliveries, log streams and status reports before exiting anyway. */
@@ -122,9 +124,15 @@ async function compose(
   let notify: (build: Build) => void = () => undefined;
   // Bound once the live reader exists; archives each build that reached a final state.
   let archive: (build: Build) => void = () => undefined;
+  // Build policies (SPEC §11): bound once the reader exists; a stop reason is put on the build before anyone sees it.
+  let observe: (build: Build) => void = () => undefined;
+  let withReason: (build: Build) => Promise<Build> = (build) => Promise.resolve(build);
   const onBuild = (build: Build) => {
-    notify(build);
-    archive(build);
+    void withReason(build).then((b) => {
+      notify(b);
+      archive(b);
+      observe(b);
+    });
   };
 
   if (config.mode === "cluster" && config.nomad !== undefined) {
@@ -165,7 +173,10 @@ async function compose(
     backend = createNomadBackend({ nomad });
     const consulRegistry = registry;
     const builders = () => consulRegistry.builders();
-    reader = createNomadBuildReader({ nomad, builders, log });
+    const { createConsulStopMarks, createMarkedReader, withStopReason } = await import("./policies/marks.js");
+    const marks = createConsulStopMarks({ consul, prefix: config.consulPrefix });
+    reader = createMarkedReader(createNomadBuildReader({ nomad, builders, log }), marks);
+    withReason = (build) => withStopReason(build, marks).catch(() => build);
     const tracker = createNomadTracker({
       nomad,
       builders,
@@ -206,6 +217,17 @@ async function compose(
   }
   const activeRegistry = registry;
   closers.push(() => activeRegistry.close());
+  const policies = createPolicies({
+    leadership: createSoleLeadership(),
+    registry: activeRegistry,
+    backend,
+    reader,
+    log,
+    defaultBuilder: config.builderJob,
+    metrics: { superseded: metrics.buildsSuperseded, timedOut: metrics.buildsTimedOut, cron: metrics.cronBuilds },
+  });
+  observe = (build) => policies.observe(build);
+  closers.push(() => policies.close());
 
   let archiveEnabled = false;
   if (config.archiveDir === undefined) {

@@ -113,39 +113,49 @@ export const CronSchedule = z.strictObject({
 export type CronSchedule = z.infer<typeof CronSchedule>;
 
 /** A repository's entry: `<prefix>/repos/<host>/<owner>/<name>` in Consul, `repos.<key>` in the YAML file. */
-export const RepoConfig = z.object({
-  hook: HookAuth,
-  gitea: z.object({ url: z.url(), token: z.string().min(1) }).optional(),
-  trusted: z.object({ senders: z.array(z.string().min(1)).default([]) }).default({ senders: [] }),
-  flavors: z.record(z.string().regex(FLAVOR, "flavor names are letters, digits, '.', '_' and '-'"), Flavor).optional(),
-  caches: z
-    .record(z.string().regex(/^[A-Za-z0-9._-]+$/, "cache names are letters, digits, '.', '_' and '-'"), z.string().min(1))
-    .default({}),
-  logs: z.enum(["public", "token"]).optional(),
-  /**
-   * Whether the repository is private, as the operator states it. Without it (and without `logs`), privacy
-   * comes from the PRIVATE meta the forge's payload set at dispatch; when neither tells, reading needs the token.
-   */
-  private: z.boolean().optional(),
-  /** Set by the operator, so it may be a `file://` URL or a local path; every build of the repository clones it. */
-  clone_url: z.string().refine(isCloneUrl, "must be an https, http, ssh, git or file URL, user@host:path, or an absolute path").optional(),
-  /** A new build of a branch or pull request cancels the older ones still queued or running (SPEC §11). */
-  supersede: z.boolean().default(true),
-  /** How long a build may run before it is stopped; a flavor's own `timeout` wins. */
-  timeout: GoDuration.default(DEFAULT_TIMEOUT),
-  cron: z.array(CronSchedule).default([]),
-  /** The IANA time zone of the `cron` schedules; UTC when absent. */
-  tz: z.string().refine(isTimeZone, "must be an IANA time zone such as UTC or Europe/Berlin").optional(),
-}).superRefine((config, ctx) => {
-  const names = new Set<string>();
-  config.cron.forEach((schedule, i) => {
-    if (names.has(schedule.name)) ctx.addIssue({ code: "custom", path: ["cron", i, "name"], message: `duplicate schedule name "${schedule.name}"` });
-    names.add(schedule.name);
-    const flavors = config.flavors ?? { default: {} };
-    if (!Object.hasOwn(flavors, schedule.flavor))
-      ctx.addIssue({ code: "custom", path: ["cron", i, "flavor"], message: `unknown flavor "${schedule.flavor}"; known: ${Object.keys(flavors).sort().join(", ")}` });
+export const RepoConfig = z
+  .object({
+    hook: HookAuth,
+    gitea: z.object({ url: z.url(), token: z.string().min(1) }).optional(),
+    trusted: z.object({ senders: z.array(z.string().min(1)).default([]) }).default({ senders: [] }),
+    flavors: z.record(z.string().regex(FLAVOR, "flavor names are letters, digits, '.', '_' and '-'"), Flavor).optional(),
+    caches: z
+      .record(z.string().regex(/^[A-Za-z0-9._-]+$/, "cache names are letters, digits, '.', '_' and '-'"), z.string().min(1))
+      .default({}),
+    logs: z.enum(["public", "token"]).optional(),
+    /**
+     * Whether the repository is private, as the operator states it. Without it (and without `logs`), privacy
+     * comes from the PRIVATE meta the forge's payload set at dispatch; when neither tells, reading needs the token.
+     */
+    private: z.boolean().optional(),
+    /** Set by the operator, so it may be a `file://` URL or a local path; every build of the repository clones it. */
+    clone_url: z
+      .string()
+      .refine(isCloneUrl, "must be an https, http, ssh, git or file URL, user@host:path, or an absolute path")
+      .optional(),
+    /** A new build of a branch or pull request cancels the older ones still queued or running (SPEC §11). */
+    supersede: z.boolean().default(true),
+    /** How long a build may run before it is stopped; a flavor's own `timeout` wins. */
+    timeout: GoDuration.default(DEFAULT_TIMEOUT),
+    cron: z.array(CronSchedule).default([]),
+    /** The IANA time zone of the `cron` schedules; UTC when absent. */
+    tz: z.string().refine(isTimeZone, "must be an IANA time zone such as UTC or Europe/Berlin").optional(),
+  })
+  .superRefine((config, ctx) => {
+    const names = new Set<string>();
+    config.cron.forEach((schedule, i) => {
+      if (names.has(schedule.name))
+        ctx.addIssue({ code: "custom", path: ["cron", i, "name"], message: `duplicate schedule name "${schedule.name}"` });
+      names.add(schedule.name);
+      const flavors = config.flavors ?? { default: {} };
+      if (!Object.hasOwn(flavors, schedule.flavor))
+        ctx.addIssue({
+          code: "custom",
+          path: ["cron", i, "flavor"],
+          message: `unknown flavor "${schedule.flavor}"; known: ${Object.keys(flavors).sort().join(", ")}`,
+        });
+    });
   });
-});
 export type RepoConfig = z.infer<typeof RepoConfig>;
 
 /** `<prefix>/secrets/<host>/<owner>/<name>`: build secrets plus an optional clone-only deploy key. */
