@@ -90,9 +90,11 @@ export function createPolicies(options: PoliciesOptions): Policies {
   let closed = false;
   const pending = new Set<Promise<unknown>>();
 
+  /** Keeps async work to wait for at close; a failure is logged, never an unhandled rejection. */
   const track = (work: Promise<unknown>) => {
-    pending.add(work);
-    void work.finally(() => pending.delete(work));
+    const settled = work.catch((err: unknown) => log.warn({ err: errorMessage(err) }, "policy work failed"));
+    pending.add(settled);
+    void settled.finally(() => pending.delete(settled));
   };
   const leading = () => !closed && leadership.isLeader() && leadership.term()?.aborted !== true;
   const termSignal = () => leadership.term();
@@ -200,6 +202,22 @@ export function createPolicies(options: PoliciesOptions): Policies {
     }
   }
 
+  /**
+   * Starts a missed run unless a cron build of that ref and flavor exists from its instant on: the token alone
+   * would not stop a second run once Nomad garbage-collected the first (4 h after it ended, by default).
+   */
+  async function catchUpRun(entry: RepoEntry, schedule: CronSchedule, instant: Date): Promise<void> {
+    const [, owner = "", name = ""] = entry.key.split("/");
+    const ref = schedule.ref.replace(/^refs\/(heads|tags)\//, "");
+    const page = await reader.listBuilds({ repo: `${owner}/${name}`, ref, limit: 50 }, termSignal());
+    const ran = page.builds.some(
+      (b) => b.event === "cron" && b.flavor === schedule.flavor && Date.parse(b.createdAt) >= instant.getTime() - 1000,
+    );
+    if (ran) return;
+    log.info({ repo: entry.key, schedule: schedule.name, instant: instant.toISOString() }, "starting the run missed while no leader ran");
+    await fire(entry.key, schedule.name, instant);
+  }
+
   /** Arms the next run of one schedule; the instant is croner's, so every replica names the same one. */
   function arm(key: string, name: string, cron: Cron, after: Date): NodeJS.Timeout | undefined {
     const next = cron.nextRun(after);
@@ -250,7 +268,7 @@ export function createPolicies(options: PoliciesOptions): Policies {
           const [last] = cron.previousRuns(1, current);
           const next = last === undefined ? null : cron.nextRun(last);
           if (last !== undefined && next !== null && current.getTime() - last.getTime() < next.getTime() - last.getTime()) {
-            track(fire(entry.key, schedule.name, last));
+            track(catchUpRun(entry, schedule, last));
           }
         }
       }
@@ -275,6 +293,7 @@ export function createPolicies(options: PoliciesOptions): Policies {
 
   function startTerm(): void {
     if (!leading()) return;
+    if (syncTimer !== undefined) endTerm();
     track(reconcile().catch((err: unknown) => log.warn({ err: errorMessage(err) }, "policy reconciliation failed")));
     syncTimer = setInterval(() => {
       track(sync(false).catch((err: unknown) => log.warn({ err: errorMessage(err) }, "reading the cron schedules failed")));

@@ -170,7 +170,7 @@ describe("build policies in cluster mode (real webhooks, the Nomad, Consul and G
   });
 });
 
-describe("cron schedules with two replicas that both lead (the worst case of a failover)", () => {
+describe("two replicas that both lead (the worst case of a failover): cron and supersede", () => {
   let consul: ConsulFake;
   let nomad: NomadFake;
   let gitea: GiteaFake;
@@ -204,6 +204,7 @@ describe("cron schedules with two replicas that both lead (the worst case of a f
       CONSUL_HTTP_ADDR: consul.url,
       PETREL_LISTEN: "127.0.0.1:0",
       PETREL_URL: "https://ci.example.test",
+      PETREL_ADMIN_TOKEN: "admin-token-0123456789abcdef",
     };
     replicas.push(await startPetrel(readConfig(env), logs.log, env), await startPetrel(readConfig(env), logs.log, env));
   });
@@ -231,5 +232,31 @@ describe("cron schedules with two replicas that both lead (the worst case of a f
     }
     const counted = await (await fetch(`${replicas[0]?.url}/metrics`)).text();
     expect(counted).toMatch(/petrel_cron_builds_total\{result="dispatched"\} [1-9]/);
+  });
+
+  it("leaves exactly the newest of two pushes racing through two replicas running, whichever replica decides", async () => {
+    for (let round = 0; round < 3; round++) {
+      const ref = `refs/heads/race-${round}`;
+      const [a, b] = await Promise.all([
+        deliver(replicas[0]?.url ?? "", push(`${round}a`.padEnd(40, "a"), { ref })).then(buildOf),
+        deliver(replicas[1]?.url ?? "", push(`${round}b`.padEnd(40, "b"), { ref })).then(buildOf),
+      ]);
+      const submitted = (id: string) => nomad.job(id)?.SubmitTime ?? 0;
+      const [older, newer] = submitted(a) < submitted(b) || (submitted(a) === submitted(b) && a < b) ? [a, b] : [b, a];
+      await eventually(() => nomad.job(older)?.Stop === true, 5000, `round ${round}: the older build stopped`);
+      await new Promise((r) => setTimeout(r, 300));
+      expect(nomad.job(newer)?.Stop).not.toBe(true);
+      expect(JSON.parse(String(consul.entry(`petrel/stopped/${older}`)?.value))).toEqual({
+        state: "cancelled",
+        reason: `superseded by ${newer}`,
+      });
+      // Both replicas show the same reason, whichever one stopped it.
+      for (const replica of replicas) {
+        const shown = (await (await fetch(`${replica.url}/builds/${encodeURIComponent(older)}`, { headers: ADMIN })).json()) as {
+          reason?: string;
+        };
+        expect(shown.reason).toBe(`superseded by ${newer}`);
+      }
+    }
   });
 });
