@@ -15,7 +15,7 @@ const UNIT_MS: Readonly<Record<string, number>> = {
 const PART = /(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)/y;
 
 /** Milliseconds of a Go duration string, or undefined when it is not one. Signs are refused: a timeout is never negative. */
-export function parseDuration(text: string): number | undefined {
+export function parseGoDuration(text: string): number | undefined {
   if (text === "0") return 0;
   if (text === "" || text.length > 64) return undefined;
   PART.lastIndex = 0;
@@ -29,15 +29,4 @@ export function parseDuration(text: string): number | undefined {
     at = PART.lastIndex;
   }
   return Number.isFinite(total) ? total : undefined;
-}
-
-/** A duration as people read it: `2h`, `1h30m`, `45s`, `500ms`. */
-export function formatDuration(ms: number): string {
-  if (ms < 1000) return `${Math.round(ms)}ms`;
-  let seconds = Math.round(ms / 1000);
-  const h = Math.floor(seconds / 3600);
-  seconds -= h * 3600;
-  const m = Math.floor(seconds / 60);
-  seconds -= m * 60;
-  return `${h ? `${h}h` : ""}${m ? `${m}m` : ""}${seconds ? `${seconds}s` : ""}` || "0s";
 }

@@ -1,7 +1,7 @@
 import { Cron } from "croner";
 import { z } from "zod";
-import { isRefName } from "../gitea/binding.js";
-import { parseDuration } from "../policies/duration.js";
+import { isRefName } from "../gitea/ref.js";
+import { parseGoDuration } from "../policies/duration.js";
 
 /** One path segment of a repository key: lower-case, safe as a Consul key on every Consul version. */
 export const SEGMENT = /^[a-z0-9._-]+$/;
@@ -66,7 +66,7 @@ export type HookAuth = z.infer<typeof HookAuth>;
 export const DEFAULT_TIMEOUT = "2h";
 
 /** A Go duration string above zero (`90s`, `45m`, `1h30m`), as Nomad job files write them. */
-export const GoDuration = z.string().refine((s) => (parseDuration(s) ?? 0) > 0, {
+export const GoDuration = z.string().refine((s) => (parseGoDuration(s) ?? 0) > 0, {
   message: 'must be a Go duration above zero, like "90s", "45m" or "1h30m"',
 });
 
@@ -186,7 +186,7 @@ export function flavorsOf(config: RepoConfig, defaultBuilder: string): Record<st
 export function timeoutOf(config: RepoConfig, flavor: string): { text: string; ms: number } {
   const own = config.flavors !== undefined && Object.hasOwn(config.flavors, flavor) ? config.flavors[flavor]?.timeout : undefined;
   const text = own ?? config.timeout ?? DEFAULT_TIMEOUT;
-  return { text, ms: parseDuration(text) ?? 2 * 3600 * 1000 };
+  return { text, ms: parseGoDuration(text) ?? 2 * 3600 * 1000 };
 }
 
 /** The builder jobs of a set of entries, the default one included. */

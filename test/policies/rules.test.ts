@@ -3,7 +3,7 @@ import type { Build } from "../../src/builds/backend.js";
 import { planCron } from "../../src/builds/plan.js";
 import { commitStatusOf } from "../../src/builds/statuses.js";
 import { buildsTable } from "../../src/cli/builds.js";
-import { parseDuration } from "../../src/policies/duration.js";
+import { parseGoDuration } from "../../src/policies/duration.js";
 import { supersededIn, supersedeGroup } from "../../src/policies/policies.js";
 import { parseRegistryFile } from "../../src/registry/file.js";
 import { describeIssues, RepoConfig, type RepoEntry, timeoutOf } from "../../src/registry/schema.js";
@@ -40,9 +40,9 @@ describe("Go durations", () => {
     ["90s", 90_000],
     ["300ms", 300],
     ["0", 0],
-  ])("reads %s", (text, ms) => expect(parseDuration(text)).toBe(ms));
+  ])("reads %s", (text, ms) => expect(parseGoDuration(text)).toBe(ms));
 
-  it.each(["", "2", "1d", "-1h", "h", "1h 30m", "1hh"])("refuses %j", (text) => expect(parseDuration(text)).toBeUndefined());
+  it.each(["", "2", "1d", "-1h", "h", "1h 30m", "1hh"])("refuses %j", (text) => expect(parseGoDuration(text)).toBeUndefined());
 });
 
 describe("the policy fields of a registry entry", () => {
