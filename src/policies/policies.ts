@@ -70,7 +70,7 @@ export function supersededIn(builds: readonly Build[]): Array<{ build: Build; by
   return out;
 }
 
-const LIST_LIMIT = 100;
+const LIST_LIMIT = 20;
 const MAX_TIMER_MS = 2 ** 31 - 1;
 const REMEMBERED = 10_000;
 
@@ -119,7 +119,11 @@ export function createPolicies(options: PoliciesOptions): Policies {
     if (group === undefined) return;
     const entry = await entryOfBuild(registry, build);
     if (entry === undefined || !entry.config.supersede) return;
-    const page = await reader.listBuilds({ repo: build.repo, ref: build.ref, limit: LIST_LIMIT }, termSignal());
+    // Only the group's builds are read (the others are passed over on their meta), the newest LIST_LIMIT of them.
+    const page = await reader.listBuilds(
+      { repo: build.repo, ref: build.ref, limit: LIST_LIMIT, visible: (b) => supersedeGroup(b) === group },
+      termSignal(),
+    );
     const members = page.builds.filter((b) => supersedeGroup(b) === group);
     for (const { build: old, by } of supersededIn(members)) {
       if (!leading()) return;
@@ -282,8 +286,9 @@ export function createPolicies(options: PoliciesOptions): Policies {
 
   // --- terms -----------------------------------------------------------------------------------------------
 
-  async function reconcile(): Promise<void> {
+  async function reconcile(builds: boolean): Promise<void> {
     await sync(true);
+    if (!builds) return;
     // Builds that changed while another replica led (or none did): their timeouts, and groups left with two.
     for (const state of ["running", "queued"] as const) {
       const page = await reader.listBuilds({ state, limit: 500 }, termSignal());
@@ -291,10 +296,14 @@ export function createPolicies(options: PoliciesOptions): Policies {
     }
   }
 
-  function startTerm(): void {
+  /**
+   * `afterFailover`: builds changed while another replica led, so queued and running ones are listed again. At
+   * start there is no need: the tracker's first pass reports every recent build (the local runner has none left).
+   */
+  function startTerm(afterFailover: boolean): void {
     if (!leading()) return;
     if (syncTimer !== undefined) endTerm();
-    track(reconcile().catch((err: unknown) => log.warn({ err: errorMessage(err) }, "policy reconciliation failed")));
+    track(reconcile(afterFailover).catch((err: unknown) => log.warn({ err: errorMessage(err) }, "policy reconciliation failed")));
     syncTimer = setInterval(() => {
       track(sync(false).catch((err: unknown) => log.warn({ err: errorMessage(err) }, "reading the cron schedules failed")));
     }, syncMs);
@@ -324,8 +333,8 @@ export function createPolicies(options: PoliciesOptions): Policies {
     track(work.catch((err: unknown) => log.warn({ build: build.id, err: errorMessage(err) }, "policy check failed")));
   }
 
-  const unsubscribe = leadership.onChange((leader) => (leader ? startTerm() : endTerm()));
-  startTerm();
+  const unsubscribe = leadership.onChange((leader) => (leader ? startTerm(true) : endTerm()));
+  startTerm(false);
 
   return {
     observe,

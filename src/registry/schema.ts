@@ -1,7 +1,7 @@
 import { Cron } from "croner";
 import { z } from "zod";
 import { isRefName } from "../gitea/ref.js";
-import { parseGoDuration } from "../policies/duration.js";
+import { parseGoDuration } from "../util/go-duration.js";
 
 /** One path segment of a repository key: lower-case, safe as a Consul key on every Consul version. */
 export const SEGMENT = /^[a-z0-9._-]+$/;
@@ -66,7 +66,7 @@ export type HookAuth = z.infer<typeof HookAuth>;
 export const DEFAULT_TIMEOUT = "2h";
 
 /** A Go duration string above zero (`90s`, `45m`, `1h30m`), as Nomad job files write them. */
-export const GoDuration = z.string().refine((s) => (parseGoDuration(s) ?? 0) > 0, {
+export const GoDuration = z.string().refine((s) => (parseGoDuration(s) ?? 0) > 0 && s.length <= 64, {
   message: 'must be a Go duration above zero, like "90s", "45m" or "1h30m"',
 });
 
