@@ -109,7 +109,12 @@ describe("build policies in single-machine mode (the local runner, real builds o
     }
     expect(shown).toMatchObject({ state: "cancelled", reason: `superseded by ${second}` });
     expect((await show(second)).state).toMatch(/queued|running/);
-    const metrics = await (await fetch(`${petrel.url}/metrics`)).text();
+    // Counted once the stop is done, which may be a moment after the record says cancelled.
+    let metrics = "";
+    for (let i = 0; i < 200 && !metrics.includes("petrel_builds_superseded_total 1"); i++) {
+      metrics = await (await fetch(`${petrel.url}/metrics`)).text();
+      await new Promise((r) => setTimeout(r, 25));
+    }
     expect(metrics).toContain("petrel_builds_superseded_total 1");
   }, 30_000);
 
