@@ -6,6 +6,7 @@ import { createApp } from "./app.js";
 import type { Build, BuildBackend, BuildReader } from "./builds/backend.js";
 import { createStatusNotifier } from "./builds/statuses.js";
 import { createBuildWatch } from "./builds/watch.js";
+import { createSoleLeadership } from "./cluster/leadership.js";
 import type { Config } from "./config.js";
 import { ConfigError, readConfig } from "./config.js";
 import { consulAgentOptions, createConsulClient } from "./consul/client.js";
@@ -16,6 +17,7 @@ import { tlsAgentOptions } from "./http/tls.js";
 import type { Logger } from "./log.js";
 import { createLogger } from "./log.js";
 import { createMetrics } from "./metrics.js";
+import { createPolicies } from "./policies/policies.js";
 import type { Registry } from "./registry/schema.js";
 
 /** How long SIGTERM waits for in-flight deliveries, log streams and status reports before exiting anyway. */
@@ -126,10 +128,16 @@ async function compose(
   let archive: (build: Build) => void = () => undefined;
   // Bound once the watch exists; a running build's viewers hear its transitions at once.
   let watched: (build: Build) => void = () => undefined;
+  // Build policies (SPEC §11): bound once the reader exists; a stop reason is put on the build before anyone sees it.
+  let observe: (build: Build) => void = () => undefined;
+  let withReason: (build: Build) => Promise<Build> = (build) => Promise.resolve(build);
   const onBuild = (build: Build) => {
-    notify(build);
-    archive(build);
-    watched(build);
+    void withReason(build).then((b) => {
+      notify(b);
+      archive(b);
+      observe(b);
+      watched(b);
+    });
   };
 
   if (config.mode === "cluster" && config.nomad !== undefined) {
@@ -171,7 +179,10 @@ async function compose(
     backend = createNomadBackend({ nomad });
     const consulRegistry = registry;
     const builders = () => consulRegistry.builders();
-    reader = createNomadBuildReader({ nomad, builders, log });
+    const { createConsulStopMarks, createMarkedReader, withStopReason } = await import("./policies/marks.js");
+    const marks = createConsulStopMarks({ consul, prefix: config.consulPrefix });
+    reader = createMarkedReader(createNomadBuildReader({ nomad, builders, log }), marks);
+    withReason = (build) => withStopReason(build, marks).catch(() => build);
     const tracker = createNomadTracker({
       nomad,
       builders,
@@ -212,6 +223,17 @@ async function compose(
   }
   const activeRegistry = registry;
   closers.push(() => activeRegistry.close());
+  const policies = createPolicies({
+    leadership: createSoleLeadership(),
+    registry: activeRegistry,
+    backend,
+    reader,
+    log,
+    defaultBuilder: config.builderJob,
+    metrics: { superseded: metrics.buildsSuperseded, timedOut: metrics.buildsTimedOut, cron: metrics.cronBuilds },
+  });
+  observe = (build) => policies.observe(build);
+  closers.push(() => policies.close());
 
   let archiveEnabled = false;
   if (config.archiveDir === undefined) {

@@ -14,6 +14,9 @@ export interface Metrics {
   eventReconnects: Counter;
   eventLagSeconds: Gauge;
   connectionsDropped: Counter;
+  buildsSuperseded: Counter;
+  buildsTimedOut: Counter;
+  cronBuilds: Counter<"result">;
 }
 
 /** Creates the metrics; `staleness` is read at scrape time. */
@@ -85,7 +88,26 @@ export function createMetrics(options: { staleness: () => { seconds: number; ok:
     help: "Connections closed at once because PETREL_MAX_CONNECTIONS were already open.",
     registers: [registry],
   });
+  const buildsSuperseded = new Counter({
+    name: "petrel_builds_superseded_total",
+    help: "Builds stopped because a newer build of their branch or pull request started.",
+    registers: [registry],
+  });
+  const buildsTimedOut = new Counter({
+    name: "petrel_builds_timed_out_total",
+    help: "Builds stopped because they ran longer than their timeout.",
+    registers: [registry],
+  });
+  const cronBuilds = new Counter({
+    name: "petrel_cron_builds_total",
+    help: "Runs of cron schedules by result (dispatched, duplicate: another leader had dispatched it, failed).",
+    labelNames: ["result"] as const,
+    registers: [registry],
+  });
   return {
+    buildsSuperseded,
+    buildsTimedOut,
+    cronBuilds,
     connectionsDropped,
     eventReconnects,
     eventLagSeconds,

@@ -34,7 +34,7 @@ export function createArchivedReader(live: BuildReader, store: ArchiveStore): Bu
       yield* archived;
     },
 
-    cancel: (id, signal) => live.cancel(id, signal),
+    cancel: (id, signal, why) => live.cancel(id, signal, why),
   };
 }
 

@@ -130,6 +130,12 @@ export interface LogRequest {
   signal: AbortSignal;
 }
 
+/** Why petrel itself stopped a build (a build policy): the state and reason the build then shows. */
+export interface StopReason {
+  state: "cancelled" | "error";
+  reason: string;
+}
+
 /** Reading builds back: the same answers in both modes, from Nomad's state or the local runner's records. */
 export interface BuildReader {
   /** Builds newest first, one page at a time. */
@@ -142,8 +148,8 @@ export interface BuildReader {
    * exist.
    */
   logs(id: string, request: LogRequest): AsyncIterable<Uint8Array>;
-  /** Stops a build; its state becomes cancelled. */
-  cancel(id: string, signal?: AbortSignal): Promise<void>;
+  /** Stops a build; its state becomes cancelled, or what `why` says when a policy stopped it. */
+  cancel(id: string, signal?: AbortSignal, why?: StopReason): Promise<void>;
 }
 
 /** Called by a backend whenever a build changes state (the commit-status notifier listens). */

@@ -64,6 +64,8 @@ export interface PlanBuildInput {
 const ZERO_ID = /^0+$/;
 const FLAVOR_NAME = /^[A-Za-z0-9._-]{1,64}$/;
 const COMMIT_ID = /^[0-9a-f]{7,64}$/;
+/** `[skip ci]` or `[ci skip]`, as GitHub, GitLab and Gitea Actions honour them. */
+const SKIP_CI = /\[(?:skip ci|ci skip)\]/i;
 const BUILD_ACTIONS: ReadonlySet<string> = new Set(["opened", "synchronized", "reopened"]);
 
 /**
@@ -159,6 +161,41 @@ export function planManual(input: PlanManualInput): Plan {
   });
 }
 
+export interface PlanCronInput {
+  entry: RepoEntry;
+  schedule: { name: string; ref: string; flavor: string };
+  /** The scheduled instant this run stands for (not the moment it fired). */
+  instant: Date;
+  /** What the ref pointed to when the run fired. */
+  commit: string;
+  cloneUrl: string;
+  defaultBuilder: string;
+}
+
+/**
+ * Plans one run of a `cron` schedule, pure: `EVENT=cron`, trusted like a trusted sender's push (the operator
+ * wrote the schedule). Its idempotency token derives from the repository, the schedule's name and the
+ * scheduled instant only, so two leaders firing the same instant (a failover) dispatch one build even when
+ * the ref moved between their two reads of it.
+ */
+export function planCron(input: PlanCronInput): Plan {
+  const { entry, schedule, instant } = input;
+  const plan = planManual({
+    entry,
+    ref: schedule.ref,
+    commit: input.commit,
+    flavor: schedule.flavor,
+    defaultBuilder: input.defaultBuilder,
+    repoUrl: input.cloneUrl,
+    nonce: "",
+    ...(entry.config.private === undefined ? {} : { private: entry.config.private }),
+    rerun: { event: "cron", branch: "", trusted: true },
+  });
+  if (plan.kind !== "build") return plan;
+  const canonical = JSON.stringify(["petrel-cron/1", entry.key, schedule.name, instant.toISOString()]);
+  return { ...plan, idempotencyToken: createHash("sha256").update(canonical, "utf8").digest("hex") };
+}
+
 /**
  * The meta to send to one builder, as Nomad's dispatch `Meta` map: the four required keys always, the optional
  * ones only when the builder declares them, since Nomad refuses undeclared keys (an Albatros builder knows
@@ -231,6 +268,7 @@ function planPush(push: PushEvent, target: BoundTarget): Plan {
   } else {
     return { kind: "skip", reason: `push to ${ref} is neither a branch nor a tag` };
   }
+  if (SKIP_CI.test(push.head_commit?.message ?? "")) return { kind: "skip", reason: "skip ci" };
   return build({
     target,
     repo: target.bound.repo,
@@ -251,6 +289,7 @@ function planPullRequest(event: PullRequestEvent, target: BoundTarget): Plan {
     const what = action === "closed" && pr.merged ? "closed (merged)" : `"${action}"`;
     return { kind: "skip", reason: `pull request #${number} ${what} does not start a build` };
   }
+  if (SKIP_CI.test(pr.title ?? "")) return { kind: "skip", reason: "skip ci" };
   const pullRef = `refs/pull/${number}/head`;
   // head.ref becomes BRANCH in the build's environment: a forged one must not carry anything a ref cannot.
   if (pr.head.ref !== "" && !isRefName(`refs/heads/${pr.head.ref}`)) {

@@ -17,7 +17,8 @@ export function commitStatusOf(build: Build): { state: Exclude<CommitState, "war
     case "failure":
       return { state: "failure", description: `build failed with exit code ${build.exitCode ?? "unknown"}` };
     case "cancelled":
-      return { state: "error", description: "build cancelled" };
+      // A policy's reason ("superseded by <id>") tells the forge's reader why; a plain cancel says just that.
+      return { state: "error", description: build.reason?.startsWith("superseded") ? build.reason : "build cancelled" };
     case "error":
       return { state: "error", description: build.reason ?? "build could not run" };
   }

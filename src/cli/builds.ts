@@ -33,7 +33,7 @@ const CONNECTION_HELP = `  --url U        petrel's address (default PETREL_URL, 
 
 const BUILDS_USAGE = `usage: petrel builds [--repo R] [--ref R] [--state S] [--limit N] [--cursor C] [--json]
 
-Lists builds, newest first: ID, STATE, REPO, REF, COMMIT, STARTED, TOOK.
+Lists builds, newest first: ID, STATE, REPO, REF, COMMIT, STARTED, TOOK, WHY (why a build was cancelled or errored).
   --repo R       owner/name
   --ref R        branch, tag or pull request head ref
   --state S      queued, running, success, failure, cancelled or error
@@ -155,7 +155,7 @@ export async function buildsCommand(argv: string[], env: Env, io: CliIo = proces
 /** The human table of `petrel builds`. */
 export function buildsTable(builds: readonly ApiBuild[], now: number): string {
   return formatTable(
-    ["ID", "STATE", "REPO", "REF", "COMMIT", "STARTED", "TOOK"],
+    ["ID", "STATE", "REPO", "REF", "COMMIT", "STARTED", "TOOK", "WHY"],
     builds.map((b) => [
       b.id,
       b.state === "failure" && b.exitCode !== undefined ? `failure(${b.exitCode})` : b.state,
@@ -164,6 +164,8 @@ export function buildsTable(builds: readonly ApiBuild[], now: number): string {
       b.commit.slice(0, 7),
       formatAge(b.startedAt ?? b.createdAt, now),
       took(b, now),
+      // "superseded by <id>", "timed out after 2h", "could not be placed: ...": what a cancelled or errored build says.
+      (b.state === "cancelled" || b.state === "error") && b.reason ? b.reason : "",
     ]),
   );
 }

@@ -5,11 +5,13 @@ import { AppError, errorMessage, UpstreamError } from "../errors.js";
 import { type HttpAnswer, headerValue, type Method, request } from "../http/request.js";
 import { type TlsOptions, tlsAgentOptions } from "../http/tls.js";
 import { sleep } from "../util/abort.js";
+import { parseGoDuration } from "../util/go-duration.js";
 import type { KvEntry } from "./schema.js";
 import { ConsulLeader, parseKvBody, WriteResult } from "./schema.js";
 import { createTokenBucket } from "./token-bucket.js";
 
 export type { KvEntry } from "./schema.js";
+export { parseGoDuration };
 
 /** Consul caps blocking waits at 10 minutes (api-docs/features/blocking.mdx). */
 const MAX_WAIT_MS = 10 * 60_000;
@@ -99,20 +101,6 @@ export function consulAgentOptions(tls: ConsulTlsOptions): Agent.Options {
   const waitMs = Math.min(parseGoDuration(tls.maxWait ?? "10m") ?? MAX_WAIT_MS, MAX_WAIT_MS);
   const timeout = blockingTimeoutMs(waitMs);
   return { ...tlsAgentOptions("Consul", tls), headersTimeout: timeout, bodyTimeout: timeout };
-}
-
-const GO_UNITS: Record<string, number> = { ns: 1e-6, us: 1e-3, µs: 1e-3, μs: 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
-
-/** Milliseconds of a Go duration (`1m30s`, `250ms`, `0`), or undefined when Go would reject it. */
-export function parseGoDuration(text: string): number | undefined {
-  if (text === "0" || text === "+0" || text === "-0") return 0;
-  const m = /^([+-]?)((?:(?:\d+\.?\d*|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+)$/.exec(text);
-  if (!m) return undefined;
-  let total = 0;
-  for (const part of (m[2] ?? "").matchAll(/(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)/g)) {
-    total += Number(part[1]) * (GO_UNITS[part[2] ?? ""] ?? Number.NaN);
-  }
-  return m[1] === "-" ? -total : total;
 }
 
 function blockingTimeoutMs(waitMs: number): number {

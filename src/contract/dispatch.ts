@@ -17,8 +17,8 @@ export interface BuildMeta {
   BRANCH: string;
   FLAVOR: string;
   REPO?: string;
-  /** A forge event, or `manual` for a build started through `POST /builds`. */
-  EVENT?: BuildEvent | "manual";
+  /** A forge event, `manual` for a build started through `POST /builds`, `cron` for a scheduled one. */
+  EVENT?: BuildEvent | "manual" | "cron";
   PR?: string;
   TAG?: string;
   TRUSTED?: "true" | "false";
@@ -55,7 +55,7 @@ export interface ContractProblem {
 export type Checked<T> = { ok: true; value: T } | { ok: false; problems: ContractProblem[] };
 
 const COMMIT_ID = /^[0-9a-f]{7,64}$/;
-const META_EVENTS: ReadonlySet<string> = new Set<NonNullable<BuildMeta["EVENT"]>>(["push", "tag", "pull_request", "manual"]);
+const META_EVENTS: ReadonlySet<string> = new Set<NonNullable<BuildMeta["EVENT"]>>(["push", "tag", "pull_request", "manual", "cron"]);
 const BOOLS: ReadonlySet<string> = new Set(["true", "false"]);
 
 /** Checks dispatch meta; unknown keys are dropped, every problem is reported. */

@@ -1,6 +1,9 @@
 import type { RepoConfig, RepoKey } from "../registry/schema.js";
 import type { Delivery } from "./events.js";
 
+// Where it always lived; its own module so the registry schema can check refs without importing the binding.
+export { isRefName } from "./ref.js";
+
 /** What a delivery bound to its entry may build: every field derived from the entry, none from the payload. */
 export interface BoundRepository {
   /** `owner/name` from the entry key, for REPO and commit statuses. */
@@ -160,18 +163,4 @@ function isSshUrlOf(raw: string, hosts: ReadonlySet<string>, owner: string, name
     .split("/")
     .map((s) => s.toLowerCase());
   return hosts.has(hostname) && sameRepo(segments, owner, name, false);
-}
-
-/**
- * True when `ref` is a full ref name git accepts (`git check-ref-format` rules), under `refs/`, and safe to pass
- * to git and to a build's environment: no component starting with `-`, at most 1024 bytes.
- */
-export function isRefName(ref: string): boolean {
-  if (!ref.startsWith("refs/") || Buffer.byteLength(ref, "utf8") > 1024) return false;
-  // Control characters, DEL, space and the characters git reserves: ~ ^ : ? * [ \
-  if (/[\x00-\x20\x7f~^:?*[\\]/.test(ref)) return false;
-  if (ref.includes("..") || ref.includes("@{") || ref === "@" || ref.endsWith(".") || ref.endsWith("/")) return false;
-  const parts = ref.split("/");
-  if (parts.length < 3) return false;
-  return parts.every((p) => p !== "" && !p.startsWith(".") && !p.startsWith("-") && !p.endsWith(".lock"));
 }

@@ -30,7 +30,7 @@ export const PushEvent = Envelope.extend({
   ref: z.string().min(1),
   after: SHA,
   head_commit: z
-    .object({ id: SHA })
+    .object({ id: SHA, message: z.string().optional() })
     .nullish()
     .transform((c) => c ?? null),
 });
@@ -49,6 +49,7 @@ export const PullRequestEvent = Envelope.extend({
   number: z.number().int().positive(),
   pull_request: z.object({
     merged: z.boolean().optional(),
+    title: z.string().optional(),
     head: z.object({
       ref: z.string(),
       sha: SHA,

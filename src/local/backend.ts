@@ -17,6 +17,7 @@ import type {
   BuildReader,
   DispatchedBuild,
   LogRequest,
+  StopReason,
 } from "../builds/backend.js";
 import { isAfterCursor, isTerminal, newestFirst } from "../builds/backend.js";
 import { buildFromMeta, matchesFilter } from "../builds/model.js";
@@ -70,6 +71,8 @@ interface Running {
   alloc: string;
   namespaced: boolean;
   cancelled: boolean;
+  /** Set when a policy stopped it (superseded, timed out). */
+  why?: StopReason;
   exited: Promise<void>;
 }
 
@@ -268,7 +271,7 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
     const leftovers = await killByEnv("NOMAD_ALLOC_ID", entry.alloc).catch(() => 0);
     if (leftovers > 0) log.warn({ build: id, processes: leftovers }, "killed processes the build left running");
     let next: BuildRecord;
-    if (entry.cancelled) next = { ...rest, state: "cancelled", reason: "cancelled", finishedAt };
+    if (entry.cancelled) next = { ...rest, state: entry.why?.state ?? "cancelled", reason: entry.why?.reason ?? "cancelled", finishedAt };
     else if (closed) next = { ...rest, state: "error", reason: "petrel stopped while the build was running", finishedAt };
     else if (code === 0) next = { ...rest, state: "success", exitCode: 0, finishedAt };
     else if (code !== null) next = { ...rest, state: "failure", exitCode: code, reason: `exit code ${code}`, finishedAt };
@@ -464,18 +467,25 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
       }
     },
 
-    async cancel(id) {
+    async cancel(id, _signal, why) {
       const record = known(id);
       if (record.state === "queued") {
         const at = queue.indexOf(id);
         if (at >= 0) queue.splice(at, 1);
         payloads.delete(id);
         await removeTaskFiles(id);
-        await update({ ...record, state: "cancelled", reason: "cancelled before it started", finishedAt: new Date().toISOString() });
+        await update({
+          ...record,
+          state: why?.state ?? "cancelled",
+          reason: why?.reason ?? "cancelled before it started",
+          finishedAt: new Date().toISOString(),
+        });
         return;
       }
       const entry = running.get(id);
       if (entry === undefined) return;
+      // The first reason stands: an admin's cancel after a timeout does not rename it.
+      if (!entry.cancelled && why !== undefined) entry.why = why;
       entry.cancelled = true;
       await stop(entry);
     },

@@ -1,7 +1,7 @@
 // Albatros's registry layout (SPEC §12): `<prefix>/<base64 of the repository URL>` → one JSON entry with the
 // hook token, the forge, the trusted senders and `inject`, shell text that exports the secrets.
 import type { AlbatrosEntry, RepoEntry, RepoKey } from "./schema.js";
-import { repoKeyFromUrl } from "./schema.js";
+import { DEFAULT_TIMEOUT, repoKeyFromUrl } from "./schema.js";
 
 // Standard and URL-safe alphabets, padded or not: installations wrote either.
 const BASE64 = /^[A-Za-z0-9+/_-]+={0,2}$/;
@@ -34,6 +34,10 @@ export function entryFromAlbatros(consulKey: string, key: RepoKey, value: Albatr
       trusted: value.trusted,
       flavors: { default: { builder: defaultBuilder } },
       caches: {},
+      // Albatros had no build policies: an entry read from it gets petrel's defaults (SPEC §11).
+      supersede: true,
+      timeout: DEFAULT_TIMEOUT,
+      cron: [],
       ...(value.gitea === undefined ? {} : { gitea: value.gitea }),
       ...(value.logs === undefined ? {} : { logs: value.logs }),
       ...(value.private === undefined ? {} : { private: value.private }),

@@ -1,4 +1,7 @@
+import { Cron } from "croner";
 import { z } from "zod";
+import { isRefName } from "../gitea/ref.js";
+import { parseGoDuration } from "../util/go-duration.js";
 
 /** One path segment of a repository key: lower-case, safe as a Consul key on every Consul version. */
 export const SEGMENT = /^[a-z0-9._-]+$/;
@@ -59,27 +62,100 @@ export const HookAuth = z
   });
 export type HookAuth = z.infer<typeof HookAuth>;
 
-export const Flavor = z.object({ builder: z.string().min(1) });
+/** The default `timeout` of a build (SPEC §11). */
+export const DEFAULT_TIMEOUT = "2h";
+
+/** A Go duration string above zero (`90s`, `45m`, `1h30m`), as Nomad job files write them. */
+export const GoDuration = z.string().refine((s) => (parseGoDuration(s) ?? 0) > 0 && s.length <= 64, {
+  message: 'must be a Go duration above zero, like "90s", "45m" or "1h30m"',
+});
+
+export const Flavor = z.object({ builder: z.string().min(1), timeout: GoDuration.optional() });
 export type Flavor = z.infer<typeof Flavor>;
 
-/** A repository's entry: `<prefix>/repos/<host>/<owner>/<name>` in Consul, `repos.<key>` in the YAML file. */
-export const RepoConfig = z.object({
-  hook: HookAuth,
-  gitea: z.object({ url: z.url(), token: z.string().min(1) }).optional(),
-  trusted: z.object({ senders: z.array(z.string().min(1)).default([]) }).default({ senders: [] }),
-  flavors: z.record(z.string().regex(FLAVOR, "flavor names are letters, digits, '.', '_' and '-'"), Flavor).optional(),
-  caches: z
-    .record(z.string().regex(/^[A-Za-z0-9._-]+$/, "cache names are letters, digits, '.', '_' and '-'"), z.string().min(1))
-    .default({}),
-  logs: z.enum(["public", "token"]).optional(),
-  /**
-   * Whether the repository is private, as the operator states it. Without it (and without `logs`), privacy
-   * comes from the PRIVATE meta the forge's payload set at dispatch; when neither tells, reading needs the token.
-   */
-  private: z.boolean().optional(),
-  /** Set by the operator, so it may be a `file://` URL or a local path; every build of the repository clones it. */
-  clone_url: z.string().refine(isCloneUrl, "must be an https, http, ssh, git or file URL, user@host:path, or an absolute path").optional(),
+/** Why croner refuses a 5-field (or 6-field, seconds first) pattern; undefined when it takes it. */
+export function cronProblem(pattern: string, timezone?: string): string | undefined {
+  const fields = pattern.trim().split(/\s+/).length;
+  if (fields !== 5 && fields !== 6) return `has ${fields} fields; expected 5 (minute hour day month weekday) or 6 (seconds first)`;
+  try {
+    new Cron(pattern, { paused: true, mode: "5-or-6-parts", ...(timezone === undefined ? {} : { timezone }) }).nextRun();
+    return undefined;
+  } catch (err) {
+    return (err as Error).message;
+  }
+}
+
+/** True when `tz` is an IANA time zone this Node knows (`Europe/Berlin`, `UTC`). */
+export function isTimeZone(tz: string): boolean {
+  try {
+    new Intl.DateTimeFormat("en", { timeZone: tz });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** One scheduled build: `ref` is a branch or tag (`main` means `refs/heads/main`). */
+export const CronSchedule = z.strictObject({
+  name: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, "schedule names are 1 to 64 letters, digits, '.', '_' and '-'"),
+  schedule: z.string().superRefine((pattern, ctx) => {
+    const problem = cronProblem(pattern);
+    if (problem !== undefined) ctx.addIssue({ code: "custom", message: `not a cron schedule: ${problem}` });
+  }),
+  ref: z
+    .string()
+    .transform((ref) => (ref.startsWith("refs/") ? ref : `refs/heads/${ref}`))
+    .refine((ref) => isRefName(ref) && (ref.startsWith("refs/heads/") || ref.startsWith("refs/tags/")), {
+      message: "must be a branch (main, refs/heads/main) or a tag (refs/tags/v1)",
+    }),
+  flavor: z.string().regex(FLAVOR, "flavor names are letters, digits, '.', '_' and '-'").default("default"),
 });
+export type CronSchedule = z.infer<typeof CronSchedule>;
+
+/** A repository's entry: `<prefix>/repos/<host>/<owner>/<name>` in Consul, `repos.<key>` in the YAML file. */
+export const RepoConfig = z
+  .object({
+    hook: HookAuth,
+    gitea: z.object({ url: z.url(), token: z.string().min(1) }).optional(),
+    trusted: z.object({ senders: z.array(z.string().min(1)).default([]) }).default({ senders: [] }),
+    flavors: z.record(z.string().regex(FLAVOR, "flavor names are letters, digits, '.', '_' and '-'"), Flavor).optional(),
+    caches: z
+      .record(z.string().regex(/^[A-Za-z0-9._-]+$/, "cache names are letters, digits, '.', '_' and '-'"), z.string().min(1))
+      .default({}),
+    logs: z.enum(["public", "token"]).optional(),
+    /**
+     * Whether the repository is private, as the operator states it. Without it (and without `logs`), privacy
+     * comes from the PRIVATE meta the forge's payload set at dispatch; when neither tells, reading needs the token.
+     */
+    private: z.boolean().optional(),
+    /** Set by the operator, so it may be a `file://` URL or a local path; every build of the repository clones it. */
+    clone_url: z
+      .string()
+      .refine(isCloneUrl, "must be an https, http, ssh, git or file URL, user@host:path, or an absolute path")
+      .optional(),
+    /** A new build of a branch or pull request cancels the older ones still queued or running (SPEC §11). */
+    supersede: z.boolean().default(true),
+    /** How long a build may run before it is stopped; a flavor's own `timeout` wins. */
+    timeout: GoDuration.default(DEFAULT_TIMEOUT),
+    cron: z.array(CronSchedule).default([]),
+    /** The IANA time zone of the `cron` schedules; UTC when absent. */
+    tz: z.string().refine(isTimeZone, "must be an IANA time zone such as UTC or Europe/Berlin").optional(),
+  })
+  .superRefine((config, ctx) => {
+    const names = new Set<string>();
+    config.cron.forEach((schedule, i) => {
+      if (names.has(schedule.name))
+        ctx.addIssue({ code: "custom", path: ["cron", i, "name"], message: `duplicate schedule name "${schedule.name}"` });
+      names.add(schedule.name);
+      const flavors = config.flavors ?? { default: {} };
+      if (!Object.hasOwn(flavors, schedule.flavor))
+        ctx.addIssue({
+          code: "custom",
+          path: ["cron", i, "flavor"],
+          message: `unknown flavor "${schedule.flavor}"; known: ${Object.keys(flavors).sort().join(", ")}`,
+        });
+    });
+  });
 export type RepoConfig = z.infer<typeof RepoConfig>;
 
 /**
@@ -129,6 +205,13 @@ export type AlbatrosEntry = z.infer<typeof AlbatrosEntry>;
 /** The flavors of a repository, with the documented default when the entry names none. */
 export function flavorsOf(config: RepoConfig, defaultBuilder: string): Record<string, Flavor> {
   return config.flavors ?? { default: { builder: defaultBuilder } };
+}
+
+/** The timeout of a flavor's builds: the flavor's own, else the entry's, as written and in milliseconds. */
+export function timeoutOf(config: RepoConfig, flavor: string): { text: string; ms: number } {
+  const own = config.flavors !== undefined && Object.hasOwn(config.flavors, flavor) ? config.flavors[flavor]?.timeout : undefined;
+  const text = own ?? config.timeout ?? DEFAULT_TIMEOUT;
+  return { text, ms: parseGoDuration(text) ?? 2 * 3600 * 1000 };
 }
 
 /** The builder jobs of a set of entries, the default one included. */

@@ -75,7 +75,7 @@ describe("petrel builds", () => {
     const c = captureIo();
     expect(await buildsCommand([], env, c.io)).toBe(0);
     const lines = c.stdout().trimEnd().split("\n");
-    expect(lines[0]).toMatch(/^ID\s+STATE\s+REPO\s+REF\s+COMMIT\s+STARTED\s+TOOK$/);
+    expect(lines[0]).toMatch(/^ID\s+STATE\s+REPO\s+REF\s+COMMIT\s+STARTED\s+TOOK\s+WHY$/);
     // The private repository's build is hidden without the token.
     expect(lines).toHaveLength(3);
     expect(lines[1]).toContain(failed);

@@ -38,7 +38,7 @@ describe("dispatch meta", () => {
         { path: "COMMIT", message: "must be a hex commit id" },
         { path: "BRANCH", message: "required" },
         { path: "PR", message: "expected a string" },
-        { path: "EVENT", message: "expected one of push, tag, pull_request, manual" },
+        { path: "EVENT", message: "expected one of push, tag, pull_request, manual, cron" },
         { path: "TRUSTED", message: "expected one of true, false" },
       ],
     });

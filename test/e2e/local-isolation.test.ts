@@ -135,7 +135,14 @@ describe.skipIf(!isRoot)("single-machine builds cannot reach each other (as root
       join(dir, "petrel.yaml"),
       KEY,
       // The operator's clone_url: payloads may not name a local path (issue 9, finding 2).
-      { hook: { secret: SECRET }, trusted: { senders: ["dana"] }, caches: { deps: "deps" }, clone_url: `file://${bare}` },
+      // supersede off: the attack needs builds of one branch running and queued side by side.
+      {
+        hook: { secret: SECRET },
+        trusted: { senders: ["dana"] },
+        caches: { deps: "deps" },
+        clone_url: `file://${bare}`,
+        supersede: false,
+      },
       { API_TOKEN: TOKEN },
     );
     petrel = await startPetrel(dir);
