@@ -17,6 +17,8 @@ export interface Access {
    * (GET), so a request a browser sends on its own can never change anything through the JSON API.
    */
   reader(c: Context): boolean;
+  /** Lets a page form act as the admin: only after its session cookie and CSRF token were checked. */
+  grantForm(c: Context): void;
   /** Throws unless the request carries the bearer token (the API's changing endpoints). */
   requireAdmin(c: Context): void;
   /** Whether an anonymous caller may read a build. */
@@ -27,8 +29,11 @@ export interface Access {
 
 export function createAccess(deps: AppDeps, sessions: Sessions): Access {
   const bearer = (c: Context) => isAdmin(c.req.header("authorization"), deps.adminToken);
+  const forms = new WeakSet<Request>();
   const reader = (c: Context) =>
-    bearer(c) || ((c.req.method === "GET" || c.req.method === "HEAD") && sessions.valid(getCookie(c, SESSION_COOKIE)));
+    bearer(c) ||
+    forms.has(c.req.raw) ||
+    ((c.req.method === "GET" || c.req.method === "HEAD") && sessions.valid(getCookie(c, SESSION_COOKIE)));
 
   /**
    * Privacy comes from the registry entry (`logs`, `private`) and the forge's payload (the PRIVATE meta set at
@@ -46,6 +51,7 @@ export function createAccess(deps: AppDeps, sessions: Sessions): Access {
     bearer,
     reader,
     publicBuild,
+    grantForm: (c) => void forms.add(c.req.raw),
     requireAdmin(c) {
       if (deps.adminToken === undefined) {
         throw new AppError("forbidden", "this endpoint is disabled: set PETREL_ADMIN_TOKEN to enable it");

@@ -43,7 +43,8 @@ export function formatCursor(cursor: BuildCursor): string {
   return Buffer.from(`${cursor.time}.${cursor.id}`).toString("base64url");
 }
 
-function parseCursor(raw: string): BuildCursor {
+/** The cursor `formatCursor` gave out; anything else is a 400. */
+export function parseCursor(raw: string): BuildCursor {
   const text = Buffer.from(raw, "base64url").toString();
   const dot = text.indexOf(".");
   const time = Number(text.slice(0, dot));

@@ -1,0 +1,150 @@
+import { AnsiUp } from "ansi_up";
+
+/** SGR sequences (colours, styles): kept from text a `\r` drops, so the colour it set still holds. */
+const SGR = /\x1b\[[0-9;:]*m/g;
+/** A step header line's own duration, as the executor ends it (`checkout acme/widgets@4c1d7e0 (cached) 120 ms`). */
+const OWN_DURATION = /(?<!\bafter)\s(\d+ ms|\d+(?:\.\d+)? s)$/;
+/** The previous step's duration, as the line ending it says (`exit 0 after 3.45 s`). */
+const AFTER_DURATION = /\bafter (\d+ ms|\d+(?:\.\d+)? s)\b/;
+/** Lines per block: each block is laid out only when near the viewport (`content-visibility: auto`). */
+export const LINES_PER_BLOCK = 500;
+/** A section without a duration of its own waits for the next header to learn it, up to this much HTML. */
+const SECTION_HOLD_MAX = 1 << 20;
+
+/** What a terminal leaves of a line `\r` rewrote: the text after the last `\r`, in the colours set before it. */
+export function collapseCarriageReturns(line: string): string {
+  const text = line.replace(/\r+$/, "");
+  const cr = text.lastIndexOf("\r");
+  if (cr < 0) return text;
+  const dropped = text.slice(0, cr);
+  return (dropped.match(SGR)?.join("") ?? "") + text.slice(cr + 1);
+}
+
+/** True for the executor's step header lines (`==> ...`), colours aside. */
+export function isStepHeader(line: string): boolean {
+  return line.replace(SGR, "").startsWith("==> ");
+}
+
+function escapeAttr(text: string): string {
+  return text.replace(/&/g, "&amp;").replace(/"/g, "&quot;").replace(/</g, "&lt;");
+}
+
+/** A log rendered to HTML chunk by chunk, so a page can stream it. */
+export interface LogHtml {
+  /** HTML for the whole lines in `bytes` (and any held before); the rest waits for more. */
+  push(bytes: Uint8Array): string;
+  /** HTML for what is left; the last line without its newline too when `partial` (a finished log). */
+  end(partial: boolean): string;
+  /** Bytes of the log rendered so far: where a live view resumes. */
+  readonly offset: number;
+  readonly lines: number;
+}
+
+/**
+ * Lines become `<div id="L<n>">` with a link to themselves; `==>` headers open a `<details>` section whose
+ * summary shows the step's duration; lines are grouped in blocks the browser lays out lazily.
+ */
+export function createLogHtml(): LogHtml {
+  const ansi = new AnsiUp();
+  ansi.use_classes = true;
+  // Cut at newlines only, so every decode gets whole characters.
+  const decoder = new TextDecoder("utf-8");
+  let held: Uint8Array = new Uint8Array(0);
+  let offset = 0;
+  let line = 0;
+  let blockLines = 0;
+  let inSection = false;
+  // A section whose header carries no duration is held until the next header says it (or it grows too big).
+  let hold: { header: string; n: number; body: string[]; size: number } | undefined;
+
+  const lineHtml = (raw: string): string => {
+    line++;
+    const html = ansi.ansi_to_html(collapseCarriageReturns(raw));
+    let out = "";
+    if (blockLines === LINES_PER_BLOCK) {
+      out += '</div><div class="blk">';
+      blockLines = 0;
+    }
+    blockLines++;
+    return `${out}<div id="L${line}"><a href="#L${line}">${line}</a>${html}</div>`;
+  };
+
+  const summary = (header: string, n: number, duration: string | undefined) =>
+    `<summary id="L${n}"><a href="#L${n}">${n}</a><span class="step">${header}</span>${
+      duration === undefined ? "" : `<span class="dur" title="step duration">${escapeAttr(duration)}</span>`
+    }</summary>`;
+
+  const flushHold = (duration: string | undefined): string => {
+    if (hold === undefined) return "";
+    const out = `<details open>${summary(hold.header, hold.n, duration)}<div class="blk">${hold.body.join("")}`;
+    hold = undefined;
+    return out;
+  };
+
+  const closeSection = (next: string | undefined): string => {
+    if (hold !== undefined) return `${flushHold(next === undefined ? undefined : AFTER_DURATION.exec(next)?.[1])}</div></details>`;
+    return inSection ? "</div></details>" : "</div>";
+  };
+
+  const render = (text: string): string => {
+    let out = "";
+    for (const raw of text.split("\n")) {
+      const visible = collapseCarriageReturns(raw).replace(SGR, "");
+      if (visible.startsWith("==> ")) {
+        out += closeSection(visible);
+        line++;
+        blockLines = 0;
+        const header = ansi.ansi_to_html(collapseCarriageReturns(raw));
+        const own = OWN_DURATION.exec(visible)?.[1];
+        inSection = true;
+        if (own !== undefined) {
+          out += `<details open>${summary(header, line, own)}<div class="blk">`;
+        } else hold = { header, n: line, body: [], size: 0 };
+        continue;
+      }
+      const html = lineHtml(raw);
+      if (hold !== undefined) {
+        hold.body.push(html);
+        hold.size += html.length;
+        if (hold.size > SECTION_HOLD_MAX) out += flushHold(undefined);
+      } else out += html;
+    }
+    return out;
+  };
+
+  let started = false;
+  const start = () => {
+    if (started) return "";
+    started = true;
+    return '<div class="blk">';
+  };
+
+  return {
+    get offset() {
+      return offset;
+    },
+    get lines() {
+      return line;
+    },
+    push(bytes) {
+      const all = held.length === 0 ? bytes : Buffer.concat([held, bytes]);
+      const nl = all.lastIndexOf(0x0a);
+      if (nl < 0) {
+        held = all;
+        return "";
+      }
+      held = all.subarray(nl + 1);
+      offset += nl + 1;
+      return start() + render(decoder.decode(all.subarray(0, nl)));
+    },
+    end(partial) {
+      let out = start();
+      if (partial && held.length > 0) {
+        offset += held.length;
+        out += render(decoder.decode(held));
+        held = new Uint8Array(0);
+      }
+      return out + closeSection(undefined);
+    },
+  };
+}
