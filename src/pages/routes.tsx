@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import type { Context, Next } from "hono";
 import { Hono } from "hono";
 import { deleteCookie, getCookie, setCookie } from "hono/cookie";
+import { raw } from "hono/html";
 import type { Child } from "hono/jsx";
 import { safeEqual } from "../auth.js";
 import type { Build, BuildFilter, BuildState } from "../builds/backend.js";
@@ -224,7 +225,7 @@ export function createPagesRoute(deps: AppDeps, access: Access, actions: BuildAc
       (
         <Shell title={`${build.repo} ${build.ref}`} assets={links} viewer={viewer} script={live}>
           <BuildView build={build} viewer={viewer} logsUrl={logsUrl} live={live} />
-          {STREAM_MARK}
+          {raw(STREAM_MARK)}
         </Shell>
       )
     ).toString()}`;
