@@ -42,7 +42,7 @@ let seq = 0;
 
 /**
  * Branches: `colors` prints colours, a `\r` progress line and step headers; `gate` prints a line, waits for
- * the gate, prints another; `sleep` runs until cancelled; `big` prints BIG_LINES coloured lines.
+ * the gate, prints another; `sleep` runs until cancelled; `big` prints BIG_LINES coloured lines; `mib-N` about N MiB.
  */
 export async function startPagesPetrel(publicUrl = "http://127.0.0.1"): Promise<PagesPetrel> {
   const dir = mkdtempSync(join(tmpdir(), "petrel-pages-"));
@@ -65,6 +65,10 @@ case "$NOMAD_META_BRANCH" in
     while [ ! -e "${dir}/gate" ]; do sleep 0.05; done
     out '\\033[36mafter gate\\033[0m\\n' ;;
   sleep) out 'sleeping\\n'; exec sleep 60 ;;
+  mib-*)
+    # About N MiB of 100-byte lines, every tenth one coloured.
+    awk -v n="\${NOMAD_META_BRANCH#mib-}" 'BEGIN { for (i = 1; i <= n * 10486; i++) { if (i % 10 == 0) printf "\\033[33mwarn\\033[0m %090d\\n", i; else printf "line %093d\\n", i } }' > "${dir}/mib-$$"
+    cat "${dir}/mib-$$"; cat "${dir}/mib-$$" >&3 ;;
   big)
     seq 1 ${BIG_LINES} | awk '{ printf "line %d \\033[32mok\\033[0m\\n", $1 }' > "${dir}/big-$$"
     cat "${dir}/big-$$"; cat "${dir}/big-$$" >&3 ;;
