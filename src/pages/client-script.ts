@@ -48,13 +48,14 @@ export const CLIENT_SCRIPT = String.raw`
   var follow = document.getElementById("follow");
   var stateEl = document.getElementById("b-state");
 
-  function newBlock(parent) {
+  function newBlock(parent, before) {
     block = document.createElement("div");
     block.className = "blk";
+    block.style.counterReset = "ln " + before;
     parent.appendChild(block);
     blockLines = 0;
   }
-  if (!block) newBlock(log);
+  if (!block) newBlock(log, line);
 
   function setDuration(sec, text) {
     if (!sec || sec.querySelector("summary .dur")) return;
@@ -90,15 +91,15 @@ export const CLIENT_SCRIPT = String.raw`
           ansi.ansi_to_html(raw) + "</span></summary>";
         if (own) setDuration(section, own[1]);
         log.appendChild(section);
-        newBlock(section);
+        newBlock(section, line);
         continue;
       }
       if (blockLines === PER_BLOCK) {
         flush();
-        newBlock(block.parentNode);
+        newBlock(block.parentNode, line - 1);
       }
       blockLines++;
-      html += '<div id="' + id + '"><a href="#' + id + '">' + line + "</a>" + ansi.ansi_to_html(raw) + "</div>";
+      html += '<div id="' + id + '">' + ansi.ansi_to_html(raw) + "</div>";
     }
     flush();
   }
@@ -141,6 +142,13 @@ export const CLIENT_SCRIPT = String.raw`
       if (following) window.scrollTo(0, document.documentElement.scrollHeight);
     });
   }
+  // A line's number (its ::before, in the left padding) links to the line.
+  log.addEventListener("click", function (e) {
+    var el = e.target;
+    if (!el || !el.id || !el.parentNode || el.parentNode.className !== "blk") return;
+    if (e.offsetX > parseFloat(getComputedStyle(el).paddingLeft)) return;
+    location.hash = el.id;
+  });
   if (log.getAttribute("data-live") !== "true") return;
   var url = log.getAttribute("data-src") + "&offset=" + offset;
   var source = new EventSource(url);

@@ -36,6 +36,11 @@ function escapeText(text: string): string {
   return /[&<>"']/.test(text) ? text.replace(/[&<>"']/g, (c) => ESCAPES[c] as string) : text;
 }
 
+/** A block of lines whose numbering goes on after line `before`. */
+function openBlock(before: number): string {
+  return `<div class="blk" style="counter-reset:ln ${before}">`;
+}
+
 /** A log rendered to HTML chunk by chunk, so a page can stream it. */
 export interface LogHtml {
   /** HTML for the whole lines in `bytes` (and any held before); the rest waits for more. */
@@ -48,7 +53,7 @@ export interface LogHtml {
 }
 
 /**
- * Lines become `<div id="L<n>">` with a link to themselves; `==>` headers open a `<details>` section whose
+ * Lines become `<div id="L<n>">` (numbered by CSS); `==>` headers open a `<details>` section whose
  * summary shows the step's duration; lines are grouped in blocks the browser lays out lazily.
  */
 export function createLogHtml(): LogHtml {
@@ -80,12 +85,13 @@ export function createLogHtml(): LogHtml {
     line++;
     let out = "";
     if (blockLines === LINES_PER_BLOCK) {
-      out = '</div><div class="blk">';
+      out = `</div>${openBlock(line - 1)}`;
       blockLines = 0;
     }
     blockLines++;
-    // Unquoted attributes: a 100,000-line page is 0.6 MB lighter.
-    return `${out}<div id=L${line}><a href=#L${line}>${line}</a>${convert(text)}</div>`;
+    // The number is the block's CSS counter, not a link element of its own: a third fewer elements makes a
+    // 100,000-line page render in half the time. The script makes the number a link (click, keyboard).
+    return `${out}<div id=L${line}>${convert(text)}</div>`;
   };
 
   const summary = (header: string, n: number, duration: string | undefined) =>
@@ -95,7 +101,7 @@ export function createLogHtml(): LogHtml {
 
   const flushHold = (duration: string | undefined): string => {
     if (hold === undefined) return "";
-    const out = `<details open>${summary(hold.header, hold.n, duration)}<div class="blk">${hold.body.join("")}`;
+    const out = `<details open>${summary(hold.header, hold.n, duration)}${openBlock(hold.n)}${hold.body.join("")}`;
     hold = undefined;
     return out;
   };
@@ -118,7 +124,7 @@ export function createLogHtml(): LogHtml {
         const own = OWN_DURATION.exec(visible)?.[1];
         inSection = true;
         if (own !== undefined) {
-          out += `<details open>${summary(header, line, own)}<div class="blk">`;
+          out += `<details open>${summary(header, line, own)}${openBlock(line)}`;
         } else hold = { header, n: line, body: [], size: 0 };
         continue;
       }
@@ -136,7 +142,7 @@ export function createLogHtml(): LogHtml {
   const start = () => {
     if (started) return "";
     started = true;
-    return '<div class="blk">';
+    return openBlock(0);
   };
 
   return {

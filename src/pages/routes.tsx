@@ -223,7 +223,7 @@ export function createPagesRoute(deps: AppDeps, access: Access, actions: BuildAc
     const viewer = viewerOf(c);
     const shell = `<!doctype html>${(
       (
-        <Shell title={`${build.repo} ${build.ref}`} assets={links} viewer={viewer} script={live}>
+        <Shell title={`${build.repo} ${build.ref}`} assets={links} viewer={viewer} script={true}>
           <BuildView build={build} viewer={viewer} logsUrl={logsUrl} live={live} />
           {raw(STREAM_MARK)}
         </Shell>

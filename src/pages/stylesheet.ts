@@ -54,10 +54,13 @@ button.danger { color: var(--bad); border-color: var(--bad); }
 .log { background: var(--log-bg); color: var(--log-fg); border: 1px solid var(--line); border-radius: .35rem; padding: .4rem 0;
   font: 13px/1.45 ui-monospace, SFMono-Regular, Menlo, Consolas, "Liberation Mono", monospace; overflow-x: auto; }
 .log .blk { content-visibility: auto; contain-intrinsic-size: auto 500lh; }
-.log div[id] { white-space: pre-wrap; overflow-wrap: anywhere; padding: 0 .75rem 0 0; min-height: 1.45em; }
-.log a[href^="#L"] { display: inline-block; min-width: 5ch; padding-right: 1ch; margin-right: .5ch; text-align: right;
+.log .blk > div { counter-increment: ln; position: relative; white-space: pre-wrap; overflow-wrap: anywhere;
+  padding: 0 .75rem 0 7ch; min-height: 1.45em; }
+.log .blk > div::before { content: counter(ln); position: absolute; left: 0; width: 6ch; text-align: right;
+  color: var(--muted); user-select: none; cursor: pointer; }
+.log .blk > div:hover::before { text-decoration: underline; }
+.log summary a[href^="#L"] { display: inline-block; min-width: 5ch; padding-right: 1ch; text-align: right;
   color: var(--muted); text-decoration: none; user-select: none; }
-.log a[href^="#L"]:hover { text-decoration: underline; }
 .log :target { background: var(--hl); }
 .log details > summary { cursor: pointer; white-space: pre-wrap; font-weight: 600; padding: .1rem .75rem 0 0; list-style-position: inside; }
 .log details > summary .dur { float: right; color: var(--muted); font-weight: 400; }
@@ -82,6 +85,7 @@ button.danger { color: var(--bad); border-color: var(--bad); }
   main { padding: .6rem; }
   table.builds .wide { display: none; }
   .log { font-size: 12px; }
-  .log a[href^="#L"] { min-width: 4ch; }
+  .log .blk > div { padding-left: 5.5ch; }
+  .log .blk > div::before { width: 4.5ch; }
 }
 `;
