@@ -150,6 +150,21 @@ export const CLIENT_SCRIPT = String.raw`
     location.hash = el.id;
   });
   if (log.getAttribute("data-live") !== "true") return;
+
+  // SSE gives every \r as a line end, so progress lines arrive one per update. Once the build has ended, what
+  // came live is read again as text and, when it had a lone \r, rendered again with the \r collapsed.
+  var start = { line: line, block: block, blockLines: blockLines, section: section, logChildren: log.childElementCount,
+    sectionChildren: section ? section.childElementCount : 0 };
+  function redo(text) {
+    while (start.block.childElementCount > start.blockLines) start.block.removeChild(start.block.lastElementChild);
+    if (start.section) while (start.section.childElementCount > start.sectionChildren) start.section.removeChild(start.section.lastElementChild);
+    while (log.childElementCount > start.logChildren) log.removeChild(log.lastElementChild);
+    line = start.line; block = start.block; blockLines = start.blockLines; section = start.section;
+    ansi = new AnsiUp();
+    ansi.use_classes = true;
+    render(text.replace(/\n$/, ""));
+  }
+
   var url = log.getAttribute("data-src") + "&offset=" + offset;
   var source = new EventSource(url);
   source.addEventListener("log", function (e) {
@@ -166,6 +181,10 @@ export const CLIENT_SCRIPT = String.raw`
     source.close();
     if (pending) pending += "\n";
     frame();
+    fetch(log.getAttribute("data-src") + "&follow=false&offset=" + offset)
+      .then(function (r) { return r.ok ? r.text() : ""; })
+      .then(function (text) { if (/\r(?!\n)/.test(text)) redo(text); })
+      .catch(function () {});
     if (follow) follow.hidden = true;
     log.setAttribute("data-live", "false");
   });

@@ -112,6 +112,9 @@ describe.skipIf(BROWSER_SKIP)("the pages in chromium (skipped: /usr/bin/chromium
     await page.locator("#log .ansi-cyan-fg", { hasText: "after gate" }).waitFor({ timeout: 15_000 });
     await page.locator("#b-state", { hasText: "success" }).waitFor({ timeout: 15_000 });
     expect(await page.evaluate(() => (window as unknown as { stayed?: boolean }).stayed)).toBe(true);
+    // Progress written with \r arrives as separate lines over SSE, and is collapsed once the build has ended.
+    await until(async () => (await page.locator("#log div[id]", { hasText: "fetching" }).count()) === 1);
+    expect(await page.locator("#log div[id]", { hasText: "fetching" }).textContent()).toBe("fetching 100%");
     const last = page.locator("#log summary", { hasText: "exit 0 after 1.25 s" });
     expect(await last.count()).toBe(1);
     // Lines the script added are numbered and linked like the server's.

@@ -63,7 +63,8 @@ case "$NOMAD_META_BRANCH" in
   gate)
     out 'before gate\\n'
     while [ ! -e "${dir}/gate" ]; do sleep 0.05; done
-    out '\\033[36mafter gate\\033[0m\\n' ;;
+    out '\\033[36mafter gate\\033[0m\\n'
+    out 'fetching 1%%\\rfetching 50%%\\rfetching 100%%\\n' ;;
   sleep) out 'sleeping\\n'; exec sleep 60 ;;
   mib-*)
     # About N MiB of 100-byte lines, every tenth one coloured.
