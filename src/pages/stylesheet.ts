@@ -83,7 +83,10 @@ button.danger { color: var(--bad); border-color: var(--bad); }
 .sr-only { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap; }
 @media (max-width: 600px) {
   main { padding: .6rem; }
-  table.builds .wide { display: none; }
+  table.builds .wide, table.builds thead { display: none; }
+  table.builds, table.builds tbody { display: block; }
+  table.builds tr { display: flex; flex-wrap: wrap; gap: .2rem .75rem; padding: .45rem 0; border-bottom: 1px solid var(--line); }
+  table.builds td { display: block; border: 0; padding: 0; overflow-wrap: anywhere; }
   .log { font-size: 12px; }
   .log .blk > div { padding-left: 5.5ch; }
   .log .blk > div::before { width: 4.5ch; }

@@ -83,6 +83,22 @@ describe.skipIf(BROWSER_SKIP)("the pages in chromium (skipped: /usr/bin/chromium
     expect(await res.text()).toContain("downloading 10%\rdownloading 55%");
   });
 
+  it("fits a 360 px wide screen: no page-wide horizontal scrolling, and every control has a name", async () => {
+    const narrow = await browser.newPage();
+    await narrow.setViewportSize({ width: 360, height: 740 });
+    for (const url of [`${petrel.url}/`, href(colors), `${petrel.url}/repos/git.example.test/acme/widgets`, `${petrel.url}/login`]) {
+      await narrow.goto(url);
+      expect(await narrow.evaluate(() => document.documentElement.scrollWidth), url).toBeLessThanOrEqual(360);
+      const unnamed = await narrow.evaluate(() =>
+        Array.from(document.querySelectorAll("button, input:not([type=hidden]), select, a"))
+          .filter((e) => !(e.getAttribute("aria-label") || (e as HTMLElement).innerText.trim() || (e as HTMLInputElement).labels?.length))
+          .map((e) => e.outerHTML),
+      );
+      expect(unnamed, url).toEqual([]);
+    }
+    await narrow.close();
+  });
+
   it("reads a finished build in full without JavaScript", async () => {
     const noJs = await launch(false);
     try {
