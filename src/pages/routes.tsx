@@ -247,33 +247,37 @@ export function createPagesRoute(deps: AppDeps, access: Access, actions: BuildAc
       controller.enqueue(encoder.encode(closing + tail));
       controller.close();
     };
-    const stream = new ReadableStream<Uint8Array>({
-      async pull(controller) {
-        if (!sentHead) {
-          sentHead = true;
-          controller.enqueue(encoder.encode(head + open));
-          // A queued build has no log yet (reading it would wait for the build to start): the script follows it.
-          if (build.state === "queued") return finish(controller);
-          iterator = deps.reader.logs(build.id, { type: "all", follow: false, offset: 0, signal: abort.signal })[Symbol.asyncIterator]();
-          return;
-        }
-        try {
-          for (;;) {
-            const next = await (iterator as AsyncIterator<Uint8Array>).next();
-            if (next.done) return finish(controller);
-            const html = log.push(next.value);
-            if (html !== "") return controller.enqueue(encoder.encode(html));
+    const stream = new ReadableStream<Uint8Array>(
+      {
+        async pull(controller) {
+          if (!sentHead) {
+            sentHead = true;
+            controller.enqueue(encoder.encode(head + open));
+            // A queued build has no log yet (reading it would wait for the build to start): the script follows it.
+            if (build.state === "queued") return finish(controller);
+            iterator = deps.reader.logs(build.id, { type: "all", follow: false, offset: 0, signal: abort.signal })[Symbol.asyncIterator]();
+            return;
           }
-        } catch (err) {
-          if (abort.signal.aborted) return controller.close();
-          finish(controller, `The log could not be read: ${errorMessage(err)}`);
-        }
+          try {
+            for (;;) {
+              const next = await (iterator as AsyncIterator<Uint8Array>).next();
+              if (next.done) return finish(controller);
+              const html = log.push(next.value);
+              if (html !== "") return controller.enqueue(encoder.encode(html));
+            }
+          } catch (err) {
+            if (abort.signal.aborted) return controller.close();
+            finish(controller, `The log could not be read: ${errorMessage(err)}`);
+          }
+        },
+        async cancel() {
+          abort.abort();
+          await iterator?.return?.();
+        },
       },
-      async cancel() {
-        abort.abort();
-        await iterator?.return?.();
-      },
-    });
+      // Render ahead while the browser parses (a few MiB of HTML at most), rather than one chunk at a time.
+      { highWaterMark: 16 },
+    );
     return new Response(stream, {
       headers: {
         "Content-Type": "text/html; charset=utf-8",
