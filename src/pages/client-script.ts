@@ -51,7 +51,6 @@ export const CLIENT_SCRIPT = String.raw`
   function newBlock(parent, before) {
     block = document.createElement("div");
     block.className = "blk";
-    block.style.counterReset = "ln " + before;
     parent.appendChild(block);
     blockLines = 0;
   }
@@ -98,8 +97,9 @@ export const CLIENT_SCRIPT = String.raw`
         flush();
         newBlock(block.parentNode, line - 1);
       }
+      var set = blockLines === 0 ? ' style="counter-set:ln ' + line + '"' : "";
       blockLines++;
-      html += '<div id="' + id + '">' + ansi.ansi_to_html(raw) + "</div>";
+      html += '<div id="' + id + '"' + set + ">" + ansi.ansi_to_html(raw) + "</div>";
     }
     flush();
   }
