@@ -17,6 +17,7 @@ const benches: Array<[string, string, Judge]> = [
   ["logs", "./logs.ts", (r) => (typeof r === "boolean" ? r : undefined)],
   ["archive", "./archive.ts", (r) => (typeof r === "boolean" ? r : undefined)],
   ["sse", "./sse.ts", (r) => (typeof r === "boolean" ? r : undefined)],
+  ["pages", "./pages.ts", (r) => (typeof r === "boolean" ? r : undefined)],
 ];
 
 const only = process.argv.slice(2);

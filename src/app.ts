@@ -2,6 +2,10 @@ import type { Context } from "hono";
 import { Hono } from "hono";
 import { HTTPException } from "hono/http-exception";
 import { AppError, UpstreamError } from "./errors.js";
+import { createPagesRoute } from "./pages/routes.js";
+import { createSessions } from "./pages/session.js";
+import { createAccess } from "./routes/access.js";
+import { createBuildActions } from "./routes/actions.js";
 import { createBuildsRoute } from "./routes/builds.js";
 import type { AppDeps } from "./routes/deps.js";
 import { createHealthRoute } from "./routes/health.js";
@@ -17,7 +21,12 @@ export function createApp(deps: AppDeps): Hono {
   const app = new Hono();
   app.route("/", createHookRoute(deps));
   app.route("/", createHealthRoute(deps));
-  app.route("/", createBuildsRoute(deps));
+  const sessions = createSessions(deps.adminToken);
+  const access = createAccess(deps, sessions);
+  const actions = createBuildActions(deps, access);
+  // Pages first: they answer requests that prefer HTML and hand the rest on to the API's routes.
+  app.route("/", createPagesRoute(deps, access, actions, sessions));
+  app.route("/", createBuildsRoute(deps, access, actions));
 
   app.notFound((c) => c.json(errorBody("not_found", `no route for ${c.req.method} ${c.req.path}`), 404));
   app.onError((err, c) => respondError(deps, c, err));

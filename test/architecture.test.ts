@@ -1,4 +1,4 @@
-import { readdirSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import ts from "typescript";
@@ -22,7 +22,7 @@ function sourceFiles(dir: string): string[] {
   return readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
     const full = join(dir, e.name);
     if (e.isDirectory()) return sourceFiles(full);
-    return e.name.endsWith(".ts") && !e.name.endsWith(".d.ts") ? [full] : [];
+    return /\.tsx?$/.test(e.name) && !e.name.endsWith(".d.ts") ? [full] : [];
   });
 }
 
@@ -69,7 +69,9 @@ function readModule(file: string, text: string = readFileSync(file, "utf8")): Mo
   }
   const imports = specs
     .filter((spec) => spec.startsWith("."))
-    .map((spec) => relative(SRC, resolve(dirname(file), spec.replace(/\.js$/, ".ts"))));
+    .map((spec) => relative(SRC, resolve(dirname(file), spec.replace(/\.js$/, ".ts"))))
+    // A page module (`x.tsx`) is imported as `x.js` like any other.
+    .map((path) => (existsSync(join(SRC, path)) || !existsSync(join(SRC, `${path}x`)) ? path : `${path}x`));
   return { path: relative(SRC, file), imports: [...new Set(imports)], declares: [...new Set(declares)] };
 }
 

@@ -3,20 +3,19 @@ import type { Context } from "hono";
 import { Hono } from "hono";
 import { streamSSE } from "hono/streaming";
 import { z } from "zod";
-import { isAdmin } from "../auth.js";
-import { payloadForBuilder } from "../builds/albatros.js";
-import type { Build, BuildCursor, BuildFilter, BuildState, BuildSummary, LogType } from "../builds/backend.js";
+import type { Build, BuildCursor, BuildFilter, BuildState, LogType } from "../builds/backend.js";
 import { BUILD_STATES, isTerminal } from "../builds/backend.js";
-import type { BuildPlan, Plan, PlanEvent } from "../builds/plan.js";
-import { cloneUrlOf, isEntryCloneUrl, metaForBuilder, planManual } from "../builds/plan.js";
+import { cloneUrlOf, isEntryCloneUrl, planManual } from "../builds/plan.js";
 import { entryOfBuild } from "../builds/statuses.js";
 import { createBuildWatch, FellBehindError } from "../builds/watch.js";
-import { isBuildOf } from "../contract/dispatch.js";
 import { AppError } from "../errors.js";
 import { isRefName } from "../gitea/binding.js";
-import { checkCommitOnRef, resolveRefHead } from "../gitea/commit-check.js";
+import { resolveRefHead } from "../gitea/commit-check.js";
+import { createSessions } from "../pages/session.js";
 import type { RepoEntry } from "../registry/schema.js";
 import { isRepoKey } from "../registry/schema.js";
+import { type Access, createAccess } from "./access.js";
+import { type BuildActions, createBuildActions } from "./actions.js";
 import type { AppDeps } from "./deps.js";
 import { buildLinks } from "./hook.js";
 
@@ -27,8 +26,6 @@ const FIRST_CHUNK_WAIT_MS = 1000;
 const SSE_HEARTBEAT_MS = 15_000;
 /** How long `POST /builds` without a commit may spend asking the forge for the ref's head. */
 const RESOLVE_TIMEOUT_MS = 10_000;
-/** How long `POST /builds` may spend fetching the ref to check that the commit is on it. */
-const COMMIT_CHECK_TIMEOUT_MS = 60_000;
 
 // Strict: a misspelt or retired field (`repo_url`) is refused, not silently ignored.
 const TriggerBody = z.strictObject({
@@ -40,14 +37,14 @@ const TriggerBody = z.strictObject({
     .optional(),
   flavor: z.string().min(1).optional(),
 });
-const PLAN_EVENTS: ReadonlySet<string> = new Set(["push", "tag", "pull_request", "manual"]);
 
 /** A listing cursor as it travels in `?cursor=`: opaque to callers, `<ms>.<id>` in base64url. */
 export function formatCursor(cursor: BuildCursor): string {
   return Buffer.from(`${cursor.time}.${cursor.id}`).toString("base64url");
 }
 
-function parseCursor(raw: string): BuildCursor {
+/** The cursor `formatCursor` gave out; anything else is a 400. */
+export function parseCursor(raw: string): BuildCursor {
   const text = Buffer.from(raw, "base64url").toString();
   const dot = text.indexOf(".");
   const time = Number(text.slice(0, dot));
@@ -59,52 +56,18 @@ function parseCursor(raw: string): BuildCursor {
 }
 
 /** The builds API: list, show, follow logs (text or SSE), cancel, trigger. Only petrel's own builds. */
-export function createBuildsRoute(deps: AppDeps): Hono {
+export function createBuildsRoute(
+  deps: AppDeps,
+  access: Access = createAccess(deps, createSessions(deps.adminToken)),
+  actions: BuildActions = createBuildActions(deps, access),
+): Hono {
   const app = new Hono();
   const { reader } = deps;
   const watch = deps.watch ?? createBuildWatch({ reader, log: deps.log });
 
-  const admin = (c: Context) => isAdmin(c.req.header("authorization"), deps.adminToken);
-
-  const requireAdmin = (c: Context) => {
-    if (deps.adminToken === undefined) {
-      throw new AppError("forbidden", "this endpoint is disabled: set PETREL_ADMIN_TOKEN to enable it");
-    }
-    if (!admin(c)) throw new AppError("unauthorized", "this endpoint needs Authorization: Bearer <PETREL_ADMIN_TOKEN>");
-  };
-
-  /**
-   * Whether an anonymous caller may read a build. Privacy comes from the registry entry (`logs`, `private`)
-   * and the forge's payload (the PRIVATE meta set at dispatch); when neither tells, reading needs the token.
-   */
-  const publicBuild = async (build: BuildSummary): Promise<boolean> => {
-    const entry = await entryOfBuild(deps.registry, build);
-    if (entry === undefined) return false;
-    if (entry.config.logs !== undefined) return entry.config.logs === "public";
-    const isPrivate = entry.config.private ?? build.private;
-    return isPrivate === false;
-  };
-
-  const readable = async (c: Context, build: BuildSummary): Promise<boolean> => admin(c) || publicBuild(build);
-
-  /** Refuses anything that is not a dispatched child of a configured builder, before any backend call. */
-  const ourBuild = async (c: Context, id: string): Promise<Build> => {
-    if (!isBuildOf(id, deps.registry.builders())) {
-      throw new AppError("not_found", `${id} is not a petrel build (not a dispatched child of a configured builder job)`);
-    }
-    const build = await reader.getBuild(id, c.req.raw.signal);
-    if (build === undefined && deps.archiveEnabled) {
-      throw new AppError(
-        "gone",
-        `build ${id} is not known: Nomad garbage-collected it before petrel could archive it (or it was never dispatched)`,
-      );
-    }
-    if (build === undefined) throw new AppError("not_found", `build ${id} is not known (never dispatched, or garbage-collected by Nomad)`);
-    if (!(await readable(c, build))) {
-      throw new AppError("unauthorized", "this repository's builds need Authorization: Bearer <PETREL_ADMIN_TOKEN>");
-    }
-    return build;
-  };
+  const { requireAdmin, publicBuild, ourBuild } = access;
+  // Reads take the page session cookie too; changes take only the bearer token (see createAccess).
+  const admin = access.reader;
 
   app.get("/builds", async (c) => {
     const limitRaw = c.req.query("limit");
@@ -152,22 +115,7 @@ export function createBuildsRoute(deps: AppDeps): Hono {
     return page.builds[0]?.repoUrl ?? cloneUrlOf(entry);
   };
 
-  const dispatchPlan = async (c: Context, plan: Plan): Promise<BuildPlan & { id: string }> => {
-    if (plan.kind === "skip") throw new AppError("bad_request", plan.reason);
-    if (plan.kind === "reject") throw new AppError(plan.code, plan.message);
-    const params = await deps.backend.parameterized(plan.builder, c.req.raw.signal);
-    const payload = payloadForBuilder(plan.payload, params);
-    const result = await deps.backend.dispatch(
-      {
-        builder: plan.builder,
-        meta: metaForBuilder(plan.meta, params),
-        ...(payload === undefined ? {} : { payload }),
-        idempotencyToken: plan.idempotencyToken,
-      },
-      c.req.raw.signal,
-    );
-    return { ...plan, id: result.id };
-  };
+  const { dispatchPlan, commitCheck } = actions;
 
   app.post("/builds", async (c) => {
     requireAdmin(c);
@@ -234,47 +182,7 @@ export function createBuildsRoute(deps: AppDeps): Hono {
     if (!rest.endsWith("/rerun")) throw new AppError("not_found", `no such endpoint: POST ${c.req.path}`);
     requireAdmin(c);
     const id = decodePath(rest.slice(0, -"/rerun".length));
-    const original = await ourBuild(c, id);
-    const entry = await entryOfBuild(deps.registry, original);
-    if (entry === undefined)
-      throw new AppError("not_registered", `the repository of build ${id} (${original.repo}) is no longer registered with petrel`);
-    const ref = original.pr
-      ? `refs/pull/${original.pr}/head`
-      : original.tag !== undefined || original.event === "tag"
-        ? `refs/tags/${original.tag ?? original.ref}`
-        : `refs/heads/${original.ref}`;
-    if (!isRefName(ref))
-      throw new AppError("bad_request", `build ${id} has no ref petrel can build again (${JSON.stringify(ref.slice(0, 200))})`);
-    const cloneUrl = entry.config.clone_url ?? original.repoUrl;
-    let untrusted: string | undefined;
-    if (!original.trusted) untrusted = "the original build was not trusted";
-    else if (!isEntryCloneUrl(entry, cloneUrl)) untrusted = "the original build's clone URL is not on the repository's forge";
-    else {
-      const check = await commitCheck(c, entry, cloneUrl, ref, original.commit);
-      if (check.kind !== "on_ref") untrusted = `the commit can no longer be checked to be on ${ref}: ${check.message}`;
-    }
-    const plan = await dispatchPlan(
-      c,
-      planManual({
-        entry,
-        ref,
-        commit: original.commit,
-        flavor: original.flavor,
-        defaultBuilder: deps.defaultBuilder,
-        nonce: randomBytes(8).toString("hex"),
-        repoUrl: cloneUrl,
-        ...(entry.config.private === undefined ? {} : { private: entry.config.private }),
-        rerun: {
-          event: PLAN_EVENTS.has(original.event) ? (original.event as PlanEvent) : "manual",
-          branch: original.ref,
-          trusted: untrusted === undefined,
-        },
-      }),
-    );
-    deps.log.info(
-      { build: plan.id, rerunOf: id, repo: entry.key, ref: plan.ref, commit: plan.commit, trusted: plan.trusted },
-      "build re-run dispatched",
-    );
+    const { plan, untrusted } = await actions.rerun(c, id);
     return c.json(
       {
         ...buildLinks(deps.publicUrl, plan.id),
@@ -285,16 +193,6 @@ export function createBuildsRoute(deps: AppDeps): Hono {
       201,
     );
   });
-
-  const commitCheck = (c: Context, entry: RepoEntry, url: string, ref: string, commit: string) =>
-    checkCommitOnRef({
-      url,
-      ref,
-      commit,
-      timeoutMs: COMMIT_CHECK_TIMEOUT_MS,
-      signal: c.req.raw.signal,
-      ...(entry.deployKey === undefined ? {} : { deployKey: entry.deployKey }),
-    });
 
   // Albatros-compatible follow: plain text, ends when the build ends.
   app.get("/build", async (c) => {
@@ -312,16 +210,7 @@ export function createBuildsRoute(deps: AppDeps): Hono {
     if (c.req.method === "DELETE") {
       if (isLogs) throw new AppError("not_found", "logs cannot be deleted");
       requireAdmin(c);
-      const build = await ourBuild(c, id);
-      if (isTerminal(build.state)) {
-        throw new AppError(
-          "already_finished",
-          `build ${id} had already ended: ${build.state}${build.reason ? ` (${build.reason})` : ""}; nothing to cancel`,
-        );
-      }
-      await reader.cancel(id, c.req.raw.signal);
-      const after = (await reader.getBuild(id, c.req.raw.signal)) ?? build;
-      deps.log.info({ build: id, state: after.state }, "build cancelled by an admin");
+      const after = await actions.cancel(c, id);
       return c.json(withLinks(deps.publicUrl, after), 202);
     }
     const build = await ourBuild(c, id);

@@ -114,6 +114,8 @@ export async function serveLocal(options: {
   configPath: string;
   executor: string[];
   concurrency: number;
+  /** PETREL_URL; https by default (the pages' cookies are then `Secure`). */
+  publicUrl?: string;
 }): Promise<{ url: string; registry: Registry; backend: LocalBackend; close(): Promise<void> }> {
   const { log } = captureLogs("silent");
   const registry = await createFileRegistry({ path: options.configPath, defaultBuilder: "builder", log });
@@ -132,7 +134,7 @@ export async function serveLocal(options: {
     backend,
     reader: backend,
     reporter: NO_REPORTS,
-    publicUrl: "https://ci.example.test",
+    publicUrl: options.publicUrl ?? "https://ci.example.test",
     defaultBuilder: "builder",
     adminToken: ADMIN_TOKEN,
   });
