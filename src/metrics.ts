@@ -14,6 +14,8 @@ export interface Metrics {
   eventReconnects: Counter;
   eventLagSeconds: Gauge;
   connectionsDropped: Counter;
+  leader: Gauge;
+  leaderRenewFailures: Counter;
 }
 
 /** Creates the metrics; `staleness` is read at scrape time. */
@@ -85,7 +87,19 @@ export function createMetrics(options: { staleness: () => { seconds: number; ok:
     help: "Connections closed at once because PETREL_MAX_CONNECTIONS were already open.",
     registers: [registry],
   });
+  const leader = new Gauge({
+    name: "petrel_leader",
+    help: "1 while this replica leads (holds the Nomad lock and posts statuses, archives, runs policies), else 0.",
+    registers: [registry],
+  });
+  const leaderRenewFailures = new Counter({
+    name: "petrel_leader_lock_renewal_failures_total",
+    help: "Renewals of the leader lock that failed (no answer, an error, or the lock was lost).",
+    registers: [registry],
+  });
   return {
+    leader,
+    leaderRenewFailures,
     connectionsDropped,
     eventReconnects,
     eventLagSeconds,
