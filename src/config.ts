@@ -204,7 +204,10 @@ function duration(env: Env, name: string, fallbackMs: number, minMs: number, max
     end = re.lastIndex;
   }
   if (end !== raw.length || end === 0 || total < minMs || total > maxMs) {
-    throw new ConfigError(name, `expected a duration such as 15s or 1m from ${minMs / 1000}s to ${maxMs / 1000}s, got ${JSON.stringify(raw)}`);
+    throw new ConfigError(
+      name,
+      `expected a duration such as 15s or 1m from ${minMs / 1000}s to ${maxMs / 1000}s, got ${JSON.stringify(raw)}`,
+    );
   }
   return total;
 }

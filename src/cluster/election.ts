@@ -185,7 +185,9 @@ export function createNomadLeadership(options: NomadLeadershipOptions): NomadLea
     start() {
       if (loop !== undefined) return;
       running = new AbortController();
-      loop = campaign(running.signal).catch((err: unknown) => log.error({ err: errorMessage(err) }, "leader election stopped unexpectedly"));
+      loop = campaign(running.signal).catch((err: unknown) =>
+        log.error({ err: errorMessage(err) }, "leader election stopped unexpectedly"),
+      );
     },
 
     async stop() {

@@ -197,8 +197,11 @@ export interface NomadFake {
   subscribe(listener: (index: number, events: FakeEvent[]) => void): () => void;
   /** The scheduler places the job's pending evaluation on `node`; the client receives it. Returns the alloc ID. */
   placeAlloc(jobId: string, opts?: PlaceOptions): string;
-  /** The placement fails (no feasible node): a blocked evaluation stays and the job stays pending. */
-  failPlacement(jobId: string, opts?: { namespace?: string; reason?: string }): void;
+  /**
+   * The placement fails (no feasible node): a blocked evaluation stays and the job stays pending. With `giveUp`,
+   * the evaluation ends `failed` instead (Nomad stops trying, as after its delivery limit) and none is blocked.
+   */
+  failPlacement(jobId: string, opts?: { namespace?: string; reason?: string; giveUp?: boolean }): void;
   startTask(jobId: string, opts?: TaskOptions): void;
   /** The task exits with `exitCode`; non-zero fails it (restart attempts = 0). Starts it first if needed. */
   finishTask(jobId: string, exitCode: number, opts?: TaskOptions): void;
@@ -1736,17 +1739,23 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       return alloc.ID;
     },
 
-    failPlacement(jobId, { namespace = "default", reason = "missing compatible host volumes" } = {}) {
+    failPlacement(jobId, { namespace = "default", reason = "missing compatible host volumes", giveUp = false } = {}) {
       const job = mustJob(jobId, namespace);
       const ev = evalsOf(namespace, jobId)
         .filter((e) => e.Status === "pending")
         .at(-1);
       if (!ev) throw new Error(`nomad fake: job "${jobId}" has no pending evaluation`);
       const idx = next();
-      const blocked = newEval(job, "queued-allocs", idx, "blocked");
-      blocked.PreviousEval = ev.ID;
-      ev.Status = "complete";
-      ev.BlockedEval = blocked.ID;
+      if (giveUp) {
+        // https://github.com/hashicorp/nomad/blob/main/nomad/structs/structs.go `EvalStatusFailed`
+        ev.Status = "failed";
+        ev.StatusDescription = "maximum attempts reached (2)";
+      } else {
+        const blocked = newEval(job, "queued-allocs", idx, "blocked");
+        blocked.PreviousEval = ev.ID;
+        ev.Status = "complete";
+        ev.BlockedEval = blocked.ID;
+      }
       ev.FailedTGAllocs = Object.fromEntries(
         job.TaskGroups.map((g) => [
           g.Name,
