@@ -3,7 +3,10 @@ import { serve } from "@hono/node-server";
 import { Agent } from "undici";
 import { createApp } from "./app.js";
 import type { Build, BuildBackend, BuildReader } from "./builds/backend.js";
+import { createForwardStatuses } from "./builds/forward.js";
 import { createStatusNotifier } from "./builds/statuses.js";
+import { createNomadLeadership, type NomadLeadership, whileLeading } from "./cluster/election.js";
+import { createSoleLeadership, type Leadership } from "./cluster/leadership.js";
 import type { Config } from "./config.js";
 import { ConfigError, readConfig } from "./config.js";
 import { consulAgentOptions, createConsulClient } from "./consul/client.js";
@@ -110,11 +113,17 @@ async function compose(
       return { seconds: h?.stalenessSeconds ?? 0, ok: h?.ok ?? false };
     },
   });
+  const gitea = createGiteaClient({ dispatcher: forgeAgent, log });
   const reporter = createStatusReporter({
-    client: createGiteaClient({ dispatcher: forgeAgent, log }),
+    client: gitea,
     log,
     onResult: (state, _ok, outcome) => metrics.statusesPosted.inc({ state, result: outcome }),
   });
+  // Only statuses that move a commit forward, whichever replica posts (SPEC §10).
+  const forward = createForwardStatuses({ client: gitea, reporter, log });
+  // Single-machine mode is one process; cluster mode replaces this with the Nomad lock below.
+  let leadership: Leadership = createSoleLeadership();
+  let nomadLeadership: NomadLeadership | undefined;
 
   let backend: BuildBackend;
   let reader: BuildReader;
@@ -122,7 +131,9 @@ async function compose(
   let notify: (build: Build) => void = () => undefined;
   // Bound once the live reader exists; archives each build that reached a final state.
   let archive: (build: Build) => void = () => undefined;
+  // Statuses and archiving happen once, on the leader.
   const onBuild = (build: Build) => {
+    if (!leadership.isLeader()) return;
     notify(build);
     archive(build);
   };
@@ -166,24 +177,43 @@ async function compose(
     const consulRegistry = registry;
     const builders = () => consulRegistry.builders();
     reader = createNomadBuildReader({ nomad, builders, log });
-    const tracker = createNomadTracker({
-      nomad,
-      builders,
-      log,
-      onBuild,
-      metrics: { reconnects: metrics.eventReconnects, lagSeconds: metrics.eventLagSeconds },
-    });
-    closers.push(() => tracker.stop());
     extraHealth.consul = async (signal) => {
       await consul.leader(signal);
       return { ok: true };
     };
-    notify = createStatusNotifier({ registry, reporter, publicUrl: config.publicUrl, log });
-    void tracker
-      .start()
-      .catch((err: unknown) =>
-        log.error({ err: (err as Error).message }, "first reconciliation of build statuses failed; the event stream goes on"),
-      );
+    notify = createStatusNotifier({
+      registry,
+      reporter,
+      publicUrl: config.publicUrl,
+      log,
+      post: (report, build) => forward.report({ ...report, build: build.id }, leadership.term()),
+    });
+    nomadLeadership = createNomadLeadership({
+      nomad,
+      ...config.leader,
+      log,
+      metrics: { leader: metrics.leader, renewFailures: metrics.leaderRenewFailures },
+    });
+    leadership = nomadLeadership;
+    // Each term follows Nomad afresh: its first reconciliation posts what the last leader left undone.
+    closers.push(
+      whileLeading(leadership, () => {
+        forward.reset();
+        const tracker = createNomadTracker({
+          nomad,
+          builders,
+          log,
+          onBuild,
+          metrics: { reconnects: metrics.eventReconnects, lagSeconds: metrics.eventLagSeconds },
+        });
+        void tracker
+          .start()
+          .catch((err: unknown) =>
+            log.error({ err: (err as Error).message }, "first reconciliation of build statuses failed; the event stream goes on"),
+          );
+        return () => tracker.stop();
+      }),
+    );
   } else {
     const { createFileRegistry } = await import("./registry/file.js");
     const { createLocalBackend } = await import("./local/backend.js");
@@ -241,10 +271,18 @@ async function compose(
     defaultBuilder: config.builderJob,
     extraHealth,
     archiveEnabled,
+    forwardStatus: (report, build) => forward.report({ ...report, build }),
+    ...(nomadLeadership === undefined ? {} : { leadership: nomadLeadership }),
     ...(config.adminToken === undefined ? {} : { adminToken: config.adminToken }),
   });
 
   const server = await listen(app.fetch, config);
+  if (nomadLeadership !== undefined) {
+    const campaigning = nomadLeadership;
+    campaigning.start();
+    // Last in, first out: the lock is released before anything else closes, so another replica takes over at once.
+    closers.push(() => campaigning.stop());
+  }
   server.on("drop", () => metrics.connectionsDropped.inc());
   const address = server.address();
   const port = typeof address === "object" && address !== null ? address.port : config.listen.port;

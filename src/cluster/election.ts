@@ -211,3 +211,31 @@ async function pause(ms: number, signal: AbortSignal): Promise<void> {
 export function goDuration(ms: number): string {
   return ms % 1000 === 0 ? `${ms / 1000}s` : `${ms}ms`;
 }
+
+/**
+ * Runs `begin` for every term of `leadership` (now, if a term is on) and the stop it returns when the term ends.
+ * Returns the stop for shutdown.
+ */
+export function whileLeading(leadership: Leadership, begin: (term: AbortSignal) => () => Promise<unknown>): () => Promise<void> {
+  let end: (() => Promise<unknown>) | undefined;
+  let ending: Promise<unknown> = Promise.resolve();
+  const start = () => {
+    const signal = leadership.term();
+    if (signal === undefined || end !== undefined) return;
+    end = begin(signal);
+  };
+  const unsubscribe = leadership.onChange((leader) => {
+    if (leader) return start();
+    const stop = end;
+    end = undefined;
+    if (stop !== undefined) ending = ending.then(stop, stop);
+  });
+  start();
+  return async () => {
+    unsubscribe();
+    const stop = end;
+    end = undefined;
+    await ending;
+    await stop?.();
+  };
+}

@@ -22,10 +22,10 @@ export interface AppDeps {
   /** Checks for /health besides the registry and the backend, e.g. Consul's leader. */
   extraHealth?: Record<string, (signal: AbortSignal) => Promise<{ ok: boolean; error?: string }>>;
   /** Whether this replica leads (SPEC §10) and since when; /health shows it. Absent: the one process leads. */
-  leadership?: { isLeader(): boolean; since(): Date | undefined };
+  leadership?: { isLeader(): boolean; since(): Date | undefined; refused?(): string | undefined };
   /**
    * Posts a commit status only if it moves the commit's status for its context forward (a retried dispatch
    * that found its build posts `pending` this way, so a redelivery does not post it twice).
    */
-  forwardStatus?: (report: StatusReport) => void;
+  forwardStatus?: (report: StatusReport, build: string) => void;
 }

@@ -35,6 +35,7 @@ export function createHealthRoute(deps: AppDeps): Hono {
         mode: deps.backend.kind === "nomad" ? "cluster" : "local",
         leader: leading,
         ...(leading && since !== undefined ? { leaderSince: since.toISOString() } : {}),
+        ...(deps.leadership?.refused?.() === undefined ? {} : { leaderError: deps.leadership.refused?.() }),
         checks,
       },
       status,
