@@ -277,12 +277,7 @@ async function compose(
   });
 
   const server = await listen(app.fetch, config);
-  if (nomadLeadership !== undefined) {
-    const campaigning = nomadLeadership;
-    campaigning.start();
-    // Last in, first out: the lock is released before anything else closes, so another replica takes over at once.
-    closers.push(() => campaigning.stop());
-  }
+  nomadLeadership?.start();
   server.on("drop", () => metrics.connectionsDropped.inc());
   const address = server.address();
   const port = typeof address === "object" && address !== null ? address.port : config.listen.port;
@@ -311,6 +306,8 @@ async function compose(
         const sweep = setInterval(() => server.closeIdleConnections(), 50);
         await closed;
         clearInterval(sweep);
+        // Released while Nomad's connection is still open, so another replica takes over at once.
+        await nomadLeadership?.stop();
         await reporter.drain();
         await Promise.allSettled(closers.reverse().map((close) => close()));
       })();
