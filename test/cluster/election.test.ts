@@ -5,7 +5,7 @@ import { createNomadLeadership, type NomadLeadership } from "../../src/cluster/e
 import { createNomadClient } from "../../src/nomad/client.js";
 import { type NomadFake, startNomadFake } from "../fakes/nomad.js";
 import { captureLogs } from "../helpers/log-capture.js";
-import { type Proxy, startProxy } from "../helpers/proxy.js";
+import { startProxy, type TcpProxy } from "../helpers/proxy.js";
 
 const TTL = 600;
 const DELAY = 400;
@@ -15,7 +15,7 @@ const HANDOVER = 2 * TTL + DELAY;
 interface Candidate {
   name: string;
   leadership: NomadLeadership;
-  proxy: Proxy;
+  proxy: TcpProxy;
   changes: { leader: boolean; at: number }[];
   failures: number;
   gauge: number;
@@ -52,7 +52,18 @@ async function candidate(nomad: NomadFake, name: string, opts: { token?: string;
     ttlMs: opts.ttlMs ?? TTL,
     lockDelayMs: DELAY,
     log,
-    metrics: { leader: { set: (v) => void (c.gauge = v) }, renewFailures: { inc: () => void c.failures++ } },
+    metrics: {
+      leader: {
+        set: (v) => {
+          c.gauge = v;
+        },
+      },
+      renewFailures: {
+        inc: () => {
+          c.failures++;
+        },
+      },
+    },
   });
   c.leadership.onChange((leader) => c.changes.push({ leader, at: Date.now() }));
   cleanup.push(async () => {

@@ -1,19 +1,19 @@
 import { connect, createServer, type Socket } from "node:net";
 
 /** A TCP proxy in front of one server, for one client: `partition(true)` makes the server stop answering it. */
-export interface Proxy {
+export interface TcpProxy {
   url: string;
   /** While on, nothing passes: open connections go silent (no reset, no answer) and new ones are held unanswered. */
   partition(on: boolean): void;
   close(): Promise<void>;
 }
 
-export async function startProxy(target: string): Promise<Proxy> {
+export async function startProxy(target: string): Promise<TcpProxy> {
   const to = new URL(target);
-  const pairs = new Set<{ client: Socket; upstream?: Socket }>();
+  const pairs = new Set<{ client: Socket; upstream?: Socket | undefined }>();
   let partitioned = false;
   const server = createServer((client) => {
-    const pair: { client: Socket; upstream?: Socket } = { client };
+    const pair: { client: Socket; upstream?: Socket | undefined } = { client };
     pairs.add(pair);
     client.on("error", () => undefined);
     client.on("close", () => {
