@@ -2,6 +2,7 @@ import type { Hono } from "hono";
 import { Agent } from "undici";
 import { createApp } from "../../src/app.js";
 import type { BuildReader } from "../../src/builds/backend.js";
+import { createForwardStatuses } from "../../src/builds/forward.js";
 import { createConsulClient } from "../../src/consul/client.js";
 import { createConsulRegistry } from "../../src/consul/registry.js";
 import type { StatusReporter } from "../../src/gitea/client.js";
@@ -104,7 +105,13 @@ export function createClusterApp(options: { consulUrl: string; nomadUrl: string;
     log,
     onResult: (state, _ok, outcome) => metrics.statusesPosted.inc({ state, result: outcome }),
   });
+  const forward = createForwardStatuses({
+    client: createGiteaClient({ dispatcher: agent, log, retries: { retries: 2, minDelayMs: 10, maxDelayMs: 40 } }),
+    reporter,
+    log,
+  });
   const app = createApp({
+    forwardStatus: (report, build) => forward.report({ ...report, build }),
     log,
     metrics,
     registry,
@@ -120,6 +127,7 @@ export function createClusterApp(options: { consulUrl: string; nomadUrl: string;
     reporter,
     metrics,
     async close() {
+      await forward.settled();
       await reporter.drain();
       await registry.close();
       await agent.close();
