@@ -39,6 +39,8 @@ export interface Cluster {
   reporter: StatusReporter;
   metrics: Metrics;
   logs: () => string;
+  /** Waits for every status check and post in flight. */
+  settle(): Promise<void>;
   /** POSTs a webhook body with Gitea's headers, signed with `secret` unless headers override it. */
   deliver(
     body: Buffer | string,
@@ -81,6 +83,7 @@ export function createClusterApp(options: { consulUrl: string; nomadUrl: string;
   registry: Registry;
   reporter: StatusReporter;
   metrics: Metrics;
+  settle(): Promise<void>;
   close(): Promise<void>;
 } {
   const { log } = options;
@@ -126,6 +129,10 @@ export function createClusterApp(options: { consulUrl: string; nomadUrl: string;
     registry,
     reporter,
     metrics,
+    async settle() {
+      await forward.settled();
+      await reporter.drain();
+    },
     async close() {
       await forward.settled();
       await reporter.drain();
@@ -160,6 +167,7 @@ export async function startCluster(
     reporter,
     metrics,
     logs: text,
+    settle: () => petrel.settle(),
     async deliver(body, event, opts = {}) {
       const bytes = typeof body === "string" ? Buffer.from(body) : body;
       const signature = sign(opts.secret ?? HOOK_SECRET, bytes);
