@@ -16,6 +16,7 @@ const benches: Array<[string, string, Judge]> = [
   ],
   ["logs", "./logs.ts", (r) => (typeof r === "boolean" ? r : undefined)],
   ["archive", "./archive.ts", (r) => (typeof r === "boolean" ? r : undefined)],
+  ["replicas", "./replicas.ts", (r) => (typeof r === "boolean" ? r : undefined)],
 ];
 
 const only = process.argv.slice(2);
