@@ -18,6 +18,7 @@ const benches: Array<[string, string, Judge]> = [
   ["archive", "./archive.ts", (r) => (typeof r === "boolean" ? r : undefined)],
   ["sse", "./sse.ts", (r) => (typeof r === "boolean" ? r : undefined)],
   ["pages", "./pages.ts", (r) => (typeof r === "boolean" ? r : undefined)],
+  ["replicas", "./replicas.ts", (r) => (typeof r === "boolean" ? r : undefined)],
 ];
 
 const only = process.argv.slice(2);

@@ -3,6 +3,10 @@
 # Build history outlives Nomad's garbage collection in the archive, a host volume "petrel-archive" that every
 # client running petrel declares (hcl/README.md); point it at one shared filesystem when replicas run on
 # several clients, so each of them serves every archived build.
+# Every replica answers webhooks and reads; one leader, elected with a lock on the Nomad variable
+# PETREL_LEADER_PATH (default petrel/leader), posts statuses from the event stream and archives. NOMAD_TOKEN's
+# policy needs `variables { path "petrel/leader" { capabilities = ["write", "read"] } }` besides its job
+# permissions (README "Several replicas"); a replica whose token lacks it serves but never leads.
 
 variable "image" {
   description = "The petrel image (builders/executor/Dockerfile also runs `petrel serve`); override with -var image=..."

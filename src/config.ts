@@ -51,6 +51,17 @@ export interface Config {
   archiveDir?: string;
   nomad?: NomadConfig;
   consul: ConsulConfig;
+  /** The leader lock of cluster mode (SPEC §10): Nomad variable path, TTL and lock-delay. */
+  leader: LeaderConfig;
+}
+
+export interface LeaderConfig {
+  /** PETREL_LEADER_PATH, default `petrel/leader`. */
+  path: string;
+  /** PETREL_LEADER_TTL (Go duration, default 15s; Nomad accepts 10s to 24h). */
+  ttlMs: number;
+  /** PETREL_LEADER_LOCK_DELAY (Go duration, default 15s, Nomad's own default). */
+  lockDelayMs: number;
 }
 
 /** A bad or missing setting: the message names the variable and the fix, on one line. */
@@ -181,6 +192,44 @@ function archive(env: Env, cwd: string, fallback: string | undefined): string | 
   return dir;
 }
 
+const DURATION_UNITS_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** A Go duration of whole units (`15s`, `1m30s`, `500ms`) in milliseconds, between min and max. */
+function duration(env: Env, name: string, fallbackMs: number, minMs: number, maxMs: number): number {
+  const raw = value(env, name);
+  if (raw === undefined) return fallbackMs;
+  const re = /(\d+)(ms|s|m|h)/gy;
+  let total = 0;
+  let end = 0;
+  for (let m = re.exec(raw); m; m = re.exec(raw)) {
+    total += Number(m[1]) * (DURATION_UNITS_MS[m[2] ?? ""] ?? 0);
+    end = re.lastIndex;
+  }
+  if (end !== raw.length || end === 0 || total < minMs || total > maxMs) {
+    throw new ConfigError(
+      name,
+      `expected a duration such as 15s or 1m from ${minMs / 1000}s to ${maxMs / 1000}s, got ${JSON.stringify(raw)}`,
+    );
+  }
+  return total;
+}
+
+/** PETREL_LEADER_*: the variable petrel locks to elect a leader (https://developer.hashicorp.com/nomad/api-docs/variables/locks). */
+function leader(env: Env): LeaderConfig {
+  const path = value(env, "PETREL_LEADER_PATH") ?? "petrel/leader";
+  // Nomad's variable paths (nomad/structs/variables.go `validVariablePath`); `nomad/` is reserved for Nomad's own.
+  if (!/^[A-Za-z0-9_~-]+(\/[A-Za-z0-9_~-]+)*$/.test(path) || path.length > 128 || path === "nomad" || path.startsWith("nomad/")) {
+    throw new ConfigError(
+      "PETREL_LEADER_PATH",
+      `${JSON.stringify(path)} is not a Nomad variable path: segments of letters, digits, '-', '_' or '~' joined by '/', outside nomad/`,
+    );
+  }
+  // Below Nomad's 10 s minimum only for tests against the fake; a real agent refuses it, and petrel says so at start.
+  const ttlMs = duration(env, "PETREL_LEADER_TTL", 15_000, 1000, 86_400_000);
+  const lockDelayMs = duration(env, "PETREL_LEADER_LOCK_DELAY", 15_000, 0, 86_400_000);
+  return { path, ttlMs, lockDelayMs };
+}
+
 const LOG_LEVEL = z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]);
 const JOB_ID = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
@@ -280,6 +329,7 @@ export function readConfig(env: Env, cwd: string = process.cwd()): Config {
     requestTimeoutSeconds,
     maxConnections,
     consul,
+    leader: leader(env),
   };
   if (adminToken !== undefined) config.adminToken = adminToken;
   if (albatrosPrefix !== undefined) config.albatrosPrefix = albatrosPrefix;

@@ -4,9 +4,11 @@ import { serve } from "@hono/node-server";
 import { Agent } from "undici";
 import { createApp } from "./app.js";
 import type { Build, BuildBackend, BuildReader } from "./builds/backend.js";
+import { createForwardStatuses } from "./builds/forward.js";
 import { createStatusNotifier } from "./builds/statuses.js";
 import { createBuildWatch } from "./builds/watch.js";
-import { createSoleLeadership } from "./cluster/leadership.js";
+import { createNomadLeadership, type NomadLeadership, whileLeading } from "./cluster/election.js";
+import { createSoleLeadership, type Leadership } from "./cluster/leadership.js";
 import type { Config } from "./config.js";
 import { ConfigError, readConfig } from "./config.js";
 import { consulAgentOptions, createConsulClient } from "./consul/client.js";
@@ -114,11 +116,17 @@ async function compose(
       return { seconds: h?.stalenessSeconds ?? 0, ok: h?.ok ?? false };
     },
   });
+  const gitea = createGiteaClient({ dispatcher: forgeAgent, log });
   const reporter = createStatusReporter({
-    client: createGiteaClient({ dispatcher: forgeAgent, log }),
+    client: gitea,
     log,
     onResult: (state, _ok, outcome) => metrics.statusesPosted.inc({ state, result: outcome }),
   });
+  // Only statuses that move a commit forward, whichever replica posts (SPEC §10).
+  const forward = createForwardStatuses({ client: gitea, reporter, log });
+  // Single-machine mode is one process; cluster mode replaces this with the Nomad lock below.
+  let leadership: Leadership = createSoleLeadership();
+  let nomadLeadership: NomadLeadership | undefined;
 
   let backend: BuildBackend;
   let reader: BuildReader;
@@ -131,12 +139,14 @@ async function compose(
   // Build policies (SPEC §11): bound once the reader exists; a stop reason is put on the build before anyone sees it.
   let observe: (build: Build) => void = () => undefined;
   let withReason: (build: Build) => Promise<Build> = (build) => Promise.resolve(build);
+  // Viewers on any replica hear a transition; statuses, archiving and policies happen once, on the leader.
   const onBuild = (build: Build) => {
     void withReason(build).then((b) => {
+      watched(b);
+      if (!leadership.isLeader()) return;
       notify(b);
       archive(b);
       observe(b);
-      watched(b);
     });
   };
 
@@ -183,24 +193,43 @@ async function compose(
     const marks = createConsulStopMarks({ consul, prefix: config.consulPrefix });
     reader = createMarkedReader(createNomadBuildReader({ nomad, builders, log }), marks);
     withReason = (build) => withStopReason(build, marks).catch(() => build);
-    const tracker = createNomadTracker({
-      nomad,
-      builders,
-      log,
-      onBuild,
-      metrics: { reconnects: metrics.eventReconnects, lagSeconds: metrics.eventLagSeconds },
-    });
-    closers.push(() => tracker.stop());
     extraHealth.consul = async (signal) => {
       await consul.leader(signal);
       return { ok: true };
     };
-    notify = createStatusNotifier({ registry, reporter, publicUrl: config.publicUrl, log });
-    void tracker
-      .start()
-      .catch((err: unknown) =>
-        log.error({ err: (err as Error).message }, "first reconciliation of build statuses failed; the event stream goes on"),
-      );
+    notify = createStatusNotifier({
+      registry,
+      reporter,
+      publicUrl: config.publicUrl,
+      log,
+      post: (report, build) => forward.report({ ...report, build: build.id }, leadership.term()),
+    });
+    nomadLeadership = createNomadLeadership({
+      nomad,
+      ...config.leader,
+      log,
+      metrics: { leader: metrics.leader, renewFailures: metrics.leaderRenewFailures },
+    });
+    leadership = nomadLeadership;
+    // Each term follows Nomad afresh: its first reconciliation posts what the last leader left undone.
+    closers.push(
+      whileLeading(leadership, () => {
+        forward.reset();
+        const tracker = createNomadTracker({
+          nomad,
+          builders,
+          log,
+          onBuild,
+          metrics: { reconnects: metrics.eventReconnects, lagSeconds: metrics.eventLagSeconds },
+        });
+        void tracker
+          .start()
+          .catch((err: unknown) =>
+            log.error({ err: (err as Error).message }, "first reconciliation of build statuses failed; the event stream goes on"),
+          );
+        return () => tracker.stop();
+      }),
+    );
   } else {
     const { createFileRegistry } = await import("./registry/file.js");
     const { createLocalBackend } = await import("./local/backend.js");
@@ -224,7 +253,7 @@ async function compose(
   const activeRegistry = registry;
   closers.push(() => activeRegistry.close());
   const policies = createPolicies({
-    leadership: createSoleLeadership(),
+    leadership,
     registry: activeRegistry,
     backend,
     reader,
@@ -277,10 +306,13 @@ async function compose(
     defaultBuilder: config.builderJob,
     extraHealth,
     archiveEnabled,
+    forwardStatus: (report, build) => forward.report({ ...report, build }),
+    ...(nomadLeadership === undefined ? {} : { leadership: nomadLeadership }),
     ...(config.adminToken === undefined ? {} : { adminToken: config.adminToken }),
   });
 
   const server = await listen(app.fetch, config);
+  nomadLeadership?.start();
   server.on("drop", () => metrics.connectionsDropped.inc());
   const address = server.address();
   const port = typeof address === "object" && address !== null ? address.port : config.listen.port;
@@ -309,6 +341,8 @@ async function compose(
         const sweep = setInterval(() => server.closeIdleConnections(), 50);
         await closed;
         clearInterval(sweep);
+        // Released while Nomad's connection is still open, so another replica takes over at once.
+        await nomadLeadership?.stop();
         await reporter.drain();
         await Promise.allSettled(closers.reverse().map((close) => close()));
       })();

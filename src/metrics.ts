@@ -17,6 +17,8 @@ export interface Metrics {
   buildsSuperseded: Counter;
   buildsTimedOut: Counter;
   cronBuilds: Counter<"result">;
+  leader: Gauge;
+  leaderRenewFailures: Counter;
 }
 
 /** Creates the metrics; `staleness` is read at scrape time. */
@@ -104,10 +106,22 @@ export function createMetrics(options: { staleness: () => { seconds: number; ok:
     labelNames: ["result"] as const,
     registers: [registry],
   });
+  const leader = new Gauge({
+    name: "petrel_leader",
+    help: "1 while this replica leads (holds the Nomad lock and posts statuses, archives, runs policies), else 0.",
+    registers: [registry],
+  });
+  const leaderRenewFailures = new Counter({
+    name: "petrel_leader_lock_renewal_failures_total",
+    help: "Renewals of the leader lock that failed (no answer, an error, or the lock was lost).",
+    registers: [registry],
+  });
   return {
     buildsSuperseded,
     buildsTimedOut,
     cronBuilds,
+    leader,
+    leaderRenewFailures,
     connectionsDropped,
     eventReconnects,
     eventLagSeconds,

@@ -32,6 +32,22 @@ describe("readConfig", () => {
     expect(c.adminToken).toBeUndefined();
   });
 
+  it("reads the leader lock's path, TTL and lock-delay, and names a bad one", () => {
+    expect(readConfig({}).leader).toEqual({ path: "petrel/leader", ttlMs: 15_000, lockDelayMs: 15_000 });
+    expect(
+      readConfig({ PETREL_LEADER_PATH: "ci/petrel-lock", PETREL_LEADER_TTL: "1m30s", PETREL_LEADER_LOCK_DELAY: "500ms" }).leader,
+    ).toEqual({
+      path: "ci/petrel-lock",
+      ttlMs: 90_000,
+      lockDelayMs: 500,
+    });
+    expect(fail({ PETREL_LEADER_PATH: "nomad/jobs/x" }).variable).toBe("PETREL_LEADER_PATH");
+    expect(fail({ PETREL_LEADER_PATH: "a//b" }).variable).toBe("PETREL_LEADER_PATH");
+    expect(fail({ PETREL_LEADER_TTL: "15" }).message).toMatch(/^PETREL_LEADER_TTL: expected a duration/);
+    expect(fail({ PETREL_LEADER_TTL: "200ms" }).variable).toBe("PETREL_LEADER_TTL");
+    expect(fail({ PETREL_LEADER_LOCK_DELAY: "soon" }).variable).toBe("PETREL_LEADER_LOCK_DELAY");
+  });
+
   it("treats an empty NOMAD_ADDR as unset", () => {
     expect(readConfig({ NOMAD_ADDR: "" }).mode).toBe("local");
     expect(readConfig({ NOMAD_ADDR: "   " }).mode).toBe("local");

@@ -1,15 +1,18 @@
-import type { StatusReporter } from "../gitea/client.js";
+import type { StatusReport, StatusReporter } from "../gitea/client.js";
 import type { CommitState } from "../gitea/schema.js";
 import type { Logger } from "../log.js";
 import type { Registry, RepoEntry } from "../registry/schema.js";
 import { repoKeyFromUrl } from "../registry/schema.js";
 import type { Build } from "./backend.js";
 
-/** The commit status a build state stands for; undefined for `queued` (the webhook already said pending). */
+/**
+ * The commit status a build state stands for; undefined for `queued` (the webhook already said pending) unless
+ * Nomad says why it waits (a blocked evaluation).
+ */
 export function commitStatusOf(build: Build): { state: Exclude<CommitState, "warning">; description: string } | undefined {
   switch (build.state) {
     case "queued":
-      return undefined;
+      return build.reason?.startsWith("waiting") ? { state: "pending", description: build.reason } : undefined;
     case "running":
       return { state: "pending", description: build.node ? `running on ${build.node}` : "running" };
     case "success":
@@ -48,12 +51,15 @@ export function createStatusNotifier(options: {
   reporter: StatusReporter;
   publicUrl: string;
   log: Logger;
+  /** Where statuses go instead of straight to the reporter (cluster mode: only forward moves, only while leading). */
+  post?: (report: StatusReport, build: Build) => void;
 }): (build: Build) => void {
   const sent = new Set<string>();
+  const post = options.post ?? ((report: StatusReport) => options.reporter.report(report));
   return (build) => {
     const status = commitStatusOf(build);
     if (status === undefined) return;
-    const once = `${build.id}\0${build.state}`;
+    const once = `${build.id}\0${build.state}\0${status.description}`;
     if (sent.has(once)) return;
     sent.add(once);
     if (sent.size > REMEMBERED) sent.delete(sent.values().next().value as string);
@@ -61,16 +67,19 @@ export function createStatusNotifier(options: {
       (entry) => {
         const gitea = entry?.config.gitea;
         if (gitea === undefined) return;
-        options.reporter.report({
-          baseUrl: gitea.url,
-          token: gitea.token,
-          fullName: build.repo,
-          sha: build.commit,
-          state: status.state,
-          context: `petrel/${build.flavor}`,
-          description: status.description,
-          targetUrl: `${options.publicUrl}/builds/${encodeURIComponent(build.id)}`,
-        });
+        post(
+          {
+            baseUrl: gitea.url,
+            token: gitea.token,
+            fullName: build.repo,
+            sha: build.commit,
+            state: status.state,
+            context: `petrel/${build.flavor}`,
+            description: status.description,
+            targetUrl: `${options.publicUrl}/builds/${encodeURIComponent(build.id)}`,
+          },
+          build,
+        );
       },
       (err: unknown) => options.log.warn({ build: build.id, err: (err as Error).message }, "no registry entry for a build's status"),
     );

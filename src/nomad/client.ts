@@ -16,6 +16,7 @@ import {
   NomadLeader,
   ParsedJob,
   RegisterResponse,
+  VariableLockAnswer,
 } from "./schema.js";
 
 /** How a builder's `parameterized` block treats the dispatch payload. */
@@ -26,6 +27,13 @@ export interface ParameterizedSpec {
   payload: PayloadRule;
   metaRequired: string[];
   metaOptional: string[];
+}
+
+/** A variable-lock operation's outcome: `held` is false when another holder has it (Nomad's 409). */
+export interface LockResult {
+  held: boolean;
+  /** The lock's ID while held (acquire and renew answer it to the holder). */
+  id?: string;
 }
 
 /** What a dispatch created, or found already created for its idempotency token. */
@@ -137,6 +145,16 @@ export interface NomadClient {
     opts?: { source?: string; signal?: AbortSignal },
   ): Promise<{ evalId: string; jobModifyIndex: number; warnings: string; index: number }>;
   leader(signal?: AbortSignal): Promise<string>;
+  /**
+   * `PUT /v1/var/<path>?lock-acquire|lock-renew|lock-release` (https://developer.hashicorp.com/nomad/api-docs/variables/locks),
+   * one attempt (the caller's loop is the retry). Conflicts (409) answer `held: false`; anything else throws.
+   */
+  variableLock(
+    op: "acquire" | "renew" | "release",
+    path: string,
+    lock: { id?: string; ttl?: string; lockDelay?: string },
+    opts?: { signal?: AbortSignal; timeoutMs?: number },
+  ): Promise<LockResult>;
 }
 
 const DEFAULT_RETRY_BUDGET_MS = 3500;
@@ -479,6 +497,36 @@ export function createNomadClient(opts: NomadClientOptions): NomadClient {
       );
       const res = required(answer, "register job").value;
       return { evalId: res.EvalID, jobModifyIndex: res.JobModifyIndex, warnings: res.Warnings, index: res.Index };
+    },
+
+    async variableLock(op, path, lock, { signal, timeoutMs } = {}) {
+      const body: Record<string, unknown> = { Path: path, Lock: {} };
+      const lockBody = body.Lock as Record<string, string>;
+      if (lock.id !== undefined) lockBody.ID = lock.id;
+      if (op === "acquire") {
+        if (lock.ttl !== undefined) lockBody.TTL = lock.ttl;
+        if (lock.lockDelay !== undefined) lockBody.LockDelay = lock.lockDelay;
+      }
+      if (opts.namespace) body.Namespace = opts.namespace;
+      const u = url(`/v1/var/${path.split("/").map(encodeURIComponent).join("/")}`, []);
+      // A bare `?lock-acquire` (no `=`), as Nomad's own API client sends it.
+      u.search = u.search ? `${u.search}&lock-${op}` : `?lock-${op}`;
+      const answer = await request({
+        service: "nomad",
+        action: `lock-${op}`,
+        dispatcher: opts.dispatcher,
+        method: "PUT",
+        url: u,
+        headers: headers(true),
+        body: JSON.stringify(body),
+        schema: VariableLockAnswer,
+        answers: (status) => status === 409,
+        ...(timeoutMs === undefined ? {} : { headersTimeoutMs: timeoutMs, bodyTimeoutMs: timeoutMs }),
+        signal,
+      });
+      if (answer.status === 409) return { held: false };
+      const id = answer.value?.Lock?.ID;
+      return id ? { held: true, id } : { held: op !== "release" };
     },
 
     async leader(signal) {

@@ -87,9 +87,14 @@ interface Outcome {
 function unplaced(job: Job, evaluations: readonly Evaluation[]): Outcome {
   if (job.Stop) return { state: "cancelled", reason: "cancelled before it started" };
   const failed = [...evaluations].reverse().find((e) => Object.keys(e.FailedTGAllocs).length > 0);
-  if (failed !== undefined || evaluations.some((e) => e.Status === "blocked")) {
-    return { state: "error", reason: `could not be placed: ${placementReason(failed)}` };
+  // A blocked evaluation waits for a client that can run the build (a node joins, a driver comes up), so the
+  // build is still queued; only an evaluation Nomad gave up on (`failed`), or a job that died unplaced, is an error.
+  const gaveUp = evaluations.find((e) => e.Status === "failed");
+  if (gaveUp !== undefined) return { state: "error", reason: `could not be placed: ${placementReason(failed ?? gaveUp)}` };
+  if (evaluations.some((e) => e.Status === "blocked") || (failed !== undefined && job.Status !== "dead")) {
+    return { state: "queued", reason: `waiting for a client that can run it: ${placementReason(failed)}` };
   }
+  if (failed !== undefined) return { state: "error", reason: `could not be placed: ${placementReason(failed)}` };
   if (job.Status === "dead") return { state: "error", reason: NO_ALLOCATION };
   return { state: "queued" };
 }

@@ -287,3 +287,14 @@ export type ParsedJob = z.infer<typeof ParsedJob>;
 
 /** `GET /v1/status/leader`: the leader's RPC address as a JSON string. */
 export const NomadLeader = z.string();
+
+/**
+ * A variable's metadata as the lock operations answer it (https://developer.hashicorp.com/nomad/api-docs/variables/locks):
+ * `Lock` carries the holder's `ID` only for the holder; a 409 answers the same shape without it.
+ */
+export const VariableLockAnswer = z.looseObject({
+  Path: z.string(),
+  Lock: z.looseObject({ ID: z.string().optional(), TTL: z.string().optional(), LockDelay: z.string().optional() }).nullish(),
+  ModifyIndex: z.number().optional(),
+});
+export type VariableLockAnswer = z.infer<typeof VariableLockAnswer>;

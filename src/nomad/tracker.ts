@@ -64,7 +64,8 @@ export function createNomadTracker(options: NomadTrackerOptions): NomadTracker {
   const concurrency = options.concurrency ?? 8;
   const now = options.now ?? Date.now;
   const reader = createNomadBuildReader({ nomad, builders: options.builders, log });
-  const reported = new Map<string, BuildState>();
+  // The state, and for a queued build why it waits: a blocked evaluation is news even though the state is not.
+  const reported = new Map<string, string>();
   const inflight = new Map<string, { again: boolean; done: Promise<void> }>();
   const queue: (() => void)[] = [];
   let active = 0;
@@ -73,10 +74,13 @@ export function createNomadTracker(options: NomadTrackerOptions): NomadTracker {
 
   const report = (build: Build) => {
     const before = reported.get(build.id);
-    if (before === build.state) return;
-    if (before !== undefined && isTerminal(before) && !isTerminal(build.state)) return;
+    const now = build.state === "queued" && build.reason !== undefined ? `queued\0${build.reason}` : build.state;
+    if (before === now) return;
+    const beforeState = before?.split("\0")[0] as BuildState | undefined;
+    if (beforeState !== undefined && isTerminal(beforeState) && !isTerminal(build.state)) return;
+    if (beforeState !== undefined && beforeState !== "queued" && build.state === "queued") return;
     reported.delete(build.id);
-    reported.set(build.id, build.state);
+    reported.set(build.id, now);
     if (reported.size > REMEMBERED) reported.delete(reported.keys().next().value as string);
     try {
       options.onBuild(build);
@@ -140,7 +144,7 @@ export function createNomadTracker(options: NomadTrackerOptions): NomadTracker {
           ids.add(j.ID);
         });
     });
-    for (const [id, state] of reported) if (!isTerminal(state)) ids.add(id);
+    for (const [id, state] of reported) if (!isTerminal(state.split("\0")[0] as BuildState)) ids.add(id);
     await Promise.all([...ids].map((id) => refresh(id, signal)));
     log.info({ builds: ids.size }, "reconciled recent builds with Nomad");
     return Math.min(...lists.map((l) => l.index), Number.MAX_SAFE_INTEGER);
@@ -239,5 +243,7 @@ function jobOf(topic: string, key: string, filterKeys: string[], payload: Record
 function isPlacementFailure(payload: Record<string, unknown>): boolean {
   const ev = payload.Evaluation as { Status?: unknown; FailedTGAllocs?: unknown } | undefined;
   const failed = ev?.FailedTGAllocs;
-  return ev?.Status === "blocked" || (typeof failed === "object" && failed !== null && Object.keys(failed).length > 0);
+  return (
+    ev?.Status === "blocked" || ev?.Status === "failed" || (typeof failed === "object" && failed !== null && Object.keys(failed).length > 0)
+  );
 }

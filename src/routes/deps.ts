@@ -1,6 +1,6 @@
 import type { BuildBackend, BuildReader } from "../builds/backend.js";
 import type { BuildWatch } from "../builds/watch.js";
-import type { StatusReporter } from "../gitea/client.js";
+import type { StatusReport, StatusReporter } from "../gitea/client.js";
 import type { Logger } from "../log.js";
 import type { Metrics } from "../metrics.js";
 import type { Registry } from "../registry/schema.js";
@@ -24,4 +24,11 @@ export interface AppDeps {
   archiveEnabled?: boolean;
   /** Checks for /health besides the registry and the backend, e.g. Consul's leader. */
   extraHealth?: Record<string, (signal: AbortSignal) => Promise<{ ok: boolean; error?: string }>>;
+  /** Whether this replica leads (SPEC §10) and since when; /health shows it. Absent: the one process leads. */
+  leadership?: { isLeader(): boolean; since(): Date | undefined; refused?(): string | undefined };
+  /**
+   * Posts a commit status only if it moves the commit's status for its context forward (a retried dispatch
+   * that found its build posts `pending` this way, so a redelivery does not post it twice).
+   */
+  forwardStatus?: (report: StatusReport, build: string) => void;
 }

@@ -6,6 +6,7 @@ const CHECK_TIMEOUT_MS = 2000;
 /** `GET /health` (liveness plus reachability) and `GET /metrics` (Prometheus text). */
 export function createHealthRoute(deps: AppDeps): Hono {
   const app = new Hono();
+  const startedAt = new Date();
 
   app.get("/health", async (c) => {
     const signal = AbortSignal.timeout(CHECK_TIMEOUT_MS);
@@ -26,7 +27,19 @@ export function createHealthRoute(deps: AppDeps): Hono {
     // Liveness stays 200 while an upstream is down: restarting petrel would not bring Consul back, and the
     // registry keeps serving. `?ready` turns "degraded" into 503 for load balancers and readiness checks.
     const status = ok || c.req.query("ready") === undefined ? 200 : 503;
-    return c.json({ status: ok ? "ok" : "degraded", mode: deps.backend.kind === "nomad" ? "cluster" : "local", checks }, status);
+    const leading = deps.leadership?.isLeader() ?? true;
+    const since = deps.leadership ? deps.leadership.since() : startedAt;
+    return c.json(
+      {
+        status: ok ? "ok" : "degraded",
+        mode: deps.backend.kind === "nomad" ? "cluster" : "local",
+        leader: leading,
+        ...(leading && since !== undefined ? { leaderSince: since.toISOString() } : {}),
+        ...(deps.leadership?.refused?.() === undefined ? {} : { leaderError: deps.leadership.refused?.() }),
+        checks,
+      },
+      status,
+    );
   });
 
   app.get("/metrics", async (c) => {

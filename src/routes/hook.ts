@@ -99,26 +99,31 @@ export function createHookRoute(deps: AppDeps): Hono {
       }
       log = log.child({ build: result.id });
       const links = buildLinks(deps.publicUrl, result.id);
+      const gitea = entry.config.gitea;
+      const pending =
+        gitea === undefined
+          ? undefined
+          : {
+              baseUrl: gitea.url,
+              token: gitea.token,
+              fullName: plan.repo,
+              sha: plan.commit,
+              state: "pending" as const,
+              context: `petrel/${plan.flavor}`,
+              description: "build dispatched",
+              targetUrl: links.status,
+            };
       if (result.duplicate) {
         log.info({ commit: plan.commit, ref: plan.ref }, "duplicate delivery; build already dispatched");
         outcome("duplicate");
+        // The first attempt may have dispatched and then failed before its status (a lost answer, a crash):
+        // post it now unless the forge already shows this build, so a redelivery never posts it twice.
+        if (pending !== undefined) deps.forwardStatus?.(pending, result.id);
         return c.json(links, 200);
       }
       log.info({ commit: plan.commit, ref: plan.ref, event: plan.event, trusted: plan.trusted }, "build dispatched");
       outcome("dispatched");
-      const gitea = entry.config.gitea;
-      if (gitea !== undefined) {
-        deps.reporter.report({
-          baseUrl: gitea.url,
-          token: gitea.token,
-          fullName: plan.repo,
-          sha: plan.commit,
-          state: "pending",
-          context: `petrel/${plan.flavor}`,
-          description: "build dispatched",
-          targetUrl: links.status,
-        });
-      }
+      if (pending !== undefined) deps.reporter.report(pending);
       return c.json(links, 201);
     } catch (err) {
       outcome(err instanceof AppError ? err.code : "internal");

@@ -11,6 +11,7 @@ import {
   TASK_EVENT_DEFAULTS,
   withDefaults,
 } from "./nomad-defaults.js";
+import { createVariableLocks } from "./nomad-locks.js";
 import { assertExpected } from "./strict.js";
 
 // A Nomad agent on 127.0.0.1 that follows Nomad's HTTP API (https://developer.hashicorp.com/nomad/api-docs, source
@@ -149,6 +150,10 @@ export interface NomadFakeOptions {
    * (https://github.com/hashicorp/nomad/blob/main/command/agent/event_endpoint.go).
    */
   eventFraming?: "close" | "chunked";
+  /** Tokens accepted like `aclToken` except for variables, whose writes they are denied (403), as a policy without `variables` would. */
+  tokensWithoutVariables?: string[];
+  /** Shortest lock TTL accepted; Nomad's is 10 s (nomad/structs/variables.go), tests of failover lower it. */
+  minLockTtlMs?: number;
 }
 
 export type FakeLogType = "stdout" | "stderr";
@@ -192,8 +197,11 @@ export interface NomadFake {
   subscribe(listener: (index: number, events: FakeEvent[]) => void): () => void;
   /** The scheduler places the job's pending evaluation on `node`; the client receives it. Returns the alloc ID. */
   placeAlloc(jobId: string, opts?: PlaceOptions): string;
-  /** The placement fails (no feasible node): a blocked evaluation stays and the job stays pending. */
-  failPlacement(jobId: string, opts?: { namespace?: string; reason?: string }): void;
+  /**
+   * The placement fails (no feasible node): a blocked evaluation stays and the job stays pending. With `giveUp`,
+   * the evaluation ends `failed` instead (Nomad stops trying, as after its delivery limit) and none is blocked.
+   */
+  failPlacement(jobId: string, opts?: { namespace?: string; reason?: string; giveUp?: boolean }): void;
   startTask(jobId: string, opts?: TaskOptions): void;
   /** The task exits with `exitCode`; non-zero fails it (restart attempts = 0). Starts it first if needed. */
   finishTask(jobId: string, exitCode: number, opts?: TaskOptions): void;
@@ -231,6 +239,8 @@ export interface NomadFake {
   failEventStreams(n: number): void;
   /** The current index (the last committed change). */
   index(): number;
+  /** The lock ID holding the variable at `path`, if any. */
+  lockHolder(path: string, namespace?: string): string | undefined;
 }
 
 const DISPATCH_PAYLOAD_LIMIT = 16 * 1024;
@@ -336,6 +346,11 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
   };
   const requests: RecordedRequest[] = [];
   const failRules: FailRule[] = [];
+  const locks = createVariableLocks({
+    next: () => next(),
+    parseDuration: parseGoDuration,
+    ...(opts.minLockTtlMs === undefined ? {} : { minTtlMs: opts.minLockTtlMs }),
+  });
   let down = false;
   let latencyMs = 0;
   let dispatchRace = opts.dispatchRace ?? false;
@@ -873,12 +888,44 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
 
   // ---- HTTP -------------------------------------------------------------------------------------
 
-  function authorize(req: IncomingMessage): void {
+  function authorize(req: IncomingMessage, what: "jobs" | "variables" = "jobs"): void {
     if (opts.aclToken === undefined) return;
     const header = req.headers["x-nomad-token"];
     const bearer = /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? "")?.[1];
     const token = (Array.isArray(header) ? header[0] : header) || bearer;
-    if (token !== opts.aclToken) throw new NomadHttpError(403, "Permission denied");
+    if (token === opts.aclToken) return;
+    if (what === "jobs" && token !== undefined && opts.tokensWithoutVariables?.includes(token)) return;
+    throw new NomadHttpError(403, "Permission denied");
+  }
+
+  /** `PUT /v1/var/:path?lock-*` (test/fakes/nomad-locks.ts cites Nomad's code) and `GET /v1/var/:path`. */
+  function variableRoute(req: IncomingMessage, method: string, path: string, query: Query, ns: string, body: string): Answer {
+    if (path === "") throw new NomadHttpError(400, "missing variable path");
+    if (method === "GET") {
+      authorize(req, "variables");
+      const v = locks.read(ns, path);
+      if (!v) throw new NomadHttpError(404, "variable not found");
+      return read(v, v.ModifyIndex);
+    }
+    if (method !== "PUT" && method !== "POST") throw new NomadHttpError(400, "Invalid method");
+    const ops = (["lock-acquire", "lock-renew", "lock-release"] as const).filter((op) => query.has(op));
+    if (ops.length > 1) throw new NomadHttpError(400, "multiple lock operations");
+    const op = ops[0];
+    if (op === undefined) {
+      unexpected.push(`${method} /v1/var/ without a lock operation`);
+      throw new NomadHttpError(501, "nomad fake: plain variable writes are not modelled");
+    }
+    if (query.get("cas")) throw new NomadHttpError(400, "CAS can't be used with lock operations");
+    const decoded = decodeBody(body);
+    authorize(req, "variables");
+    try {
+      const answer = locks.handle(op, ns, path, decoded);
+      return { body: answer.body, index: answer.index, read: false, status: answer.status };
+    } catch (err) {
+      const e = err as { status?: number; text?: string };
+      if (typeof e.status === "number") throw new NomadHttpError(e.status, e.text ?? "");
+      throw err;
+    }
   }
 
   /** Holds a GET until `indexOf()` passes `?index=` or `?wait=` runs out (https://developer.hashicorp.com/nomad/api-docs#blocking-queries). */
@@ -950,6 +997,7 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       return parseRequest(req, body);
     }
     if (path.startsWith("/v1/job/")) return jobRoute(req, method, path.slice("/v1/job/".length), query, ns, body);
+    if (path.startsWith("/v1/var/")) return variableRoute(req, method, path.slice("/v1/var/".length), query, ns, body);
     if (path === "/v1/allocations") {
       if (method !== "GET") throw new NomadHttpError(405, "Invalid method");
       authorize(req);
@@ -1501,7 +1549,7 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
         headers["x-nomad-knownleader"] = "true";
         headers["x-nomad-lastcontact"] = "0";
       }
-      res.writeHead(200, headers);
+      res.writeHead(answer.status ?? 200, headers);
       res.end(url.searchParams.has("pretty") ? JSON.stringify(answer.body, null, 4) : JSON.stringify(answer.body));
     } catch (err) {
       if (err instanceof NomadHttpError) sendText(res, err.status, err.message);
@@ -1589,6 +1637,7 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
 
     async close() {
       closing = true;
+      locks.close();
       for (const wake of [...state.waiters]) wake();
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
@@ -1690,17 +1739,23 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       return alloc.ID;
     },
 
-    failPlacement(jobId, { namespace = "default", reason = "missing compatible host volumes" } = {}) {
+    failPlacement(jobId, { namespace = "default", reason = "missing compatible host volumes", giveUp = false } = {}) {
       const job = mustJob(jobId, namespace);
       const ev = evalsOf(namespace, jobId)
         .filter((e) => e.Status === "pending")
         .at(-1);
       if (!ev) throw new Error(`nomad fake: job "${jobId}" has no pending evaluation`);
       const idx = next();
-      const blocked = newEval(job, "queued-allocs", idx, "blocked");
-      blocked.PreviousEval = ev.ID;
-      ev.Status = "complete";
-      ev.BlockedEval = blocked.ID;
+      if (giveUp) {
+        // https://github.com/hashicorp/nomad/blob/main/nomad/structs/structs.go `EvalStatusFailed`
+        ev.Status = "failed";
+        ev.StatusDescription = "maximum attempts reached (2)";
+      } else {
+        const blocked = newEval(job, "queued-allocs", idx, "blocked");
+        blocked.PreviousEval = ev.ID;
+        ev.Status = "complete";
+        ev.BlockedEval = blocked.ID;
+      }
       ev.FailedTGAllocs = Object.fromEntries(
         job.TaskGroups.map((g) => [
           g.Name,
@@ -1906,6 +1961,7 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       failingEventStreams += n;
     },
     index: () => state.index,
+    lockHolder: (path, ns = "default") => locks.holder(ns, path),
 
     loseAlloc(jobId, { namespace = "default" } = {}) {
       const record = latestAlloc(jobId, namespace);
@@ -1927,6 +1983,8 @@ interface Answer {
   index: number | undefined;
   /** GETs carry KnownLeader and LastContact as well (https://github.com/hashicorp/nomad/blob/main/command/agent/http.go `setMeta`). */
   read: boolean;
+  /** A JSON answer that is not 200 (a lock conflict is 409 with a body). */
+  status?: number;
 }
 
 function read(body: unknown, index: number): Answer {
@@ -2179,6 +2237,9 @@ function modelledParams(method: string, pathname: string): readonly string[] | u
   if (pathname.startsWith("/v1/client/fs/stream/")) return [...COMMON_PARAMS, "path", "follow", "offset", "origin", "plain"];
   // https://developer.hashicorp.com/nomad/api-docs/events
   if (pathname === "/v1/event/stream") return [...COMMON_PARAMS, "index", "topic"];
+  // https://github.com/hashicorp/nomad/blob/main/command/agent/variable_endpoint.go
+  if (pathname.startsWith("/v1/var/"))
+    return write ? [...COMMON_PARAMS, "cas", "lock-acquire", "lock-renew", "lock-release"] : BLOCKING_PARAMS;
   if (!pathname.startsWith("/v1/job/")) return undefined;
   const sub = /\/(dispatch|allocations|evaluations|summary|deployment)$/.exec(pathname)?.[1];
   if (sub === "dispatch") return [...COMMON_PARAMS, "idempotency_token"];

@@ -2,6 +2,7 @@ import type { Hono } from "hono";
 import { Agent } from "undici";
 import { createApp } from "../../src/app.js";
 import type { BuildReader } from "../../src/builds/backend.js";
+import { createForwardStatuses } from "../../src/builds/forward.js";
 import { createConsulClient } from "../../src/consul/client.js";
 import { createConsulRegistry } from "../../src/consul/registry.js";
 import type { StatusReporter } from "../../src/gitea/client.js";
@@ -38,6 +39,8 @@ export interface Cluster {
   reporter: StatusReporter;
   metrics: Metrics;
   logs: () => string;
+  /** Waits for every status check and post in flight. */
+  settle(): Promise<void>;
   /** POSTs a webhook body with Gitea's headers, signed with `secret` unless headers override it. */
   deliver(
     body: Buffer | string,
@@ -80,6 +83,7 @@ export function createClusterApp(options: { consulUrl: string; nomadUrl: string;
   registry: Registry;
   reporter: StatusReporter;
   metrics: Metrics;
+  settle(): Promise<void>;
   close(): Promise<void>;
 } {
   const { log } = options;
@@ -104,7 +108,13 @@ export function createClusterApp(options: { consulUrl: string; nomadUrl: string;
     log,
     onResult: (state, _ok, outcome) => metrics.statusesPosted.inc({ state, result: outcome }),
   });
+  const forward = createForwardStatuses({
+    client: createGiteaClient({ dispatcher: agent, log, retries: { retries: 2, minDelayMs: 10, maxDelayMs: 40 } }),
+    reporter,
+    log,
+  });
   const app = createApp({
+    forwardStatus: (report, build) => forward.report({ ...report, build }),
     log,
     metrics,
     registry,
@@ -119,7 +129,12 @@ export function createClusterApp(options: { consulUrl: string; nomadUrl: string;
     registry,
     reporter,
     metrics,
+    async settle() {
+      await forward.settled();
+      await reporter.drain();
+    },
     async close() {
+      await forward.settled();
       await reporter.drain();
       await registry.close();
       await agent.close();
@@ -152,6 +167,7 @@ export async function startCluster(
     reporter,
     metrics,
     logs: text,
+    settle: () => petrel.settle(),
     async deliver(body, event, opts = {}) {
       const bytes = typeof body === "string" ? Buffer.from(body) : body;
       const signature = sign(opts.secret ?? HOOK_SECRET, bytes);

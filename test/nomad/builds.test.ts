@@ -136,11 +136,20 @@ describe("build states (driven lifecycles, fake or real Nomad)", () => {
 // What a real agent cannot do on demand: fail a placement of a builder it can place, lose a node, fail a
 // driver's set-up with a chosen message, or store a non-dispatched job under a child's ID.
 describe.skipIf(realNomad)("build states only the fake can produce", () => {
-  it("reports a placement failure as error with the scheduler's reason", async () => {
+  it("reports a blocked evaluation as queued with the scheduler's reason, and a placement Nomad gave up on as error", async () => {
     const fake = t.fake!;
-    const id = await dispatch();
-    fake.failPlacement(id, { reason: "missing compatible host volumes" });
-    expect(await build(id)).toMatchObject({ state: "error", reason: "could not be placed: missing compatible host volumes" });
+    const blocked = await dispatch();
+    fake.failPlacement(blocked, { reason: "missing compatible host volumes" });
+    expect(await build(blocked)).toMatchObject({
+      state: "queued",
+      reason: "waiting for a client that can run it: missing compatible host volumes",
+    });
+    fake.placeAlloc(blocked);
+    fake.startTask(blocked);
+    expect(await build(blocked)).toMatchObject({ state: "running" });
+    const failed = await dispatch();
+    fake.failPlacement(failed, { reason: "missing compatible host volumes", giveUp: true });
+    expect(await build(failed)).toMatchObject({ state: "error", reason: "could not be placed: missing compatible host volumes" });
   });
 
   it("reports a lost allocation as error", async () => {
@@ -339,7 +348,14 @@ describe("the outcome rule (table)", () => {
     },
     { name: "lost", j: job(), allocs: [alloc({ ClientStatus: "lost" }, task("running", []))], state: "error" },
     { name: "no alloc, pending eval", j: job({ Status: "pending" }), allocs: [], evs: evals({ Status: "pending" }), state: "queued" },
-    { name: "no alloc, placement failed", j: job({ Status: "pending" }), allocs: [], evs: placementFailed, state: "error" },
+    { name: "no alloc, evaluation blocked", j: job({ Status: "pending" }), allocs: [], evs: placementFailed, state: "queued" },
+    {
+      name: "no alloc, Nomad gave up placing",
+      j: job({ Status: "pending" }),
+      allocs: [],
+      evs: evals({ Status: "failed", FailedTGAllocs: { runner: { NodesEvaluated: 0 } } }),
+      state: "error",
+    },
     {
       name: "stopped before placement",
       j: job({ Stop: true, Status: "dead" }),

@@ -335,12 +335,12 @@ describe.skipIf(realNomad)("following a build's log (fake-driven lifecycles)", (
     fake.finishTask(id, 0);
   });
 
-  it("ends when the build cannot be placed", async () => {
+  it("ends when Nomad gives up placing the build (a blocked evaluation keeps it waiting)", async () => {
     const fake = t.fake!;
     const id = await dispatch();
     const f = follow(id);
     await waitingOnPlacement(id);
-    fake.failPlacement(id);
+    fake.failPlacement(id, { giveUp: true });
     expect((await f.done).length).toBe(0);
   });
 

@@ -120,8 +120,15 @@ describe("statuses from the event stream", () => {
     },
     // A real agent places a builder it can run; failing one on demand would need a second, unplaceable builder.
     {
-      name: "a placement failure",
+      name: "a blocked evaluation as queued with Nomad's reason",
       drive: async (r, id) => r.fake?.failPlacement(id, { reason: "missing drivers" }),
+      state: "queued",
+      description: "waiting for a client that can run it: missing drivers",
+      fakeOnly: true,
+    },
+    {
+      name: "a placement Nomad gave up on",
+      drive: async (r, id) => r.fake?.failPlacement(id, { reason: "missing drivers", giveUp: true }),
       state: "error",
       description: "could not be placed: missing drivers",
       fakeOnly: true,
@@ -141,7 +148,7 @@ describe("statuses from the event stream", () => {
     await r.tracker().start();
     const id = await r.dispatch();
     await drive(r, id);
-    await eventually(() => r.states(id).includes(state), 30_000);
+    await eventually(() => r.seen.some((b) => b.id === id && b.state === state && commitStatusOf(b) !== undefined), 30_000);
     const last = r.seen.filter((b) => b.id === id).at(-1) as Build;
     expect(commitStatusOf(last)).toMatchObject({ description });
   });

@@ -70,6 +70,22 @@ describe("POST /hook", () => {
     expect(c.nomad.children("builder").filter((id) => c.nomad.job(id)?.Meta?.COMMIT === commit)).toHaveLength(1);
   });
 
+  it("a retried delivery that finds its build posts the dispatch-time pending once, if the first never got it to Gitea", async () => {
+    const commit = "3131313131313131313131313131313131313131";
+    await c.settle();
+    c.gitea.failNext(1, 422);
+    const first = await c.deliver(pushOf(commit), "push");
+    expect(first.status).toBe(201);
+    await c.settle();
+    expect(c.gitea.statuses.filter((s) => s.sha === commit)).toHaveLength(0);
+    for (let i = 0; i < 3; i++) expect((await c.deliver(pushOf(commit), "push")).status).toBe(200);
+    await c.settle();
+    const rows = c.gitea.statuses.filter((s) => s.sha === commit);
+    expect(rows.map((s) => [s.status, s.description])).toEqual([["pending", "build dispatched"]]);
+    // Read once for the commit, then known.
+    expect(c.gitea.requests.filter((r) => r.method === "GET" && r.path.includes(`/commits/${commit}/status`))).toHaveLength(1);
+  });
+
   it("gives one build for two concurrent identical deliveries, even on a Nomad that races", async () => {
     c.nomad.setDispatchRace(true);
     try {
