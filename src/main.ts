@@ -2,8 +2,10 @@ import type { Server } from "node:http";
 import { serve } from "@hono/node-server";
 import { Agent } from "undici";
 import { createApp } from "./app.js";
+import type { FinishedBuilds } from "./archive/sweep.js";
 import type { Build, BuildBackend, BuildReader } from "./builds/backend.js";
 import { createStatusNotifier } from "./builds/statuses.js";
+import { createSoleLeadership, type Leadership } from "./cluster/leadership.js";
 import type { Config } from "./config.js";
 import { ConfigError, readConfig } from "./config.js";
 import { consulAgentOptions, createConsulClient } from "./consul/client.js";
@@ -78,11 +80,17 @@ function startFailure(err: unknown): string {
   return `could not start: ${message.replace(/\s*\n\s*/g, " ")}`;
 }
 
+/** What tests change of a start: the clock (reconcile window, archive settle) and who leads. */
+export interface StartOptions {
+  now?: () => number;
+  leadership?: Leadership;
+}
+
 /** The composition root: builds every collaborator from the config, listens, and returns how to stop. */
-export async function startPetrel(config: Config, log: Logger, env: NodeJS.ProcessEnv): Promise<RunningPetrel> {
+export async function startPetrel(config: Config, log: Logger, env: NodeJS.ProcessEnv, options: StartOptions = {}): Promise<RunningPetrel> {
   const closers: Array<() => Promise<unknown>> = [];
   try {
-    return await compose(config, log, env, closers);
+    return await compose(config, log, env, closers, options);
   } catch (err) {
     // A start that failed must not leave the registry watch or the event stream retrying in the background.
     await Promise.allSettled(closers.reverse().map((close) => close()));
@@ -95,7 +103,11 @@ async function compose(
   log: Logger,
   env: NodeJS.ProcessEnv,
   closers: Array<() => Promise<unknown>>,
+  options: StartOptions,
 ): Promise<RunningPetrel> {
+  const now = options.now ?? Date.now;
+  // One process leads alone; the elected version (a Nomad variable lock) plugs in here.
+  const leadership = options.leadership ?? createSoleLeadership();
   if (config.deprecated.length > 0) {
     log.warn({ deprecated: config.deprecated }, `deprecated settings still honoured, rename them: ${config.deprecated.join(", ")}`);
   }
@@ -122,6 +134,8 @@ async function compose(
   let notify: (build: Build) => void = () => undefined;
   // Bound once the live reader exists; archives each build that reached a final state.
   let archive: (build: Build) => void = () => undefined;
+  // The backend's builds that may be final, for the archive's start-up pass.
+  let finished: FinishedBuilds;
   const onBuild = (build: Build) => {
     notify(build);
     archive(build);
@@ -132,6 +146,7 @@ async function compose(
     const { createNomadBackend } = await import("./nomad/backend.js");
     const { createNomadBuildReader } = await import("./nomad/builds.js");
     const { createNomadTracker } = await import("./nomad/tracker.js");
+    const { nomadFinishedBuilds } = await import("./nomad/finished.js");
     const consulAgent = new Agent(consulAgentOptions(config.consul.tls));
     const nomadAgent = new Agent(tlsAgentOptions("Nomad", config.nomad.tls));
     closers.push(
@@ -166,11 +181,13 @@ async function compose(
     const consulRegistry = registry;
     const builders = () => consulRegistry.builders();
     reader = createNomadBuildReader({ nomad, builders, log });
+    finished = nomadFinishedBuilds({ nomad, builders });
     const tracker = createNomadTracker({
       nomad,
       builders,
       log,
       onBuild,
+      now,
       metrics: { reconnects: metrics.eventReconnects, lagSeconds: metrics.eventLagSeconds },
     });
     closers.push(() => tracker.stop());
@@ -202,6 +219,8 @@ async function compose(
     });
     backend = local;
     reader = local;
+    const { finishedOfReader } = await import("./archive/sweep.js");
+    finished = finishedOfReader(local);
     closers.push(() => local.close());
   }
   const activeRegistry = registry;
@@ -216,13 +235,17 @@ async function compose(
     const { createArchiveStore } = await import("./archive/store.js");
     const { createArchiver } = await import("./archive/archiver.js");
     const { createArchivedReader } = await import("./archive/reader.js");
+    const { createArchiveSweep } = await import("./archive/sweep.js");
     const store = createArchiveStore({ dir: config.archiveDir });
     // Listings read the index from memory: loaded once now, in the background (the first listing waits for it).
     store
       .ready()
       .catch((err: unknown) => log.error({ dir: config.archiveDir, err: errorMessage(err) }, "could not read the archive's index"));
-    const archiver = createArchiver({ store, reader, log, metrics: metrics.registry });
+    const archiver = createArchiver({ store, reader, log, metrics: metrics.registry, now });
     closers.push(() => archiver.stop());
+    // Builds that ended while petrel was down, or were still queued when it stopped, as long as the backend has them.
+    const sweep = createArchiveSweep({ store, archiver, finished, leadership, log });
+    closers.push(() => sweep.stop());
     archive = (build) => archiver.onBuild(build);
     reader = createArchivedReader(reader, store);
     archiveEnabled = true;
