@@ -18,7 +18,7 @@ import type {
   DispatchedBuild,
   LogRequest,
 } from "../builds/backend.js";
-import { isAfterCursor, isTerminal, newestFirst } from "../builds/backend.js";
+import { isTerminal } from "../builds/backend.js";
 import { buildFromMeta, matchesFilter } from "../builds/model.js";
 import { createNewestFirstIndex } from "../builds/sorted.js";
 import { type DispatchPayload, dispatchId, OPTIONAL_META, REQUIRED_META } from "../contract/dispatch.js";
