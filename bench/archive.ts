@@ -354,7 +354,7 @@ async function burst(): Promise<boolean> {
       let requests = 0;
       let seconds = 0;
       while (until === undefined ? requests < count : !done) {
-        const r = await load(url, deliveries(`c${(tag++).toString(16).padStart(3, "0")}`, 100));
+        const r = await load(url, deliveries("c0", 100, "acme/widgets", 100 * tag++));
         if (r.failures > 0) throw new Error(`${r.failures} webhooks failed during the archive burst bench`);
         requests += r.latencies.length;
         seconds += r.seconds;

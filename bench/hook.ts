@@ -32,9 +32,10 @@ export interface Delivery {
   signature: string;
 }
 
-export function deliveries(tag: string, n: number, repo = "acme/widgets"): Delivery[] {
+/** `n` signed pushes of distinct commits: `tag` (two hex digits) followed by the number from `from`. */
+export function deliveries(tag: string, n: number, repo = "acme/widgets", from = 0): Delivery[] {
   return Array.from({ length: n }, (_, i) => {
-    const commit = `${tag}${i.toString(16).padStart(38, "0")}`;
+    const commit = `${tag}${(from + i).toString(16).padStart(38, "0")}`;
     const body = Buffer.from(PUSH.replaceAll(COMMIT, commit).replaceAll("acme/widgets", repo));
     return { body, signature: sign(HOOK_SECRET, body) };
   });

@@ -246,6 +246,15 @@ async function compose(
     // Builds that ended while petrel was down, or were still queued when it stopped, as long as the backend has them.
     const sweep = createArchiveSweep({ store, archiver, finished, leadership, log });
     closers.push(() => sweep.stop());
+    const { createArchiveRetention } = await import("./archive/retention.js");
+    const retention = createArchiveRetention({
+      store,
+      keep: config.archiveKeep,
+      maxAgeMs: config.archiveMaxAgeDays * 24 * 3600 * 1000,
+      log,
+      now,
+    });
+    closers.push(async () => retention.stop());
     archive = (build) => archiver.onBuild(build);
     reader = createArchivedReader(reader, store);
     archiveEnabled = true;
