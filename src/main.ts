@@ -17,6 +17,7 @@ import type { Logger } from "./log.js";
 import { createLogger } from "./log.js";
 import { createMetrics } from "./metrics.js";
 import type { Registry } from "./registry/schema.js";
+import { untilAborted } from "./util/abort.js";
 
 /** How long SIGTERM waits for in-flight deliveries, log streams and status reports before exiting anyway. */
 const DRAIN_MS = 10_000;
@@ -181,7 +182,15 @@ async function compose(
     const consulRegistry = registry;
     const builders = () => consulRegistry.builders();
     reader = createNomadBuildReader({ nomad, builders, log });
-    finished = nomadFinishedBuilds({ nomad, builders });
+    const nomadFinished = nomadFinishedBuilds({ nomad, builders });
+    finished = async function* (signal) {
+      // The builders come from the registry: wait for its first load (or its failure) before listing.
+      await untilAborted(
+        consulRegistry.list().catch(() => undefined),
+        signal,
+      );
+      yield* nomadFinished(signal);
+    };
     const tracker = createNomadTracker({
       nomad,
       builders,
