@@ -27,20 +27,24 @@ const WARMUP = 200;
 const PUSH = readFileSync(fileURLToPath(new URL("../test/fixtures/gitea/push.json", import.meta.url)), "utf8");
 const COMMIT = "4c1d7e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d";
 
-interface Delivery {
+export interface Delivery {
   body: Buffer;
   signature: string;
 }
 
-function deliveries(tag: string, n: number, repo = "acme/widgets"): Delivery[] {
+/** `n` signed pushes of distinct commits: `tag` (two hex digits) followed by the number from `from`. */
+export function deliveries(tag: string, n: number, repo = "acme/widgets", from = 0): Delivery[] {
   return Array.from({ length: n }, (_, i) => {
-    const commit = `${tag}${i.toString(16).padStart(38, "0")}`;
+    const commit = `${tag}${(from + i).toString(16).padStart(38, "0")}`;
     const body = Buffer.from(PUSH.replaceAll(COMMIT, commit).replaceAll("acme/widgets", repo));
     return { body, signature: sign(HOOK_SECRET, body) };
   });
 }
 
-async function load(url: string, work: Delivery[]): Promise<{ seconds: number; latencies: number[]; failures: number; cpuMs: number }> {
+export async function load(
+  url: string,
+  work: Delivery[],
+): Promise<{ seconds: number; latencies: number[]; failures: number; cpuMs: number }> {
   const cpu0 = process.cpuUsage();
   const pool = new Pool(url, { connections: CONCURRENCY, pipelining: 1 });
   const latencies: number[] = [];
@@ -107,10 +111,14 @@ function startReference(nomadUrl: string): Promise<{ url: string; server: Server
   );
 }
 
-/** Starts the fakes in a child process; `consulReads()` asks it how many non-blocking Consul reads it served. */
-async function startFakes(): Promise<{
+/**
+ * Starts the fakes in a child process; `consulReads()` asks it how many non-blocking Consul reads it served,
+ * `seed()` has its Nomad run builds to the end.
+ */
+export async function startFakes(): Promise<{
   urls: { consul: string; nomad: string; gitea: string };
   consulReads(): Promise<number>;
+  seed(count: number, kib: number): Promise<string[]>;
   stop(): void;
 }> {
   const tsx = fileURLToPath(new URL("../node_modules/tsx/dist/cli.mjs", import.meta.url));
@@ -127,6 +135,10 @@ async function startFakes(): Promise<{
     async consulReads() {
       child.stdin.write("?\n");
       return Number((await nextLine()).consulReads);
+    },
+    async seed(count, kib) {
+      child.stdin.write(`seed ${count} ${kib}\n`);
+      return (await nextLine()).ids as string[];
     },
     stop: () => child.stdin.end(),
   };

@@ -3,6 +3,7 @@ import type { Server } from "node:http";
 import { serve } from "@hono/node-server";
 import { Agent } from "undici";
 import { createApp } from "./app.js";
+import type { FinishedBuilds } from "./archive/sweep.js";
 import type { Build, BuildBackend, BuildReader } from "./builds/backend.js";
 import { createForwardStatuses } from "./builds/forward.js";
 import { createStatusNotifier } from "./builds/statuses.js";
@@ -21,6 +22,7 @@ import { createLogger } from "./log.js";
 import { createMetrics } from "./metrics.js";
 import { createPolicies } from "./policies/policies.js";
 import type { Registry } from "./registry/schema.js";
+import { untilAborted } from "./util/abort.js";
 
 /** How long SIGTERM waits for in-flight deliveries, log streams and status reports before exiting anyway. */
 const DRAIN_MS = 10_000;
@@ -84,11 +86,17 @@ function startFailure(err: unknown): string {
   return `could not start: ${message.replace(/\s*\n\s*/g, " ")}`;
 }
 
+/** What tests change of a start: the clock (reconcile window, archive settle) and who leads. */
+export interface StartOptions {
+  now?: () => number;
+  leadership?: Leadership;
+}
+
 /** The composition root: builds every collaborator from the config, listens, and returns how to stop. */
-export async function startPetrel(config: Config, log: Logger, env: NodeJS.ProcessEnv): Promise<RunningPetrel> {
+export async function startPetrel(config: Config, log: Logger, env: NodeJS.ProcessEnv, options: StartOptions = {}): Promise<RunningPetrel> {
   const closers: Array<() => Promise<unknown>> = [];
   try {
-    return await compose(config, log, env, closers);
+    return await compose(config, log, env, closers, options);
   } catch (err) {
     // A start that failed must not leave the registry watch or the event stream retrying in the background.
     await Promise.allSettled(closers.reverse().map((close) => close()));
@@ -101,7 +109,9 @@ async function compose(
   log: Logger,
   env: NodeJS.ProcessEnv,
   closers: Array<() => Promise<unknown>>,
+  options: StartOptions,
 ): Promise<RunningPetrel> {
+  const now = options.now ?? Date.now;
   if (config.deprecated.length > 0) {
     log.warn({ deprecated: config.deprecated }, `deprecated settings still honoured, rename them: ${config.deprecated.join(", ")}`);
   }
@@ -124,8 +134,8 @@ async function compose(
   });
   // Only statuses that move a commit forward, whichever replica posts (SPEC §10).
   const forward = createForwardStatuses({ client: gitea, reporter, log });
-  // Single-machine mode is one process; cluster mode replaces this with the Nomad lock below.
-  let leadership: Leadership = createSoleLeadership();
+  // Single-machine mode is one process; cluster mode replaces this with the Nomad lock below (tests may pass their own).
+  let leadership: Leadership = options.leadership ?? createSoleLeadership();
   let nomadLeadership: NomadLeadership | undefined;
 
   let backend: BuildBackend;
@@ -140,6 +150,8 @@ async function compose(
   let observe: (build: Build) => void = () => undefined;
   let withReason: (build: Build) => Promise<Build> = (build) => Promise.resolve(build);
   // Viewers on any replica hear a transition; statuses, archiving and policies happen once, on the leader.
+  // The backend's builds that may be final, for the archive's start-up pass.
+  let finished: FinishedBuilds;
   const onBuild = (build: Build) => {
     void withReason(build).then((b) => {
       watched(b);
@@ -155,6 +167,7 @@ async function compose(
     const { createNomadBackend } = await import("./nomad/backend.js");
     const { createNomadBuildReader } = await import("./nomad/builds.js");
     const { createNomadTracker } = await import("./nomad/tracker.js");
+    const { nomadFinishedBuilds } = await import("./nomad/finished.js");
     const consulAgent = new Agent(consulAgentOptions(config.consul.tls));
     const nomadAgent = new Agent(tlsAgentOptions("Nomad", config.nomad.tls));
     closers.push(
@@ -193,6 +206,15 @@ async function compose(
     const marks = createConsulStopMarks({ consul, prefix: config.consulPrefix });
     reader = createMarkedReader(createNomadBuildReader({ nomad, builders, log }), marks);
     withReason = (build) => withStopReason(build, marks).catch(() => build);
+    const nomadFinished = nomadFinishedBuilds({ nomad, builders });
+    finished = async function* (signal) {
+      // The builders come from the registry: wait for its first load (or its failure) before listing.
+      await untilAborted(
+        consulRegistry.list().catch(() => undefined),
+        signal,
+      );
+      yield* nomadFinished(signal);
+    };
     extraHealth.consul = async (signal) => {
       await consul.leader(signal);
       return { ok: true };
@@ -204,13 +226,15 @@ async function compose(
       log,
       post: (report, build) => forward.report({ ...report, build: build.id }, leadership.term()),
     });
-    nomadLeadership = createNomadLeadership({
-      nomad,
-      ...config.leader,
-      log,
-      metrics: { leader: metrics.leader, renewFailures: metrics.leaderRenewFailures },
-    });
-    leadership = nomadLeadership;
+    if (options.leadership === undefined) {
+      nomadLeadership = createNomadLeadership({
+        nomad,
+        ...config.leader,
+        log,
+        metrics: { leader: metrics.leader, renewFailures: metrics.leaderRenewFailures },
+      });
+      leadership = nomadLeadership;
+    }
     // Each term follows Nomad afresh: its first reconciliation posts what the last leader left undone.
     closers.push(
       whileLeading(leadership, () => {
@@ -220,6 +244,7 @@ async function compose(
           builders,
           log,
           onBuild,
+          now,
           metrics: { reconnects: metrics.eventReconnects, lagSeconds: metrics.eventLagSeconds },
         });
         void tracker
@@ -248,6 +273,8 @@ async function compose(
     });
     backend = local;
     reader = local;
+    const { finishedOfReader } = await import("./archive/sweep.js");
+    finished = finishedOfReader(local);
     closers.push(() => local.close());
   }
   const activeRegistry = registry;
@@ -273,13 +300,26 @@ async function compose(
     const { createArchiveStore } = await import("./archive/store.js");
     const { createArchiver } = await import("./archive/archiver.js");
     const { createArchivedReader } = await import("./archive/reader.js");
+    const { createArchiveSweep } = await import("./archive/sweep.js");
     const store = createArchiveStore({ dir: config.archiveDir });
     // Listings read the index from memory: loaded once now, in the background (the first listing waits for it).
     store
       .ready()
       .catch((err: unknown) => log.error({ dir: config.archiveDir, err: errorMessage(err) }, "could not read the archive's index"));
-    const archiver = createArchiver({ store, reader, log, metrics: metrics.registry });
+    const archiver = createArchiver({ store, reader, log, metrics: metrics.registry, now });
     closers.push(() => archiver.stop());
+    // Builds that ended while petrel was down, or were still queued when it stopped, as long as the backend has them.
+    const sweep = createArchiveSweep({ store, archiver, finished, leadership, log });
+    closers.push(() => sweep.stop());
+    const { createArchiveRetention } = await import("./archive/retention.js");
+    const retention = createArchiveRetention({
+      store,
+      keep: config.archiveKeep,
+      maxAgeMs: config.archiveMaxAgeDays * 24 * 3600 * 1000,
+      log,
+      now,
+    });
+    closers.push(async () => retention.stop());
     archive = (build) => archiver.onBuild(build);
     reader = createArchivedReader(reader, store);
     archiveEnabled = true;

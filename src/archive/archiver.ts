@@ -25,12 +25,19 @@ export interface ArchiverOptions {
    * logmon) was still writing when the task died are in the archive.
    */
   settleMs?: number;
+  /** Clock, for how long ago a build finished (the settle wait is only for builds that just did). */
+  now?: () => number;
 }
 
 /** Archives builds that reached a final state, in the background. */
 export interface Archiver {
   /** A BuildListener: returns at once; terminal builds are queued for archiving. */
   onBuild(build: Build): void;
+  /**
+   * Archives these builds (those not archived yet and final by the time they are read), alongside the
+   * listener's; resolves once each was written, found archived, or failed (a failure is retried later).
+   */
+  archive(ids: readonly string[]): Promise<void>;
   /** Resolves when nothing is queued or being written (tests, shutdown). */
   idle(): Promise<void>;
   /** Stops retries and waits for writes in flight. */
@@ -53,6 +60,7 @@ export function createArchiver(options: ArchiverOptions): Archiver {
   const retryMs = options.retryMs ?? DEFAULT_RETRY_MS;
   const concurrency = options.concurrency ?? 2;
   const settleMs = options.settleMs ?? DEFAULT_SETTLE_MS;
+  const now = options.now ?? Date.now;
   const failures = new Counter({
     name: "petrel_archive_failures_total",
     help: "Builds that could not be archived, by cause (disk_full, unwritable, io, source); each is retried.",
@@ -67,6 +75,13 @@ export function createArchiver(options: ArchiverOptions): Archiver {
   let active = 0;
   let retryTimer: NodeJS.Timeout | undefined;
   let idleWaiters: (() => void)[] = [];
+  // Callers of archive(ids) waiting for one build to be processed.
+  const waiting = new Map<string, (() => void)[]>();
+  const processed = (id: string) => {
+    const waiters = waiting.get(id);
+    waiting.delete(id);
+    for (const w of waiters ?? []) w();
+  };
 
   const settleIdle = () => {
     if (active > 0 || queue.length > 0) return;
@@ -90,6 +105,7 @@ export function createArchiver(options: ArchiverOptions): Archiver {
       setImmediate(() => {
         void archive(id).finally(() => {
           queued.delete(id);
+          processed(id);
           active--;
           pump();
           settleIdle();
@@ -102,8 +118,12 @@ export function createArchiver(options: ArchiverOptions): Archiver {
     const signal = controller.signal;
     try {
       if (await store.has(id)) return;
-      if (settleMs > 0) await sleep(settleMs, undefined, { signal });
-      const build = await reader.getBuild(id, signal);
+      let build = await reader.getBuild(id, signal);
+      if (build !== undefined && !isTerminal(build.state) && settleMs > 0) {
+        // The event that announced the end can be ahead of the reads: give the backend a moment.
+        await sleep(settleMs, undefined, { signal });
+        build = await reader.getBuild(id, signal);
+      }
       if (build === undefined) {
         failed.delete(id);
         log.warn({ build: id }, "build gone from the backend before it could be archived");
@@ -115,6 +135,10 @@ export function createArchiver(options: ArchiverOptions): Archiver {
         scheduleRetry();
         return;
       }
+      // A build that ended long ago (found at start-up) has all its bytes already; one that just ended waits.
+      const since = build.finishedAt === undefined ? 0 : now() - Date.parse(build.finishedAt);
+      const wait = Number.isFinite(since) ? settleMs - Math.max(0, since) : settleMs;
+      if (wait > 0) await sleep(wait, undefined, { signal });
       const logs = (type: LogType) => reader.logs(id, { type, follow: false, offset: 0, signal });
       const result = await store.put(build, { stdout: logs("stdout"), stderr: logs("stderr"), all: logs("all") });
       failed.delete(id);
@@ -159,6 +183,22 @@ export function createArchiver(options: ArchiverOptions): Archiver {
     onBuild(build) {
       if (isTerminal(build.state)) enqueue(build.id);
     },
+    archive(ids) {
+      const pending: Promise<void>[] = [];
+      for (const id of ids) {
+        if (controller.signal.aborted) break;
+        pending.push(
+          new Promise<void>((resolve) => {
+            const list = waiting.get(id) ?? [];
+            list.push(resolve);
+            waiting.set(id, list);
+          }),
+        );
+        if (queued.has(id)) continue;
+        enqueue(id);
+      }
+      return Promise.all(pending).then(() => undefined);
+    },
     idle() {
       if (active === 0 && queue.length === 0) return Promise.resolve();
       return new Promise((resolve) => idleWaiters.push(resolve));
@@ -166,6 +206,10 @@ export function createArchiver(options: ArchiverOptions): Archiver {
     async stop() {
       controller.abort();
       if (retryTimer !== undefined) clearTimeout(retryTimer);
+      for (const id of queue) {
+        queued.delete(id);
+        processed(id);
+      }
       queue.length = 0;
       if (active > 0) await new Promise<void>((resolve) => idleWaiters.push(resolve));
     },

@@ -19,8 +19,9 @@ import type {
   LogRequest,
   StopReason,
 } from "../builds/backend.js";
-import { isAfterCursor, isTerminal, newestFirst } from "../builds/backend.js";
+import { isTerminal } from "../builds/backend.js";
 import { buildFromMeta, matchesFilter } from "../builds/model.js";
+import { createNewestFirstIndex } from "../builds/sorted.js";
 import { type DispatchPayload, dispatchId, OPTIONAL_META, REQUIRED_META } from "../contract/dispatch.js";
 import { AppError } from "../errors.js";
 import type { Logger } from "../log.js";
@@ -103,6 +104,19 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
   const payloads = new Map<string, DispatchPayload | string>();
 
   const records = new Map<string, BuildRecord>();
+  // The same builds in listing order, so a page costs its size, not a sort of every build kept.
+  const listed = createNewestFirstIndex();
+  const rank = (r: BuildRecord) => ({ time: Date.parse(r.createdAt), id: r.id });
+  const setRecord = (r: BuildRecord) => {
+    if (!records.has(r.id)) listed.add(rank(r));
+    records.set(r.id, r);
+  };
+  const deleteRecord = (id: string) => {
+    const r = records.get(id);
+    if (r === undefined) return;
+    records.delete(id);
+    listed.delete(rank(r));
+  };
   const byToken = new Map<string, string>();
   const queue: string[] = [];
   const running = new Map<string, Running>();
@@ -126,7 +140,7 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
   };
 
   const update = async (record: BuildRecord) => {
-    records.set(record.id, record);
+    setRecord(record);
     await store.save(record);
     wake(record.id);
     try {
@@ -146,6 +160,7 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
   await mkdir(cacheDir, { recursive: true });
   const loaded = await store.loadAll();
   for (const name of loaded.broken) log.warn({ dir: name }, "ignoring a build directory without a readable build.json");
+  listed.addAll(loaded.records.map(rank));
   for (const record of loaded.records.sort((a, b) => a.createdAt.localeCompare(b.createdAt))) {
     records.set(record.id, record);
     byToken.set(record.idempotencyToken, record.id);
@@ -278,7 +293,7 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
     else next = { ...rest, state: "error", reason: `executor killed by ${signal ?? "a signal"}`, finishedAt };
     await removeTaskFiles(id);
     // Retention first, so whoever sees this build end sees the list it leaves.
-    records.set(id, next);
+    setRecord(next);
     await prune();
     await update(next);
     log.info({ build: id, state: next.state, exitCode: next.exitCode }, "build finished");
@@ -292,7 +307,7 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
     const cutoff = Date.now() - maxAgeMs;
     for (const [i, r] of done.entries()) {
       if (i < keep && Date.parse(r.finishedAt ?? r.createdAt) >= cutoff) continue;
-      records.delete(r.id);
+      deleteRecord(r.id);
       byToken.delete(r.idempotencyToken);
       await store.remove(r.id);
     }
@@ -389,7 +404,7 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
       } catch (err) {
         byToken.delete(request.idempotencyToken);
         payloads.delete(id);
-        records.delete(id);
+        deleteRecord(id);
         await store.remove(id).catch(() => undefined);
         const code = (err as NodeJS.ErrnoException).code;
         throw new AppError(
@@ -412,19 +427,24 @@ export async function createLocalBackend(options: LocalBackendOptions): Promise<
     },
 
     async listBuilds(filter: BuildFilter): Promise<BuildPage> {
-      const sorted = [...records.values()]
-        .map((record) => ({ build: toBuild(record), time: Date.parse(record.createdAt), id: record.id }))
-        .filter((c) => isAfterCursor(c.time, c.id, filter.after) && matchesFilter(c.build, filter))
-        .sort(newestFirst);
       const page: BuildPage = { builds: [], hidden: 0 };
-      let at = 0;
-      for (; at < sorted.length && page.builds.length < filter.limit; at += 1) {
-        const { build } = sorted[at] as { build: Build };
+      let last: { time: number; id: string } | undefined;
+      let more = false;
+      for (const entry of listed.from(filter.after)) {
+        const record = records.get(entry.id);
+        if (record === undefined) continue;
+        const build = toBuild(record);
+        if (!matchesFilter(build, filter)) continue;
+        // A cursor only when a build that matches is left, so the next page is never empty.
+        if (page.builds.length >= filter.limit) {
+          more = true;
+          break;
+        }
+        last = entry;
         if (filter.visible !== undefined && !(await filter.visible(build))) page.hidden += 1;
         else page.builds.push(build);
       }
-      const last = sorted[at - 1];
-      if (at < sorted.length && last !== undefined) page.next = { time: last.time, id: last.id };
+      if (more && last !== undefined) page.next = { time: last.time, id: last.id };
       return page;
     },
 

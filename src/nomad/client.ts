@@ -124,6 +124,14 @@ export interface NomadClient {
   listJobs(opts: { prefix: string; meta?: boolean; signal?: AbortSignal }): Promise<JobListStub[]>;
   /** `listJobs` with the answer's `X-Nomad-Index`, e.g. to start an event stream where the listing left off. */
   listJobsIndexed(opts: { prefix: string; signal?: AbortSignal }): Promise<{ jobs: JobListStub[]; index: number }>;
+  /**
+   * One page of `listJobs` (`per_page`, `next_token`): `nextToken` is set while there is more, to pass back as is
+   * (https://developer.hashicorp.com/nomad/api-docs/jobs#list-jobs).
+   */
+  listJobsPage(opts: { prefix: string; perPage: number; nextToken?: string; signal?: AbortSignal }): Promise<{
+    jobs: JobListStub[];
+    nextToken?: string;
+  }>;
   jobEvaluations(id: string, opts?: BlockingOptions): Promise<{ evaluations: Evaluation[]; index: number }>;
   /**
    * Opens an allocation's log stream (framed JSON; never gzip, so frames arrive as Nomad writes them). Errors
@@ -204,6 +212,8 @@ interface Call<S extends z.ZodType> {
 interface Answer<T> {
   value: T;
   index: number;
+  /** `X-Nomad-NextToken`: set when a paginated answer has more. */
+  nextToken?: string;
 }
 
 /** Builds a Nomad client on undici; every call carries the token, namespace and region it was given. */
@@ -264,7 +274,8 @@ export function createNomadClient(opts: NomadClientOptions): NomadClient {
     });
     if (answer.value === undefined) return undefined;
     const index = Number(headerValue(answer.headers, "x-nomad-index"));
-    return { value: answer.value, index: Number.isFinite(index) ? index : 0 };
+    const nextToken = headerValue(answer.headers, "x-nomad-nexttoken");
+    return { value: answer.value, index: Number.isFinite(index) ? index : 0, ...(nextToken ? { nextToken } : {}) };
   }
 
   function retried<S extends z.ZodType>(
@@ -407,6 +418,21 @@ export function createNomadClient(opts: NomadClientOptions): NomadClient {
       );
       const res = required(answer, "list jobs");
       return { jobs: res.value, index: res.index };
+    },
+
+    async listJobsPage({ prefix, perPage, nextToken, signal }) {
+      const answer = await retried(
+        {
+          method: "GET",
+          path: "/v1/jobs",
+          action: "list jobs",
+          schema: JobListStub.array(),
+          query: { prefix, per_page: String(perPage), next_token: nextToken },
+        },
+        signal,
+      );
+      const res = required(answer, "list jobs");
+      return { jobs: res.value, ...(res.nextToken === undefined ? {} : { nextToken: res.nextToken }) };
     },
 
     async jobEvaluations(id, b = {}) {

@@ -3,11 +3,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { buildsCommand, logsCommand } from "../../src/cli/builds.js";
 import { readConfig } from "../../src/config.js";
 import { sign } from "../../src/gitea/signature.js";
 import type { RunningPetrel } from "../../src/main.js";
 import { startPetrel } from "../../src/main.js";
 import { MERGED_LOG_PATH } from "../../src/nomad/logs.js";
+import { captureIo } from "../cli/harness.js";
 import type { ConsulFake } from "../fakes/consul.js";
 import { startConsulFake } from "../fakes/consul.js";
 import type { GiteaFake } from "../fakes/gitea.js";
@@ -57,9 +59,36 @@ function reads(id: string): string[] {
   ];
 }
 
+/** What the CLI prints for the build: `petrel builds --json` and `petrel logs` of each type, exit codes included. */
+async function cliReads(base: string, id: string): Promise<Record<string, { code: number; out: string }>> {
+  const env = { PETREL_URL: base, PETREL_ADMIN_TOKEN: ADMIN.authorization.slice("Bearer ".length) };
+  const out: Record<string, { code: number; out: string }> = {};
+  const runs: [string, (io: ReturnType<typeof captureIo>["io"]) => Promise<number>][] = [
+    ["builds --json", (io) => buildsCommand(["--json", "-q", "--limit", "50"], env, io)],
+    ["logs", (io) => logsCommand([id], env, io)],
+    ["logs --stdout", (io) => logsCommand(["--stdout", id], env, io)],
+    ["logs --all -f", (io) => logsCommand(["--all", "-f", id], env, io)],
+  ];
+  for (const [name, run] of runs) {
+    const c = captureIo();
+    const code = await run(c.io);
+    out[name] = { code, out: c.stdout() };
+  }
+  return out;
+}
+
 async function readAll(base: string, id: string): Promise<Record<string, Answer>> {
   const out: Record<string, Answer> = {};
   for (const path of reads(id)) out[path] = await read(`${base}${path}`);
+  // The listing, newest first, with this build in it: the same whether it comes from Nomad or the archive.
+  for (const path of [
+    "/builds?limit=50",
+    "/builds?limit=1",
+    "/builds?state=failure&limit=50",
+    "/builds?repo=acme/widgets&ref=main&limit=50",
+  ]) {
+    out[path] = await read(`${base}${path}`);
+  }
   return out;
 }
 
@@ -145,6 +174,13 @@ describe("archived builds read the same after Nomad garbage-collects them (clust
     expect(sse).toMatch(/^event: state\n/);
     expect(sse).toContain("event: log\ndata: --- step build\ndata: compiling ✓\n");
     expect(sse).toMatch(/event: end\n/);
+    const listed = JSON.parse(text("/builds?limit=50")) as { builds: { id: string }[] };
+    expect(listed.builds.map((b) => b.id)).toEqual([id]);
+    const cli = await cliReads(petrel.url, id);
+    // `logs -f` exits with the build's own exit code, archived or not.
+    expect(cli["logs --all -f"]).toEqual({ code: 3, out: "--- step build\ncompiling ✓\nwarning: unused\nlinking\n" });
+    expect(cli["logs --stdout"]?.out).toBe("compiling ✓\nlinking\n");
+    expect(JSON.parse(cli["builds --json"]?.out ?? "{}")).toMatchObject({ builds: [{ id, state: "failure" }] });
 
     nomad.gcJob(id);
     const gone = await fetch(`${nomad.url}/v1/job/${encodeURIComponent(id)}`);
@@ -153,10 +189,12 @@ describe("archived builds read the same after Nomad garbage-collects them (clust
     expect(await readAll(petrel.url, id)).toEqual(live);
     // An archived build's logs come from the archive alone.
     expect(nomad.requests.slice(nomadRequests).filter((r) => r.path.includes("/client/fs/"))).toEqual([]);
+    expect(await cliReads(petrel.url, id)).toEqual(cli);
 
     await petrel.stop();
     await start();
     expect(await readAll(petrel.url, id)).toEqual(live);
+    expect(await cliReads(petrel.url, id)).toEqual(cli);
   });
 
   it("serves an archived build while Nomad is down, and says Nomad is unavailable for one it never archived", async () => {
@@ -244,6 +282,31 @@ describe("archived builds read the same after Nomad garbage-collects them (clust
     }
     // Not a petrel build at all: still 404, with no archive or Nomad lookup.
     expect((await fetch(`${petrel.url}/builds/payroll`, { headers: ADMIN })).status).toBe(404);
+  });
+
+  it("prunes by PETREL_ARCHIVE_KEEP at start: a pruned build Nomad forgot answers 410, the kept one is served", async () => {
+    const older = await push("6".repeat(40));
+    run(older, 0);
+    await archived(older);
+    const newer = await push("7".repeat(40));
+    run(newer, 1);
+    await archived(newer);
+    nomad.gcJob(older);
+    nomad.gcJob(newer);
+    const before = await read(`${petrel.url}/builds/${encodeURIComponent(newer)}`);
+    expect((await read(`${petrel.url}/builds/${encodeURIComponent(older)}`)).status).toBe(200);
+    await petrel.stop();
+    env.PETREL_ARCHIVE_KEEP = "1";
+    try {
+      await start();
+      for (let i = 0; i < 200 && existsSync(entry(older)); i++) await sleep(25);
+      expect(existsSync(entry(older))).toBe(false);
+      expect(existsSync(entry(newer))).toBe(true);
+      expect((await fetch(`${petrel.url}/builds/${encodeURIComponent(older)}`, { headers: ADMIN })).status).toBe(410);
+      expect(await read(`${petrel.url}/builds/${encodeURIComponent(newer)}`)).toEqual(before);
+    } finally {
+      delete env.PETREL_ARCHIVE_KEEP;
+    }
   });
 });
 

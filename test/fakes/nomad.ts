@@ -984,10 +984,18 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
           .sort((a, b) => (a.ID < b.ID ? -1 : a.ID > b.ID ? 1 : 0));
         // `meta=true` adds each job's Meta to its stub (fixtures/nomad/jobs.list.meta).
         const withMeta = query.get("meta") === "true";
-        return read(
-          jobs.map((j) => (withMeta ? { ...stubOf(j), Meta: j.Meta } : stubOf(j))),
-          state.tables.jobs,
-        );
+        const stubs = (list: FakeJob[]) => list.map((j) => (withMeta ? { ...stubOf(j), Meta: j.Meta } : stubOf(j)));
+        const perPage = Number(query.get("per_page") ?? 0);
+        if (!(perPage > 0)) return read(stubs(jobs), state.tables.jobs);
+        // Paginated (https://developer.hashicorp.com/nomad/api-docs#pagination): the token names the first job of
+        // the next page as `<namespace>.<id>` (nomad/job_endpoint.go `List`, a StructsTokenizer with namespace and ID).
+        const token = (j: FakeJob) => `${j.Namespace}.${j.ID}`;
+        const from = query.get("next_token") ?? "";
+        const ordered = jobs.map((j) => ({ j, t: token(j) })).sort((a, b) => (a.t < b.t ? -1 : a.t > b.t ? 1 : 0));
+        const rest = ordered.filter((o) => o.t >= from).map((o) => o.j);
+        const page = rest.slice(0, perPage);
+        const next = rest[perPage];
+        return { ...read(stubs(page), state.tables.jobs), ...(next === undefined ? {} : { nextToken: token(next) }) };
       }
       if (method !== "PUT" && method !== "POST") throw new NomadHttpError(405, "Invalid method");
       return registerRequest(req, query, body, undefined);
@@ -1545,6 +1553,7 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       const answer = await route(req, url, body);
       const headers: Record<string, string> = { "content-type": "application/json" };
       if (answer.index !== undefined) headers["x-nomad-index"] = String(answer.index);
+      if (answer.nextToken !== undefined) headers["x-nomad-nexttoken"] = answer.nextToken;
       if (answer.read) {
         headers["x-nomad-knownleader"] = "true";
         headers["x-nomad-lastcontact"] = "0";
@@ -1985,6 +1994,8 @@ interface Answer {
   read: boolean;
   /** A JSON answer that is not 200 (a lock conflict is 409 with a body). */
   status?: number;
+  /** `X-Nomad-NextToken`, on a paginated answer with more to come. */
+  nextToken?: string;
 }
 
 function read(body: unknown, index: number): Answer {
@@ -2225,7 +2236,7 @@ const BLOCKING_PARAMS = [...COMMON_PARAMS, "index", "wait"];
 function modelledParams(method: string, pathname: string): readonly string[] | undefined {
   const write = method === "PUT" || method === "POST";
   if (pathname === "/v1/status/leader" || pathname === "/v1/jobs/parse") return COMMON_PARAMS;
-  if (pathname === "/v1/jobs") return write ? COMMON_PARAMS : [...BLOCKING_PARAMS, "prefix", "meta"];
+  if (pathname === "/v1/jobs") return write ? COMMON_PARAMS : [...BLOCKING_PARAMS, "prefix", "meta", "per_page", "next_token"];
   if (pathname === "/v1/allocations") return [...BLOCKING_PARAMS, "prefix"];
   if (pathname.startsWith("/v1/allocation/")) return BLOCKING_PARAMS;
   if (pathname.startsWith("/v1/evaluation/")) return COMMON_PARAMS;

@@ -22,7 +22,7 @@ describe("strict fakes", () => {
   });
 
   it.each([
-    ["nomad", "/v1/jobs?prefix=b&per_page=20", "GET /v1/jobs?per_page", async () => startNomadFake()],
+    ["nomad", "/v1/jobs?prefix=b&reverse=true", "GET /v1/jobs?reverse", async () => startNomadFake()],
     ["nomad", "/v1/job/builder?stale=true", "GET /v1/job/builder?stale", async () => startNomadFake()],
     ["nomad", "/v1/event/stream?topic=Job&filter=x", "GET /v1/event/stream?filter", async () => startNomadFake()],
     ["consul", "/v1/kv/a?consistent", "GET /v1/kv/a?consistent", async () => startConsulFake()],
