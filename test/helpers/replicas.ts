@@ -44,7 +44,14 @@ export async function startReplicas(
   const consul = await startConsulFake();
   const nomad = await startNomadFake({ minLockTtlMs: 100 });
   const gitea = await startGiteaFake({ token: GITEA_TOKEN });
-  seedFakes(consul, nomad, gitea.url);
+  // The tests push several commits of one branch and follow each build to its end: nothing supersedes here.
+  seedFakes(consul, nomad, gitea.url, {
+    hook: { secret: HOOK_SECRET },
+    gitea: { url: gitea.url, token: GITEA_TOKEN },
+    trusted: { senders: ["dana"] },
+    caches: { npm: "~/.npm" },
+    supersede: false,
+  });
   const replicas = await Promise.all(
     Array.from({ length: count }, async (_, i) => {
       const proxy = await startProxy(nomad.url);

@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createSoleLeadership } from "../../src/cluster/leadership.js";
 import { readConfig } from "../../src/config.js";
 import { sign } from "../../src/gitea/signature.js";
 import type { RunningPetrel } from "../../src/main.js";
@@ -209,7 +210,11 @@ describe("two replicas that both lead (the worst case of a failover): cron and s
       PETREL_ADMIN_TOKEN: "admin-token-0123456789abcdef",
     };
     started = Date.now();
-    replicas.push(await startPetrel(readConfig(env), logs.log, env), await startPetrel(readConfig(env), logs.log, env));
+    // Both lead at once, as two leaders may for a moment during a failover: the tokens alone must keep runs single.
+    replicas.push(
+      await startPetrel(readConfig(env), logs.log, env, { leadership: createSoleLeadership() }),
+      await startPetrel(readConfig(env), logs.log, env, { leadership: createSoleLeadership() }),
+    );
   });
 
   afterAll(async () => {
