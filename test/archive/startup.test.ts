@@ -18,7 +18,7 @@ import { startGiteaFake } from "../fakes/gitea.js";
 import type { NomadFake } from "../fakes/nomad.js";
 import { startNomadFake } from "../fakes/nomad.js";
 import { fixtureBytes } from "../gitea/fixtures.js";
-import { GITEA_TOKEN, HOOK_SECRET, seedFakes } from "../helpers/cluster.js";
+import { GITEA_TOKEN, HOOK_SECRET, seedFakes, testRepoEntry } from "../helpers/cluster.js";
 import { captureLogs } from "../helpers/log-capture.js";
 import { builderJob } from "../nomad/target.js";
 
@@ -76,7 +76,8 @@ describe("archive start-up pass (cluster mode, Nomad fake)", () => {
     consul = await startConsulFake();
     nomad = await startNomadFake();
     gitea = await startGiteaFake({ token: GITEA_TOKEN });
-    seedFakes(consul, nomad, gitea.url);
+    // Many pushes of one branch, each followed to its end: nothing supersedes here.
+    seedFakes(consul, nomad, gitea.url, testRepoEntry(gitea.url, { supersede: false }));
     env = {
       NOMAD_ADDR: nomad.url,
       CONSUL_HTTP_ADDR: consul.url,

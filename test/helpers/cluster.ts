@@ -60,20 +60,21 @@ const UNUSED_READER: BuildReader = {
   cancel: () => Promise.reject(new Error("this test cancels no builds")),
 };
 
+/** The test repository's entry, with `extra` fields (a policy, say) on top. */
+export function testRepoEntry(giteaUrl: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    hook: { secret: HOOK_SECRET },
+    gitea: { url: giteaUrl, token: GITEA_TOKEN },
+    trusted: { senders: ["dana"] },
+    caches: { npm: "~/.npm" },
+    ...extra,
+  };
+}
+
 /** Seeds the fakes with a builder job and the test repository's entry and secrets. */
 export function seedFakes(consul: ConsulFake, nomad: NomadFake, giteaUrl: string, repo?: Record<string, unknown>): void {
   nomad.registerJob(builderJob("builder"));
-  consul.set(
-    `petrel/repos/${REPO_KEY}`,
-    JSON.stringify(
-      repo ?? {
-        hook: { secret: HOOK_SECRET },
-        gitea: { url: giteaUrl, token: GITEA_TOKEN },
-        trusted: { senders: ["dana"] },
-        caches: { npm: "~/.npm" },
-      },
-    ),
-  );
+  consul.set(`petrel/repos/${REPO_KEY}`, JSON.stringify(repo ?? testRepoEntry(giteaUrl)));
   consul.set(`petrel/secrets/${REPO_KEY}`, JSON.stringify({ DEPLOY_TOKEN, deploy_key: DEPLOY_KEY }));
 }
 

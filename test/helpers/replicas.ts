@@ -5,7 +5,7 @@ import { type ConsulFake, startConsulFake } from "../fakes/consul.js";
 import { type GiteaFake, startGiteaFake } from "../fakes/gitea.js";
 import { type NomadFake, startNomadFake } from "../fakes/nomad.js";
 import { fixtureBytes } from "../gitea/fixtures.js";
-import { GITEA_TOKEN, HOOK_SECRET, seedFakes } from "./cluster.js";
+import { GITEA_TOKEN, HOOK_SECRET, seedFakes, testRepoEntry } from "./cluster.js";
 import { startProxy, type TcpProxy } from "./proxy.js";
 
 const BIN = fileURLToPath(new URL("../../bin/petrel.js", import.meta.url));
@@ -45,13 +45,7 @@ export async function startReplicas(
   const nomad = await startNomadFake({ minLockTtlMs: 100 });
   const gitea = await startGiteaFake({ token: GITEA_TOKEN });
   // The tests push several commits of one branch and follow each build to its end: nothing supersedes here.
-  seedFakes(consul, nomad, gitea.url, {
-    hook: { secret: HOOK_SECRET },
-    gitea: { url: gitea.url, token: GITEA_TOKEN },
-    trusted: { senders: ["dana"] },
-    caches: { npm: "~/.npm" },
-    supersede: false,
-  });
+  seedFakes(consul, nomad, gitea.url, testRepoEntry(gitea.url, { supersede: false }));
   const replicas = await Promise.all(
     Array.from({ length: count }, async (_, i) => {
       const proxy = await startProxy(nomad.url);
