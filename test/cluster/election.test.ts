@@ -7,8 +7,8 @@ import { type NomadFake, startNomadFake } from "../fakes/nomad.js";
 import { captureLogs } from "../helpers/log-capture.js";
 import { startProxy, type TcpProxy } from "../helpers/proxy.js";
 
-const TTL = 600;
-const DELAY = 400;
+const TTL = 1500;
+const DELAY = 500;
 /** Nomad frees a lock nobody renews 2×TTL + lock-delay after the last renewal (nomad/locks.go). */
 const HANDOVER = 2 * TTL + DELAY;
 
@@ -90,7 +90,7 @@ describe("leader election with a Nomad variable lock (against the Nomad fake)", 
     const nomad = await fake();
     const cs = await Promise.all(["a", "b", "c"].map((n) => candidate(nomad, n)));
     for (const c of cs) c.leadership.start();
-    await until(() => leaders(cs).length === 1, 2000);
+    await until(() => leaders(cs).length === 1, 10_000);
     const first = leaders(cs)[0] as Candidate;
     expect(first.gauge).toBe(1);
     expect(first.leadership.term()?.aborted).toBe(false);
@@ -109,7 +109,7 @@ describe("leader election with a Nomad variable lock (against the Nomad fake)", 
     expect(term.aborted).toBe(true);
     expect(first.gauge).toBe(0);
     const rest = cs.filter((c) => c !== first);
-    await until(() => leaders(rest).length === 1, 2000);
+    await until(() => leaders(rest).length === 1, 10_000);
     // Released, not expired: the next one took over within one campaign period, far inside 2×TTL + lock-delay.
     expect(Date.now() - stopped).toBeLessThan(TTL);
     expect(leaders(cs)).toHaveLength(1);
@@ -119,7 +119,7 @@ describe("leader election with a Nomad variable lock (against the Nomad fake)", 
     const nomad = await fake();
     const cs = await Promise.all(["a", "b"].map((n) => candidate(nomad, n)));
     for (const c of cs) c.leadership.start();
-    await until(() => leaders(cs).length === 1, 2000);
+    await until(() => leaders(cs).length === 1, 10_000);
     const old = leaders(cs)[0] as Candidate;
     const other = cs.find((c) => c !== old) as Candidate;
     const term = old.leadership.term() as AbortSignal;
@@ -147,7 +147,7 @@ describe("leader election with a Nomad variable lock (against the Nomad fake)", 
     const nomad = await fake({ aclToken: "management-token", tokensWithoutVariables: ["jobs-only-token"] });
     const c = await candidate(nomad, "a", { token: "jobs-only-token" });
     c.leadership.start();
-    await until(() => c.leadership.refused() !== undefined, 2000);
+    await until(() => c.leadership.refused() !== undefined, 10_000);
     const requests = nomad.requests.length;
     await sleep(3 * TTL);
     expect(c.leadership.isLeader()).toBe(false);
@@ -169,7 +169,7 @@ describe("leader election with a Nomad variable lock (against the Nomad fake)", 
     cleanup.push(() => nomad.close());
     const c = await candidate(nomad, "a", { ttlMs: 5000 });
     c.leadership.start();
-    await until(() => c.leadership.refused() !== undefined, 2000);
+    await until(() => c.leadership.refused() !== undefined, 10_000);
     expect(c.leadership.refused()).toMatch(/TTL must be between 10 seconds and 24 hours.*PETREL_LEADER_TTL/);
     expect(c.leadership.isLeader()).toBe(false);
   });
