@@ -5,7 +5,7 @@ import { Readable, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { createGunzip, createGzip } from "node:zlib";
 import type { Build, BuildCursor, BuildSummary, LogType } from "../builds/backend.js";
-import { isAfterCursor, newestFirst } from "../builds/backend.js";
+import { indexAfterCursor, isAfterCursor, newestFirst } from "../builds/backend.js";
 
 export const ARCHIVED_LOGS: readonly LogType[] = ["stdout", "stderr", "all"];
 
@@ -88,18 +88,7 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
   };
 
   /** Index of the first entry after `cursor` (older than it). */
-  const firstAfter = (cursor: BuildCursor | undefined): number => {
-    if (cursor === undefined) return 0;
-    let lo = 0;
-    let hi = sorted.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      const e = sorted[mid] as ArchiveListed;
-      if (isAfterCursor(e.time, e.id, cursor)) hi = mid;
-      else lo = mid + 1;
-    }
-    return lo;
-  };
+  const firstAfter = (cursor: BuildCursor | undefined): number => indexAfterCursor(sorted, cursor);
 
   const entryDir = (id: string) => join(buildsDir, encodeURIComponent(id));
 

@@ -104,6 +104,20 @@ export function isAfterCursor(time: number, id: string, cursor: BuildCursor | un
   return time < cursor.time || (time === cursor.time && id < cursor.id);
 }
 
+/** In a newest-first array, the index of the first entry after (older than) `cursor`: a binary search. */
+export function indexAfterCursor(sorted: readonly { time: number; id: string }[], cursor: BuildCursor | undefined): number {
+  if (cursor === undefined) return 0;
+  let lo = 0;
+  let hi = sorted.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    const e = sorted[mid] as { time: number; id: string };
+    if (isAfterCursor(e.time, e.id, cursor)) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
+}
+
 /** Newest first, ties broken by ID (descending), the order every listing and cursor uses. */
 export function newestFirst(a: { time: number; id: string }, b: { time: number; id: string }): number {
   return b.time - a.time || (a.id < b.id ? 1 : a.id > b.id ? -1 : 0);

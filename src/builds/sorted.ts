@@ -1,5 +1,5 @@
 import type { BuildCursor } from "./backend.js";
-import { isAfterCursor, newestFirst } from "./backend.js";
+import { indexAfterCursor, newestFirst } from "./backend.js";
 
 /** A build's place in a listing: creation time (ms) and ID. */
 export interface Ranked {
@@ -34,17 +34,7 @@ export function createNewestFirstIndex(): NewestFirstIndex {
     return lo;
   };
 
-  const firstAfter = (cursor: BuildCursor): number => {
-    let lo = 0;
-    let hi = sorted.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      const e = sorted[mid] as Ranked;
-      if (isAfterCursor(e.time, e.id, cursor)) hi = mid;
-      else lo = mid + 1;
-    }
-    return lo;
-  };
+  const firstAfter = (cursor: BuildCursor): number => indexAfterCursor(sorted, cursor);
 
   return {
     add(entry) {

@@ -2,14 +2,13 @@ import { Agent } from "undici";
 import type { ConsulClient } from "../consul/client.js";
 import { consulAgentOptions, createConsulClient } from "../consul/client.js";
 import { parseStoredValue, repoKeyPath } from "../consul/registry.js";
-import { UpstreamError } from "../errors.js";
 import { repoKeyOfAlbatros, secretsFromInject } from "../registry/albatros.js";
 import type { RepoKey, RepoSecrets } from "../registry/schema.js";
 import { AlbatrosEntry, describeIssues, RepoConfig } from "../registry/schema.js";
 import { seeHelp } from "./args.js";
 import type { CliIo, Env, Progress } from "./ops.js";
-import { CliError, codeForUpstream, EXIT, parseCommandArgs, processIo, progressTo, runCommand } from "./ops.js";
-import { cliConfig } from "./repo-store.js";
+import { CliError, EXIT, parseCommandArgs, processIo, progressTo, runCommand } from "./ops.js";
+import { type ConsulStep, cliConfig, consulStep } from "./repo-store.js";
 
 const MIGRATE_USAGE = `usage: petrel migrate albatros [--apply] [--prefix P] [--json] [-q]
 
@@ -145,20 +144,6 @@ function flavorsFrom(values: string[] | undefined, defaultBuilder: string): Reco
   return flavors;
 }
 
-type Step = <T>(what: string, fn: () => Promise<T>) => Promise<T>;
-
-function consulStep(addr: string, progress: Progress): Step {
-  return async (what, fn) => {
-    progress(`consul ${addr}: ${what}`);
-    try {
-      return await fn();
-    } catch (err) {
-      if (err instanceof UpstreamError) throw new CliError(codeForUpstream(err), `Consul at ${addr}: ${err.message}`, { cause: err });
-      throw err;
-    }
-  };
-}
-
 /** The petrel keys one Albatros entry becomes, pure. */
 export function planEntry(
   albatrosKey: string,
@@ -216,7 +201,7 @@ export function planEntry(
   return planned;
 }
 
-async function existing(consul: ConsulClient, step: Step, row: MigrationRow): Promise<string[]> {
+async function existing(consul: ConsulClient, step: ConsulStep, row: MigrationRow): Promise<string[]> {
   const keys = [row.repos, row.secrets].filter((k): k is string => k !== undefined);
   const taken: string[] = [];
   for (const key of keys) {
@@ -231,7 +216,7 @@ async function existing(consul: ConsulClient, step: Step, row: MigrationRow): Pr
  * without its secrets, and nothing written meanwhile by someone else is overwritten. When the config lost
  * the race, the secrets just written are taken back (only if still ours).
  */
-async function write(consul: ConsulClient, step: Step, p: Planned): Promise<void> {
+async function write(consul: ConsulClient, step: ConsulStep, p: Planned): Promise<void> {
   const { row } = p;
   const secretsText = p.secretValues === undefined ? undefined : JSON.stringify(p.secretValues, null, 2);
   if (row.secrets !== undefined && secretsText !== undefined) {

@@ -45,6 +45,21 @@ export interface RepoStore {
 }
 
 /** petrel's configuration for a CLI command; a ConfigError is a `config_invalid` refusal like any other. */
+/** Runs one Consul call, saying what it does; a failure becomes a CLI error naming the address. */
+export type ConsulStep = <T>(what: string, fn: () => Promise<T>) => Promise<T>;
+
+export function consulStep(addr: string, progress: Progress): ConsulStep {
+  return async (what, fn) => {
+    progress(`consul ${addr}: ${what}`);
+    try {
+      return await fn();
+    } catch (err) {
+      if (err instanceof UpstreamError) throw new CliError(codeForUpstream(err), `Consul at ${addr}: ${err.message}`, { cause: err });
+      throw err;
+    }
+  };
+}
+
 export function cliConfig(env: Env): Config {
   return readConfig(env);
 }
@@ -85,15 +100,7 @@ function consulStore(config: Config, progress: Progress): RepoStore {
   const where = `Consul at ${addr} (prefix ${prefix})`;
 
   // Every failure names the address; Consul's own message already names the key and the status.
-  const step = async <T>(what: string, fn: () => Promise<T>): Promise<T> => {
-    progress(`consul ${addr}: ${what}`);
-    try {
-      return await fn();
-    } catch (err) {
-      if (err instanceof UpstreamError) throw new CliError(codeForUpstream(err), `Consul at ${addr}: ${err.message}`, { cause: err });
-      throw err;
-    }
-  };
+  const step = consulStep(addr, progress);
 
   const value = async (key: string): Promise<string | undefined> => {
     const res = await step(`GET ${key}`, () => consul.get(key));
