@@ -179,7 +179,8 @@ export const CLIENT_SCRIPT = String.raw`
   });
   source.addEventListener("end", function () {
     source.close();
-    if (pending) pending += "\n";
+    // A last line without its line end is still a line; one that has it (its frame not yet run) gets no second.
+    if (pending && pending.charAt(pending.length - 1) !== "\n") pending += "\n";
     frame();
     fetch(log.getAttribute("data-src") + "&follow=false&offset=" + offset)
       .then(function (r) { return r.ok ? r.text() : ""; })

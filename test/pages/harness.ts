@@ -1,6 +1,7 @@
 import { chmodSync, existsSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { Page } from "playwright-core";
 import type { Build } from "../../src/builds/backend.js";
 import { isTerminal } from "../../src/builds/backend.js";
 import type { LocalBackend } from "../../src/local/backend.js";
@@ -33,8 +34,8 @@ export interface PagesPetrel {
   dispatch(branch: string, repo?: string): Promise<string>;
   /** Waits for a build to end. */
   final(id: string): Promise<Build>;
-  /** Lets the `gate` builds go on. */
-  openGate(): void;
+  /** Lets the `gate` builds (or, given "big", the `big-live` builds) go on. */
+  openGate(which?: "gate" | "big"): void;
   close(): Promise<void>;
 }
 
@@ -42,7 +43,8 @@ let seq = 0;
 
 /**
  * Branches: `colors` prints colours, a `\r` progress line and step headers; `gate` prints a line, waits for
- * the gate, prints another; `sleep` runs until cancelled; `big` prints BIG_LINES coloured lines; `mib-N` about N MiB.
+ * the gate, prints another; `sleep` runs until cancelled; `big` prints BIG_LINES coloured lines; `big-live` prints a
+ * line, waits for the "big" gate, then prints BIG_LINES coloured lines; `mib-N` about N MiB.
  */
 export async function startPagesPetrel(publicUrl = "http://127.0.0.1"): Promise<PagesPetrel> {
   const dir = mkdtempSync(join(tmpdir(), "petrel-pages-"));
@@ -70,6 +72,11 @@ case "$NOMAD_META_BRANCH" in
     # About N MiB of 100-byte lines, every tenth one coloured.
     awk -v n="\${NOMAD_META_BRANCH#mib-}" 'BEGIN { for (i = 1; i <= n * 10486; i++) { if (i % 10 == 0) printf "\\033[33mwarn\\033[0m %090d\\n", i; else printf "line %093d\\n", i } }' > "${dir}/mib-$$"
     cat "${dir}/mib-$$"; cat "${dir}/mib-$$" >&3 ;;
+  big-live)
+    out 'waiting for the big gate\\n'
+    while [ ! -e "${dir}/gate-big" ]; do sleep 0.05; done
+    seq 1 ${BIG_LINES} | awk '{ printf "line %d \\033[32mok\\033[0m\\n", $1 }' > "${dir}/big-$$"
+    cat "${dir}/big-$$"; cat "${dir}/big-$$" >&3 ;;
   big)
     seq 1 ${BIG_LINES} | awk '{ printf "line %d \\033[32mok\\033[0m\\n", $1 }' > "${dir}/big-$$"
     cat "${dir}/big-$$"; cat "${dir}/big-$$" >&3 ;;
@@ -97,8 +104,35 @@ step "exit 0 after 1.25 s"
       until(async () => {
         const b = await served.backend.getBuild(id);
         return b !== undefined && isTerminal(b.state) ? b : undefined;
-      }, 30_000),
-    openGate: () => writeFileSync(join(dir, "gate"), ""),
+      }, 60_000),
+    openGate: (which = "gate") => writeFileSync(join(dir, which === "gate" ? "gate" : "gate-big"), ""),
     close: served.close,
   };
+}
+
+/** Where the page's timing stood once it had rendered, in ms since the navigation started. */
+export interface RenderTiming {
+  /** The second animation frame after `load`: the whole page parsed, laid out and painted. */
+  rendered: number;
+  firstByte: number;
+  lastByte: number;
+  parsed: number;
+}
+
+/**
+ * Waits for the second animation frame after `load` in a page that has just been navigated to (`goto` with
+ * `waitUntil: "load"`), and reads the navigation's timing. Shared by the browser test and bench/pages.ts.
+ */
+export function renderTiming(page: Page): Promise<RenderTiming> {
+  return page.evaluate(
+    () =>
+      new Promise<RenderTiming>((resolve) =>
+        requestAnimationFrame(() =>
+          requestAnimationFrame(() => {
+            const nav = performance.getEntriesByType("navigation")[0] as PerformanceNavigationTiming;
+            resolve({ rendered: performance.now(), firstByte: nav.responseStart, lastByte: nav.responseEnd, parsed: nav.domInteractive });
+          }),
+        ),
+      ),
+  );
 }
