@@ -49,20 +49,26 @@ let chunks: Record<string, Uint8Array[]> = {};
 const shutdown = new AbortController();
 const asked: LogRequest[] = [];
 let state: Build["state"] = "failure";
+/** When set, the reader waits for it before it yields chunk `i`, so a test decides which chunks arrive together. */
+let pace: ((i: number) => Promise<void>) | undefined;
+/** When set, the reader throws it after its last chunk. */
+let failure: Error | undefined;
 const reader: BuildReader = {
   listBuilds: async () => ({ builds: [build(state)], hidden: 0 }),
   getBuild: async (id) => (id === ID ? build(state) : undefined),
   async *logs(_id, request) {
     asked.push(request);
     let skip = request.offset;
-    for (const chunk of chunks[request.type] ?? []) {
+    for (const [i, chunk] of (chunks[request.type] ?? []).entries()) {
       if (skip >= chunk.length) {
         skip -= chunk.length;
         continue;
       }
+      await pace?.(i);
       yield chunk.subarray(skip);
       skip = 0;
     }
+    if (failure !== undefined) throw failure;
   },
   cancel: async () => undefined,
 };
@@ -187,5 +193,80 @@ describe("SSE framing of any bytes (issue 9, finding 7)", () => {
     expect(asked[0]).toMatchObject({ type: "stderr", offset: 5, follow: true });
     expect(logText(events)).toBe("two\n");
     expect(events.find((e) => e.event === "log")?.id).toBe("9");
+  });
+});
+
+describe("SSE bytes on the wire (issue 12: frames encoded once for every viewer)", () => {
+  // Captured from the hono `streamSSE`/`writeSSE` implementation before frames were encoded by petrel itself:
+  // any change to these bytes is a change to the SSE contract.
+  const LOG = [
+    Buffer.from("one\r\ntwo\rthree\n\u001b[32mok\u001b[0m\r", "latin1"),
+    Buffer.from([0x0a, 0x61, 0xc3]),
+    Buffer.from([0xa9, 0x0d, 0x0a, 0xe2, 0x82]),
+    Buffer.from([0xac, 0x0d]),
+    Buffer.from("\r\nlast\rX"),
+  ];
+  const stateEvent = (s: string) =>
+    `event: state\ndata: {"id":"builder/dispatch-1700000000-1a2b3c4d","builder":"builder","repo":"acme/widgets","repoUrl":"https://git.example.test/acme/widgets.git","commit":"4c1d7e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d","ref":"main","flavor":"default","event":"push","trusted":true,"private":false,"state":"${s}","createdAt":"2026-01-01T00:00:00.000Z","links":{"self":"https://ci.example.test/builds/builder%2Fdispatch-1700000000-1a2b3c4d","logs":"https://ci.example.test/builds/builder%2Fdispatch-1700000000-1a2b3c4d/logs"}}\n\n`;
+  const LOG_EVENTS =
+    "event: log\ndata: one\ndata: two\ndata: three\ndata: \u001b[32mok\u001b[0m\nid: 26\n\n" +
+    "event: log\ndata: \ndata: a\nid: 29\n\n" +
+    "event: log\ndata: é\ndata: \nid: 33\n\n" +
+    "event: log\ndata: €\nid: 36\n\n" +
+    "event: log\ndata: \ndata: \ndata: last\ndata: X\nid: 45\n\n";
+  const raw = async (res: Response) => Buffer.from(await res.arrayBuffer()).toString("utf8");
+
+  it("are the same bytes and headers for a finished build's log", async () => {
+    state = "failure";
+    chunks = { stdout: LOG };
+    const res = await sse("?type=stdout");
+    expect(res.status).toBe(200);
+    expect(res.headers.get("content-type")).toBe("text/event-stream");
+    expect(res.headers.get("cache-control")).toBe("no-cache");
+    expect(res.headers.get("x-accel-buffering")).toBe("no");
+    expect(res.headers.get("transfer-encoding")).toBe("chunked");
+    expect(await raw(res)).toBe(`${stateEvent("failure")}${LOG_EVENTS}event: end\ndata: {}\n\n`);
+  });
+
+  it("are the same bytes for a running build's log, through the shared watch, for every viewer", async () => {
+    state = "running";
+    chunks = { stdout: LOG };
+    const bodies = ["", "", ""];
+    const frames = (body: string) => body.split("\n\n").length - 1;
+    // Each chunk only once every viewer has the previous one's event: every viewer sees the chunks one by one.
+    pace = (i) => eventually(() => bodies.every((b) => frames(b) >= i + 1), 5000, `every viewer's event ${i}`);
+    try {
+      await Promise.all(
+        bodies.map(async (_, v) => {
+          const decoder = new TextDecoder();
+          for await (const chunk of (await sse("?type=stdout")).body as unknown as AsyncIterable<Uint8Array>)
+            bodies[v] += decoder.decode(chunk, { stream: true });
+        }),
+      );
+    } finally {
+      pace = undefined;
+    }
+    for (const body of bodies) expect(body).toBe(`${stateEvent("running")}${LOG_EVENTS}event: end\ndata: {}\n\n`);
+  });
+
+  it("are the same bytes when resuming inside a line, after Last-Event-ID", async () => {
+    state = "failure";
+    chunks = { stdout: LOG };
+    expect(await raw(await sse("?type=stdout", { "last-event-id": "23" }))).toBe(
+      `${stateEvent("failure")}event: log\ndata: [0m\nid: 26\n\n${LOG_EVENTS.slice(LOG_EVENTS.indexOf("event: log\ndata: \ndata: a"))}event: end\ndata: {}\n\n`,
+    );
+  });
+
+  it("are the same bytes for an upstream failure's error event", async () => {
+    state = "failure";
+    chunks = { stdout: LOG };
+    failure = new Error("upstream broke\nline two");
+    try {
+      expect(await raw(await sse("?type=stdout"))).toBe(
+        `${stateEvent("failure")}${LOG_EVENTS}event: error\ndata: {"message":"upstream broke\\nline two"}\n\n`,
+      );
+    } finally {
+      failure = undefined;
+    }
   });
 });
