@@ -181,8 +181,10 @@ export function createVariableLocks(opts: {
 
       const ttlNs = duration(lockIn?.TTL, 15e9);
       const delayNs = duration(lockIn?.LockDelay, 15e9);
-      if (ttlNs < 0 || delayNs < 0) throw err(400, "1 error occurred:\n\t* Lock delay and TTL must be positive\n\n");
-      if (ttlNs < minTtlNs || ttlNs > MAX_TTL_NS) throw err(400, "1 error occurred:\n\t* TTL must be between 10 seconds and 24 hours\n\n");
+      if (ttlNs < 0 || delayNs < 0) throw err(400, "RPC Error:: 400,1 error occurred:\n\t* Lock delay and TTL must be positive\n\n");
+      // The validation error crosses Nomad's RPC layer, which prefixes it (recorded: var.lock-acquire.short-ttl).
+      if (ttlNs < minTtlNs || ttlNs > MAX_TTL_NS)
+        throw err(400, "RPC Error:: 400,1 error occurred:\n\t* TTL must be between 10 seconds and 24 hours\n\n");
       const index = opts.next();
       if (v?.lock && v.lock.id !== idIn) return conflict(v, false, index);
       const now = Date.now() * 1e6;
@@ -205,7 +207,8 @@ export function createVariableLocks(opts: {
         armTtl(target, lock);
       }
       vars.set(key(ns, path), target);
-      return { status: 200, body: meta(target, true, true), index };
+      // A real agent answers an acquire with the variable's metadata, never its items (recorded: var.lock-acquire).
+      return { status: 200, body: meta(target, true, false), index };
     },
 
     read(ns, path) {

@@ -1551,8 +1551,11 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
     }
     try {
       const answer = await route(req, url, body);
-      const headers: Record<string, string> = { "content-type": "application/json" };
-      if (answer.index !== undefined) headers["x-nomad-index"] = String(answer.index);
+      // A JSON body that is not a 200 (a lock conflict) is written by Nomad as a plain error would be: text/plain and
+      // no index (recorded: var.lock-acquire.held).
+      const failed = answer.status !== undefined && answer.status !== 200;
+      const headers: Record<string, string> = { "content-type": failed ? "text/plain; charset=utf-8" : "application/json" };
+      if (answer.index !== undefined && !failed) headers["x-nomad-index"] = String(answer.index);
       if (answer.nextToken !== undefined) headers["x-nomad-nexttoken"] = answer.nextToken;
       if (answer.read) {
         headers["x-nomad-knownleader"] = "true";

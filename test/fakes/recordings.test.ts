@@ -209,6 +209,40 @@ describe("error answers have the recorded status, content type and text", () => 
   });
 });
 
+// Variable locks (https://developer.hashicorp.com/nomad/api-docs/variables/locks), recorded in this order on one
+// path: acquire, acquire again while held, renew, renew with a foreign ID, release, acquire after the release,
+// and an acquire whose TTL is under Nomad's 10 s minimum.
+describe("variable locks answer as recorded", () => {
+  const lockBody = (path: string, lock: Record<string, string>) => JSON.stringify({ Path: path, Lock: lock });
+  const put = (path: string, op: string, lock: Record<string, string>) => http("PUT", `/v1/var/${path}?lock-${op}`, lockBody(path, lock));
+  const same = (name: string, res: { status: number; contentType: string; text: string }) => {
+    const rec = recorded(name);
+    expect(res.status).toBe(rec.status);
+    expect(res.contentType).toBe(rec.headers["content-type"]);
+    // A conflict's body is JSON under a text/plain content type (var.lock-acquire.held).
+    if (rec.body[0] === 0x7b) expectSameShape(name, res.text);
+    else expect(res.text).toBe(rec.body.toString("utf8"));
+  };
+
+  it("acquire, held, renew, foreign renew, release, acquire again: statuses, content types, shapes and texts", async () => {
+    const acquired = await put("petrel/leader", "acquire", { TTL: "15s", LockDelay: "15s" });
+    same("var.lock-acquire", acquired);
+    const id = (JSON.parse(acquired.text) as { Lock: { ID: string } }).Lock.ID;
+    same("var.lock-acquire.held", await put("petrel/leader", "acquire", { TTL: "15s", LockDelay: "15s" }));
+    same("var.lock-renew", await put("petrel/leader", "renew", { ID: id }));
+    same("var.lock-renew.foreign", await put("petrel/leader", "renew", { ID: "00000000-0000-0000-0000-000000000000" }));
+    same("var.lock-release", await put("petrel/leader", "release", { ID: id }));
+    // A released lock is free at once: the lock-delay applies only to a lock that expired.
+    const again = await put("petrel/leader", "acquire", { TTL: "15s", LockDelay: "15s" });
+    same("var.lock-acquire.after-release", again);
+    expect((JSON.parse(again.text) as { Lock: { ID: string } }).Lock.ID).not.toBe(id);
+  });
+
+  it("refuses a TTL under 10 s with the recorded 400", async () => {
+    same("var.lock-acquire.short-ttl", await put("petrel/short", "acquire", { TTL: "1s", LockDelay: "1s" }));
+  });
+});
+
 describe("log streams have the recorded framing", () => {
   it("logs.stdout.framed: JSON frames with base64 Data, byte for byte", async () => {
     const rec = recorded("logs.stdout.framed");
@@ -382,6 +416,11 @@ describe("the client schemas parse every recorded JSON body", () => {
     "job.allocations.stopped": schema.AllocationStub.array(),
     "job.stop": schema.DeregisterResponse,
     allocation: schema.Allocation,
+    "var.lock-acquire": schema.VariableLockAnswer,
+    "var.lock-acquire.held": schema.VariableLockAnswer,
+    "var.lock-acquire.after-release": schema.VariableLockAnswer,
+    "var.lock-renew": schema.VariableLockAnswer,
+    "var.lock-release": schema.VariableLockAnswer,
   };
 
   it("names a schema for every recorded JSON body", () => {
