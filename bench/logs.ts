@@ -13,6 +13,7 @@ import { createFrameDecoder } from "../src/nomad/frames.js";
 import { chunksOf } from "../src/util/stream.js";
 import { type NomadFake, startNomadFake } from "../test/fakes/nomad.js";
 import { builderJob } from "../test/nomad/target.js";
+import { rpc } from "./rpc.js";
 
 // Log proxy benchmark (issue 3). Two processes, as in production: a child plays Nomad (the test fake, with
 // its real 1 s heartbeat and 64 KiB frames) and the clients (curl); this process is petrel and nothing else,
@@ -44,7 +45,7 @@ type Command =
 /** Runs the benchmark, prints the figures and the ratios; true when every target is met. */
 export async function main(): Promise<boolean> {
   const child = fork(fileURLToPath(import.meta.url), ["--child"], { execArgv: process.execArgv, stdio: "inherit" });
-  const call = rpc(child);
+  const call = rpc<Command | { cmd: "serve"; nomadUrl: string } | { cmd: "rss" }>(child);
   const figures: Record<string, number> = {};
   const servers: Server[] = [];
   const agent = new Agent({ connections: null });
@@ -61,7 +62,7 @@ export async function main(): Promise<boolean> {
         execArgv: [...process.execArgv, "--expose-gc"],
         stdio: "inherit",
       });
-      const ask = rpc(worker);
+      const ask = rpc<Command | { cmd: "serve"; nomadUrl: string } | { cmd: "rss" }>(worker);
       try {
         const { url } = (await ask({ cmd: "serve", nomadUrl })) as { url: string };
         await sleep(500);
@@ -274,26 +275,6 @@ async function listen(servers: Server[], handler: (req: IncomingMessage, res: Se
   server.listen(0, "127.0.0.1");
   await once(server, "listening");
   return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-}
-
-function rpc(child: ChildProcess): (command: Command | { cmd: "serve"; nomadUrl: string } | { cmd: "rss" }) => Promise<unknown> {
-  let next = 1;
-  const waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
-  child.on("message", (msg: { id: number; result?: unknown; error?: string }) => {
-    const w = waiting.get(msg.id);
-    waiting.delete(msg.id);
-    if (msg.error !== undefined) w?.reject(new Error(msg.error));
-    else w?.resolve(msg.result);
-  });
-  child.on("exit", (code) => {
-    for (const w of waiting.values()) w.reject(new Error(`bench child exited with ${code}`));
-  });
-  return (command) =>
-    new Promise((resolve, reject) => {
-      const id = next++;
-      waiting.set(id, { resolve, reject });
-      child.send({ ...command, id });
-    });
 }
 
 function sleep(ms: number): Promise<void> {

@@ -24,6 +24,7 @@ import { startGiteaFake } from "../test/fakes/gitea.js";
 import { type NomadFake, startNomadFake } from "../test/fakes/nomad.js";
 import { GITEA_TOKEN, seedFakes } from "../test/helpers/cluster.js";
 import { createSseParser } from "../test/helpers/sse.js";
+import { rpc } from "./rpc.js";
 import { percentile, verdict } from "./stats.js";
 
 const VIEWERS = Number(process.env.BENCH_SSE_VIEWERS ?? 100);
@@ -59,7 +60,7 @@ interface Watched {
 /** Runs the benchmark, prints the figures; true when every target is met. */
 export async function main(): Promise<boolean> {
   const child = fork(fileURLToPath(import.meta.url), ["--child"], { execArgv: process.execArgv, stdio: "inherit" });
-  const call = rpc(child);
+  const call = rpc<Command>(child);
   try {
     const urls = (await call({ cmd: "init" })) as { nomad: string; consul: string };
     const env = {
@@ -127,26 +128,6 @@ function print(lone: Watched, many: Watched): boolean {
   );
   process.stdout.write(`  viewers that saw the build end: ${many.ended}/${VIEWERS}\n`);
   return streams && latency && many.ended === VIEWERS && b.length === VIEWERS * LINES;
-}
-
-function rpc(child: ChildProcess): (command: Command) => Promise<unknown> {
-  let next = 1;
-  const waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
-  child.on("message", (msg: { id: number; result?: unknown; error?: string }) => {
-    const w = waiting.get(msg.id);
-    waiting.delete(msg.id);
-    if (msg.error !== undefined) w?.reject(new Error(msg.error));
-    else w?.resolve(msg.result);
-  });
-  child.on("exit", (code) => {
-    for (const w of waiting.values()) w.reject(new Error(`bench child exited with ${code}`));
-  });
-  return (command) =>
-    new Promise((resolve, reject) => {
-      const id = next++;
-      waiting.set(id, { resolve, reject });
-      child.send({ ...command, id });
-    });
 }
 
 // ---- Nomad, Consul, Gitea and the viewers (the child process) -------------------------------------
