@@ -312,14 +312,19 @@ async function compose(
     const sweep = createArchiveSweep({ store, archiver, finished, leadership, log });
     closers.push(() => sweep.stop());
     const { createArchiveRetention } = await import("./archive/retention.js");
-    const retention = createArchiveRetention({
-      store,
-      keep: config.archiveKeep,
-      maxAgeMs: config.archiveMaxAgeDays * 24 * 3600 * 1000,
-      log,
-      now,
-    });
-    closers.push(async () => retention.stop());
+    // Pruning is work that must happen once: replicas sharing one archive would otherwise race on its files.
+    closers.push(
+      whileLeading(leadership, () => {
+        const retention = createArchiveRetention({
+          store,
+          keep: config.archiveKeep,
+          maxAgeMs: config.archiveMaxAgeDays * 24 * 3600 * 1000,
+          log,
+          now,
+        });
+        return async () => retention.stop();
+      }),
+    );
     archive = (build) => archiver.onBuild(build);
     reader = createArchivedReader(reader, store);
     archiveEnabled = true;
