@@ -106,7 +106,8 @@ describe("archived builds read the same after Nomad garbage-collects them (clust
   };
   const entry = (id: string) => join(dir, "builds", encodeURIComponent(id), "build.json");
   const archived = async (id: string) => {
-    for (let i = 0; i < 200 && !existsSync(entry(id)); i++) await sleep(25);
+    // Archiving runs after a settle delay and in the background; a loaded machine can take a while.
+    for (let i = 0; i < 800 && !existsSync(entry(id)); i++) await sleep(25);
     expect(existsSync(entry(id))).toBe(true);
   };
   const push = async (sha: string): Promise<string> => {

@@ -72,7 +72,7 @@ describe("a fresh clone, following the README's quick start", () => {
     );
     const yamlBefore = sha256(join(clone, "petrel.yaml"));
 
-    // No environment beyond PATH and HOME: the defaults must build. Only a taken 8080 moves the port.
+    // No petrel environment, only PATH and HOME: the defaults must build. Only a taken 8080 moves the port.
     const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, HOME: process.env.HOME };
     if (!(await portFree(8080))) {
       const server = createServer();
@@ -81,11 +81,20 @@ describe("a fresh clone, following the README's quick start", () => {
       await new Promise((r) => server.close(r));
       env.PETREL_LISTEN = `127.0.0.1:${typeof address === "object" && address !== null ? address.port : 0}`;
     }
+    // npm's own settings, not the user's steps: the packages come from the cache this checkout's `npm ci` filled
+    // (the same lockfile), without the registry round trips and audit that would only time the network.
+    const npmEnv: NodeJS.ProcessEnv = {
+      ...env,
+      npm_config_prefer_offline: "true",
+      npm_config_audit: "false",
+      npm_config_fund: "false",
+      npm_config_update_notifier: "false",
+    };
     const url = `http://${env.PETREL_LISTEN ?? "127.0.0.1:8080"}`;
     const [install, start] = steps[0]!.split(" && ") as [string, string];
-    execFileSync("sh", ["-c", install], { cwd: clone, env, stdio: "ignore" });
+    execFileSync("sh", ["-c", install], { cwd: clone, env: npmEnv, stdio: "ignore" });
     let output = "";
-    const child = spawn("sh", ["-c", start], { cwd: clone, env, stdio: ["ignore", "pipe", "pipe"], detached: true });
+    const child = spawn("sh", ["-c", start], { cwd: clone, env: npmEnv, stdio: ["ignore", "pipe", "pipe"], detached: true });
     child.stdout.on("data", (b: Buffer) => (output += b.toString()));
     child.stderr.on("data", (b: Buffer) => (output += b.toString()));
     try {
@@ -141,7 +150,7 @@ describe("a fresh clone, following the README's quick start", () => {
 
     // The demo runs on its own: its own petrel and configuration, nothing of the user's touched, nothing left.
     const demosBefore = readdirSync(tmpdir()).filter((n) => n.startsWith("petrel-demo-"));
-    const demo = spawnSync("sh", ["-c", "npm run demo"], { cwd: clone, env, encoding: "utf8", timeout: 120_000 });
+    const demo = spawnSync("sh", ["-c", "npm run demo"], { cwd: clone, env: npmEnv, encoding: "utf8", timeout: 120_000 });
     expect(demo.status, demo.stderr).toBe(0);
     expect(demo.stdout).toContain("all green");
     expect(demo.stderr).toContain("build success");
