@@ -92,7 +92,8 @@ async function readAll(base: string, id: string): Promise<Record<string, Answer>
   return out;
 }
 
-describe("archived builds read the same after Nomad garbage-collects them (cluster mode, Nomad fake)", () => {
+// Each test waits for builds to be archived in the background (a settle delay each): room for a loaded machine.
+describe("archived builds read the same after Nomad garbage-collects them (cluster mode, Nomad fake)", { timeout: 60_000 }, () => {
   let consul: ConsulFake;
   let nomad: NomadFake;
   let gitea: GiteaFake;

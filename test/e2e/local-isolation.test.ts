@@ -228,7 +228,8 @@ describe.skipIf(!isRoot)("single-machine builds cannot reach each other (as root
       "dana",
     );
     await until(async () => (await log(id)).includes("spawned"), 30_000, "the build to spawn its processes");
-    expect((await findByEnv("ISO_MARK", mark)).length).toBeGreaterThanOrEqual(5);
+    // A forked shell shows ISO_MARK in /proc/<pid>/environ only once it has exec'd its command: wait for all.
+    await until(async () => (await findByEnv("ISO_MARK", mark)).length >= 5, 10_000, "every process of the build to exec");
     const t0 = Date.now();
     const res = await fetch(`${petrel.url}/builds/${encodeURIComponent(id)}`, { method: "DELETE", headers: auth });
     expect(res.status).toBe(202);
@@ -255,7 +256,7 @@ describe.skipIf(!isRoot)("single-machine builds cannot reach each other (as root
       "dana",
     );
     await until(async () => (await log(id)).includes("started"), 30_000, "the build to start");
-    expect((await findByEnv("ISO_MARK", mark)).length).toBeGreaterThanOrEqual(3);
+    await until(async () => (await findByEnv("ISO_MARK", mark)).length >= 3, 10_000, "every process of the build to exec");
     expect(onDisk(TOKEN)).toBe("");
     petrel.child.kill("SIGKILL");
     await petrel.exited;
