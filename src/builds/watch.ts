@@ -238,7 +238,9 @@ export function createBuildWatch(options: BuildWatchOptions): BuildWatch {
   const takeFrom = (s: LogStream, position: number): Uint8Array => {
     let i = chunkAt(s, position);
     const first = s.chunks[i] as Chunk;
-    const head = first.bytes.subarray(position - first.at);
+    // The chunk itself (not a view of it) for a viewer at its start: viewers at the live edge then hold the same
+    // object, which lets the SSE route encode its frame once for all of them.
+    const head = position === first.at ? first.bytes : first.bytes.subarray(position - first.at);
     if (i === s.chunks.length - 1 || head.byteLength >= MAX_BATCH) return head;
     const parts = [head];
     let size = head.byteLength;
