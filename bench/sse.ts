@@ -9,7 +9,7 @@
  * Targets: one upstream log stream for the 100 viewers; frame-to-viewer p99 < 50 ms. Printed beside a
  * reference measured in the same run: one lone viewer of another build, the same way.
  */
-import { type ChildProcess, fork } from "node:child_process";
+import { fork } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { once } from "node:events";
 import { type ClientRequest, Agent as HttpAgent, get as httpGet } from "node:http";
