@@ -388,7 +388,10 @@ export function createBuildsRoute(
    * bytes are written to each. A viewer whose framing differs (a held-back `\r` or half a UTF-8 character, or
    * a batch of its own) encodes its own.
    */
-  const sharedFrames = new WeakMap<Uint8Array, { position: number; frame: Frame | undefined; carry: Buffer; heldCr: boolean }>();
+  const sharedFrames = new WeakMap<
+    Uint8Array,
+    { log: string; position: number; frame: Frame | undefined; carry: Buffer; heldCr: boolean }
+  >();
 
   async function followSse(
     sink: SseSink,
@@ -402,6 +405,8 @@ export function createBuildsRoute(
     let gone = abort.signal.aborted;
     abort.signal.addEventListener("abort", () => (gone = true), { once: true });
     let position = offset;
+    // Which log a shared frame belongs to: with its offset, it names the frame's bytes (a log only grows).
+    const log = `${type}\0${build.id}`;
     // Bytes of a UTF-8 character the next chunk completes: ids count only bytes an event carried, so a
     // resume with Last-Event-ID never skips half a character.
     let carry: Buffer = EMPTY;
@@ -421,7 +426,8 @@ export function createBuildsRoute(
     const encodeLog = (chunk: Uint8Array, final: boolean): Frame | undefined => {
       const bytes = carry.length === 0 ? Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength) : Buffer.concat([carry, chunk]);
       const whole = final ? bytes.length : wholeUtf8(bytes);
-      carry = bytes.subarray(whole);
+      // A copy: the chunk's memory is the reader's, and only its bytes up to now are ours to keep.
+      carry = whole === bytes.length ? EMPTY : Buffer.from(bytes.subarray(whole));
       let body = (heldCr ? "\r" : "") + bytes.toString("utf8", 0, whole);
       heldCr = !final && body.endsWith("\r");
       if (heldCr) body = body.slice(0, -1);
@@ -432,13 +438,13 @@ export function createBuildsRoute(
       if (final || carry.length !== 0 || heldCr || chunk.byteLength === 0) return encodeLog(chunk, final);
       const before = position - chunk.byteLength;
       const shared = sharedFrames.get(chunk);
-      if (shared !== undefined && shared.position === before) {
+      if (shared !== undefined && shared.position === before && shared.log === log) {
         carry = shared.carry;
         heldCr = shared.heldCr;
         return shared.frame;
       }
       const frame = encodeLog(chunk, false);
-      sharedFrames.set(chunk, { position: before, frame, carry, heldCr });
+      sharedFrames.set(chunk, { log, position: before, frame, carry, heldCr });
       return frame;
     };
     try {
