@@ -90,6 +90,8 @@ interface LogStream {
   controller: AbortController;
   linger?: NodeJS.Timeout | undefined;
   pump?: Promise<void>;
+  /** The latest batch `takeFrom` joined, for the next viewer asking for the same bytes. */
+  batch?: Chunk | undefined;
 }
 
 interface StateWatch {
@@ -236,18 +238,22 @@ export function createBuildWatch(options: BuildWatchOptions): BuildWatch {
    * the backlog shrinks instead of growing.
    */
   const takeFrom = (s: LogStream, position: number): Uint8Array => {
-    let i = chunkAt(s, position);
+    const i = chunkAt(s, position);
     const first = s.chunks[i] as Chunk;
-    const head = first.bytes.subarray(position - first.at);
+    // The chunk itself (not a view of it) for a viewer at its start: viewers at the live edge then hold the same
+    // object, which lets the SSE route encode its frame once for all of them.
+    const head = position === first.at ? first.bytes : first.bytes.subarray(position - first.at);
     if (i === s.chunks.length - 1 || head.byteLength >= MAX_BATCH) return head;
-    const parts = [head];
     let size = head.byteLength;
-    while (++i < s.chunks.length && size < MAX_BATCH) {
-      const next = (s.chunks[i] as Chunk).bytes;
-      parts.push(next);
-      size += next.byteLength;
-    }
-    return Buffer.concat(parts, size);
+    let j = i;
+    while (++j < s.chunks.length && size < MAX_BATCH) size += (s.chunks[j] as Chunk).bytes.byteLength;
+    // Viewers that fell behind together take the same batch, one object again (a log's bytes never change).
+    if (s.batch !== undefined && s.batch.at === position && s.batch.bytes.byteLength === size) return s.batch.bytes;
+    const parts = [head];
+    for (let k = i + 1; k < j; k++) parts.push((s.chunks[k] as Chunk).bytes);
+    const bytes = Buffer.concat(parts, size);
+    s.batch = { at: position, bytes };
+    return bytes;
   };
 
   async function* follow(id: string, request: WatchRequest): AsyncGenerator<Uint8Array> {
@@ -258,19 +264,24 @@ export function createBuildWatch(options: BuildWatchOptions): BuildWatch {
     const cursor = { position };
     s.cursors.add(cursor);
     let wakeMe: (() => void) | undefined;
-    const onAbort = () => wakeMe?.();
+    // A flag rather than `signal.aborted` in the loop: the getter costs a check per call, per viewer per chunk.
+    let aborted = false;
+    const onAbort = () => {
+      aborted = true;
+      wakeMe?.();
+    };
     signal.addEventListener("abort", onAbort, { once: true });
     try {
       // A late joiner's bytes from before the buffer: a read of its own, until the buffer holds the rest.
       while (position < s.start) {
         const before = position;
         for await (const chunk of reader.logs(id, { type, follow: false, offset: position, signal })) {
-          if (signal.aborted) return;
+          if (aborted) return;
           position += chunk.byteLength;
           yield chunk;
           if (position >= s.start) break;
         }
-        if (signal.aborted) return;
+        if (aborted) return;
         if (position === before) {
           // The log ends before where the stream began (its first viewer asked for an offset not yet written):
           // nothing more until the build writes more, or ends.
@@ -291,7 +302,7 @@ export function createBuildWatch(options: BuildWatchOptions): BuildWatch {
         }
       }
       for (;;) {
-        if (signal.aborted) return;
+        if (aborted) return;
         if (position < s.start) {
           throw new FellBehindError(id, position, bufferBytes);
         }

@@ -1,4 +1,8 @@
 import { randomBytes } from "node:crypto";
+import { once } from "node:events";
+import { ServerResponse } from "node:http";
+import type { Socket } from "node:net";
+import { RESPONSE_ALREADY_SENT } from "@hono/node-server/utils/response";
 import type { Context } from "hono";
 import { Hono } from "hono";
 import { streamSSE } from "hono/streaming";
@@ -8,7 +12,7 @@ import { BUILD_STATES, isTerminal } from "../builds/backend.js";
 import { cloneUrlOf, isEntryCloneUrl, planManual } from "../builds/plan.js";
 import { entryOfBuild } from "../builds/statuses.js";
 import { createBuildWatch, FellBehindError } from "../builds/watch.js";
-import { AppError } from "../errors.js";
+import { AppError, errorMessage } from "../errors.js";
 import { isRefName } from "../gitea/binding.js";
 import { resolveRefHead } from "../gitea/commit-check.js";
 import { createSessions } from "../pages/session.js";
@@ -337,71 +341,148 @@ export function createBuildsRoute(
   }
 
   /**
-   * Server-Sent Events for browsers. Log text goes out through hono's `writeSSE`, which ends a `data:` line at
-   * every `\r\n`, `\r` and `\n` (each of them ends an SSE line), so no byte a build prints can end an event
-   * early or start a field of its own; a viewer gets the text back with `\n` where the build had any of them.
+   * Server-Sent Events for browsers. Log text is framed as hono's `writeSSE` frames it (`sseFrame`): a `data:`
+   * line ends at every `\r\n`, `\r` and `\n` (each of them ends an SSE line), so no byte a build prints can end
+   * an event early or start a field of its own; a viewer gets the text back with `\n` where the build had any.
+   * On Node's HTTP/1 server the frames go straight to the connection, already in their HTTP chunk: a viewer of a
+   * running build then costs one socket write per frame and little else (web streams, and Node's own chunked
+   * encoding per write, cost more than the write itself with 100 viewers of one build).
    */
   async function streamSse(c: Context, build: Build, type: LogType, offset: number): Promise<Response> {
     const abort = new AbortController();
     const release = tieToClient(c, abort);
+    const outgoing = (c.env as { outgoing?: unknown } | undefined)?.outgoing;
+    // HEAD (answered by this GET route) has no body: Node drops a body written through the response, not one
+    // written to the socket.
+    if (outgoing instanceof ServerResponse && c.req.method === "GET") {
+      // The headers hono's streamSSE sends, in its order.
+      outgoing.writeHead(200, {
+        "x-accel-buffering": "no",
+        "transfer-encoding": "chunked",
+        "content-type": "text/event-stream",
+        "cache-control": "no-cache",
+        connection: "keep-alive",
+      });
+      outgoing.flushHeaders();
+      outgoing.once("close", () => abort.abort());
+      void followSse(nodeSink(outgoing, abort.signal), build, type, offset, abort, release).catch((err: unknown) => {
+        deps.log.warn({ build: build.id, err: errorMessage(err) }, "SSE stream failed");
+        outgoing.destroy();
+      });
+      return RESPONSE_ALREADY_SENT;
+    }
     c.header("X-Accel-Buffering", "no");
     return streamSSE(c, async (stream) => {
       stream.onAbort(() => abort.abort());
-      let position = offset;
-      // Bytes of a UTF-8 character the next chunk completes: ids count only bytes an event carried, so a
-      // resume with Last-Event-ID never skips half a character.
-      let carry: Buffer = Buffer.alloc(0);
-      let lastState = "";
-      // A `\r` ending a chunk may be the first half of a `\r\n` split across chunks: held back, it is sent
-      // with the next text, so the pair stays one line end.
-      let heldCr = false;
-      const send = async (message: { event: string; data: string; id?: string }) => {
-        if (!abort.signal.aborted) await stream.writeSSE(message);
+      const sink: SseSink = {
+        write: (frame) => stream.write(typeof frame === "string" ? frame : frame.raw).then(() => undefined),
+        end: () => undefined,
       };
-      const sendState = async (b: Build) => {
-        const json = JSON.stringify(withLinks(deps.publicUrl, b));
-        if (json === lastState) return;
-        lastState = json;
-        await send({ event: "state", data: json });
-      };
-      const sendLog = async (chunk: Uint8Array, final: boolean) => {
-        const bytes = carry.length === 0 ? Buffer.from(chunk) : Buffer.concat([carry, chunk]);
-        const whole = final ? bytes.length : wholeUtf8(bytes);
-        carry = bytes.subarray(whole);
-        let body = (heldCr ? "\r" : "") + bytes.toString("utf8", 0, whole);
-        heldCr = !final && body.endsWith("\r");
-        if (heldCr) body = body.slice(0, -1);
-        const id = position - carry.length - (heldCr ? 1 : 0);
-        if (body !== "") await send({ event: "log", id: String(id), data: body });
-      };
-      await sendState(build);
-      deps.metrics.logFollowers.inc();
-      const heartbeat = setInterval(() => {
-        if (!abort.signal.aborted) void stream.write(": heartbeat\n\n").catch(() => undefined);
-      }, SSE_HEARTBEAT_MS);
-      // One shared read of the build per interval, and the transitions the backend reports, whatever the viewers.
-      const unwatch = isTerminal(build.state)
-        ? () => undefined
-        : watch.states(build.id, (b) => void sendState(b).catch(() => undefined), abort.signal);
-      try {
-        for await (const chunk of logsOf(build, type, true, offset, abort.signal)) {
-          position += chunk.byteLength;
-          deps.metrics.logBytes.inc(chunk.byteLength);
-          await sendLog(chunk, false);
-        }
-        await sendLog(new Uint8Array(0), true);
-        const final = await watch.current(build.id, abort.signal);
-        if (final) await sendState(final);
-        await send({ event: "end", data: "{}" });
-      } catch (err) {
-        if (!abort.signal.aborted) await send({ event: "error", data: JSON.stringify({ message: (err as Error).message }) });
-      } finally {
-        clearInterval(heartbeat);
-        unwatch();
-        release();
-        deps.metrics.logFollowers.dec();
-      }
+      await followSse(sink, build, type, offset, abort, release);
     });
+  }
+
+  /**
+   * Frames of a running build's log shared by its viewers: a viewer at the live edge gets from the watch the
+   * very chunk every other viewer there gets, so the frame is encoded once (keyed by that chunk) and the same
+   * bytes are written to each. A viewer whose framing differs (a held-back `\r` or half a UTF-8 character, or
+   * a batch of its own) encodes its own.
+   */
+  const sharedFrames = new WeakMap<
+    Uint8Array,
+    { log: string; position: number; frame: Frame | undefined; carry: Buffer; heldCr: boolean }
+  >();
+
+  async function followSse(
+    sink: SseSink,
+    build: Build,
+    type: LogType,
+    offset: number,
+    abort: AbortController,
+    release: () => void,
+  ): Promise<void> {
+    // A flag rather than `signal.aborted` on every frame: the getter costs a check per call.
+    let gone = abort.signal.aborted;
+    abort.signal.addEventListener("abort", () => (gone = true), { once: true });
+    let position = offset;
+    // Which log a shared frame belongs to: with its offset, it names the frame's bytes (a log only grows).
+    const log = `${type}\0${build.id}`;
+    // Bytes of a UTF-8 character the next chunk completes: ids count only bytes an event carried, so a
+    // resume with Last-Event-ID never skips half a character.
+    let carry: Buffer = EMPTY;
+    let lastState = "";
+    // A `\r` ending a chunk may be the first half of a `\r\n` split across chunks: held back, it is sent
+    // with the next text, so the pair stays one line end.
+    let heldCr = false;
+    /** Undefined when the frame went out at once: the hot path awaits nothing. */
+    const send = (frame: Frame | string): Promise<void> | undefined => (gone ? undefined : sink.write(frame));
+    const sendState = async (b: Build) => {
+      const json = JSON.stringify(withLinks(deps.publicUrl, b));
+      if (json === lastState) return;
+      lastState = json;
+      await send(sseFrame("state", json));
+    };
+    /** The frame of `chunk` (ending at `position`), or undefined when it carries no whole character yet. */
+    const encodeLog = (chunk: Uint8Array, final: boolean): Frame | undefined => {
+      const bytes = carry.length === 0 ? Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength) : Buffer.concat([carry, chunk]);
+      const whole = final ? bytes.length : wholeUtf8(bytes);
+      // A copy: the chunk's memory is the reader's, and only its bytes up to now are ours to keep.
+      carry = whole === bytes.length ? EMPTY : Buffer.from(bytes.subarray(whole));
+      let body = (heldCr ? "\r" : "") + bytes.toString("utf8", 0, whole);
+      heldCr = !final && body.endsWith("\r");
+      if (heldCr) body = body.slice(0, -1);
+      const id = position - carry.length - (heldCr ? 1 : 0);
+      return body === "" ? undefined : chunkedFrame(sseFrame("log", body, String(id)));
+    };
+    const logFrame = (chunk: Uint8Array, final: boolean): Frame | undefined => {
+      if (final || carry.length !== 0 || heldCr || chunk.byteLength === 0) return encodeLog(chunk, final);
+      const before = position - chunk.byteLength;
+      const shared = sharedFrames.get(chunk);
+      if (shared !== undefined && shared.position === before && shared.log === log) {
+        carry = shared.carry;
+        heldCr = shared.heldCr;
+        return shared.frame;
+      }
+      const frame = encodeLog(chunk, false);
+      sharedFrames.set(chunk, { log, position: before, frame, carry, heldCr });
+      return frame;
+    };
+    try {
+      await sendState(build);
+    } catch (err) {
+      release();
+      throw err;
+    }
+    deps.metrics.logFollowers.inc();
+    const heartbeat = setInterval(() => {
+      if (!gone) void Promise.resolve(sink.write(": heartbeat\n\n")).catch(() => undefined);
+    }, SSE_HEARTBEAT_MS);
+    // One shared read of the build per interval, and the transitions the backend reports, whatever the viewers.
+    const unwatch = isTerminal(build.state)
+      ? () => undefined
+      : watch.states(build.id, (b) => void sendState(b).catch(() => undefined), abort.signal);
+    try {
+      for await (const chunk of logsOf(build, type, true, offset, abort.signal)) {
+        position += chunk.byteLength;
+        deps.metrics.logBytes.inc(chunk.byteLength);
+        const frame = logFrame(chunk, false);
+        const full = frame === undefined ? undefined : send(frame);
+        if (full !== undefined) await full;
+      }
+      const last = logFrame(new Uint8Array(0), true);
+      if (last !== undefined) await send(last);
+      const final = await watch.current(build.id, abort.signal);
+      if (final) await sendState(final);
+      await send(sseFrame("end", "{}"));
+    } catch (err) {
+      if (!gone) await Promise.resolve(send(sseFrame("error", JSON.stringify({ message: (err as Error).message })))).catch(() => undefined);
+    } finally {
+      clearInterval(heartbeat);
+      unwatch();
+      release();
+      deps.metrics.logFollowers.dec();
+      sink.end();
+    }
   }
 
   return app;
@@ -411,6 +492,60 @@ export function createBuildsRoute(
 export function withLinks(publicUrl: string, build: Build): Build & { links: { self: string; logs: string } } {
   const self = `${publicUrl}/builds/${encodeURIComponent(build.id)}`;
   return { ...build, links: { self, logs: `${self}/logs` } };
+}
+
+/** Where an SSE stream's frames go: a write answers a promise only while the viewer's connection is full. */
+interface SseSink {
+  write(frame: Frame | string): Promise<void> | undefined;
+  end(): void;
+}
+
+/** An encoded SSE frame, `raw`, inside the HTTP/1.1 chunk that carries it, `chunked`. */
+interface Frame {
+  raw: Buffer;
+  chunked: Buffer;
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/** An SSE event byte for byte as hono's `writeSSE` frames it (the SSE tests hold its bytes). */
+function sseFrame(event: string, data: string, id?: string): string {
+  const lines = data.replace(/\r\n|\r|\n/g, "\ndata: ");
+  return id === undefined ? `event: ${event}\ndata: ${lines}\n\n` : `event: ${event}\ndata: ${lines}\nid: ${id}\n\n`;
+}
+
+/** `text` as a chunk of a chunked HTTP/1.1 body (RFC 9112 §7.1), as Node's own `write` would send it. */
+function chunkedFrame(text: string): Frame {
+  const size = Buffer.byteLength(text);
+  const head = `${size.toString(16)}\r\n`;
+  const chunked = Buffer.allocUnsafe(head.length + size + 2);
+  chunked.write(head, 0, "latin1");
+  chunked.write(text, head.length, "utf8");
+  chunked.write("\r\n", head.length + size, "latin1");
+  return { raw: chunked.subarray(head.length, head.length + size), chunked };
+}
+
+/**
+ * Writes to a Node response. A frame goes to the socket in its own chunk when the response owns the socket
+ * (headers sent, not queued behind another response): one write, no per-write chunk encoding, no deferred
+ * uncork; everything else goes through the response, which keeps the order since both append to the socket.
+ */
+function nodeSink(res: ServerResponse, signal: AbortSignal): SseSink {
+  const wait = (emitter: ServerResponse | Socket) =>
+    once(emitter, "drain", { signal }).then(
+      () => undefined,
+      () => undefined,
+    );
+  return {
+    write(frame) {
+      const socket = res.socket;
+      if (typeof frame !== "string" && socket !== null && res.headersSent && !res.writableEnded) {
+        return socket.write(frame.chunked) ? undefined : wait(socket);
+      }
+      return res.write(typeof frame === "string" ? frame : frame.raw) ? undefined : wait(res);
+    },
+    end: () => void res.end(),
+  };
 }
 
 /** How many leading bytes of `buf` are whole UTF-8 characters (or bytes that can never start one). */

@@ -1,5 +1,6 @@
 import { getEventListeners } from "node:events";
 import { mkdtempSync, writeFileSync } from "node:fs";
+import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -53,9 +54,14 @@ let state: Build["state"] = "failure";
 let pace: ((i: number) => Promise<void>) | undefined;
 /** When set, the reader throws it after its last chunk. */
 let failure: Error | undefined;
+/** Reads of the build: one per request that reached the route. */
+let gets = 0;
 const reader: BuildReader = {
   listBuilds: async () => ({ builds: [build(state)], hidden: 0 }),
-  getBuild: async (id) => (id === ID ? build(state) : undefined),
+  getBuild: async (id) => {
+    gets++;
+    return id === ID ? build(state) : undefined;
+  },
   async *logs(_id, request) {
     asked.push(request);
     let skip = request.offset;
@@ -249,6 +255,55 @@ describe("SSE bytes on the wire (issue 12: frames encoded once for every viewer)
     for (const body of bodies) expect(body).toBe(`${stateEvent("running")}${LOG_EVENTS}event: end\ndata: {}\n\n`);
   });
 
+  it("are the same bytes for SSE requests pipelined on one connection, the second queued behind the first", async () => {
+    // petrel writes a live frame straight to the connection when the response owns it; a response queued
+    // behind another (HTTP/1.1 pipelining) has no connection yet, and its frames must wait their turn.
+    state = "running";
+    chunks = { stdout: LOG };
+    gets = 0;
+    let open: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => {
+      open = resolve;
+    });
+    pace = () => gate;
+    try {
+      const { port } = new URL(server.url);
+      const socket = connect(Number(port), "127.0.0.1");
+      const request = `GET /builds/${encodeURIComponent(ID)}/logs?type=stdout HTTP/1.1\r\nHost: petrel.test\r\nAccept: text/event-stream\r\n\r\n`;
+      socket.write(request + request);
+      const responses = readHttpResponses(socket, 2);
+      // Both requests reached the route (each reads the build) before the log moves on.
+      await eventually(() => gets >= 2, 5000, "both requests to read the build");
+      await new Promise((r) => setTimeout(r, 50));
+      open();
+      const [first, second] = await responses;
+      socket.destroy();
+      for (const response of [first, second]) {
+        expect(response?.head).toMatch(/^HTTP\/1\.1 200 OK\r\n/);
+        expect(response?.head.toLowerCase()).toContain("transfer-encoding: chunked\r\n");
+        expect(response?.body.toString("utf8")).toBe(`${stateEvent("running")}${LOG_EVENTS}event: end\ndata: {}\n\n`);
+      }
+    } finally {
+      pace = undefined;
+    }
+  });
+
+  it("answers HEAD with the headers only, and the connection serves the next request", async () => {
+    state = "failure";
+    chunks = { stdout: LOG };
+    const { port } = new URL(server.url);
+    const socket = connect(Number(port), "127.0.0.1");
+    const path = `/builds/${encodeURIComponent(ID)}/logs?type=stdout`;
+    socket.write(`HEAD ${path} HTTP/1.1\r\nHost: petrel.test\r\nAccept: text/event-stream\r\n\r\n`);
+    socket.write(`GET ${path} HTTP/1.1\r\nHost: petrel.test\r\nAccept: text/event-stream\r\n\r\n`);
+    const [head, get] = await readHttpResponses(socket, 2, [true, false]);
+    socket.destroy();
+    expect(head?.head).toMatch(/^HTTP\/1\.1 200 OK\r\n/);
+    expect(head?.head.toLowerCase()).toContain("content-type: text/event-stream\r\n");
+    expect(head?.body.length).toBe(0);
+    expect(get?.body.toString("utf8")).toBe(`${stateEvent("failure")}${LOG_EVENTS}event: end\ndata: {}\n\n`);
+  });
+
   it("are the same bytes when resuming inside a line, after Last-Event-ID", async () => {
     state = "failure";
     chunks = { stdout: LOG };
@@ -270,3 +325,54 @@ describe("SSE bytes on the wire (issue 12: frames encoded once for every viewer)
     }
   });
 });
+
+/**
+ * Reads `count` HTTP/1.1 responses from a raw connection, undoing the chunked transfer coding by hand, so a
+ * test sees exactly the bytes on the wire. `headOnly[i]`: response `i` answers a HEAD and has no body.
+ */
+function readHttpResponses(socket: Socket, count: number, headOnly: boolean[] = []): Promise<{ head: string; body: Buffer }[]> {
+  return new Promise((resolve, reject) => {
+    let buf = Buffer.alloc(0);
+    const out: { head: string; body: Buffer }[] = [];
+    let head: string | undefined;
+    let parts: Buffer[] = [];
+    const step = (): boolean => {
+      if (head === undefined) {
+        const end = buf.indexOf("\r\n\r\n");
+        if (end === -1) return false;
+        head = buf.subarray(0, end + 2).toString("latin1");
+        buf = buf.subarray(end + 4);
+        if (headOnly[out.length]) {
+          out.push({ head, body: Buffer.alloc(0) });
+          head = undefined;
+        }
+        return true;
+      }
+      const line = buf.indexOf("\r\n");
+      if (line === -1) return false;
+      const size = Number.parseInt(buf.subarray(0, line).toString("latin1"), 16);
+      if (Number.isNaN(size)) throw new Error(`not a chunk size: ${JSON.stringify(buf.subarray(0, 20).toString("latin1"))}`);
+      if (buf.length < line + 2 + size + 2) return false;
+      if (buf.subarray(line + 2 + size, line + 4 + size).toString("latin1") !== "\r\n") throw new Error("a chunk does not end with CRLF");
+      parts.push(buf.subarray(line + 2, line + 2 + size));
+      buf = buf.subarray(line + 4 + size);
+      if (size === 0) {
+        out.push({ head, body: Buffer.concat(parts) });
+        head = undefined;
+        parts = [];
+      }
+      return true;
+    };
+    socket.on("data", (data: Buffer) => {
+      buf = Buffer.concat([buf, data]);
+      try {
+        while (out.length < count && step());
+      } catch (err) {
+        reject(err);
+      }
+      if (out.length === count) resolve(out);
+    });
+    socket.on("error", reject);
+    socket.on("close", () => reject(new Error(`connection closed after ${out.length} of ${count} responses`)));
+  });
+}
