@@ -403,22 +403,26 @@ async function burst(): Promise<boolean> {
       });
       let requests = 0;
       let seconds = 0;
+      let cpuMs = 0;
       while (requests < BURST_LOAD && !done) {
         const r = await load(url, deliveries("c0", 100, "acme/widgets", 100 * tag++));
         failures += r.failures;
         requests += r.latencies.length;
         seconds += r.seconds;
+        cpuMs += r.cpuMs;
       }
-      return { requests, seconds };
+      return { requests, seconds, cpuMs };
     };
     const alone: number[] = [];
-    const during: { rps: number; requests: number; archivedDuring: number; tailMs: number; burstMs: number }[] = [];
+    const aloneCpu: number[] = [];
+    const during: { rps: number; cpu: number; requests: number; archivedDuring: number; tailMs: number; burstMs: number }[] = [];
     const phase = async (batch: string[] | undefined) => {
       const side = await hookSide(sink);
       try {
         if (batch === undefined) {
           const r = await drive(side.url);
           alone.push(r.requests / r.seconds);
+          aloneCpu.push(r.cpuMs / r.requests);
           return;
         }
         const archivedNow = () => batch.filter((id) => existsSync(join(dir, "builds", encodeURIComponent(id), "build.json"))).length;
@@ -429,7 +433,14 @@ async function burst(): Promise<boolean> {
         const archivedDuring = archivedNow();
         await pending;
         const end = performance.now();
-        during.push({ rps: r.requests / r.seconds, requests: r.requests, archivedDuring, tailMs: end - loadEnd, burstMs: end - t0 });
+        during.push({
+          rps: r.requests / r.seconds,
+          cpu: r.cpuMs / r.requests,
+          requests: r.requests,
+          archivedDuring,
+          tailMs: end - loadEnd,
+          burstMs: end - t0,
+        });
       } finally {
         await side.close();
       }
@@ -448,6 +459,7 @@ async function burst(): Promise<boolean> {
     const ratio = mean(during.map((d) => d.rps)) / mean(alone);
     process.stdout.write(
       `  alone ${alone.map((v) => v.toFixed(0)).join(", ")} req/s; during a burst ${during.map((d) => d.rps.toFixed(0)).join(", ")} req/s (${during.map((d) => d.requests).join(", ")} webhooks)\n` +
+        `  this process's CPU per webhook (load generator and archiving included): alone ${aloneCpu.map((v) => v.toFixed(2)).join(", ")} ms, during a burst ${during.map((d) => d.cpu.toFixed(2)).join(", ")} ms\n` +
         `  archived while the load ran: ${during.map((d) => d.archivedDuring).join(", ")} of ${BURST}; the rest took ${during.map((d) => (d.tailMs / 1000).toFixed(1)).join(", ")} s after it; a whole burst ${during.map((d) => (d.burstMs / 1000).toFixed(1)).join(", ")} s\n`,
     );
     const short = during.some((d) => d.requests < BURST_LOAD);
