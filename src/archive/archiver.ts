@@ -1,3 +1,4 @@
+import { performance } from "node:perf_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Counter, type Registry } from "prom-client";
 import type { Build, BuildReader, LogType } from "../builds/backend.js";
@@ -21,6 +22,13 @@ export interface ArchiverOptions {
   /** Builds archived at once. */
   concurrency?: number;
   /**
+   * Yielding to foreground work (webhooks, log streams): before each build, archiving waits while the event
+   * loop was busier than `busyAbove` (its utilization, 0 to 1), looking again every `checkMs`, but never more
+   * than `maxDeferMs` for one build, so a loop that stays busy still archives one build per `maxDeferMs`.
+   * `utilization(since)` measures the loop over the time since an earlier mark (tests inject their own).
+   */
+  pace?: Partial<Pace>;
+  /**
    * Wait between a build turning final and reading its logs, so the last bytes the log shipper (Nomad's
    * logmon) was still writing when the task died are in the archive.
    */
@@ -28,6 +36,27 @@ export interface ArchiverOptions {
   /** Clock, for how long ago a build finished (the settle wait is only for builds that just did). */
   now?: () => number;
 }
+
+export interface Pace {
+  busyAbove: number;
+  checkMs: number;
+  maxDeferMs: number;
+  /** A mark now, and the loop's utilization since an earlier mark. */
+  mark(): unknown;
+  utilization(since: unknown): number;
+}
+
+/** The process's own event loop, by `performance.eventLoopUtilization()`. */
+const LOOP_PACE: Pace = {
+  busyAbove: 0.5,
+  checkMs: 10,
+  maxDeferMs: 1000,
+  mark: () => performance.eventLoopUtilization(),
+  utilization: (since) => {
+    const delta = performance.eventLoopUtilization(since as ReturnType<typeof performance.eventLoopUtilization>);
+    return Number.isFinite(delta.utilization) ? delta.utilization : 0;
+  },
+};
 
 /** Archives builds that reached a final state, in the background. */
 export interface Archiver {
@@ -58,7 +87,17 @@ const MAX_FAILED = 10_000;
 export function createArchiver(options: ArchiverOptions): Archiver {
   const { store, reader, log } = options;
   const retryMs = options.retryMs ?? DEFAULT_RETRY_MS;
-  const concurrency = options.concurrency ?? 2;
+  // One at a time: archiving is background work, and a second writer would only take more from the foreground.
+  const concurrency = options.concurrency ?? 1;
+  const pace: Pace = { ...LOOP_PACE, ...options.pace };
+  // The loop's utilization is measured from here: the previous build's start, the last look, or when work
+  // arrived on an idle archiver (an hour of quiet before it would hide a loop busy now).
+  let mark = pace.mark();
+  let markedAt = performance.now();
+  const remark = () => {
+    mark = pace.mark();
+    markedAt = performance.now();
+  };
   const settleMs = options.settleMs ?? DEFAULT_SETTLE_MS;
   const now = options.now ?? Date.now;
   const failures = new Counter({
@@ -92,6 +131,7 @@ export function createArchiver(options: ArchiverOptions): Archiver {
 
   function enqueue(id: string): void {
     if (controller.signal.aborted || queued.has(id)) return;
+    if (active === 0 && queue.length === 0) remark();
     queued.add(id);
     queue.push(id);
     pump();
@@ -103,14 +143,33 @@ export function createArchiver(options: ArchiverOptions): Archiver {
       active++;
       // Off the caller's stack: the listener is called from the event handler or a build's transition.
       setImmediate(() => {
-        void archive(id).finally(() => {
-          queued.delete(id);
-          processed(id);
-          active--;
-          pump();
-          settleIdle();
-        });
+        void calm()
+          .then(() => (controller.signal.aborted ? undefined : archive(id)))
+          .finally(() => {
+            queued.delete(id);
+            processed(id);
+            active--;
+            pump();
+            settleIdle();
+          });
       });
+    }
+  }
+
+  /**
+   * Waits while the event loop is busy with other work, at most `maxDeferMs`. Each look covers at least
+   * `checkMs` (a utilization over a millisecond says nothing): the first one the time since the previous build
+   * started (its own work included), every later one only a pause of archiving's.
+   */
+  async function calm(): Promise<void> {
+    const started = performance.now();
+    const signal = controller.signal;
+    while (!signal.aborted) {
+      const short = pace.checkMs - (performance.now() - markedAt);
+      if (short > 0) await sleep(short, undefined, { signal }).catch(() => undefined);
+      const busy = pace.utilization(mark) > pace.busyAbove;
+      remark();
+      if (!busy || performance.now() - started >= pace.maxDeferMs) return;
     }
   }
 

@@ -1,28 +1,21 @@
 import type { Build, BuildCursor, BuildFilter, BuildPage, BuildReader, BuildSummary } from "../builds/backend.js";
 import { isAfterCursor, newestFirst } from "../builds/backend.js";
 import { matchesFilter } from "../builds/model.js";
-import { UpstreamError } from "../errors.js";
 import type { ArchiveListed, ArchiveStore } from "./store.js";
 
 /**
- * The live reader, falling back to the archive for builds the backend forgot. A build's record comes from the
- * backend while it has it; an archived build's logs come from the archive (they no longer change, and this
- * spares the backend the reads), served the same whether or not the request follows.
+ * The live reader, with the archive for finished builds. An archived build's record and logs come from the
+ * archive (they no longer change, and this spares the backend the reads), served the same whether or not the
+ * request follows; anything else is the backend's.
  */
 export function createArchivedReader(live: BuildReader, store: ArchiveStore): BuildReader {
   return {
     listBuilds: (filter, signal) => listMerged(live, store, filter, signal),
 
     async getBuild(id, signal) {
-      try {
-        return (await live.getBuild(id, signal)) ?? (await store.get(id));
-      } catch (err) {
-        // Nomad down: an archived build is still served (it no longer changes); anything else waits for Nomad.
-        if (!(err instanceof UpstreamError && err.unavailable)) throw err;
-        const archived = await store.get(id);
-        if (archived === undefined) throw err;
-        return archived;
-      }
+      // An archived build is final and its record is what the live one showed: no backend round trip, and it
+      // is served the same while the backend is down.
+      return (await store.get(id)) ?? (await live.getBuild(id, signal));
     },
 
     async *logs(id, request) {
@@ -33,6 +26,8 @@ export function createArchivedReader(live: BuildReader, store: ArchiveStore): Bu
       }
       yield* archived;
     },
+
+    gzipLog: (id, type) => store.gzipped(id, type),
 
     cancel: (id, signal, why) => live.cancel(id, signal, why),
   };

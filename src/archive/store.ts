@@ -32,6 +32,8 @@ export interface ArchiveStore {
   get(id: string): Promise<Build | undefined>;
   /** The decompressed log from `offset`; undefined when not archived. */
   log(id: string, type: LogType, offset?: number): Promise<AsyncIterable<Uint8Array> | undefined>;
+  /** The log's gzip file as stored (one gzip member of the whole log); undefined when not archived. */
+  gzipped(id: string, type: LogType): Promise<AsyncIterable<Uint8Array> | undefined>;
   /** The index entry of an archived build. */
   lookup(id: string): Promise<ArchiveIndexEntry | undefined>;
   /** Loads the index (once: later calls share it); listings and retention wait for it. */
@@ -305,6 +307,16 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
       file.on("error", (err) => gunzip.destroy(err));
       gunzip.on("error", (err) => out.destroy(err));
       return out;
+    },
+
+    async gzipped(id, type) {
+      try {
+        const handle = await open(join(entryDir(id), `${type}.gz`), "r");
+        return handle.createReadStream({ highWaterMark: 256 * 1024 });
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+        throw err;
+      }
     },
 
     async lookup(id) {

@@ -162,6 +162,11 @@ export interface BuildReader {
    * exist.
    */
   logs(id: string, request: LogRequest): AsyncIterable<Uint8Array>;
+  /**
+   * The whole log as a gzip stream, when the reader keeps it compressed (an archived build); undefined
+   * otherwise, and the caller reads `logs`. Decoded, the bytes are exactly those `logs` gives from offset 0.
+   */
+  gzipLog?(id: string, type: LogType): Promise<AsyncIterable<Uint8Array> | undefined>;
   /** Stops a build; its state becomes cancelled, or what `why` says when a policy stopped it. */
   cancel(id: string, signal?: AbortSignal, why?: StopReason): Promise<void>;
 }

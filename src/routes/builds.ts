@@ -273,6 +273,11 @@ export function createBuildsRoute(
 
   async function streamText(c: Context, build: Build, type: LogType, follow: boolean, offset: number): Promise<Response> {
     const { id } = build;
+    // A whole archived log to a client that takes gzip: the stored bytes as they are, no decompression here.
+    if (offset === 0 && isTerminal(build.state) && reader.gzipLog !== undefined && acceptsGzip(c.req.header("accept-encoding"))) {
+      const gz = await reader.gzipLog(id, type);
+      if (gz !== undefined) return gzipResponse(gz, id);
+    }
     const abort = new AbortController();
     const release = tieToClient(c, abort);
     const iterator = logsOf(build, type, follow, offset, abort.signal)[Symbol.asyncIterator]();
@@ -333,10 +338,46 @@ export function createBuildsRoute(
       status: 200,
       headers: {
         "Content-Type": "text/plain; charset=utf-8",
-        "Cache-Control": "no-cache",
-        "X-Accel-Buffering": "no",
-        "X-Content-Type-Options": "nosniff",
+        ...TEXT_HEADERS,
       },
+    });
+  }
+
+  /** An archived log's gzip bytes as the body, with `Content-Encoding: gzip`; counted like any other log read. */
+  function gzipResponse(gz: AsyncIterable<Uint8Array>, id: string): Response {
+    const iterator = gz[Symbol.asyncIterator]();
+    deps.metrics.logFollowers.inc();
+    let done = false;
+    const finish = () => {
+      if (done) return;
+      done = true;
+      deps.metrics.logFollowers.dec();
+    };
+    const stream = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        try {
+          const result = await iterator.next();
+          if (result.done) {
+            finish();
+            controller.close();
+            return;
+          }
+          deps.metrics.logBytes.inc(result.value.byteLength);
+          controller.enqueue(result.value);
+        } catch (err) {
+          finish();
+          deps.log.warn({ build: id, err: (err as Error).message }, "log stream failed");
+          controller.error(err);
+        }
+      },
+      async cancel() {
+        finish();
+        await iterator.return?.();
+      },
+    });
+    return new Response(stream, {
+      status: 200,
+      headers: { "Content-Type": "text/plain; charset=utf-8", "Content-Encoding": "gzip", ...TEXT_HEADERS },
     });
   }
 
@@ -557,6 +598,33 @@ function wholeUtf8(buf: Buffer): number {
     return need > back ? buf.length - back : buf.length;
   }
   return buf.length;
+}
+
+/**
+ * Headers of every plain-text log answer. `Vary`: the same URL answers gzip to clients that take it once the
+ * build is archived, identity bytes to the rest.
+ */
+const TEXT_HEADERS = {
+  "Cache-Control": "no-cache",
+  Vary: "Accept-Encoding",
+  "X-Accel-Buffering": "no",
+  "X-Content-Type-Options": "nosniff",
+} as const;
+
+/** Whether an Accept-Encoding header allows gzip (RFC 9110 §12.5.3: `gzip`, `x-gzip` or `*`, with q > 0). */
+export function acceptsGzip(header: string | undefined): boolean {
+  if (header === undefined) return false;
+  let gzip: number | undefined;
+  let star: number | undefined;
+  for (const part of header.split(",")) {
+    const [name = "", ...params] = part.split(";").map((p) => p.trim().toLowerCase());
+    const qParam = params.find((p) => p.startsWith("q="));
+    const q = qParam === undefined ? 1 : Number(qParam.slice(2));
+    const weight = Number.isFinite(q) ? q : 0;
+    if (name === "gzip" || name === "x-gzip") gzip = Math.max(gzip ?? 0, weight);
+    else if (name === "*") star = weight;
+  }
+  return (gzip ?? star ?? 0) > 0;
 }
 
 /** `all` (stdout, stderr and step lines merged) only on `/builds/<id>/logs`; Albatros's `/build` knows two. */

@@ -204,4 +204,86 @@ describe("archiver", () => {
     expect(await failuresMetric(metrics)).toMatch(/cause="unwritable"\} 1/);
     await archiver.stop();
   });
+
+  it("yields to a busy event loop: no build is archived while other work keeps the loop busy, all of them once it is quiet", async () => {
+    const store = createArchiveStore({ dir: tempDir() });
+    const done = [build(11), build(12), build(13)];
+    const { reader, reads } = memoryReader(done);
+    // Real foreground work: 20 ms of CPU in every 25 ms, as a stream of webhooks keeps the loop (utilization 0.8).
+    let spinning = true;
+    const spin = setInterval(() => {
+      const until = performance.now() + 20;
+      while (spinning && performance.now() < until);
+    }, 25);
+    const archiver = createArchiver({
+      store,
+      reader,
+      log: captureLogs().log,
+      metrics: new Registry(),
+      settleMs: 0,
+      pace: { maxDeferMs: 60_000 },
+    });
+    try {
+      // The foreground is already busy when the builds arrive.
+      await sleep(100);
+      const all = archiver.archive(done.map((b) => b.id));
+      await sleep(400);
+      expect(reads.builds).toBe(0);
+      for (const b of done) expect(await store.has(b.id)).toBe(false);
+      spinning = false;
+      clearInterval(spin);
+      const t0 = performance.now();
+      await all;
+      expect(performance.now() - t0).toBeLessThan(5000);
+      for (const b of done) expect(await store.has(b.id)).toBe(true);
+    } finally {
+      spinning = false;
+      clearInterval(spin);
+      await archiver.stop();
+    }
+  });
+
+  it("a loop that stays busy still archives, one build per maxDeferMs", async () => {
+    const store = createArchiveStore({ dir: tempDir() });
+    const done = [build(21), build(22), build(23)];
+    const { reader } = memoryReader(done);
+    let looks = 0;
+    const archiver = createArchiver({
+      store,
+      reader,
+      log: captureLogs().log,
+      metrics: new Registry(),
+      settleMs: 0,
+      pace: {
+        maxDeferMs: 150,
+        checkMs: 10,
+        mark: () => undefined,
+        utilization: () => {
+          looks++;
+          return 1;
+        },
+      },
+    });
+    const t0 = performance.now();
+    await archiver.archive(done.map((b) => b.id));
+    const took = performance.now() - t0;
+    for (const b of done) expect(await store.has(b.id)).toBe(true);
+    // Each build waited its full deferral, looking at the loop again and again meanwhile.
+    expect(took).toBeGreaterThanOrEqual(3 * 150 - 10);
+    expect(looks).toBeGreaterThanOrEqual(3 * 5);
+    await archiver.stop();
+  });
+
+  it("does not wait on a quiet loop", async () => {
+    const store = createArchiveStore({ dir: tempDir() });
+    const done = Array.from({ length: 20 }, (_, i) => build(30 + i));
+    const { reader } = memoryReader(done);
+    const archiver = createArchiver({ store, reader, log: captureLogs().log, metrics: new Registry(), settleMs: 0 });
+    const t0 = performance.now();
+    await archiver.archive(done.map((b) => b.id));
+    for (const b of done) expect(await store.has(b.id)).toBe(true);
+    // 20 builds in far less than 20 of the default 1 s deferrals.
+    expect(performance.now() - t0).toBeLessThan(5000);
+    await archiver.stop();
+  });
 });

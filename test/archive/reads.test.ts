@@ -1,7 +1,9 @@
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { gunzipSync } from "node:zlib";
+import { request } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildsCommand, logsCommand } from "../../src/cli/builds.js";
 import { readConfig } from "../../src/config.js";
@@ -197,6 +199,71 @@ describe("archived builds read the same after Nomad garbage-collects them (clust
     await start();
     expect(await readAll(petrel.url, id)).toEqual(live);
     expect(await cliReads(petrel.url, id)).toEqual(cli);
+  });
+
+  it("sends an archived log's stored gzip bytes to a client that takes gzip, identity bytes to the rest", async () => {
+    const id = await push("e".repeat(40));
+    run(id, 0);
+    await archived(id);
+    const base = `${petrel.url}/builds/${encodeURIComponent(id)}/logs`;
+    const get = async (path: string, acceptEncoding?: string) => {
+      const res = await request(`${base}${path}`, {
+        headers: { ...ADMIN, ...(acceptEncoding === undefined ? {} : { "accept-encoding": acceptEncoding }) },
+      });
+      return { status: res.statusCode, headers: res.headers, body: Buffer.from(await res.body.arrayBuffer()) };
+    };
+    const identity = await get("?type=all");
+    expect(identity.status).toBe(200);
+    expect(identity.headers["content-encoding"]).toBeUndefined();
+    expect(identity.body.toString()).toBe("--- step build\ncompiling ✓\nwarning: unused\nlinking\n");
+    expect(identity.headers.vary).toBe("Accept-Encoding");
+
+    nomad.gcJob(id);
+    for (const type of ["stdout", "stderr", "all"]) {
+      const plain = await get(`?type=${type}`);
+      expect(plain.headers["content-encoding"]).toBeUndefined();
+      for (const accept of ["gzip", "gzip, deflate, br", "br;q=1.0, gzip;q=0.5", "*", "x-gzip"]) {
+        const gz = await get(`?type=${type}`, accept);
+        expect(gz.status).toBe(200);
+        expect(gz.headers["content-encoding"]).toBe("gzip");
+        expect(gz.headers.vary).toBe("Accept-Encoding");
+        expect(gz.headers["content-type"]).toBe("text/plain; charset=utf-8");
+        // The stored file, byte for byte, and decoded the identity answer byte for byte.
+        expect(gz.body.equals(readFileSync(join(dir, "builds", encodeURIComponent(id), `${type}.gz`)))).toBe(true);
+        expect(gunzipSync(gz.body).equals(plain.body)).toBe(true);
+      }
+    }
+    const all = (await get("?type=all")).body;
+    // Refused or not offered: identity.
+    for (const accept of ["identity", "gzip;q=0", "br", "*;q=0", "deflate, *;q=0"]) {
+      const res = await get("?type=all", accept);
+      expect(res.headers["content-encoding"]).toBeUndefined();
+      expect(res.body.equals(all)).toBe(true);
+    }
+    // A resume from an offset stays identity: the offset counts the log's own bytes.
+    const resumed = await get("?type=all&offset=7", "gzip");
+    expect(resumed.headers["content-encoding"]).toBeUndefined();
+    expect(resumed.headers.vary).toBe("Accept-Encoding");
+    expect(resumed.body.equals(all.subarray(7))).toBe(true);
+    // The Albatros path too, and a browser's fetch decodes it to the same text.
+    const albatros = await request(`${petrel.url}/build?job=${encodeURIComponent(id)}&log=stdout`, {
+      headers: { ...ADMIN, "accept-encoding": "gzip" },
+    });
+    expect(albatros.headers["content-encoding"]).toBe("gzip");
+    expect(gunzipSync(Buffer.from(await albatros.body.arrayBuffer())).toString()).toBe("compiling ✓\nlinking\n");
+    expect(await (await fetch(`${base}?type=all`, { headers: ADMIN })).text()).toBe(all.toString());
+  });
+
+  it("answers an archived build's record from the archive, without asking Nomad", async () => {
+    const id = await push("f".repeat(40));
+    run(id, 0);
+    await archived(id);
+    const path = `/builds/${encodeURIComponent(id)}`;
+    const before = nomad.requests.length;
+    const res = await fetch(`${petrel.url}${path}`, { headers: ADMIN });
+    expect(res.status).toBe(200);
+    expect(await res.json()).toMatchObject({ id, state: "success" });
+    expect(nomad.requests.slice(before).filter((r) => r.path.includes(encodeURIComponent(id)) || r.path.includes(id))).toEqual([]);
   });
 
   it("serves an archived build while Nomad is down, and says Nomad is unavailable for one it never archived", async () => {
