@@ -86,10 +86,12 @@ function startFailure(err: unknown): string {
   return `could not start: ${message.replace(/\s*\n\s*/g, " ")}`;
 }
 
-/** What tests change of a start: the clock (reconcile window, archive settle) and who leads. */
+/** What tests change of a start: the clock (reconcile window, archive settle), who leads, the settle itself. */
 export interface StartOptions {
   now?: () => number;
   leadership?: Leadership;
+  /** The archiver's wait for a final build's last log bytes (1 s by default). */
+  archiveSettleMs?: number;
 }
 
 /** The composition root: builds every collaborator from the config, listens, and returns how to stop. */
@@ -306,7 +308,14 @@ async function compose(
     store
       .ready()
       .catch((err: unknown) => log.error({ dir: config.archiveDir, err: errorMessage(err) }, "could not read the archive's index"));
-    const archiver = createArchiver({ store, reader, log, metrics: metrics.registry, now });
+    const archiver = createArchiver({
+      store,
+      reader,
+      log,
+      metrics: metrics.registry,
+      now,
+      ...(options.archiveSettleMs === undefined ? {} : { settleMs: options.archiveSettleMs }),
+    });
     closers.push(() => archiver.stop());
     // Builds that ended while petrel was down, or were still queued when it stopped, as long as the backend has them.
     const sweep = createArchiveSweep({ store, archiver, finished, leadership, log });
