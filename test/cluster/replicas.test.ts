@@ -61,6 +61,8 @@ describe("several `petrel serve` replicas against the fakes (leader elected with
     old.proxy.partition(true);
     await until(async () => (await other.health())?.leader === true, HANDOVER_MS + 3000, "hand-over");
     const after = (l: Record<string, unknown>) => Date.parse(String(l.time)) >= cut;
+    // The log line comes through the child's stderr pipe, which can trail its /health answer.
+    await until(async () => other.lines().some((l) => after(l) && l.msg?.toString().startsWith("leading")), 5000, "the log line");
     const stepped = old.lines().find((l) => after(l) && l.msg === "stepped down: no longer leading");
     const took = other.lines().find((l) => after(l) && l.msg?.toString().startsWith("leading"));
     expect(stepped).toBeDefined();
