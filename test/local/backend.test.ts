@@ -241,7 +241,7 @@ describe("local build backend", () => {
     const log = await collect(second.backend.logs(id, { type: "stdout", follow: true, offset: 0, signal: new AbortController().signal }));
     expect(log).toBe("before-crash\n");
     // The build that was still queued runs after the restart.
-    await until(async () => ((await second.backend.getBuild(queued.id))?.state === "success" ? true : undefined));
+    await until(async () => ((await second.backend.getBuild(queued.id))?.state === "success" ? true : undefined), 15_000);
   });
 
   it("keeps only the configured number of finished builds", async () => {
