@@ -196,9 +196,9 @@ describe("listing builds (fake or real Nomad)", () => {
     ] as const) {
       ids[name] = await dispatch(at(n));
       // SubmitTime orders the listing and the fake's clock has millisecond steps: the next dispatch waits for
-      // the clock to move, not for a guessed while.
+      // the clock to move past this one (forward: a VM's wall clock can also step back), not for a guessed while.
       const submitted = Date.now();
-      while (Date.now() === submitted) await new Promise((r) => setImmediate(r));
+      while (Date.now() <= submitted) await new Promise((r) => setImmediate(r));
     }
     ids.nix = await dispatch({ ...META, REPO: "acme/gadgets", REPO_URL: "https://git.example.test/acme/gadgets.git" }, other);
     await drive.run(ids.ok as string, { exitCode: 0 });
