@@ -1,4 +1,4 @@
-import { type ChildProcess, fork } from "node:child_process";
+import { fork } from "node:child_process";
 import { createHash, randomUUID } from "node:crypto";
 import { once } from "node:events";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
@@ -14,6 +14,7 @@ import { chunksOf } from "../src/util/stream.js";
 import { type NomadFake, startNomadFake } from "../test/fakes/nomad.js";
 import { builderJob } from "../test/nomad/target.js";
 import { rpc } from "./rpc.js";
+import { takeTimedLines } from "./stats.js";
 
 // Log proxy benchmark (issue 3). Two processes, as in production: a child plays Nomad (the test fake, with
 // its real 1 s heartbeat and 64 KiB frames) and the clients (curl); this process is petrel and nothing else,
@@ -342,14 +343,7 @@ async function child(): Promise<void> {
           for await (const chunk of chunksOf(res.body)) {
             const now = performance.now();
             const data = decoder ? Buffer.concat(decoder.push(chunk as Buffer).flatMap((fr) => fr.data)) : (chunk as Buffer);
-            text += data.toString();
-            let nl = text.indexOf("\n");
-            while (nl !== -1) {
-              const sent = Number(/^t=([\d.]+)$/.exec(text.slice(0, nl))?.[1]);
-              if (Number.isFinite(sent)) samples.push(now - sent);
-              text = text.slice(nl + 1);
-              nl = text.indexOf("\n");
-            }
+            text = takeTimedLines(text + data.toString(), now, samples);
           }
         } catch {
           // aborted below

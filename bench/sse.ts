@@ -26,7 +26,7 @@ import { type NomadFake, startNomadFake } from "../test/fakes/nomad.js";
 import { GITEA_TOKEN, seedFakes } from "../test/helpers/cluster.js";
 import { createSseParser } from "../test/helpers/sse.js";
 import { rpc } from "./rpc.js";
-import { percentile, verdict } from "./stats.js";
+import { percentile, takeTimedLines, verdict } from "./stats.js";
 
 const VIEWERS = Number(process.env.BENCH_SSE_VIEWERS ?? 100);
 const LINES = Number(process.env.BENCH_SSE_LINES ?? 300);
@@ -189,14 +189,7 @@ async function child(): Promise<void> {
                       first = false;
                       connected++;
                     } else if (event.event === "log") {
-                      text += event.data;
-                      let nl = text.indexOf("\n");
-                      while (nl !== -1) {
-                        const sent = Number(/^t=([\d.]+)$/.exec(text.slice(0, nl))?.[1]);
-                        if (Number.isFinite(sent)) samples.push(now - sent);
-                        text = text.slice(nl + 1);
-                        nl = text.indexOf("\n");
-                      }
+                      text = takeTimedLines(text + event.data, now, samples);
                     } else if (event.event === "end") {
                       ended++;
                     }

@@ -11,3 +11,19 @@ export function verdict(name: string, value: string, target: string, met: boolea
   process.stdout.write(`  ${name.padEnd(34)} ${value.padEnd(22)} target ${target.padEnd(14)} ${met ? "PASS" : "MISS"}\n`);
   return met;
 }
+
+/**
+ * Takes the whole `t=<ms>` lines from `text` (timestamps a writer put in the log), pushes how long ago each was
+ * written (`now` minus it) onto `samples`, and returns the unfinished rest for the next chunk.
+ */
+export function takeTimedLines(text: string, now: number, samples: number[]): string {
+  let rest = text;
+  let nl = rest.indexOf("\n");
+  while (nl !== -1) {
+    const sent = Number(/^t=([\d.]+)$/.exec(rest.slice(0, nl))?.[1]);
+    if (Number.isFinite(sent)) samples.push(now - sent);
+    rest = rest.slice(nl + 1);
+    nl = rest.indexOf("\n");
+  }
+  return rest;
+}
