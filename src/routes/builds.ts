@@ -223,7 +223,9 @@ export function createBuildsRoute(
     const follow = c.req.query("follow") !== "false" && c.req.query("follow") !== "0";
     if ((c.req.header("accept") ?? "").includes("text/event-stream")) {
       const lastId = Number(c.req.header("last-event-id") ?? c.req.query("offset") ?? 0);
-      return streamSse(c, build, type, Number.isFinite(lastId) && lastId > 0 ? lastId : 0);
+      // Only a whole byte offset (the ids petrel sends): a first viewer's offset starts the build's shared
+      // stream, and a fractional one would shift the bytes every other viewer of it gets.
+      return streamSse(c, build, type, Number.isSafeInteger(lastId) && lastId > 0 ? lastId : 0);
     }
     const offset = Number(c.req.query("offset") ?? 0);
     if (!Number.isInteger(offset) || offset < 0) throw new AppError("bad_request", "offset must be a whole number of bytes");
@@ -572,11 +574,17 @@ function chunkedFrame(text: string): Frame {
  * uncork; everything else goes through the response, which keeps the order since both append to the socket.
  */
 function nodeSink(res: ServerResponse, signal: AbortSignal): SseSink {
-  const wait = (emitter: ServerResponse | Socket) =>
-    once(emitter, "drain", { signal }).then(
-      () => undefined,
-      () => undefined,
-    );
+  // One wait per emitter however many frames (heartbeats, states) are written while the connection is full:
+  // a wait each would pile listeners on the response and the signal for as long as a viewer stalls.
+  const waits = new Map<ServerResponse | Socket, Promise<void>>();
+  const wait = (emitter: ServerResponse | Socket): Promise<void> => {
+    const pending = waits.get(emitter);
+    if (pending !== undefined) return pending;
+    const done = () => void waits.delete(emitter);
+    const waiting = once(emitter, "drain", { signal }).then(done, done);
+    waits.set(emitter, waiting);
+    return waiting;
+  };
   return {
     write(frame) {
       const socket = res.socket;

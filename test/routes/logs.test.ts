@@ -1,4 +1,4 @@
-import { getEventListeners } from "node:events";
+import { getEventListeners, once } from "node:events";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
@@ -6,13 +6,14 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createApp } from "../../src/app.js";
 import type { Build, BuildBackend, BuildReader, LogRequest } from "../../src/builds/backend.js";
+import { createBuildWatch } from "../../src/builds/watch.js";
 import type { StatusReporter } from "../../src/gitea/client.js";
 import { createMetrics } from "../../src/metrics.js";
 import { createFileRegistry } from "../../src/registry/file.js";
 import type { Registry } from "../../src/registry/schema.js";
 import { listen } from "../cli/harness.js";
 import { captureLogs } from "../helpers/log-capture.js";
-import { readSse } from "../helpers/sse.js";
+import { createSseParser, readSse } from "../helpers/sse.js";
 import { eventually } from "../helpers/wait.js";
 
 // The log endpoints of src/routes/builds.ts over a real socket, with a reader whose chunks the tests choose
@@ -78,6 +79,15 @@ const reader: BuildReader = {
   },
   cancel: async () => undefined,
 };
+
+/** A log whose chunk boundaries split a \r\n, a UTF-8 character and an escape sequence. */
+const LIVE_LOG = [
+  Buffer.from("one\r\ntwo\rthree\n\u001b[32mok\u001b[0m\r", "latin1"),
+  Buffer.from([0x0a, 0x61, 0xc3]),
+  Buffer.from([0xa9, 0x0d, 0x0a, 0xe2, 0x82]),
+  Buffer.from([0xac, 0x0d]),
+  Buffer.from("\r\nlast\rX"),
+];
 
 let server: { url: string; close(): Promise<void> };
 let registry: Registry;
@@ -325,6 +335,157 @@ describe("SSE bytes on the wire (issue 12: frames encoded once for every viewer)
     }
   });
 });
+
+describe("SSE review attacks (shared frames, direct socket writes)", () => {
+  // A second app over the same reader, with a watch that reads the build every few ms: state events then land
+  // between log frames (string frames through the response, log frames straight to the socket).
+  let flipping = false;
+  let flip = false;
+  let second: { url: string; close(): Promise<void> };
+  beforeAll(async () => {
+    const { log } = captureLogs("silent");
+    const flipReader: BuildReader = {
+      ...reader,
+      getBuild: async (id) => {
+        if (id !== ID) return undefined;
+        if (!flipping) return build(state);
+        flip = !flip;
+        return build(flip ? "running" : "queued");
+      },
+    };
+    second = await listen(
+      createApp({
+        log,
+        metrics: createMetrics({ staleness: () => ({ seconds: 0, ok: true }) }),
+        registry,
+        backend: NO_BACKEND,
+        reader: flipReader,
+        reporter: NO_REPORTS,
+        publicUrl: "https://ci.example.test",
+        defaultBuilder: "builder",
+        shutdown: shutdown.signal,
+        watch: createBuildWatch({ reader: flipReader, log, pollMs: 3, lingerMs: 0 }),
+      }),
+    );
+  });
+  afterAll(async () => {
+    flipping = false;
+    await second.close();
+  });
+
+  it("a viewer's fractional Last-Event-ID cannot shift the bytes other viewers of the shared stream get", async () => {
+    state = "running";
+    chunks = { stdout: LIVE_LOG };
+    asked.length = 0;
+    let open: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => {
+      open = resolve;
+    });
+    pace = (i) => (i === 0 ? Promise.resolve() : gate);
+    try {
+      // The first viewer starts the build's shared stream at its offset.
+      const first = sse("?type=stdout", { "last-event-id": "23.5" }).then(readSse);
+      await eventually(() => asked.length >= 1, 5000, "the first viewer's stream to open");
+      const other = sse("?type=stdout").then(readSse);
+      // The second viewer reads the bytes before the shared stream's start itself, then joins it.
+      await new Promise((r) => setTimeout(r, 200));
+      open();
+      const [, events] = await Promise.all([first, other]);
+      expect(logText(events)).toBe(
+        Buffer.concat(LIVE_LOG)
+          .toString("utf8")
+          .replace(/\r\n|\r/g, "\n"),
+      );
+    } finally {
+      open();
+      pace = undefined;
+    }
+  });
+
+  it("state events written between log frames keep the HTTP chunks and the events whole, in order", async () => {
+    state = "running";
+    const parts = Array.from({ length: 200 }, (_, i) => Buffer.from(`line ${i} ${"x".repeat(i % 37)}\n`));
+    chunks = { stdout: parts };
+    pace = () => new Promise((r) => setImmediate(r));
+    flipping = true;
+    try {
+      const { port } = new URL(second.url);
+      const socket = connect(Number(port), "127.0.0.1");
+      const path = `/builds/${encodeURIComponent(ID)}/logs?type=stdout`;
+      socket.write(`GET ${path} HTTP/1.1\r\nHost: petrel.test\r\nAccept: text/event-stream\r\n\r\n`);
+      const responses = readHttpResponses(socket, 2);
+      // Keep-alive: the connection serves the next request once the stream ended.
+      await eventually(() => asked.length > 0, 5000, "the stream to start");
+      socket.write(`GET ${path} HTTP/1.1\r\nHost: petrel.test\r\nAccept: text/event-stream\r\n\r\n`);
+      const all = await responses;
+      socket.destroy();
+      for (const response of all) {
+        const parser = createSseParser();
+        const events = [...parser.push(response.body.toString("utf8")), ...parser.end()];
+        expect(events.at(-1)?.event).toBe("end");
+        expect(logText(events)).toBe(Buffer.concat(parts).toString("utf8"));
+        const ids = events.filter((e) => e.event === "log").map((e) => Number(e.id));
+        expect(ids).toEqual([...ids].sort((a, b) => a - b));
+        expect(events.filter((e) => e.event === "state").length).toBeGreaterThan(0);
+      }
+    } finally {
+      flipping = false;
+      pace = undefined;
+    }
+  });
+
+  it("a stalled viewer adds no listener per frame written while its connection is full", async () => {
+    state = "running";
+    const mb = Buffer.alloc(1024 * 1024, "x");
+    chunks = { stdout: Array.from({ length: 8 }, () => mb) };
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(`${w.name}: ${w.message}`);
+    process.on("warning", onWarning);
+    const { port } = new URL(second.url);
+    const socket = connect(Number(port), "127.0.0.1");
+    socket.pause();
+    try {
+      const path = `/builds/${encodeURIComponent(ID)}/logs?type=stdout`;
+      socket.write(`GET ${path} HTTP/1.1\r\nHost: petrel.test\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n`);
+      // The viewer reads nothing: its connection fills, and every state the watch reads is written behind it.
+      flipping = true;
+      await new Promise((r) => setTimeout(r, 600));
+      flipping = false;
+      const received: Buffer[] = [];
+      socket.on("data", (d: Buffer) => received.push(d));
+      const closed = once(socket, "close");
+      socket.resume();
+      await closed;
+      const response = Buffer.concat(received);
+      const body = dechunk(response.subarray(response.indexOf("\r\n\r\n") + 4));
+      const parser = createSseParser();
+      const events = [...parser.push(body.toString("utf8")), ...parser.end()];
+      expect(events.at(-1)?.event).toBe("end");
+      expect(logText(events).length).toBe(8 * mb.length);
+      expect(events.filter((e) => e.event === "state").length).toBeGreaterThan(12);
+      expect(warnings.filter((w) => w.includes("MaxListenersExceeded"))).toEqual([]);
+    } finally {
+      flipping = false;
+      process.off("warning", onWarning);
+      socket.destroy();
+    }
+  });
+});
+
+/** A whole chunked body (ending with its last chunk), decoded. */
+function dechunk(buf: Buffer): Buffer {
+  const parts: Buffer[] = [];
+  let at = 0;
+  for (;;) {
+    const line = buf.indexOf("\r\n", at);
+    const size = Number.parseInt(buf.subarray(at, line).toString("latin1"), 16);
+    if (Number.isNaN(size)) throw new Error(`not a chunk size at ${at}`);
+    if (buf.subarray(line + 2 + size, line + 4 + size).toString("latin1") !== "\r\n") throw new Error("a chunk does not end with CRLF");
+    if (size === 0) return Buffer.concat(parts);
+    parts.push(buf.subarray(line + 2, line + 2 + size));
+    at = line + 4 + size;
+  }
+}
 
 /**
  * Reads `count` HTTP/1.1 responses from a raw connection, undoing the chunked transfer coding by hand, so a
