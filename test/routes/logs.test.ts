@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createApp } from "../../src/app.js";
 import type { Build, BuildBackend, BuildReader, LogRequest } from "../../src/builds/backend.js";
-import { createBuildWatch } from "../../src/builds/watch.js";
+import { type BuildWatch, createBuildWatch } from "../../src/builds/watch.js";
 import type { StatusReporter } from "../../src/gitea/client.js";
 import { createMetrics } from "../../src/metrics.js";
 import { createFileRegistry } from "../../src/registry/file.js";
@@ -342,6 +342,8 @@ describe("SSE review attacks (shared frames, direct socket writes)", () => {
   let flipping = false;
   let flip = false;
   let second: { url: string; close(): Promise<void> };
+  let secondWatch: BuildWatch;
+  const secondShutdown = new AbortController();
   beforeAll(async () => {
     const { log } = captureLogs("silent");
     const flipReader: BuildReader = {
@@ -353,6 +355,7 @@ describe("SSE review attacks (shared frames, direct socket writes)", () => {
         return build(flip ? "running" : "queued");
       },
     };
+    secondWatch = createBuildWatch({ reader: flipReader, log, pollMs: 3, lingerMs: 0 });
     second = await listen(
       createApp({
         log,
@@ -363,8 +366,8 @@ describe("SSE review attacks (shared frames, direct socket writes)", () => {
         reporter: NO_REPORTS,
         publicUrl: "https://ci.example.test",
         defaultBuilder: "builder",
-        shutdown: shutdown.signal,
-        watch: createBuildWatch({ reader: flipReader, log, pollMs: 3, lingerMs: 0 }),
+        shutdown: secondShutdown.signal,
+        watch: secondWatch,
       }),
     );
   });
@@ -467,6 +470,83 @@ describe("SSE review attacks (shared frames, direct socket writes)", () => {
     } finally {
       flipping = false;
       process.off("warning", onWarning);
+      socket.destroy();
+    }
+  });
+  describe.each([
+    ["closes its connection mid-frame", (socket: Socket) => socket.destroy()],
+    ["half-closes its connection (sends FIN, keeps reading)", (socket: Socket) => socket.end()],
+  ])("a viewer that %s", (_, leave) => {
+    it("lets go of the shared stream and the shutdown signal, and the server serves the next viewer", async () => {
+      state = "running";
+      const mb = Buffer.alloc(1024 * 1024, "y");
+      let open: () => void = () => undefined;
+      const gate = new Promise<void>((resolve) => {
+        open = resolve;
+      });
+      // The log keeps coming after the viewer left.
+      chunks = { stdout: [mb, mb, mb, mb, Buffer.from("tail\n")] };
+      pace = (i) => (i < 2 ? Promise.resolve() : gate);
+      const { port } = new URL(second.url);
+      const socket = connect(Number(port), "127.0.0.1");
+      socket.on("error", () => undefined);
+      try {
+        const path = `/builds/${encodeURIComponent(ID)}/logs?type=stdout`;
+        socket.write(`GET ${path} HTTP/1.1\r\nHost: petrel.test\r\nAccept: text/event-stream\r\n\r\n`);
+        let got = 0;
+        socket.on("data", (d: Buffer) => {
+          got += d.length;
+        });
+        // Part of a 1 MiB frame arrived: the viewer leaves in the middle of it.
+        await eventually(() => got > 300_000, 5000, "part of the first frame");
+        leave(socket);
+        await new Promise((r) => setTimeout(r, 50));
+        open();
+        await eventually(() => secondWatch.streams() === 0, 5000, "the shared stream to end");
+        await eventually(() => getEventListeners(secondShutdown.signal, "abort").length === 0, 5000, "the signal to be let go");
+      } finally {
+        open();
+        pace = undefined;
+        socket.destroy();
+      }
+      chunks = { stdout: bytes("next\n") };
+      const events = await readSse(
+        await fetch(`${second.url}/builds/${encodeURIComponent(ID)}/logs?type=stdout`, { headers: { accept: "text/event-stream" } }),
+      );
+      expect(logText(events)).toBe("next\n");
+    });
+  });
+
+  // Last: petrel's shutdown signal, once aborted, stays so.
+  it("ends a live viewer's response at petrel's shutdown with a last chunk, nothing after it", async () => {
+    state = "running";
+    let open: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => {
+      open = resolve;
+    });
+    chunks = { stdout: bytes("before\n", "after\n") };
+    pace = (i) => (i === 0 ? Promise.resolve() : gate);
+    const { port } = new URL(second.url);
+    const socket = connect(Number(port), "127.0.0.1");
+    try {
+      const received: Buffer[] = [];
+      socket.on("data", (d: Buffer) => received.push(d));
+      const path = `/builds/${encodeURIComponent(ID)}/logs?type=stdout`;
+      socket.write(`GET ${path} HTTP/1.1\r\nHost: petrel.test\r\nAccept: text/event-stream\r\n\r\n`);
+      await eventually(() => Buffer.concat(received).includes("before"), 5000, "the first frame");
+      secondShutdown.abort();
+      await eventually(() => Buffer.concat(received).toString("latin1").endsWith("\r\n0\r\n\r\n"), 5000, "the response to end");
+      open();
+      await new Promise((r) => setTimeout(r, 100));
+      const response = Buffer.concat(received);
+      const body = dechunk(response.subarray(response.indexOf("\r\n\r\n") + 4));
+      // The last chunk ends the bytes: a frame written after it would be read as the next response.
+      expect(response.toString("latin1").endsWith("\r\n0\r\n\r\n")).toBe(true);
+      const parser = createSseParser();
+      expect(logText([...parser.push(body.toString("utf8")), ...parser.end()])).toBe("before\n");
+    } finally {
+      open();
+      pace = undefined;
       socket.destroy();
     }
   });
