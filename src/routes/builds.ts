@@ -398,13 +398,14 @@ export function createBuildsRoute(
     // HEAD (answered by this GET route) has no body: Node drops a body written through the response, not one
     // written to the socket.
     if (outgoing instanceof ServerResponse && c.req.method === "GET") {
-      // The headers hono's streamSSE sends, in its order.
+      // The headers hono's streamSSE sends, in its order, but for `Connection`: Node's own says keep-alive, or
+      // close when the client asked for it, and then closes; a `keep-alive` of ours would hold the connection
+      // open after the response for the keep-alive timeout.
       outgoing.writeHead(200, {
         "x-accel-buffering": "no",
         "transfer-encoding": "chunked",
         "content-type": "text/event-stream",
         "cache-control": "no-cache",
-        connection: "keep-alive",
       });
       outgoing.flushHeaders();
       outgoing.once("close", () => abort.abort());

@@ -517,6 +517,76 @@ describe("SSE review attacks (shared frames, direct socket writes)", () => {
     });
   });
 
+  it("cuts a stalled viewer off where it can resume once others outran it by the buffer, holding no more of the log", async () => {
+    state = "running";
+    const parts = Array.from({ length: 8 }, (_, i) => Buffer.alloc(1024 * 1024, String.fromCharCode(0x61 + i)));
+    chunks = { stdout: parts };
+    const { port } = new URL(second.url);
+    const path = `/builds/${encodeURIComponent(ID)}/logs?type=stdout`;
+    const request = `GET ${path} HTTP/1.1\r\nHost: petrel.test\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n`;
+    const slow = connect(Number(port), "127.0.0.1");
+    const fast = connect(Number(port), "127.0.0.1");
+    try {
+      slow.pause();
+      const slowData: Buffer[] = [];
+      slow.on("data", (d: Buffer) => slowData.push(d));
+      slow.write(request);
+      await new Promise((r) => setTimeout(r, 100));
+      const fastData: Buffer[] = [];
+      fast.on("data", (d: Buffer) => fastData.push(d));
+      const fastClosed = once(fast, "close");
+      fast.write(request);
+      const t0 = Date.now();
+      await fastClosed;
+      console.log("fast", Date.now() - t0);
+      const readAll = (data: Buffer[]) => {
+        const response = Buffer.concat(data);
+        const parser = createSseParser();
+        return [...parser.push(dechunk(response.subarray(response.indexOf("\r\n\r\n") + 4)).toString("latin1")), ...parser.end()];
+      };
+      expect(logText(readAll(fastData))).toBe(Buffer.concat(parts).toString("latin1"));
+      const slowClosed = once(slow, "close");
+      slow.resume();
+      const t1 = Date.now();
+      await slowClosed;
+      console.log("slow", Date.now() - t1);
+      const events = readAll(slowData);
+      const logs = events.filter((e) => e.event === "log");
+      expect(events.at(-1)?.event).toBe("error");
+      expect(events.at(-1)?.data).toContain("resume from offset");
+      // What it got is the log up to its last id, whole: it resumes there.
+      const lastId = Number(logs.at(-1)?.id ?? 0);
+      expect(logText(events)).toBe(Buffer.concat(parts).subarray(0, lastId).toString("latin1"));
+      expect(lastId).toBeLessThan(8 * 1024 * 1024);
+    } finally {
+      slow.destroy();
+      fast.destroy();
+    }
+  });
+
+  it("closes the connection after the response when the client asked for Connection: close", async () => {
+    state = "failure";
+    chunks = { stdout: bytes("done\n") };
+    const { port } = new URL(second.url);
+    const socket = connect(Number(port), "127.0.0.1");
+    try {
+      const received: Buffer[] = [];
+      socket.on("data", (d: Buffer) => received.push(d));
+      const path = `/builds/${encodeURIComponent(ID)}/logs?type=stdout`;
+      const closed = once(socket, "close");
+      const started = Date.now();
+      socket.write(`GET ${path} HTTP/1.1\r\nHost: petrel.test\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n`);
+      await closed;
+      // Not held open until the keep-alive timeout (5 s) after a response that said it would close.
+      expect(Date.now() - started).toBeLessThan(2000);
+      const response = Buffer.concat(received).toString("latin1");
+      expect(response.toLowerCase()).toContain("\r\nconnection: close\r\n");
+      expect(response.endsWith("\r\n0\r\n\r\n")).toBe(true);
+    } finally {
+      socket.destroy();
+    }
+  });
+
   // Last: petrel's shutdown signal, once aborted, stays so.
   it("ends a live viewer's response at petrel's shutdown with a last chunk, nothing after it", async () => {
     state = "running";
