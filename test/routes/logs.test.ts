@@ -405,6 +405,34 @@ describe("SSE review attacks (shared frames, direct socket writes)", () => {
     }
   });
 
+  it("a viewer holding back a \\r and one resuming after it each get their own frame of the same live chunk", async () => {
+    state = "running";
+    chunks = { stdout: bytes("ab\r", "\ncd\r", "\nef") };
+    asked.length = 0;
+    let open: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => {
+      open = resolve;
+    });
+    pace = (i) => (i === 0 ? Promise.resolve() : gate);
+    try {
+      const fromStart = sse("?type=stdout").then(readSse);
+      await eventually(() => asked.length >= 1, 5000, "the shared stream to open");
+      await new Promise((r) => setTimeout(r, 100));
+      // Resumes right after the held-back \r: no \r of its own, at the same live chunk as the first viewer.
+      const resumed = sse("?type=stdout&offset=3").then(readSse);
+      await new Promise((r) => setTimeout(r, 150));
+      open();
+      const [a, b] = await Promise.all([fromStart, resumed]);
+      expect(logText(a)).toBe("ab\ncd\nef");
+      expect(logText(b)).toBe("\ncd\nef");
+      expect(a.filter((e) => e.event === "log").map((e) => e.id)).toEqual(["2", "6", "10"]);
+      expect(b.filter((e) => e.event === "log").map((e) => e.id)).toEqual(["6", "10"]);
+    } finally {
+      open();
+      pace = undefined;
+    }
+  });
+
   it("state events written between log frames keep the HTTP chunks and the events whole, in order", async () => {
     state = "running";
     const parts = Array.from({ length: 200 }, (_, i) => Buffer.from(`line ${i} ${"x".repeat(i % 37)}\n`));
