@@ -223,7 +223,9 @@ export function createBuildsRoute(
     const follow = c.req.query("follow") !== "false" && c.req.query("follow") !== "0";
     if ((c.req.header("accept") ?? "").includes("text/event-stream")) {
       const lastId = Number(c.req.header("last-event-id") ?? c.req.query("offset") ?? 0);
-      return streamSse(c, build, type, Number.isFinite(lastId) && lastId > 0 ? lastId : 0);
+      // Only a whole byte offset (the ids petrel sends): a first viewer's offset starts the build's shared
+      // stream, and a fractional one would shift the bytes every other viewer of it gets.
+      return streamSse(c, build, type, Number.isSafeInteger(lastId) && lastId > 0 ? lastId : 0);
     }
     const offset = Number(c.req.query("offset") ?? 0);
     if (!Number.isInteger(offset) || offset < 0) throw new AppError("bad_request", "offset must be a whole number of bytes");
@@ -396,13 +398,14 @@ export function createBuildsRoute(
     // HEAD (answered by this GET route) has no body: Node drops a body written through the response, not one
     // written to the socket.
     if (outgoing instanceof ServerResponse && c.req.method === "GET") {
-      // The headers hono's streamSSE sends, in its order.
+      // The headers hono's streamSSE sends, in its order, but for `Connection`: Node's own says keep-alive, or
+      // close when the client asked for it, and then closes; a `keep-alive` of ours would hold the connection
+      // open after the response for the keep-alive timeout.
       outgoing.writeHead(200, {
         "x-accel-buffering": "no",
         "transfer-encoding": "chunked",
         "content-type": "text/event-stream",
         "cache-control": "no-cache",
-        connection: "keep-alive",
       });
       outgoing.flushHeaders();
       outgoing.once("close", () => abort.abort());
@@ -572,11 +575,17 @@ function chunkedFrame(text: string): Frame {
  * uncork; everything else goes through the response, which keeps the order since both append to the socket.
  */
 function nodeSink(res: ServerResponse, signal: AbortSignal): SseSink {
-  const wait = (emitter: ServerResponse | Socket) =>
-    once(emitter, "drain", { signal }).then(
-      () => undefined,
-      () => undefined,
-    );
+  // One wait per emitter however many frames (heartbeats, states) are written while the connection is full:
+  // a wait each would pile listeners on the response and the signal for as long as a viewer stalls.
+  const waits = new Map<ServerResponse | Socket, Promise<void>>();
+  const wait = (emitter: ServerResponse | Socket): Promise<void> => {
+    const pending = waits.get(emitter);
+    if (pending !== undefined) return pending;
+    const done = () => void waits.delete(emitter);
+    const waiting = once(emitter, "drain", { signal }).then(done, done);
+    waits.set(emitter, waiting);
+    return waiting;
+  };
   return {
     write(frame) {
       const socket = res.socket;

@@ -1,4 +1,4 @@
-import { getEventListeners } from "node:events";
+import { getEventListeners, once } from "node:events";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
@@ -6,13 +6,14 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createApp } from "../../src/app.js";
 import type { Build, BuildBackend, BuildReader, LogRequest } from "../../src/builds/backend.js";
+import { type BuildWatch, createBuildWatch } from "../../src/builds/watch.js";
 import type { StatusReporter } from "../../src/gitea/client.js";
 import { createMetrics } from "../../src/metrics.js";
 import { createFileRegistry } from "../../src/registry/file.js";
 import type { Registry } from "../../src/registry/schema.js";
 import { listen } from "../cli/harness.js";
 import { captureLogs } from "../helpers/log-capture.js";
-import { readSse } from "../helpers/sse.js";
+import { createSseParser, readSse } from "../helpers/sse.js";
 import { eventually } from "../helpers/wait.js";
 
 // The log endpoints of src/routes/builds.ts over a real socket, with a reader whose chunks the tests choose
@@ -78,6 +79,15 @@ const reader: BuildReader = {
   },
   cancel: async () => undefined,
 };
+
+/** A log whose chunk boundaries split a \r\n, a UTF-8 character and an escape sequence. */
+const LIVE_LOG = [
+  Buffer.from("one\r\ntwo\rthree\n\u001b[32mok\u001b[0m\r", "latin1"),
+  Buffer.from([0x0a, 0x61, 0xc3]),
+  Buffer.from([0xa9, 0x0d, 0x0a, 0xe2, 0x82]),
+  Buffer.from([0xac, 0x0d]),
+  Buffer.from("\r\nlast\rX"),
+];
 
 let server: { url: string; close(): Promise<void> };
 let registry: Registry;
@@ -325,6 +335,335 @@ describe("SSE bytes on the wire (issue 12: frames encoded once for every viewer)
     }
   });
 });
+
+describe("SSE review attacks (shared frames, direct socket writes)", () => {
+  // A second app over the same reader, with a watch that reads the build every few ms: state events then land
+  // between log frames (string frames through the response, log frames straight to the socket).
+  let flipping = false;
+  let flip = false;
+  let second: { url: string; close(): Promise<void> };
+  let secondWatch: BuildWatch;
+  const secondShutdown = new AbortController();
+  beforeAll(async () => {
+    const { log } = captureLogs("silent");
+    const flipReader: BuildReader = {
+      ...reader,
+      getBuild: async (id) => {
+        if (id !== ID) return undefined;
+        if (!flipping) return build(state);
+        flip = !flip;
+        return build(flip ? "running" : "queued");
+      },
+    };
+    secondWatch = createBuildWatch({ reader: flipReader, log, pollMs: 3, lingerMs: 0 });
+    second = await listen(
+      createApp({
+        log,
+        metrics: createMetrics({ staleness: () => ({ seconds: 0, ok: true }) }),
+        registry,
+        backend: NO_BACKEND,
+        reader: flipReader,
+        reporter: NO_REPORTS,
+        publicUrl: "https://ci.example.test",
+        defaultBuilder: "builder",
+        shutdown: secondShutdown.signal,
+        watch: secondWatch,
+      }),
+    );
+  });
+  afterAll(async () => {
+    flipping = false;
+    await second.close();
+  });
+
+  it("a viewer's fractional Last-Event-ID cannot shift the bytes other viewers of the shared stream get", async () => {
+    state = "running";
+    chunks = { stdout: LIVE_LOG };
+    asked.length = 0;
+    let open: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => {
+      open = resolve;
+    });
+    pace = (i) => (i === 0 ? Promise.resolve() : gate);
+    try {
+      // The first viewer starts the build's shared stream at its offset.
+      const first = sse("?type=stdout", { "last-event-id": "23.5" }).then(readSse);
+      await eventually(() => asked.length >= 1, 5000, "the first viewer's stream to open");
+      const other = sse("?type=stdout").then(readSse);
+      // The second viewer reads the bytes before the shared stream's start itself, then joins it.
+      await new Promise((r) => setTimeout(r, 200));
+      open();
+      const [, events] = await Promise.all([first, other]);
+      expect(logText(events)).toBe(
+        Buffer.concat(LIVE_LOG)
+          .toString("utf8")
+          .replace(/\r\n|\r/g, "\n"),
+      );
+    } finally {
+      open();
+      pace = undefined;
+    }
+  });
+
+  it("a viewer holding back a \\r and one resuming after it each get their own frame of the same live chunk", async () => {
+    state = "running";
+    chunks = { stdout: bytes("ab\r", "\ncd\r", "\nef") };
+    asked.length = 0;
+    let open: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => {
+      open = resolve;
+    });
+    pace = (i) => (i === 0 ? Promise.resolve() : gate);
+    try {
+      const fromStart = sse("?type=stdout").then(readSse);
+      await eventually(() => asked.length >= 1, 5000, "the shared stream to open");
+      await new Promise((r) => setTimeout(r, 100));
+      // Resumes right after the held-back \r: no \r of its own, at the same live chunk as the first viewer.
+      const resumed = sse("?type=stdout&offset=3").then(readSse);
+      await new Promise((r) => setTimeout(r, 150));
+      open();
+      const [a, b] = await Promise.all([fromStart, resumed]);
+      expect(logText(a)).toBe("ab\ncd\nef");
+      expect(logText(b)).toBe("\ncd\nef");
+      expect(a.filter((e) => e.event === "log").map((e) => e.id)).toEqual(["2", "6", "10"]);
+      expect(b.filter((e) => e.event === "log").map((e) => e.id)).toEqual(["6", "10"]);
+    } finally {
+      open();
+      pace = undefined;
+    }
+  });
+
+  it("state events written between log frames keep the HTTP chunks and the events whole, in order", async () => {
+    state = "running";
+    const parts = Array.from({ length: 200 }, (_, i) => Buffer.from(`line ${i} ${"x".repeat(i % 37)}\n`));
+    chunks = { stdout: parts };
+    pace = () => new Promise((r) => setImmediate(r));
+    flipping = true;
+    try {
+      const { port } = new URL(second.url);
+      const socket = connect(Number(port), "127.0.0.1");
+      const path = `/builds/${encodeURIComponent(ID)}/logs?type=stdout`;
+      socket.write(`GET ${path} HTTP/1.1\r\nHost: petrel.test\r\nAccept: text/event-stream\r\n\r\n`);
+      const responses = readHttpResponses(socket, 2);
+      // Keep-alive: the connection serves the next request once the stream ended.
+      await eventually(() => asked.length > 0, 5000, "the stream to start");
+      socket.write(`GET ${path} HTTP/1.1\r\nHost: petrel.test\r\nAccept: text/event-stream\r\n\r\n`);
+      const all = await responses;
+      socket.destroy();
+      for (const response of all) {
+        const parser = createSseParser();
+        const events = [...parser.push(response.body.toString("utf8")), ...parser.end()];
+        expect(events.at(-1)?.event).toBe("end");
+        expect(logText(events)).toBe(Buffer.concat(parts).toString("utf8"));
+        const ids = events.filter((e) => e.event === "log").map((e) => Number(e.id));
+        expect(ids).toEqual([...ids].sort((a, b) => a - b));
+        expect(events.filter((e) => e.event === "state").length).toBeGreaterThan(0);
+      }
+    } finally {
+      flipping = false;
+      pace = undefined;
+    }
+  });
+
+  it("a stalled viewer adds no listener per frame written while its connection is full", async () => {
+    state = "running";
+    const mb = Buffer.alloc(1024 * 1024, "x");
+    chunks = { stdout: Array.from({ length: 8 }, () => mb) };
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(`${w.name}: ${w.message}`);
+    process.on("warning", onWarning);
+    const { port } = new URL(second.url);
+    const socket = connect(Number(port), "127.0.0.1");
+    socket.pause();
+    try {
+      const path = `/builds/${encodeURIComponent(ID)}/logs?type=stdout`;
+      socket.write(`GET ${path} HTTP/1.1\r\nHost: petrel.test\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n`);
+      // The viewer reads nothing: its connection fills, and every state the watch reads is written behind it.
+      flipping = true;
+      await new Promise((r) => setTimeout(r, 600));
+      flipping = false;
+      const received: Buffer[] = [];
+      socket.on("data", (d: Buffer) => received.push(d));
+      const closed = once(socket, "close");
+      socket.resume();
+      await closed;
+      const response = Buffer.concat(received);
+      const body = dechunk(response.subarray(response.indexOf("\r\n\r\n") + 4));
+      const parser = createSseParser();
+      const events = [...parser.push(body.toString("utf8")), ...parser.end()];
+      expect(events.at(-1)?.event).toBe("end");
+      expect(logText(events).length).toBe(8 * mb.length);
+      expect(events.filter((e) => e.event === "state").length).toBeGreaterThan(12);
+      expect(warnings.filter((w) => w.includes("MaxListenersExceeded"))).toEqual([]);
+    } finally {
+      flipping = false;
+      process.off("warning", onWarning);
+      socket.destroy();
+    }
+  });
+  describe.each([
+    ["closes its connection mid-frame", (socket: Socket) => socket.destroy()],
+    ["half-closes its connection (sends FIN, keeps reading)", (socket: Socket) => socket.end()],
+  ])("a viewer that %s", (_, leave) => {
+    it("lets go of the shared stream and the shutdown signal, and the server serves the next viewer", async () => {
+      state = "running";
+      const mb = Buffer.alloc(1024 * 1024, "y");
+      let open: () => void = () => undefined;
+      const gate = new Promise<void>((resolve) => {
+        open = resolve;
+      });
+      // The log keeps coming after the viewer left.
+      chunks = { stdout: [mb, mb, mb, mb, Buffer.from("tail\n")] };
+      pace = (i) => (i < 2 ? Promise.resolve() : gate);
+      const { port } = new URL(second.url);
+      const socket = connect(Number(port), "127.0.0.1");
+      socket.on("error", () => undefined);
+      try {
+        const path = `/builds/${encodeURIComponent(ID)}/logs?type=stdout`;
+        socket.write(`GET ${path} HTTP/1.1\r\nHost: petrel.test\r\nAccept: text/event-stream\r\n\r\n`);
+        let got = 0;
+        socket.on("data", (d: Buffer) => {
+          got += d.length;
+        });
+        // Part of a 1 MiB frame arrived: the viewer leaves in the middle of it.
+        await eventually(() => got > 300_000, 5000, "part of the first frame");
+        leave(socket);
+        await new Promise((r) => setTimeout(r, 50));
+        open();
+        await eventually(() => secondWatch.streams() === 0, 5000, "the shared stream to end");
+        await eventually(() => getEventListeners(secondShutdown.signal, "abort").length === 0, 5000, "the signal to be let go");
+      } finally {
+        open();
+        pace = undefined;
+        socket.destroy();
+      }
+      chunks = { stdout: bytes("next\n") };
+      const events = await readSse(
+        await fetch(`${second.url}/builds/${encodeURIComponent(ID)}/logs?type=stdout`, { headers: { accept: "text/event-stream" } }),
+      );
+      expect(logText(events)).toBe("next\n");
+    });
+  });
+
+  it("cuts a stalled viewer off where it can resume once others outran it by the buffer, holding no more of the log", async () => {
+    state = "running";
+    const parts = Array.from({ length: 8 }, (_, i) => Buffer.alloc(1024 * 1024, String.fromCharCode(0x61 + i)));
+    chunks = { stdout: parts };
+    const { port } = new URL(second.url);
+    const path = `/builds/${encodeURIComponent(ID)}/logs?type=stdout`;
+    const request = `GET ${path} HTTP/1.1\r\nHost: petrel.test\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n`;
+    const slow = connect(Number(port), "127.0.0.1");
+    const fast = connect(Number(port), "127.0.0.1");
+    try {
+      slow.pause();
+      const slowData: Buffer[] = [];
+      slow.on("data", (d: Buffer) => slowData.push(d));
+      slow.write(request);
+      await new Promise((r) => setTimeout(r, 100));
+      const fastData: Buffer[] = [];
+      fast.on("data", (d: Buffer) => fastData.push(d));
+      const fastClosed = once(fast, "close");
+      fast.write(request);
+      const t0 = Date.now();
+      await fastClosed;
+      console.log("fast", Date.now() - t0);
+      const readAll = (data: Buffer[]) => {
+        const response = Buffer.concat(data);
+        const parser = createSseParser();
+        return [...parser.push(dechunk(response.subarray(response.indexOf("\r\n\r\n") + 4)).toString("latin1")), ...parser.end()];
+      };
+      expect(logText(readAll(fastData))).toBe(Buffer.concat(parts).toString("latin1"));
+      const slowClosed = once(slow, "close");
+      slow.resume();
+      const t1 = Date.now();
+      await slowClosed;
+      console.log("slow", Date.now() - t1);
+      const events = readAll(slowData);
+      const logs = events.filter((e) => e.event === "log");
+      expect(events.at(-1)?.event).toBe("error");
+      expect(events.at(-1)?.data).toContain("resume from offset");
+      // What it got is the log up to its last id, whole: it resumes there.
+      const lastId = Number(logs.at(-1)?.id ?? 0);
+      expect(logText(events)).toBe(Buffer.concat(parts).subarray(0, lastId).toString("latin1"));
+      expect(lastId).toBeLessThan(8 * 1024 * 1024);
+    } finally {
+      slow.destroy();
+      fast.destroy();
+    }
+  });
+
+  it("closes the connection after the response when the client asked for Connection: close", async () => {
+    state = "failure";
+    chunks = { stdout: bytes("done\n") };
+    const { port } = new URL(second.url);
+    const socket = connect(Number(port), "127.0.0.1");
+    try {
+      const received: Buffer[] = [];
+      socket.on("data", (d: Buffer) => received.push(d));
+      const path = `/builds/${encodeURIComponent(ID)}/logs?type=stdout`;
+      const closed = once(socket, "close");
+      const started = Date.now();
+      socket.write(`GET ${path} HTTP/1.1\r\nHost: petrel.test\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n`);
+      await closed;
+      // Not held open until the keep-alive timeout (5 s) after a response that said it would close.
+      expect(Date.now() - started).toBeLessThan(2000);
+      const response = Buffer.concat(received).toString("latin1");
+      expect(response.toLowerCase()).toContain("\r\nconnection: close\r\n");
+      expect(response.endsWith("\r\n0\r\n\r\n")).toBe(true);
+    } finally {
+      socket.destroy();
+    }
+  });
+
+  // Last: petrel's shutdown signal, once aborted, stays so.
+  it("ends a live viewer's response at petrel's shutdown with a last chunk, nothing after it", async () => {
+    state = "running";
+    let open: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => {
+      open = resolve;
+    });
+    chunks = { stdout: bytes("before\n", "after\n") };
+    pace = (i) => (i === 0 ? Promise.resolve() : gate);
+    const { port } = new URL(second.url);
+    const socket = connect(Number(port), "127.0.0.1");
+    try {
+      const received: Buffer[] = [];
+      socket.on("data", (d: Buffer) => received.push(d));
+      const path = `/builds/${encodeURIComponent(ID)}/logs?type=stdout`;
+      socket.write(`GET ${path} HTTP/1.1\r\nHost: petrel.test\r\nAccept: text/event-stream\r\n\r\n`);
+      await eventually(() => Buffer.concat(received).includes("before"), 5000, "the first frame");
+      secondShutdown.abort();
+      await eventually(() => Buffer.concat(received).toString("latin1").endsWith("\r\n0\r\n\r\n"), 5000, "the response to end");
+      open();
+      await new Promise((r) => setTimeout(r, 100));
+      const response = Buffer.concat(received);
+      const body = dechunk(response.subarray(response.indexOf("\r\n\r\n") + 4));
+      // The last chunk ends the bytes: a frame written after it would be read as the next response.
+      expect(response.toString("latin1").endsWith("\r\n0\r\n\r\n")).toBe(true);
+      const parser = createSseParser();
+      expect(logText([...parser.push(body.toString("utf8")), ...parser.end()])).toBe("before\n");
+    } finally {
+      open();
+      pace = undefined;
+      socket.destroy();
+    }
+  });
+});
+
+/** A whole chunked body (ending with its last chunk), decoded. */
+function dechunk(buf: Buffer): Buffer {
+  const parts: Buffer[] = [];
+  let at = 0;
+  for (;;) {
+    const line = buf.indexOf("\r\n", at);
+    const size = Number.parseInt(buf.subarray(at, line).toString("latin1"), 16);
+    if (Number.isNaN(size)) throw new Error(`not a chunk size at ${at}`);
+    if (buf.subarray(line + 2 + size, line + 4 + size).toString("latin1") !== "\r\n") throw new Error("a chunk does not end with CRLF");
+    if (size === 0) return Buffer.concat(parts);
+    parts.push(buf.subarray(line + 2, line + 2 + size));
+    at = line + 4 + size;
+  }
+}
 
 /**
  * Reads `count` HTTP/1.1 responses from a raw connection, undoing the chunked transfer coding by hand, so a
