@@ -53,6 +53,15 @@ const asked: LogRequest[] = [];
 let state: Build["state"] = "failure";
 /** When set, the reader waits for it before it yields chunk `i`, so a test decides which chunks arrive together. */
 let pace: ((i: number) => Promise<void>) | undefined;
+/** Lets the reader's first `n` chunks through and holds the rest until the returned function is called. */
+function holdAfter(n: number): () => void {
+  let open: () => void = () => undefined;
+  const gate = new Promise<void>((resolve) => {
+    open = resolve;
+  });
+  pace = (i) => (i < n ? Promise.resolve() : gate);
+  return () => open();
+}
 /** When set, the reader throws it after its last chunk. */
 let failure: Error | undefined;
 /** Reads of the build: one per request that reached the route. */
@@ -271,11 +280,7 @@ describe("SSE bytes on the wire (issue 12: frames encoded once for every viewer)
     state = "running";
     chunks = { stdout: LOG };
     gets = 0;
-    let open: () => void = () => undefined;
-    const gate = new Promise<void>((resolve) => {
-      open = resolve;
-    });
-    pace = () => gate;
+    const open = holdAfter(0);
     try {
       const { port } = new URL(server.url);
       const socket = connect(Number(port), "127.0.0.1");
@@ -380,11 +385,7 @@ describe("SSE review attacks (shared frames, direct socket writes)", () => {
     state = "running";
     chunks = { stdout: LIVE_LOG };
     asked.length = 0;
-    let open: () => void = () => undefined;
-    const gate = new Promise<void>((resolve) => {
-      open = resolve;
-    });
-    pace = (i) => (i === 0 ? Promise.resolve() : gate);
+    const open = holdAfter(1);
     try {
       // The first viewer starts the build's shared stream at its offset.
       const first = sse("?type=stdout", { "last-event-id": "23.5" }).then(readSse);
@@ -409,11 +410,7 @@ describe("SSE review attacks (shared frames, direct socket writes)", () => {
     state = "running";
     chunks = { stdout: bytes("ab\r", "\ncd\r", "\nef") };
     asked.length = 0;
-    let open: () => void = () => undefined;
-    const gate = new Promise<void>((resolve) => {
-      open = resolve;
-    });
-    pace = (i) => (i === 0 ? Promise.resolve() : gate);
+    const open = holdAfter(1);
     try {
       const fromStart = sse("?type=stdout").then(readSse);
       await eventually(() => asked.length >= 1, 5000, "the shared stream to open");
@@ -508,13 +505,9 @@ describe("SSE review attacks (shared frames, direct socket writes)", () => {
     it("lets go of the shared stream and the shutdown signal, and the server serves the next viewer", async () => {
       state = "running";
       const mb = Buffer.alloc(1024 * 1024, "y");
-      let open: () => void = () => undefined;
-      const gate = new Promise<void>((resolve) => {
-        open = resolve;
-      });
       // The log keeps coming after the viewer left.
       chunks = { stdout: [mb, mb, mb, mb, Buffer.from("tail\n")] };
-      pace = (i) => (i < 2 ? Promise.resolve() : gate);
+      const open = holdAfter(2);
       const { port } = new URL(second.url);
       const socket = connect(Number(port), "127.0.0.1");
       socket.on("error", () => undefined);
@@ -618,12 +611,8 @@ describe("SSE review attacks (shared frames, direct socket writes)", () => {
   // Last: petrel's shutdown signal, once aborted, stays so.
   it("ends a live viewer's response at petrel's shutdown with a last chunk, nothing after it", async () => {
     state = "running";
-    let open: () => void = () => undefined;
-    const gate = new Promise<void>((resolve) => {
-      open = resolve;
-    });
     chunks = { stdout: bytes("before\n", "after\n") };
-    pace = (i) => (i === 0 ? Promise.resolve() : gate);
+    const open = holdAfter(1);
     const { port } = new URL(second.url);
     const socket = connect(Number(port), "127.0.0.1");
     try {
