@@ -92,7 +92,12 @@ export interface StartOptions {
   leadership?: Leadership;
   /** The archiver's wait for a final build's last log bytes (1 s by default). */
   archiveSettleMs?: number;
+  /** How often the leader deletes the stop reasons of builds Nomad forgot (hourly, the first a minute in). */
+  stopMarksPruneMs?: number;
 }
+
+const STOP_MARKS_FIRST_PRUNE_MS = 60_000;
+const STOP_MARKS_PRUNE_MS = 3_600_000;
 
 /** The composition root: builds every collaborator from the config, listens, and returns how to stop. */
 export async function startPetrel(config: Config, log: Logger, env: NodeJS.ProcessEnv, options: StartOptions = {}): Promise<RunningPetrel> {
@@ -255,6 +260,30 @@ async function compose(
             log.error({ err: (err as Error).message }, "first reconciliation of build statuses failed; the event stream goes on"),
           );
         return () => tracker.stop();
+      }),
+    );
+    // Stop reasons of builds Nomad has forgotten: the leader deletes them, so the keys do not pile up forever.
+    closers.push(
+      whileLeading(leadership, (term) => {
+        const exists = async (id: string, signal?: AbortSignal) =>
+          (await nomad.readJob(id, signal === undefined ? {} : { signal })) !== undefined;
+        const pass = () =>
+          void marks
+            .prune(exists, term)
+            .then((deleted) => {
+              if (deleted > 0) log.info({ deleted }, "deleted the stop reasons of builds Nomad has forgotten");
+            })
+            .catch((err: unknown) => {
+              if (!term.aborted) log.warn({ err: (err as Error).message }, "pruning stop reasons failed; the next pass tries again");
+            });
+        const first = setTimeout(pass, options.stopMarksPruneMs ?? STOP_MARKS_FIRST_PRUNE_MS);
+        const every = setInterval(pass, options.stopMarksPruneMs ?? STOP_MARKS_PRUNE_MS);
+        first.unref();
+        every.unref();
+        return async () => {
+          clearTimeout(first);
+          clearInterval(every);
+        };
       }),
     );
   } else {

@@ -5,6 +5,11 @@ import type { ConsulClient } from "../consul/client.js";
 export interface StopMarks {
   get(id: string, signal?: AbortSignal): Promise<StopReason | undefined>;
   put(id: string, why: StopReason, signal?: AbortSignal): Promise<void>;
+  /**
+   * Deletes the marks of builds the backend no longer has (`exists` says no): by then the reason is in the
+   * archive's record, or the build is gone for every reader. Returns how many it deleted.
+   */
+  prune(exists: (id: string, signal?: AbortSignal) => Promise<boolean>, signal?: AbortSignal): Promise<number>;
 }
 
 const REMEMBERED = 4096;
@@ -33,6 +38,19 @@ export function createConsulStopMarks(options: { consul: ConsulClient; prefix: s
     async put(id, why, signal) {
       await options.consul.put(keyOf(id), JSON.stringify(why), signal === undefined ? {} : { signal });
       remember(id, why);
+    },
+    async prune(exists, signal) {
+      const dir = keyOf("");
+      const { entries } = await options.consul.get(dir, { recurse: true, ...(signal === undefined ? {} : { signal }) });
+      let deleted = 0;
+      for (const entry of entries ?? []) {
+        const id = entry.key.slice(dir.length);
+        if (id === "" || (await exists(id, signal))) continue;
+        // Check-and-set: a mark rewritten since the listing (a build stopped again) stays.
+        if (await options.consul.delete(entry.key, { cas: entry.modifyIndex, ...(signal === undefined ? {} : { signal }) })) deleted++;
+        known.delete(id);
+      }
+      return deleted;
     },
   };
 }
