@@ -15,11 +15,11 @@ export function createArchivedReader(live: BuildReader, store: ArchiveStore): Bu
     async getBuild(id, signal) {
       // An archived build is final and its record is what the live one showed: no backend round trip, and it
       // is served the same while the backend is down.
-      return (await store.get(id)) ?? (await live.getBuild(id, signal));
+      return (await orLive(store.get(id))) ?? (await live.getBuild(id, signal));
     },
 
     async *logs(id, request) {
-      const archived = await store.log(id, request.type, request.offset);
+      const archived = await orLive(store.log(id, request.type, request.offset));
       if (archived === undefined) {
         yield* live.logs(id, request);
         return;
@@ -27,10 +27,22 @@ export function createArchivedReader(live: BuildReader, store: ArchiveStore): Bu
       yield* archived;
     },
 
-    gzipLog: (id, type) => store.gzipped(id, type),
+    gzipLog: (id, type) => orLive(store.gzipped(id, type)),
 
     cancel: (id, signal, why) => live.cancel(id, signal, why),
   };
+}
+
+/**
+ * An archive read that failed (an entry that cannot be read, not a missing one) as no archived copy: the
+ * backend answers instead, so a damaged or unreadable archive never stops the reads of builds Nomad still has.
+ */
+async function orLive<T>(read: Promise<T | undefined>): Promise<T | undefined> {
+  try {
+    return await read;
+  } catch {
+    return undefined;
+  }
 }
 
 type Ranked = { time: number; id: string };

@@ -1,11 +1,11 @@
 import { createWriteStream } from "node:fs";
-import { appendFile, mkdir, mkdtemp, open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
+import { appendFile, type FileHandle, mkdir, mkdtemp, open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { Readable, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { createGunzip, createGzip } from "node:zlib";
 import type { Build, BuildCursor, BuildSummary, LogType } from "../builds/backend.js";
-import { indexAfterCursor, isAfterCursor, newestFirst } from "../builds/backend.js";
+import { indexAfterCursor, newestFirst } from "../builds/backend.js";
 
 export const ARCHIVED_LOGS: readonly LogType[] = ["stdout", "stderr", "all"];
 
@@ -222,6 +222,25 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
     return index;
   };
 
+  /**
+   * A log's file, opened; undefined when the build has none. Anything but a regular file is an error here, at
+   * the open, where a caller can still answer otherwise, rather than at the first read of a body under way.
+   */
+  async function openLog(id: string, type: LogType): Promise<FileHandle | undefined> {
+    let handle: FileHandle;
+    try {
+      handle = await open(join(entryDir(id), `${type}.gz`), "r");
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw err;
+    }
+    if (!(await handle.stat()).isFile()) {
+      await handle.close();
+      throw new Error(`archived ${type} log of ${id} is not a file`);
+    }
+    return handle;
+  }
+
   async function readRecord(id: string): Promise<Build | undefined> {
     try {
       return JSON.parse(await readFile(join(entryDir(id), RECORD), "utf8")) as Build;
@@ -293,13 +312,8 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
     get: readRecord,
 
     async log(id, type, offset = 0) {
-      let handle: Awaited<ReturnType<typeof open>>;
-      try {
-        handle = await open(join(entryDir(id), `${type}.gz`), "r");
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-        throw err;
-      }
+      const handle = await openLog(id, type);
+      if (handle === undefined) return undefined;
       const file = handle.createReadStream({ highWaterMark: 256 * 1024 });
       const gunzip = createGunzip({ chunkSize: 256 * 1024 });
       // From the start (the common read) the decompressed bytes go out as they are, with no stream in between.
@@ -310,13 +324,7 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
     },
 
     async gzipped(id, type) {
-      try {
-        const handle = await open(join(entryDir(id), `${type}.gz`), "r");
-        return handle.createReadStream({ highWaterMark: 256 * 1024 });
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-        throw err;
-      }
+      return (await openLog(id, type))?.createReadStream({ highWaterMark: 256 * 1024 });
     },
 
     async lookup(id) {

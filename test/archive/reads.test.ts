@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -265,6 +265,28 @@ describe("archived builds read the same after Nomad garbage-collects them (clust
     expect(res.status).toBe(200);
     expect(await res.json()).toMatchObject({ id, state: "success" });
     expect(nomad.requests.slice(before).filter((r) => r.path.includes(encodeURIComponent(id)) || r.path.includes(id))).toEqual([]);
+  });
+
+  it("reads a live build from Nomad when its archive entry cannot be read (a damaged archive stops no live read)", async () => {
+    const id = await push("e".repeat(40));
+    nomad.placeAlloc(id, { node: "worker-3" });
+    nomad.startTask(id);
+    nomad.writeLog(id, "stdout", "still running\n");
+    // Entries that exist but cannot be read as files: the record and the log are directories.
+    const damaged = join(dir, "builds", encodeURIComponent(id));
+    mkdirSync(join(damaged, "build.json"), { recursive: true });
+    mkdirSync(join(damaged, "stdout.gz"), { recursive: true });
+    try {
+      const path = `/builds/${encodeURIComponent(id)}`;
+      const record = await fetch(`${petrel.url}${path}`, { headers: ADMIN });
+      expect(record.status).toBe(200);
+      expect(await record.json()).toMatchObject({ id, state: "running" });
+      const log = await fetch(`${petrel.url}${path}/logs?type=stdout&follow=false`, { headers: { ...ADMIN, "accept-encoding": "gzip" } });
+      expect(log.status).toBe(200);
+      expect(await log.text()).toBe("still running\n");
+    } finally {
+      rmSync(damaged, { recursive: true, force: true });
+    }
   });
 
   it("serves an archived build while Nomad is down, and says Nomad is unavailable for one it never archived", async () => {
