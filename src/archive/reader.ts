@@ -92,7 +92,8 @@ async function listMerged(live: BuildReader, store: ArchiveStore, filter: BuildF
     picked.push(entry);
   }
   signal?.throwIfAborted();
-  const records = await Promise.all(picked.map((e) => store.get(e.id)));
+  // A record that cannot be read is left out, as a pruned one is: one damaged entry does not fail the page.
+  const records = await Promise.all(picked.map((e) => orLive(store.get(e.id))));
   const archived = records.flatMap((b, i) => (b === undefined ? [] : [{ build: b, time: (picked[i] as ArchiveListed).time, id: b.id }]));
 
   const merged = [...livePage.builds.map((b) => ({ build: b, time: Date.parse(b.createdAt), id: b.id })), ...archived].sort(newestFirst);

@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -286,6 +286,32 @@ describe("archived builds read the same after Nomad garbage-collects them (clust
       expect(await log.text()).toBe("still running\n");
     } finally {
       rmSync(damaged, { recursive: true, force: true });
+    }
+  });
+
+  it("lists the builds around an archived record that cannot be read, leaving that one out", async () => {
+    const ids: string[] = [];
+    for (const c of ["7", "8"]) {
+      const id = await push(c.repeat(40));
+      run(id, 0);
+      await archived(id);
+      nomad.gcJob(id);
+      ids.push(id);
+    }
+    const [damaged, intact] = ids as [string, string];
+    const record = entry(damaged);
+    const saved = readFileSync(record);
+    rmSync(record);
+    mkdirSync(record);
+    try {
+      const res = await fetch(`${petrel.url}/builds?limit=50`, { headers: ADMIN });
+      expect(res.status).toBe(200);
+      const listed = ((await res.json()) as { builds: { id: string }[] }).builds.map((b) => b.id);
+      expect(listed).toContain(intact);
+      expect(listed).not.toContain(damaged);
+    } finally {
+      rmSync(record, { recursive: true, force: true });
+      writeFileSync(record, saved);
     }
   });
 
