@@ -11,7 +11,7 @@ import { startGiteaFake } from "./fakes/gitea.js";
 import type { NomadFake } from "./fakes/nomad.js";
 import { startNomadFake } from "./fakes/nomad.js";
 import { fixtureBytes } from "./gitea/fixtures.js";
-import { GITEA_TOKEN, HOOK_SECRET, seedFakes } from "./helpers/cluster.js";
+import { clusterEnv, GITEA_TOKEN, HOOK_SECRET, seedFakes } from "./helpers/cluster.js";
 import { captureLogs } from "./helpers/log-capture.js";
 import { eventually } from "./helpers/wait.js";
 
@@ -38,13 +38,7 @@ describe("petrel serve in cluster mode (composition root against the fakes)", ()
     nomad = await startNomadFake();
     gitea = await startGiteaFake({ token: GITEA_TOKEN });
     seedFakes(consul, nomad, gitea.url);
-    const env = {
-      NOMAD_ADDR: nomad.url,
-      CONSUL_HTTP_ADDR: consul.url,
-      PETREL_LISTEN: "127.0.0.1:0",
-      PETREL_URL: "https://ci.example.test",
-      PETREL_ADMIN_TOKEN: "admin-token-0123456789abcdef",
-    };
+    const env = clusterEnv({ consul, nomad });
     petrel = await startPetrel(readConfig(env), logs.log, env);
   });
 

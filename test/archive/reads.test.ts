@@ -19,7 +19,7 @@ import { startGiteaFake } from "../fakes/gitea.js";
 import type { NomadFake } from "../fakes/nomad.js";
 import { startNomadFake } from "../fakes/nomad.js";
 import { fixtureBytes } from "../gitea/fixtures.js";
-import { GITEA_TOKEN, HOOK_SECRET, seedFakes } from "../helpers/cluster.js";
+import { clusterEnv, GITEA_TOKEN, HOOK_SECRET, seedFakes } from "../helpers/cluster.js";
 import { captureLogs } from "../helpers/log-capture.js";
 
 const PUSH = fixtureBytes("push.json");
@@ -139,14 +139,12 @@ describe("archived builds read the same after Nomad garbage-collects them (clust
     nomad = await startNomadFake();
     gitea = await startGiteaFake({ token: GITEA_TOKEN });
     seedFakes(consul, nomad, gitea.url);
-    env = {
-      NOMAD_ADDR: nomad.url,
-      CONSUL_HTTP_ADDR: consul.url,
-      PETREL_LISTEN: "127.0.0.1:0",
-      PETREL_URL: "https://ci.example.test",
-      PETREL_ADMIN_TOKEN: "admin-token-0123456789abcdef",
-      PETREL_ARCHIVE_DIR: dir,
-    };
+    env = clusterEnv(
+      { consul, nomad },
+      {
+        PETREL_ARCHIVE_DIR: dir,
+      },
+    );
     await start();
   });
 

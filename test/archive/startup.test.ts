@@ -18,7 +18,7 @@ import { startGiteaFake } from "../fakes/gitea.js";
 import type { NomadFake } from "../fakes/nomad.js";
 import { startNomadFake } from "../fakes/nomad.js";
 import { fixtureBytes } from "../gitea/fixtures.js";
-import { GITEA_TOKEN, HOOK_SECRET, seedFakes, testRepoEntry } from "../helpers/cluster.js";
+import { clusterEnv, GITEA_TOKEN, HOOK_SECRET, seedFakes, testRepoEntry } from "../helpers/cluster.js";
 import { captureLogs } from "../helpers/log-capture.js";
 import { builderJob } from "../nomad/target.js";
 
@@ -79,14 +79,12 @@ describe("archive start-up pass (cluster mode, Nomad fake)", () => {
     gitea = await startGiteaFake({ token: GITEA_TOKEN });
     // Many pushes of one branch, each followed to its end: nothing supersedes here.
     seedFakes(consul, nomad, gitea.url, testRepoEntry(gitea.url, { supersede: false }));
-    env = {
-      NOMAD_ADDR: nomad.url,
-      CONSUL_HTTP_ADDR: consul.url,
-      PETREL_LISTEN: "127.0.0.1:0",
-      PETREL_URL: "https://ci.example.test",
-      PETREL_ADMIN_TOKEN: "admin-token-0123456789abcdef",
-      PETREL_ARCHIVE_DIR: dir,
-    };
+    env = clusterEnv(
+      { consul, nomad },
+      {
+        PETREL_ARCHIVE_DIR: dir,
+      },
+    );
   });
 
   afterEach(async () => {

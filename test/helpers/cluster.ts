@@ -28,6 +28,22 @@ export const GITEA_TOKEN = "gitea-token-8c1e2a4b6d0f";
 export const DEPLOY_TOKEN = "deploy-token-value-5e7a9c";
 export const DEPLOY_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nkey-material-71b3d5f9\n-----END OPENSSH PRIVATE KEY-----\n";
 export const REPO_KEY = "git.example.test/acme/widgets";
+export const ADMIN_TOKEN = "admin-token-0123456789abcdef";
+
+/** The environment of a cluster-mode petrel against the fakes (any free port, an admin token), with `extra` on top. */
+export function clusterEnv(
+  fakes: { consul: { url: string }; nomad: { url: string } },
+  extra: Record<string, string> = {},
+): Record<string, string> {
+  return {
+    NOMAD_ADDR: fakes.nomad.url,
+    CONSUL_HTTP_ADDR: fakes.consul.url,
+    PETREL_LISTEN: "127.0.0.1:0",
+    PETREL_URL: "https://ci.example.test",
+    PETREL_ADMIN_TOKEN: ADMIN_TOKEN,
+    ...extra,
+  };
+}
 
 /** Everything a webhook touches, for real: Consul, Nomad and Gitea fakes on loopback and petrel's app. */
 export interface Cluster {

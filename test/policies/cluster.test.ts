@@ -16,7 +16,7 @@ import { startGiteaFake } from "../fakes/gitea.js";
 import type { NomadFake } from "../fakes/nomad.js";
 import { startNomadFake } from "../fakes/nomad.js";
 import { fixtureJson } from "../gitea/fixtures.js";
-import { GITEA_TOKEN, HOOK_SECRET, seedFakes } from "../helpers/cluster.js";
+import { clusterEnv, GITEA_TOKEN, HOOK_SECRET, seedFakes } from "../helpers/cluster.js";
 import { captureLogs } from "../helpers/log-capture.js";
 import { eventually } from "../helpers/wait.js";
 
@@ -70,13 +70,7 @@ describe("build policies in cluster mode (real webhooks, the Nomad, Consul and G
   let gitea: GiteaFake;
   let petrel: RunningPetrel;
   const logs = captureLogs("info");
-  const env = () => ({
-    NOMAD_ADDR: nomad.url,
-    CONSUL_HTTP_ADDR: consul.url,
-    PETREL_LISTEN: "127.0.0.1:0",
-    PETREL_URL: "https://ci.example.test",
-    PETREL_ADMIN_TOKEN: "admin-token-0123456789abcdef",
-  });
+  const env = () => clusterEnv({ consul, nomad });
 
   beforeAll(async () => {
     consul = await startConsulFake();
@@ -202,13 +196,7 @@ describe("two replicas that both lead (the worst case of a failover): cron and s
         cron: [{ name: "often", schedule: "* * * * * *", ref: "main" }],
       }),
     );
-    const env = {
-      NOMAD_ADDR: nomad.url,
-      CONSUL_HTTP_ADDR: consul.url,
-      PETREL_LISTEN: "127.0.0.1:0",
-      PETREL_URL: "https://ci.example.test",
-      PETREL_ADMIN_TOKEN: "admin-token-0123456789abcdef",
-    };
+    const env = clusterEnv({ consul, nomad });
     started = Date.now();
     // Both lead at once, as two leaders may for a moment during a failover: the tokens alone must keep runs single.
     replicas.push(
@@ -267,7 +255,7 @@ describe("two replicas that both lead (the worst case of a failover): cron and s
       ]);
       const submitted = (id: string) => nomad.job(id)?.SubmitTime ?? 0;
       const [older, newer] = submitted(a) < submitted(b) || (submitted(a) === submitted(b) && a < b) ? [a, b] : [b, a];
-      await eventually(() => nomad.job(older)?.Stop === true, 5000, `round ${round}: the older build stopped`);
+      await eventually(() => nomad.job(older)?.Stop === true, 10_000, `round ${round}: the older build stopped`);
       await new Promise((r) => setTimeout(r, 300));
       expect(nomad.job(newer)?.Stop).not.toBe(true);
       expect(JSON.parse(String(consul.entry(`petrel/stopped/${older}`)?.value))).toEqual({

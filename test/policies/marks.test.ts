@@ -12,7 +12,7 @@ import type { GiteaFake } from "../fakes/gitea.js";
 import { startGiteaFake } from "../fakes/gitea.js";
 import type { NomadFake } from "../fakes/nomad.js";
 import { startNomadFake } from "../fakes/nomad.js";
-import { GITEA_TOKEN, seedFakes } from "../helpers/cluster.js";
+import { clusterEnv, GITEA_TOKEN, seedFakes } from "../helpers/cluster.js";
 import { captureLogs } from "../helpers/log-capture.js";
 
 const SUPERSEDED = { state: "cancelled", reason: "superseded by builder/dispatch-1700000100-00000002" } as const;
@@ -104,13 +104,7 @@ describe("the leader prunes stop reasons against Nomad (cluster mode, fakes)", (
     nomad.startTask(forgotten);
     nomad.finishTask(forgotten, 0);
     nomad.gcJob(forgotten);
-    const env = {
-      NOMAD_ADDR: nomad.url,
-      CONSUL_HTTP_ADDR: consul.url,
-      PETREL_LISTEN: "127.0.0.1:0",
-      PETREL_URL: "https://ci.example.test",
-      PETREL_ADMIN_TOKEN: "admin-token-0123456789abcdef",
-    };
+    const env = clusterEnv({ consul, nomad });
     const logs = captureLogs("info");
     petrel = await startPetrel(readConfig(env), logs.log, env, { stopMarksPruneMs: 100 });
     await eventually(() => consul.entry(`petrel/stopped/${forgotten}`) === undefined, 10_000, "the forgotten build's reason deleted");
