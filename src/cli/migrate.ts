@@ -6,7 +6,7 @@ import { repoKeyOfAlbatros, secretsFromInject } from "../registry/albatros.js";
 import type { RepoKey, RepoSecrets } from "../registry/schema.js";
 import { AlbatrosEntry, describeIssues, RepoConfig } from "../registry/schema.js";
 import { seeHelp } from "./args.js";
-import type { CliIo, Env, Progress } from "./ops.js";
+import type { CliIo, Env } from "./ops.js";
 import { CliError, EXIT, parseCommandArgs, processIo, progressTo, runCommand } from "./ops.js";
 import { type ConsulStep, cliConfig, consulStep } from "./repo-store.js";
 

@@ -11,7 +11,6 @@ import type { NomadFake } from "../fakes/nomad.js";
 import { startNomadFake } from "../fakes/nomad.js";
 import { GITEA_TOKEN, HOOK_SECRET, seedFakes } from "../helpers/cluster.js";
 import { captureLogs } from "../helpers/log-capture.js";
-import { eventually } from "../helpers/wait.js";
 
 // GET /builds as an attacker sees it (issue 9, finding 6) and who may read what (finding 4): a listing costs
 // Nomad a number of requests bounded by its page size, whoever asks, and never reads builds it will not show.
