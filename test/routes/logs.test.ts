@@ -53,6 +53,16 @@ const asked: LogRequest[] = [];
 let state: Build["state"] = "failure";
 /** When set, the reader waits for it before it yields chunk `i`, so a test decides which chunks arrive together. */
 let pace: ((i: number) => Promise<void>) | undefined;
+/** An SSE request for the build's stdout on a raw socket (`extra`: more header lines), collecting every byte. */
+function rawSse(base: string, extra = ""): { socket: Socket; received: Buffer[] } {
+  const socket = connect(Number(new URL(base).port), "127.0.0.1");
+  const received: Buffer[] = [];
+  socket.on("data", (d: Buffer) => received.push(d));
+  const path = `/builds/${encodeURIComponent(ID)}/logs?type=stdout`;
+  socket.write(`GET ${path} HTTP/1.1\r\nHost: petrel.test\r\nAccept: text/event-stream\r\n${extra}\r\n`);
+  return { socket, received };
+}
+
 /** Lets the reader's first `n` chunks through and holds the rest until the returned function is called. */
 function holdAfter(n: number): () => void {
   let open: () => void = () => undefined;
@@ -582,16 +592,10 @@ describe("SSE review attacks (shared frames, direct socket writes)", () => {
   it("closes the connection after the response when the client asked for Connection: close", async () => {
     state = "failure";
     chunks = { stdout: bytes("done\n") };
-    const { port } = new URL(second.url);
-    const socket = connect(Number(port), "127.0.0.1");
+    const started = Date.now();
+    const { socket, received } = rawSse(second.url, "Connection: close\r\n");
     try {
-      const received: Buffer[] = [];
-      socket.on("data", (d: Buffer) => received.push(d));
-      const path = `/builds/${encodeURIComponent(ID)}/logs?type=stdout`;
-      const closed = once(socket, "close");
-      const started = Date.now();
-      socket.write(`GET ${path} HTTP/1.1\r\nHost: petrel.test\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n`);
-      await closed;
+      await once(socket, "close");
       // Not held open until the keep-alive timeout (5 s) after a response that said it would close.
       expect(Date.now() - started).toBeLessThan(2000);
       const response = Buffer.concat(received).toString("latin1");
@@ -607,13 +611,8 @@ describe("SSE review attacks (shared frames, direct socket writes)", () => {
     state = "running";
     chunks = { stdout: bytes("before\n", "after\n") };
     const open = holdAfter(1);
-    const { port } = new URL(second.url);
-    const socket = connect(Number(port), "127.0.0.1");
+    const { socket, received } = rawSse(second.url);
     try {
-      const received: Buffer[] = [];
-      socket.on("data", (d: Buffer) => received.push(d));
-      const path = `/builds/${encodeURIComponent(ID)}/logs?type=stdout`;
-      socket.write(`GET ${path} HTTP/1.1\r\nHost: petrel.test\r\nAccept: text/event-stream\r\n\r\n`);
       await eventually(() => Buffer.concat(received).includes("before"), 5000, "the first frame");
       secondShutdown.abort();
       await eventually(() => Buffer.concat(received).toString("latin1").endsWith("\r\n0\r\n\r\n"), 5000, "the response to end");
