@@ -364,7 +364,7 @@ async function compose(
       }),
     );
     archive = (build) => archiver.onBuild(build);
-    reader = createArchivedReader(reader, store);
+    reader = createArchivedReader(reader, store, log);
     archiveEnabled = true;
   }
 

@@ -1,6 +1,8 @@
 import type { Build, BuildCursor, BuildFilter, BuildPage, BuildReader, BuildSummary } from "../builds/backend.js";
 import { isAfterCursor, newestFirst } from "../builds/backend.js";
 import { matchesFilter } from "../builds/model.js";
+import { errorMessage } from "../errors.js";
+import type { Logger } from "../log.js";
 import type { ArchiveListed, ArchiveStore } from "./store.js";
 
 /**
@@ -8,18 +10,36 @@ import type { ArchiveListed, ArchiveStore } from "./store.js";
  * archive (they no longer change, and this spares the backend the reads), served the same whether or not the
  * request follows; anything else is the backend's.
  */
-export function createArchivedReader(live: BuildReader, store: ArchiveStore): BuildReader {
+export function createArchivedReader(live: BuildReader, store: ArchiveStore, log: Logger): BuildReader {
+  const said = new Set<string>();
+  /**
+   * An archive read that failed (an entry that cannot be read, not a missing one) as no archived copy: the
+   * backend answers instead, so a damaged or unreadable archive never stops the reads of builds Nomad still
+   * has. Said once per cause, not once per request.
+   */
+  const orLive = async <T>(id: string, read: Promise<T | undefined>): Promise<T | undefined> => {
+    try {
+      return await read;
+    } catch (err) {
+      const cause = (err as NodeJS.ErrnoException).code ?? "unreadable";
+      if (!said.has(cause)) {
+        said.add(cause);
+        log.warn({ build: id, cause, err: errorMessage(err) }, "an archive entry cannot be read; the backend answers for it");
+      }
+      return undefined;
+    }
+  };
   return {
-    listBuilds: (filter, signal) => listMerged(live, store, filter, signal),
+    listBuilds: (filter, signal) => listMerged(live, store, (id) => orLive(id, store.get(id)), filter, signal),
 
     async getBuild(id, signal) {
       // An archived build is final and its record is what the live one showed: no backend round trip, and it
       // is served the same while the backend is down.
-      return (await orLive(store.get(id))) ?? (await live.getBuild(id, signal));
+      return (await orLive(id, store.get(id))) ?? (await live.getBuild(id, signal));
     },
 
     async *logs(id, request) {
-      const archived = await orLive(store.log(id, request.type, request.offset));
+      const archived = await orLive(id, store.log(id, request.type, request.offset));
       if (archived === undefined) {
         yield* live.logs(id, request);
         return;
@@ -27,22 +47,10 @@ export function createArchivedReader(live: BuildReader, store: ArchiveStore): Bu
       yield* archived;
     },
 
-    gzipLog: (id, type) => orLive(store.gzipped(id, type)),
+    gzipLog: (id, type) => orLive(id, store.gzipped(id, type)),
 
     cancel: (id, signal, why) => live.cancel(id, signal, why),
   };
-}
-
-/**
- * An archive read that failed (an entry that cannot be read, not a missing one) as no archived copy: the
- * backend answers instead, so a damaged or unreadable archive never stops the reads of builds Nomad still has.
- */
-async function orLive<T>(read: Promise<T | undefined>): Promise<T | undefined> {
-  try {
-    return await read;
-  } catch {
-    return undefined;
-  }
 }
 
 type Ranked = { time: number; id: string };
@@ -55,7 +63,13 @@ type Ranked = { time: number; id: string };
  * so a build both live and archived appears once, as the live one, and is counted hidden once. Cost: the
  * live page, plus at most `limit` archived records read.
  */
-async function listMerged(live: BuildReader, store: ArchiveStore, filter: BuildFilter, signal?: AbortSignal): Promise<BuildPage> {
+async function listMerged(
+  live: BuildReader,
+  store: ArchiveStore,
+  record: (id: string) => Promise<Build | undefined>,
+  filter: BuildFilter,
+  signal?: AbortSignal,
+): Promise<BuildPage> {
   const seen = new Set<string>();
   const visible = filter.visible;
   const livePage = await live.listBuilds(
@@ -93,7 +107,7 @@ async function listMerged(live: BuildReader, store: ArchiveStore, filter: BuildF
   }
   signal?.throwIfAborted();
   // A record that cannot be read is left out, as a pruned one is: one damaged entry does not fail the page.
-  const records = await Promise.all(picked.map((e) => orLive(store.get(e.id))));
+  const records = await Promise.all(picked.map((e) => record(e.id)));
   const archived = records.flatMap((b, i) => (b === undefined ? [] : [{ build: b, time: (picked[i] as ArchiveListed).time, id: b.id }]));
 
   const merged = [...livePage.builds.map((b) => ({ build: b, time: Date.parse(b.createdAt), id: b.id })), ...archived].sort(newestFirst);

@@ -108,7 +108,7 @@ describe("listing live and archived builds together", () => {
     const store = createArchiveStore({ dir: tempDir() });
     for (const b of archived) await store.put(b, { stdout: empty(), stderr: empty(), all: empty() });
     const liveSide = liveReader(live);
-    return { store, liveSide, reader: createArchivedReader(liveSide, store) };
+    return { store, liveSide, reader: createArchivedReader(liveSide, store, captureLogs().log) };
   };
 
   it.each([1, 2, 3, 7, 50])("pages of %i: every build once, newest first, the live copy when both have it", async (limit) => {
@@ -168,7 +168,7 @@ describe("listing live and archived builds together", () => {
         .join(""),
     );
     appendFileSync(join(dir, "index.jsonl"), '{"id":"cut sho');
-    const reader = createArchivedReader(liveReader([]), createArchiveStore({ dir }));
+    const reader = createArchivedReader(liveReader([]), createArchiveStore({ dir }), captureLogs().log);
     const { ids } = await listAll(reader, { ref: "main" }, 10);
     expect(ids).toEqual([build(2).id, build(0).id]);
     // Upgraded in place: a third start reads the fields from the index alone.

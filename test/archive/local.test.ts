@@ -60,7 +60,7 @@ describe("archive in single-machine mode", () => {
     try {
       const archiver = createArchiver({ store, reader: backend, log: captureLogs().log, metrics: new Registry(), settleMs: 0 });
       archive = (b) => archiver.onBuild(b);
-      const reader = createArchivedReader(backend, store);
+      const reader = createArchivedReader(backend, store, captureLogs().log);
 
       const { id } = await backend.dispatch({ builder: "builder", meta: META, idempotencyToken: "first" });
       for (let i = 0; i < 400 && !(await store.has(id)); i++) await sleep(25);

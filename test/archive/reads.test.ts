@@ -299,6 +299,7 @@ describe("archived builds read the same after Nomad garbage-collects them (clust
     const [damaged, intact] = ids as [string, string];
     const record = entry(damaged);
     const saved = readFileSync(record);
+    const logged = logs.text().length;
     rmSync(record);
     mkdirSync(record);
     try {
@@ -307,6 +308,11 @@ describe("archived builds read the same after Nomad garbage-collects them (clust
       const listed = ((await res.json()) as { builds: { id: string }[] }).builds.map((b) => b.id);
       expect(listed).toContain(intact);
       expect(listed).not.toContain(damaged);
+      // Said in the log, once for the cause however many reads meet it (an earlier test may have said it).
+      await fetch(`${petrel.url}/builds?limit=50`, { headers: ADMIN });
+      const said = logs.text().slice(logged);
+      expect((said.match(/an archive entry cannot be read/g) ?? []).length).toBeLessThanOrEqual(1);
+      expect(logs.text()).toMatch(/"cause":"EISDIR".*an archive entry cannot be read; the backend answers for it/);
     } finally {
       rmSync(record, { recursive: true, force: true });
       writeFileSync(record, saved);
