@@ -4,7 +4,8 @@
  *
  * 1. A 50 MiB build log served from the archive after Nomad garbage-collected the build, beside a plain
  *    node:http server streaming the same bytes uncompressed from a file (fs.createReadStream). The client is
- *    curl, in a process of its own; target: petrel >= 0.9x the reference's throughput.
+ *    curl, in a process of its own; target: petrel >= 0.9x the reference's throughput, as the median ratio of
+ *    back-to-back pairs of reads (best-of figures are printed too).
  * 2. `GET /builds?limit=50` over 20,000 archived builds (none left in Nomad): p99 < 20 ms, and <= 2x the same
  *    page from a warm live listing: a single-machine petrel with the same 20,000 builds in memory (and, as
  *    single-machine mode always has, in its archive), whose own p99 must be under 20 ms too.
@@ -48,7 +49,7 @@ import { percentile, verdict } from "./stats.js";
 
 const LOG_MIB = Number(process.env.BENCH_ARCHIVE_LOG_MIB ?? 50);
 const BUILDS = Number(process.env.BENCH_ARCHIVE_BUILDS ?? 20_000);
-const READS = Number(process.env.BENCH_ARCHIVE_READS ?? 15);
+const READS = Number(process.env.BENCH_ARCHIVE_READS ?? 21);
 const PAGES = Number(process.env.BENCH_ARCHIVE_PAGES ?? 500);
 const BURST = Number(process.env.BENCH_ARCHIVE_BURST ?? 1000);
 const BURST_KIB = Number(process.env.BENCH_ARCHIVE_BURST_KIB ?? 32);
@@ -288,8 +289,10 @@ export async function main(): Promise<boolean> {
     const runs = { petrel: [] as number[], plain: [] as number[], gzip: [] as number[] };
     let wire = 0;
     for (let i = 0; i < READS; i++) {
-      const a = await curl(plainUrl);
-      const b = await curl(logUrl, AUTH);
+      // Each goes first in every other round, so neither always meets the machine as the other left it.
+      const first = i % 2 === 0 ? await curl(plainUrl) : await curl(logUrl, AUTH);
+      const second = i % 2 === 0 ? await curl(logUrl, AUTH) : await curl(plainUrl);
+      const [a, b] = i % 2 === 0 ? [first, second] : [second, first];
       const g = await curl(logUrl, AUTH, true);
       if (a.bytes !== output.length || b.bytes !== output.length || b.status !== 200 || g.status !== 200) {
         throw new Error(`short read: reference ${a.bytes}, petrel ${b.bytes} (${b.status}) of ${output.length}`);
@@ -313,9 +316,14 @@ export async function main(): Promise<boolean> {
         `  log to a client taking gzip (curl --compressed, decoding included): ${mibps(gzipMs).toFixed(0)} MiB/s of log (${gzipMs.toFixed(0)} ms, ${(wire / 2 ** 20).toFixed(1)} MiB on the wire), ${(plainMs / gzipMs).toFixed(2)}x the plain file server\n`,
     );
     // Each round's two reads ran back to back: their ratio shares that moment's load, and the median of those
-    // ratios says how the two compare when this machine's neighbours shake both (reported, not judged).
+    // ratios is the verdict. A best-of compares each side's luckiest moment, taken at different times: on two
+    // cores shared with the curl client and with this machine's neighbours, it swung 0.76x-1.13x between runs
+    // of the same code, while the paired median stayed within 0.83x-1.09x.
     const paired = runs.plain.map((p, i) => p / (runs.petrel[i] as number)).sort((x, y) => x - y);
-    process.stdout.write(`  log petrel/plain, median of ${READS} back-to-back pairs: ${percentile(paired, 50).toFixed(2)}x\n`);
+    const ratio = percentile(paired, 50);
+    process.stdout.write(
+      `  log petrel/plain, best of ${READS} each: ${(plainMs / petrelMs).toFixed(2)}x; median of ${READS} back-to-back pairs: ${ratio.toFixed(2)}x\n`,
+    );
 
     // 2. The first page, petrel (all archived) and the single-machine reference (all live).
     const archived = await pageLatencies(petrel.url, "/builds?limit=50", PAGES);
@@ -330,14 +338,13 @@ export async function main(): Promise<boolean> {
       line("GET /builds?limit=50, archived", archived.sorted) + line("same page, warm live (single-machine)", live.sorted),
     );
 
-    const ratio = plainMs / petrelMs;
     const p99 = percentile(archived.sorted, 99);
     const pageRatio = p99 / percentile(live.sorted, 99);
     const p50Ratio = percentile(archived.sorted, 50) / percentile(live.sorted, 50);
     process.stdout.write(`  p50 archived/live ${p50Ratio.toFixed(2)}x\n`);
     const ok = [
       // Held to identity bytes (curl without --compressed): the case that decompresses on the server.
-      verdict("log throughput petrel/plain file", `${ratio.toFixed(2)}x`, ">= 0.9x", ratio >= 0.9),
+      verdict("log throughput petrel/plain (paired median)", `${ratio.toFixed(2)}x`, ">= 0.9x", ratio >= 0.9),
       verdict("archived page p99", `${p99.toFixed(2)} ms`, "< 20 ms", p99 < 20),
       verdict("archived/live page p99", `${pageRatio.toFixed(2)}x`, "<= 2x", pageRatio <= 2),
       verdict("single-machine page p99", `${percentile(live.sorted, 99).toFixed(2)} ms`, "< 20 ms", percentile(live.sorted, 99) < 20),

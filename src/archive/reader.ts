@@ -1,9 +1,9 @@
-import type { Build, BuildCursor, BuildFilter, BuildPage, BuildReader, BuildSummary } from "../builds/backend.js";
+import type { BuildCursor, BuildFilter, BuildPage, BuildReader, BuildSummary } from "../builds/backend.js";
 import { isAfterCursor, newestFirst } from "../builds/backend.js";
 import { matchesFilter } from "../builds/model.js";
 import { errorMessage } from "../errors.js";
 import type { Logger } from "../log.js";
-import type { ArchiveListed, ArchiveStore } from "./store.js";
+import { type ArchiveListed, type ArchiveStore, recordOf } from "./store.js";
 
 /**
  * The live reader, with the archive for finished builds. An archived build's record and logs come from the
@@ -30,7 +30,7 @@ export function createArchivedReader(live: BuildReader, store: ArchiveStore, log
     }
   };
   return {
-    listBuilds: (filter, signal) => listMerged(live, store, (id) => orLive(id, store.get(id)), filter, signal),
+    listBuilds: (filter, signal) => listMerged(live, store, filter, signal),
 
     async getBuild(id, signal) {
       // An archived build is final and its record is what the live one showed: no backend round trip, and it
@@ -61,15 +61,9 @@ type Ranked = { time: number; id: string };
  * (all of the rest when the live side is exhausted), from the in-memory index. Every build the live side
  * looked at (its visibility check sees each one) is the live side's to show or hide: the archive skips it,
  * so a build both live and archived appears once, as the live one, and is counted hidden once. Cost: the
- * live page, plus at most `limit` archived records read.
+ * live page, plus a walk of the in-memory index (which holds the records whole): no archive file is read.
  */
-async function listMerged(
-  live: BuildReader,
-  store: ArchiveStore,
-  record: (id: string) => Promise<Build | undefined>,
-  filter: BuildFilter,
-  signal?: AbortSignal,
-): Promise<BuildPage> {
+async function listMerged(live: BuildReader, store: ArchiveStore, filter: BuildFilter, signal?: AbortSignal): Promise<BuildPage> {
   const seen = new Set<string>();
   const visible = filter.visible;
   const livePage = await live.listBuilds(
@@ -98,7 +92,7 @@ async function listMerged(
       break;
     }
     scanEnd = entry;
-    if (seen.has(entry.id) || !matchesFilter(entry as unknown as Build, filter)) continue;
+    if (seen.has(entry.id) || !matchesFilter(entry, filter)) continue;
     if (visible !== undefined && !(await visible(entry))) {
       hiddenAt.push(entry);
       continue;
@@ -106,9 +100,7 @@ async function listMerged(
     picked.push(entry);
   }
   signal?.throwIfAborted();
-  // A record that cannot be read is left out, as a pruned one is: one damaged entry does not fail the page.
-  const records = await Promise.all(picked.map((e) => record(e.id)));
-  const archived = records.flatMap((b, i) => (b === undefined ? [] : [{ build: b, time: (picked[i] as ArchiveListed).time, id: b.id }]));
+  const archived = picked.map((entry) => ({ build: recordOf(entry), time: entry.time, id: entry.id }));
 
   const merged = [...livePage.builds.map((b) => ({ build: b, time: Date.parse(b.createdAt), id: b.id })), ...archived].sort(newestFirst);
   const shown = merged.slice(0, filter.limit);

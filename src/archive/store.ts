@@ -4,19 +4,16 @@ import { dirname, join } from "node:path";
 import { Readable, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { createGunzip, createGzip } from "node:zlib";
-import type { Build, BuildCursor, BuildSummary, LogType } from "../builds/backend.js";
+import type { Build, BuildCursor, LogType } from "../builds/backend.js";
 import { indexAfterCursor, newestFirst } from "../builds/backend.js";
 
 export const ARCHIVED_LOGS: readonly LogType[] = ["stdout", "stderr", "all"];
 
 /**
- * What the index keeps of an archived build: enough to filter, check visibility, sort and prune a listing
- * without reading entries (the record itself is read only for builds a page shows).
+ * An archived build's record with its sort key (creation time in ms), as listings and retention walk them. The
+ * index holds each record whole, so a page of any size is served from memory: no entry is read per request.
  */
-export type ArchiveIndexEntry = BuildSummary & Pick<Build, "state" | "createdAt" | "finishedAt">;
-
-/** An index entry with its sort key (creation time in ms), as listings and retention walk them. */
-export type ArchiveListed = ArchiveIndexEntry & { time: number };
+export type ArchiveListed = Build & { time: number };
 
 /** Finished builds on disk: one directory per build (its record and gzip-compressed logs) and an index. */
 export interface ArchiveStore {
@@ -35,7 +32,7 @@ export interface ArchiveStore {
   /** The log's gzip file as stored (one gzip member of the whole log); undefined when not archived. */
   gzipped(id: string, type: LogType): Promise<AsyncIterable<Uint8Array> | undefined>;
   /** The index entry of an archived build. */
-  lookup(id: string): Promise<ArchiveIndexEntry | undefined>;
+  lookup(id: string): Promise<Build | undefined>;
   /** Loads the index (once: later calls share it); listings and retention wait for it. */
   ready(): Promise<void>;
   /**
@@ -50,7 +47,12 @@ export interface ArchiveStore {
 }
 
 const RECORD = "build.json";
-const INDEX = "index.jsonl";
+/**
+ * One line per archived build: its record, as `build.json` holds it. Named apart from `index.jsonl`, the index
+ * of earlier versions (summaries only), which is rebuilt from the entries once and then removed.
+ */
+const INDEX = "records.jsonl";
+const OLD_INDEX = "index.jsonl";
 
 /**
  * Creates the store on `dir` (created on first write). Each entry is written into a temporary directory,
@@ -62,14 +64,14 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
   const buildsDir = join(dir, "builds");
   const tmpDir = join(dir, "tmp");
   const indexPath = join(dir, INDEX);
-  let index: Promise<Map<string, ArchiveIndexEntry>> | undefined;
-  // How much of index.jsonl (which file: its inode) the map holds, so entries other writers sharing the
+  let index: Promise<Map<string, ArchiveListed>> | undefined;
+  // How much of records.jsonl (which file: its inode) the map holds, so entries other writers sharing the
   // directory appended (replicas on a shared filesystem) are picked up by reading only what is new.
   let seen: { ino: number; size: number } | undefined;
   let refreshing: Promise<void> | undefined;
   // The same entries as the map, newest first, so a page starts with a binary search instead of a sort.
   let sorted: ArchiveListed[] = [];
-  // Appends and rewrites of index.jsonl, one at a time, so a rewrite never drops a line appended meanwhile.
+  // Appends and rewrites of records.jsonl, one at a time, so a rewrite never drops a line appended meanwhile.
   let indexWrites: Promise<void> = Promise.resolve();
   const writeIndex = (op: () => Promise<void>): Promise<void> => {
     const next = indexWrites.then(op);
@@ -77,8 +79,7 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
     return next;
   };
 
-  const insertSorted = (entry: ArchiveIndexEntry): void => {
-    const item: ArchiveListed = { ...entry, time: Date.parse(entry.createdAt) };
+  const insertSorted = (item: ArchiveListed): void => {
     let lo = 0;
     let hi = sorted.length;
     while (lo < hi) {
@@ -95,8 +96,8 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
   const entryDir = (id: string) => join(buildsDir, encodeURIComponent(id));
 
   /** Reads the index, then adds entries a crash left out of it (renamed into place, not yet appended). */
-  async function loadIndex(): Promise<Map<string, ArchiveIndexEntry>> {
-    const map = new Map<string, ArchiveIndexEntry>();
+  async function loadIndex(): Promise<Map<string, ArchiveListed>> {
+    const map = new Map<string, ArchiveListed>();
     let text = "";
     const file = await statIndex();
     try {
@@ -109,20 +110,11 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
       if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
       seen = { ino: 0, size: 0 };
     }
-    let stale = false;
     for (const line of text.split("\n")) {
       if (line === "") continue;
       try {
-        const entry = JSON.parse(line) as ArchiveIndexEntry;
-        if (typeof entry.id !== "string") continue;
-        if (typeof entry.ref === "string" && typeof entry.createdAt === "string") {
-          map.set(entry.id, entry);
-          continue;
-        }
-        // A line from before the index carried what listings need: upgraded once from the record.
-        stale = true;
-        const build = await readRecord(entry.id);
-        if (build !== undefined) map.set(entry.id, indexEntry(build));
+        const entry = JSON.parse(line) as Build;
+        if (isRecord(entry)) map.set(entry.id, listed(entry));
       } catch {
         // A line cut short by a crash during append; the directory scan below restores its entry.
       }
@@ -133,29 +125,39 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
     }
-    const missing: ArchiveIndexEntry[] = [];
-    for (const name of names) {
-      const id = decodeURIComponent(name);
+    // The entries on disk are the truth: one removed by hand leaves the index here, one a crash kept out of it
+    // (renamed into place, not yet appended) or an earlier version indexed elsewhere joins it.
+    const onDisk = new Set(names.map((name) => decodeURIComponent(name)));
+    let gone = false;
+    for (const id of map.keys()) {
+      if (onDisk.has(id)) continue;
+      map.delete(id);
+      gone = true;
+    }
+    const missing: ArchiveListed[] = [];
+    for (const id of onDisk) {
       if (map.has(id)) continue;
-      const build = await readRecord(id);
-      if (build !== undefined) missing.push(indexEntry(build));
+      const build = await readRecord(id).catch(() => undefined);
+      if (build !== undefined && isRecord(build)) missing.push(listed(build));
     }
     for (const e of missing) map.set(e.id, e);
-    if (stale) {
+    if (gone) {
       await writeIndex(() => rewriteIndex(map));
       const now = await statIndex();
       seen = { ino: now.ino, size: now.size };
-    } else if (missing.length > 0) await writeIndex(() => appendFile(indexPath, missing.map((e) => `${JSON.stringify(e)}\n`).join("")));
-    sorted = [...map.values()].map((e) => ({ ...e, time: Date.parse(e.createdAt) })).sort(newestFirst);
+    } else if (missing.length > 0)
+      await writeIndex(() => appendFile(indexPath, missing.map((e) => `${JSON.stringify(recordOf(e))}\n`).join("")));
+    await rm(join(dir, OLD_INDEX), { force: true });
+    sorted = [...map.values()].sort(newestFirst);
     return map;
   }
 
-  /** Replaces index.jsonl with the entries of `map`, atomically (temporary file, fsync, rename). */
-  async function rewriteIndex(map: Map<string, ArchiveIndexEntry>): Promise<void> {
+  /** Replaces records.jsonl with the entries of `map`, atomically (temporary file, fsync, rename). */
+  async function rewriteIndex(map: Map<string, ArchiveListed>): Promise<void> {
     await ensureDir(tmpDir);
     const tmp = join(tmpDir, `index-${process.pid}-${Date.now()}.jsonl`);
     try {
-      await writeSynced(tmp, Buffer.from([...map.values()].map((e) => `${JSON.stringify(e)}\n`).join("")), false);
+      await writeSynced(tmp, Buffer.from([...map.values()].map((e) => `${JSON.stringify(recordOf(e))}\n`).join("")), false);
       await rename(tmp, indexPath);
     } finally {
       await rm(tmp, { force: true });
@@ -173,7 +175,7 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
   }
 
   /**
-   * Adds what other writers appended to index.jsonl since it was read; reloads it whole when it was replaced
+   * Adds what other writers appended to records.jsonl since it was read; reloads it whole when it was replaced
    * (another store's retention rewrote it). One stat when nothing changed.
    */
   function refresh(): Promise<void> {
@@ -199,10 +201,11 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
       for (const line of bytes.subarray(0, end).toString("utf8").split("\n")) {
         if (line === "") continue;
         try {
-          const entry = JSON.parse(line) as ArchiveIndexEntry;
-          if (typeof entry.id !== "string" || typeof entry.createdAt !== "string" || map.has(entry.id)) continue;
-          map.set(entry.id, entry);
-          insertSorted(entry);
+          const entry = JSON.parse(line) as Build;
+          if (!isRecord(entry) || map.has(entry.id)) continue;
+          const item = listed(entry);
+          map.set(entry.id, item);
+          insertSorted(item);
         } catch {
           // A torn line; a full load's directory scan restores its entry.
         }
@@ -299,23 +302,28 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
       } finally {
         await rm(tmp, { recursive: true, force: true });
       }
-      const entry = indexEntry(build);
+      const entry = listed(build);
       const map = await indexOf();
       if (!map.has(build.id)) {
         map.set(build.id, entry);
         insertSorted(entry);
-        await writeIndex(() => appendFile(indexPath, `${JSON.stringify(entry)}\n`));
+        await writeIndex(() => appendFile(indexPath, `${JSON.stringify(build)}\n`));
       }
       return "written";
     },
 
-    get: readRecord,
+    async get(id) {
+      // From memory when indexed (a copy: callers may change what they get); else from its entry, which
+      // another writer sharing the directory may have added since the index was read.
+      const known = (await indexOf()).get(id);
+      return known === undefined ? readRecord(id) : recordOf(known);
+    },
 
     async log(id, type, offset = 0) {
       const handle = await openLog(id, type);
       if (handle === undefined) return undefined;
       const file = handle.createReadStream({ highWaterMark: 256 * 1024 });
-      const gunzip = createGunzip({ chunkSize: 256 * 1024 });
+      const gunzip = createGunzip({ chunkSize: 512 * 1024 });
       // From the start (the common read) the decompressed bytes go out as they are, with no stream in between.
       const out = offset > 0 ? file.pipe(gunzip).pipe(skipBytes(offset)) : file.pipe(gunzip);
       file.on("error", (err) => gunzip.destroy(err));
@@ -328,10 +336,12 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
     },
 
     async lookup(id) {
-      const known = (await indexOf()).get(id);
-      if (known !== undefined) return known;
-      await refresh();
-      return (await indexOf()).get(id);
+      let known = (await indexOf()).get(id);
+      if (known === undefined) {
+        await refresh();
+        known = (await indexOf()).get(id);
+      }
+      return known === undefined ? undefined : recordOf(known);
     },
 
     async ready() {
@@ -352,6 +362,9 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
       const map = await indexOf();
       const gone = new Set(ids.filter((id) => map.has(id)));
       if (gone.size === 0) return;
+      // Out of the index before the files go: a read that misses the index reads the disk, never the reverse.
+      for (const id of gone) map.delete(id);
+      sorted = sorted.filter((e) => !gone.has(e.id));
       await ensureDir(tmpDir);
       for (const id of gone) {
         // Renamed out of builds/ first, so a reader never sees half a directory.
@@ -362,9 +375,7 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
           if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
         }
         await rm(doomed, { recursive: true, force: true });
-        map.delete(id);
       }
-      sorted = sorted.filter((e) => !gone.has(e.id));
       await writeIndex(async () => {
         await rewriteIndex(map);
         const now = await statIndex();
@@ -390,14 +401,26 @@ async function ensureDir(path: string): Promise<void> {
   }
 }
 
-function indexEntry(build: Build): ArchiveIndexEntry {
-  const { id, builder, repo, repoUrl, commit, ref, flavor, event, trusted, state, createdAt } = build;
-  const entry: ArchiveIndexEntry = { id, builder, repo, repoUrl, commit, ref, flavor, event, trusted, state, createdAt };
-  if (build.private !== undefined) entry.private = build.private;
-  if (build.pr !== undefined) entry.pr = build.pr;
-  if (build.tag !== undefined) entry.tag = build.tag;
-  if (build.finishedAt !== undefined) entry.finishedAt = build.finishedAt;
-  return entry;
+/** A record as listings walk it: with its sort key. */
+function listed(build: Build): ArchiveListed {
+  return { ...build, time: Date.parse(build.createdAt) };
+}
+
+/** The record of a listed entry, as `build.json` holds it (a copy without the sort key). */
+export function recordOf(entry: ArchiveListed): Build {
+  const { time: _time, ...build } = entry;
+  return build;
+}
+
+/** Whether a parsed index line or record file is a build record (a listing can show it as it is). */
+function isRecord(entry: Build): boolean {
+  return (
+    typeof entry === "object" &&
+    entry !== null &&
+    typeof entry.id === "string" &&
+    typeof entry.createdAt === "string" &&
+    typeof entry.ref === "string"
+  );
 }
 
 /** Drops the first `n` bytes of a byte stream. */

@@ -1,4 +1,4 @@
-import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -147,19 +147,39 @@ describe("listing live and archived builds together", () => {
     }
   });
 
-  it("lists from the index in memory: a build removed from the disk behind its back is skipped, not an error", async () => {
+  it("lists from the index in memory, reading no entry; an entry removed by hand leaves it at the next start", async () => {
     const { store, reader } = await setUp();
     await store.ready();
+    const before = await listAll(reader, {}, 5);
+    // Every record file made unreadable (a directory where the file was): the pages are the same, record for
+    // record, so none of them was read.
+    const records = archived.map((b) => join(store.dir, "builds", encodeURIComponent(b.id), "build.json"));
+    const saved = records.map((path) => readFileSync(path));
+    for (const path of records) {
+      rmSync(path);
+      mkdirSync(path);
+    }
+    try {
+      const { shown } = await listAll(reader, {}, 5);
+      expect(shown).toEqual(before.shown);
+      expect(shown.find((b) => b.id === build(3).id)).toEqual(build(3));
+    } finally {
+      records.forEach((path, i) => {
+        rmSync(path, { recursive: true });
+        writeFileSync(path, saved[i] as Buffer);
+      });
+    }
     rmSync(join(store.dir, "builds", encodeURIComponent(build(3).id)), { recursive: true });
-    const { ids } = await listAll(reader, {}, 5);
-    expect(ids).toEqual(expectedAll.filter((id) => id !== build(3).id));
+    const reopened = createArchivedReader(liveReader(live), createArchiveStore({ dir: store.dir }), captureLogs().log);
+    expect((await listAll(reopened, {}, 5)).ids).toEqual(expectedAll.filter((id) => id !== build(3).id));
   });
 
-  it("reads an index written before it carried listing fields, and an entry the index missed", async () => {
+  it("rebuilds the index of an earlier version (summaries only) from the entries, then removes it", async () => {
     const dir = tempDir();
     const first = createArchiveStore({ dir });
     for (const b of archived.slice(0, 4)) await first.put(b, { stdout: empty(), stderr: empty(), all: empty() });
-    // The index as the first archive version wrote it, without build 3 (a crash between rename and append).
+    // The index as the first archive version wrote it (one torn line), and none of this version.
+    rmSync(join(dir, "records.jsonl"));
     writeFileSync(
       join(dir, "index.jsonl"),
       archived
@@ -171,8 +191,16 @@ describe("listing live and archived builds together", () => {
     const reader = createArchivedReader(liveReader([]), createArchiveStore({ dir }), captureLogs().log);
     const { ids } = await listAll(reader, { ref: "main" }, 10);
     expect(ids).toEqual([build(2).id, build(0).id]);
-    // Upgraded in place: a third start reads the fields from the index alone.
-    expect(await createArchiveStore({ dir }).lookup(build(3).id)).toMatchObject({ ref: "dev", commit: build(3).commit });
+    expect(existsSync(join(dir, "index.jsonl"))).toBe(false);
+    // Each line of the new index is the entry's record, byte for byte.
+    const lines = readFileSync(join(dir, "records.jsonl"), "utf8").split("\n").filter((l) => l !== "");
+    expect(lines.sort()).toEqual(
+      archived
+        .slice(0, 4)
+        .map((b) => readFileSync(join(dir, "builds", encodeURIComponent(b.id), "build.json"), "utf8").trimEnd())
+        .sort(),
+    );
+    expect(await createArchiveStore({ dir }).lookup(build(3).id)).toEqual(build(3));
   });
 
   it("removes entries: gone from listings, the disk and the index of the next start", async () => {

@@ -274,45 +274,47 @@ describe("archived builds read the same after Nomad garbage-collects them (clust
     const damaged = join(dir, "builds", encodeURIComponent(id));
     mkdirSync(join(damaged, "build.json"), { recursive: true });
     mkdirSync(join(damaged, "stdout.gz"), { recursive: true });
+    const logged = logs.text().length;
     try {
       const path = `/builds/${encodeURIComponent(id)}`;
-      const record = await fetch(`${petrel.url}${path}`, { headers: ADMIN });
-      expect(record.status).toBe(200);
-      expect(await record.json()).toMatchObject({ id, state: "running" });
+      for (let i = 0; i < 2; i++) {
+        const record = await fetch(`${petrel.url}${path}`, { headers: ADMIN });
+        expect(record.status).toBe(200);
+        expect(await record.json()).toMatchObject({ id, state: "running" });
+      }
       const log = await fetch(`${petrel.url}${path}/logs?type=stdout&follow=false`, { headers: { ...ADMIN, "accept-encoding": "gzip" } });
       expect(log.status).toBe(200);
       expect(await log.text()).toBe("still running\n");
+      // Said in the log, once for the cause however many reads meet it (an earlier test may have said it).
+      const said = logs.text().slice(logged);
+      expect((said.match(/"cause":"EISDIR"/g) ?? []).length).toBeLessThanOrEqual(1);
+      expect(logs.text()).toMatch(/"cause":"EISDIR".*an archive entry cannot be read; the backend answers for it/);
     } finally {
       rmSync(damaged, { recursive: true, force: true });
     }
   });
 
-  it("lists the builds around an archived record that cannot be read, leaving that one out", async () => {
-    const ids: string[] = [];
-    for (const c of ["7", "8"]) {
-      const id = await push(c.repeat(40));
-      run(id, 0);
-      await archived(id);
-      nomad.gcJob(id);
-      ids.push(id);
-    }
-    const [damaged, intact] = ids as [string, string];
-    const record = entry(damaged);
+  it("lists and serves an archived record from the index when its file can no longer be read", async () => {
+    const id = await push("7".repeat(40));
+    run(id, 0);
+    await archived(id);
+    nomad.gcJob(id);
+    const path = `/builds/${encodeURIComponent(id)}`;
+    const before = await (await fetch(`${petrel.url}${path}`, { headers: ADMIN })).text();
+    const listing = async () => {
+      const res = await fetch(`${petrel.url}/builds?limit=50`, { headers: ADMIN });
+      expect(res.status).toBe(200);
+      return ((await res.json()) as { builds: { id: string }[] }).builds.find((b) => b.id === id);
+    };
+    const listedBefore = await listing();
+    expect(listedBefore).toMatchObject({ id, state: "success" });
+    const record = entry(id);
     const saved = readFileSync(record);
-    const logged = logs.text().length;
     rmSync(record);
     mkdirSync(record);
     try {
-      const res = await fetch(`${petrel.url}/builds?limit=50`, { headers: ADMIN });
-      expect(res.status).toBe(200);
-      const listed = ((await res.json()) as { builds: { id: string }[] }).builds.map((b) => b.id);
-      expect(listed).toContain(intact);
-      expect(listed).not.toContain(damaged);
-      // Said in the log, once for the cause however many reads meet it (an earlier test may have said it).
-      await fetch(`${petrel.url}/builds?limit=50`, { headers: ADMIN });
-      const said = logs.text().slice(logged);
-      expect((said.match(/an archive entry cannot be read/g) ?? []).length).toBeLessThanOrEqual(1);
-      expect(logs.text()).toMatch(/"cause":"EISDIR".*an archive entry cannot be read; the backend answers for it/);
+      expect(await listing()).toEqual(listedBefore);
+      expect(await (await fetch(`${petrel.url}${path}`, { headers: ADMIN })).text()).toBe(before);
     } finally {
       rmSync(record, { recursive: true, force: true });
       writeFileSync(record, saved);

@@ -110,7 +110,7 @@ describe("archive store", () => {
     expect(both.sort()).toEqual(["exists", "written"]);
     expect(readdirSync(join(dir, "tmp"))).toEqual([]);
     // One index line per build, whoever wrote it.
-    const lines = readFileSync(join(dir, "index.jsonl"), "utf8").trim().split("\n");
+    const lines = readFileSync(join(dir, "records.jsonl"), "utf8").trim().split("\n");
     expect(lines.map((l) => (JSON.parse(l) as { id: string }).id).sort()).toEqual([ID, "builder/dispatch-1700000001-00000000"]);
   });
 
@@ -135,7 +135,7 @@ describe("archive store", () => {
     const dir = tempDir();
     await createArchiveStore({ dir }).put(build(), { stdout: Buffer.from(""), stderr: Buffer.from(""), all: Buffer.from("") });
     // As if the process died after the rename, during the index append.
-    writeFileSync(join(dir, "index.jsonl"), '{"id":"builder/disp');
+    writeFileSync(join(dir, "records.jsonl"), '{"id":"builder/disp');
     const reopened = createArchiveStore({ dir });
     expect(await reopened.lookup(ID)).toMatchObject({ id: ID, state: "failure" });
     expect(await reopened.lookup("builder/dispatch-1700000009-ffffffff")).toBeUndefined();
