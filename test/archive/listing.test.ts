@@ -193,7 +193,9 @@ describe("listing live and archived builds together", () => {
     expect(ids).toEqual([build(2).id, build(0).id]);
     expect(existsSync(join(dir, "index.jsonl"))).toBe(false);
     // Each line of the new index is the entry's record, byte for byte.
-    const lines = readFileSync(join(dir, "records.jsonl"), "utf8").split("\n").filter((l) => l !== "");
+    const lines = readFileSync(join(dir, "records.jsonl"), "utf8")
+      .split("\n")
+      .filter((l) => l !== "");
     expect(lines.sort()).toEqual(
       archived
         .slice(0, 4)
