@@ -87,6 +87,11 @@ export interface BuildFilter {
   after?: BuildCursor;
   /** Whether the caller may see a build, from its meta alone; refused builds are counted, never read in detail. */
   visible?: (build: BuildSummary) => boolean | Promise<boolean>;
+  /**
+   * The backend's state as of this call: no answer shared with a listing already in flight, which may predate a
+   * build the caller knows of (a policy deciding on the build it was just told about).
+   */
+  fresh?: boolean;
 }
 
 /** One page of a listing. */

@@ -7,7 +7,7 @@ import type { Logger } from "../log.js";
 import { untilAborted } from "../util/abort.js";
 import type { NomadClient } from "./client.js";
 import { createNomadLogs, type NomadLogsOptions } from "./logs.js";
-import { buildAllocation, buildOf } from "./outcome.js";
+import { buildAllocation, buildOf, msFromNs } from "./outcome.js";
 import type { Job, JobListStub } from "./schema.js";
 
 /** The Nomad build reader's collaborators and limits. */
@@ -95,17 +95,21 @@ export function createNomadBuildReader(options: NomadBuildReaderOptions): NomadB
     return meta === undefined ? undefined : buildFromMeta(stub.ID, stub.ParentID, meta);
   };
 
-  // Concurrent listings (a burst of anonymous readers) share one `GET /v1/jobs` per builder.
+  // Concurrent listings (a burst of anonymous readers) share one `GET /v1/jobs` per builder; a fresh one starts
+  // its own, which later listings then share.
   const inflight = new Map<string, Promise<JobListStub[]>>();
-  function children(builder: string, signal?: AbortSignal): Promise<JobListStub[]> {
-    let pending = inflight.get(builder);
+  function children(builder: string, fresh: boolean, signal?: AbortSignal): Promise<JobListStub[]> {
+    let pending = fresh ? undefined : inflight.get(builder);
     if (pending === undefined) {
-      pending = nomad
+      const started: Promise<JobListStub[]> = nomad
         .listJobs({ prefix: `${builder}/dispatch-`, meta: true })
         // The prefix also matches children of a builder whose name extends this one's; ParentID decides.
         .then((stubs) => stubs.filter((s) => s.ParentID === builder && isBuildOf(s.ID, new Set([builder]))))
-        .finally(() => inflight.delete(builder));
-      inflight.set(builder, pending);
+        .finally(() => {
+          if (inflight.get(builder) === started) inflight.delete(builder);
+        });
+      inflight.set(builder, started);
+      pending = started;
     }
     return untilAborted(pending, signal);
   }
@@ -120,10 +124,10 @@ export function createNomadBuildReader(options: NomadBuildReaderOptions): NomadB
 
     async listBuilds(filter, signal) {
       const builders = [...options.builders()];
-      const lists = await Promise.all(builders.map((builder) => children(builder, signal)));
+      const lists = await Promise.all(builders.map((builder) => children(builder, filter.fresh === true, signal)));
       const candidates = lists
         .flat()
-        .map((stub) => ({ stub, time: Math.floor(stub.SubmitTime / 1e6), id: stub.ID }))
+        .map((stub) => ({ stub, time: msFromNs(stub.SubmitTime), id: stub.ID }))
         .filter((c) => isAfterCursor(c.time, c.id, filter.after) && mayHaveState(c.stub, filter.state))
         .sort(newestFirst);
       const out: Build[] = [];

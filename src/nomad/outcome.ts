@@ -173,5 +173,14 @@ export function placementReason(failed: Evaluation | undefined): string {
 }
 
 function isoFromNs(ns: number): string {
-  return new Date(Math.floor(ns / 1e6)).toISOString();
+  return new Date(msFromNs(ns)).toISOString();
+}
+
+/**
+ * Nomad's nanosecond times (int64) as whole milliseconds, the same for every reader. Today's nanoseconds exceed
+ * 2^53, so a parsed value is off by up to 128 ns, and `floor(ns / 1e6)` could put two jobs a millisecond apart
+ * in the same millisecond: rounded to whole microseconds first (exact below 2^53), the floor is right.
+ */
+export function msFromNs(ns: number): number {
+  return Math.floor(Math.round(ns / 1000) / 1000);
 }

@@ -120,8 +120,10 @@ export function createPolicies(options: PoliciesOptions): Policies {
     const entry = await entryOfBuild(registry, build);
     if (entry === undefined || !entry.config.supersede) return;
     // Only the group's builds are read (the others are passed over on their meta), the newest LIST_LIMIT of them.
+    // Fresh: a listing already in flight may predate this build, and then neither it nor, when the other build's
+    // check shared that same listing, the other would ever be compared (two pushes racing through two replicas).
     const page = await reader.listBuilds(
-      { repo: build.repo, ref: build.ref, limit: LIST_LIMIT, visible: (b) => supersedeGroup(b) === group },
+      { repo: build.repo, ref: build.ref, limit: LIST_LIMIT, visible: (b) => supersedeGroup(b) === group, fresh: true },
       termSignal(),
     );
     const members = page.builds.filter((b) => supersedeGroup(b) === group);

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Build, BuildCursor } from "../../src/builds/backend.js";
 import { createNomadBuildReader, type NomadBuildReader } from "../../src/nomad/builds.js";
 import { createNomadClient, type NomadClient } from "../../src/nomad/client.js";
-import { buildOf } from "../../src/nomad/outcome.js";
+import { buildOf, msFromNs } from "../../src/nomad/outcome.js";
 import { AllocationStub, Evaluation, Job } from "../../src/nomad/schema.js";
 import { captureLogs } from "../helpers/log-capture.js";
 import { rejection } from "../helpers/rejection.js";
@@ -233,6 +233,44 @@ describe("listing builds (fake or real Nomad)", () => {
     expect((await r.listBuilds({ limit: 2 })).builds).toHaveLength(2);
   });
 
+  it("shares a list already in flight with a concurrent listing, but not with a fresh one, which sees a newer build", async () => {
+    // The first list call answers as Nomad had it, then is held: a build dispatched meanwhile is not in it.
+    let release = () => {};
+    const held = new Promise<void>((r) => {
+      release = r;
+    });
+    let answered = () => {};
+    const stale = new Promise<void>((r) => {
+      answered = r;
+    });
+    let lists = 0;
+    const holding: NomadClient = {
+      ...nomad,
+      async listJobs(query) {
+        lists += 1;
+        const stubs = await nomad.listJobs(query);
+        if (lists === 1) {
+          answered();
+          await held;
+        }
+        return stubs;
+      },
+    };
+    const r = createNomadBuildReader({ nomad: holding, builders: () => new Set([builder]), log: captureLogs().log });
+    const first = r.listBuilds({ limit: 500 });
+    await stale;
+    const newer = await dispatch({ ...META, COMMIT: "f".repeat(7), BRANCH: "fresh" });
+    const shared = r.listBuilds({ limit: 500, ref: "fresh" });
+    const fresh = await r.listBuilds({ limit: 500, ref: "fresh", fresh: true });
+    expect(fresh.builds.map((b) => b.id)).toEqual([newer]);
+    release();
+    expect((await first).builds.map((b) => b.id)).not.toContain(newer);
+    expect((await shared).builds).toEqual([]);
+    expect(lists).toBe(2);
+    // Later listings share the fresh one's answer or ask anew: either way they see the build.
+    expect((await r.listBuilds({ limit: 500, ref: "fresh" })).builds.map((b) => b.id)).toEqual([newer]);
+  });
+
   // Counts the requests the fake recorded, by what they name.
   it.skipIf(realNomad)("reads finished builds once: a second listing costs one call per builder plus the builds in progress", async () => {
     const fake = t.fake!;
@@ -308,6 +346,17 @@ describe("the outcome rule (table)", () => {
       SubmitTime: 1.7e18,
       ...over,
     });
+
+  it("reads SubmitTime (int64 nanoseconds) as whole milliseconds, right for every millisecond despite the float error", () => {
+    const wrong: number[] = [];
+    for (let ms = Date.parse("2026-12-07T00:00:00Z"), end = ms + 20_000; ms < end; ms++) {
+      for (const ns of [ms * 1e6, ms * 1e6 + 999_000, ms * 1e6 + 1000]) if (msFromNs(ns) !== ms) wrong.push(ns);
+    }
+    expect(wrong).toEqual([]);
+    // floor(ns / 1e6) alone put one millisecond in eight in the one before it.
+    expect(Math.floor(1796656823778e6 / 1e6)).toBe(1796656823777);
+    expect(buildOf(job({ SubmitTime: 1796656823778e6 }), []).createdAt).toBe(new Date(1796656823778).toISOString());
+  });
   const task = (state: string, events: [string, Record<string, string>?][], failed = false) => ({
     State: state,
     Failed: failed,

@@ -49,10 +49,11 @@ async function buildOf(res: Response): Promise<string> {
   return ((await res.json()) as { build: string }).build;
 }
 
-async function show(petrel: RunningPetrel, id: string): Promise<{ state: string; reason?: string }> {
+async function show(petrel: RunningPetrel, id: string): Promise<{ state: string; reason?: string; createdAt: string }> {
   return (await (await fetch(`${petrel.url}/builds/${encodeURIComponent(id)}`, { headers: ADMIN })).json()) as {
     state: string;
     reason?: string;
+    createdAt: string;
   };
 }
 
@@ -253,8 +254,11 @@ describe("two replicas that both lead (the worst case of a failover): cron and s
         deliver(replicas[0]?.url ?? "", push(`${round}a`.padEnd(40, "a"), { ref })).then(buildOf),
         deliver(replicas[1]?.url ?? "", push(`${round}b`.padEnd(40, "b"), { ref })).then(buildOf),
       ]);
-      const submitted = (id: string) => nomad.job(id)?.SubmitTime ?? 0;
-      const [older, newer] = submitted(a) < submitted(b) || (submitted(a) === submitted(b) && a < b) ? [a, b] : [b, a];
+      // Older by creation time as petrel shows it (whole milliseconds), then by ID: the rule every replica applies.
+      const created = async (id: string) => Date.parse((await show(replicas[0] as RunningPetrel, id)).createdAt);
+      const [ta, tb] = [await created(a), await created(b)];
+      expect(Math.abs(ta - (nomad.job(a)?.SubmitTime ?? 0) / 1e6)).toBeLessThan(1);
+      const [older, newer] = ta < tb || (ta === tb && a < b) ? [a, b] : [b, a];
       await eventually(() => nomad.job(older)?.Stop === true, 10_000, `round ${round}: the older build stopped`);
       await new Promise((r) => setTimeout(r, 300));
       expect(nomad.job(newer)?.Stop).not.toBe(true);
