@@ -11,8 +11,9 @@
  *    single-machine mode always has, in its archive), whose own p99 must be under 20 ms too.
  * 3. The webhook benchmark's load (bench/hook.ts: signed pushes, 16 connections, fakes in another process) alone
  *    and while 1,000 finished builds are archived in a burst in the same process (read back from Nomad, logs
- *    compressed, written): the throughput during the burst must stay >= 95 % of the throughput alone. Each
- *    phase gets fresh fakes and a fresh app, and alone/burst phases alternate (see `burst`).
+ *    compressed, written): the throughput during the burst must stay >= 95 % of the throughput alone, as the
+ *    median over rounds of each burst's ratio to the phase alone beside it. Each phase gets fresh fakes and a
+ *    fresh app, and alone/burst phases alternate (see `burst`).
  *    `BENCH_ARCHIVE_ONLY=burst` runs this part alone, `BENCH_ARCHIVE_ONLY=reads` the other two.
  */
 import { spawn } from "node:child_process";
@@ -53,7 +54,7 @@ const READS = Number(process.env.BENCH_ARCHIVE_READS ?? 21);
 const PAGES = Number(process.env.BENCH_ARCHIVE_PAGES ?? 500);
 const BURST = Number(process.env.BENCH_ARCHIVE_BURST ?? 1000);
 const BURST_KIB = Number(process.env.BENCH_ARCHIVE_BURST_KIB ?? 32);
-const BURST_ROUNDS = Number(process.env.BENCH_ARCHIVE_BURST_ROUNDS ?? 2);
+const BURST_ROUNDS = Number(process.env.BENCH_ARCHIVE_BURST_ROUNDS ?? 5);
 /** Webhooks sent in each phase of the burst part (alone, or while a burst is archived). */
 const BURST_LOAD = Number(process.env.BENCH_ARCHIVE_BURST_LOAD ?? 1000);
 const WARMUP_HOOKS = 300;
@@ -472,16 +473,21 @@ async function burst(): Promise<boolean> {
     }
     const archivedAll = batches.flat().every((id) => existsSync(join(dir, "builds", encodeURIComponent(id), "build.json")));
     const mean = (v: number[]) => v.reduce((x, y) => x + y, 0) / v.length;
-    const ratio = mean(during.map((d) => d.rps)) / mean(alone);
+    // Judged per round, each burst against the phase alone next to it, and the median of those ratios: two
+    // phases alone in one run have differed by 45 % on this machine, so a ratio of means mostly measured which
+    // phases the neighbours slowed. An odd number of rounds (5 by default) makes the median one round's ratio.
+    const paired = during.map((d, i) => d.rps / (alone[i] as number)).sort((x, y) => x - y);
+    const ratio = percentile(paired, 50);
     process.stdout.write(
       `  alone ${alone.map((v) => v.toFixed(0)).join(", ")} req/s; during a burst ${during.map((d) => d.rps.toFixed(0)).join(", ")} req/s (${during.map((d) => d.requests).join(", ")} webhooks)\n` +
         `  this process's CPU per webhook (load generator and archiving included): alone ${aloneCpu.map((v) => v.toFixed(2)).join(", ")} ms, during a burst ${during.map((d) => d.cpu.toFixed(2)).join(", ")} ms\n` +
-        `  archived while the load ran: ${during.map((d) => d.archivedDuring).join(", ")} of ${BURST}; the rest took ${during.map((d) => (d.tailMs / 1000).toFixed(1)).join(", ")} s after it; a whole burst ${during.map((d) => (d.burstMs / 1000).toFixed(1)).join(", ")} s\n`,
+        `  archived while the load ran: ${during.map((d) => d.archivedDuring).join(", ")} of ${BURST}; the rest took ${during.map((d) => (d.tailMs / 1000).toFixed(1)).join(", ")} s after it; a whole burst ${during.map((d) => (d.burstMs / 1000).toFixed(1)).join(", ")} s\n` +
+        `  during/alone per round ${paired.map((r) => `${(r * 100).toFixed(0)} %`).join(", ")} (sorted); ratio of the means ${((mean(during.map((d) => d.rps)) / mean(alone)) * 100).toFixed(1)} %\n`,
     );
     const short = during.some((d) => d.requests < BURST_LOAD);
     if (short) process.stderr.write("  a burst ended before its phase's load did: that phase's figure covers only the burst\n");
     return [
-      verdict("/hook during a burst / alone", `${(ratio * 100).toFixed(1)} %`, ">= 95 %", ratio >= 0.95),
+      verdict("/hook during a burst / alone (paired median)", `${(ratio * 100).toFixed(1)} %`, ">= 95 %", ratio >= 0.95),
       verdict("every build of the burst archived", archivedAll ? "yes" : "no", "yes", archivedAll),
       verdict("failed deliveries", `${failures}`, "0", failures === 0),
     ].every(Boolean);
