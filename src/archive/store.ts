@@ -1,5 +1,6 @@
+import { randomBytes } from "node:crypto";
 import { createWriteStream } from "node:fs";
-import { appendFile, type FileHandle, mkdir, mkdtemp, open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
+import { access, appendFile, type FileHandle, mkdir, mkdtemp, open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { Readable, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -31,13 +32,13 @@ export interface ArchiveStore {
   log(id: string, type: LogType, offset?: number): Promise<AsyncIterable<Uint8Array> | undefined>;
   /** The log's gzip file as stored (one gzip member of the whole log); undefined when not archived. */
   gzipped(id: string, type: LogType): Promise<AsyncIterable<Uint8Array> | undefined>;
-  /** The index entry of an archived build. */
+  /** The record of an archived build as the index holds it (read anew when this store has not seen it yet). */
   lookup(id: string): Promise<Build | undefined>;
   /** Loads the index (once: later calls share it); listings and retention wait for it. */
   ready(): Promise<void>;
   /**
    * The index in memory, newest first, from just after `after`: no disk access. Call after `ready()`; an
-   * entry removed while iterating may still be yielded (its record then reads as undefined).
+   * entry removed while iterating may still be yielded.
    */
   newest(after?: BuildCursor): Iterable<ArchiveListed>;
   /** Every indexed entry, newest first (retention). */
@@ -65,6 +66,8 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
   const tmpDir = join(dir, "tmp");
   const indexPath = join(dir, INDEX);
   let index: Promise<Map<string, ArchiveListed>> | undefined;
+  // The same map once loaded (undefined while a load is under way): reads of one record never wait for a load.
+  let loaded: Map<string, ArchiveListed> | undefined;
   // How much of records.jsonl (which file: its inode) the map holds, so entries other writers sharing the
   // directory appended (replicas on a shared filesystem) are picked up by reading only what is new.
   let seen: { ino: number; size: number } | undefined;
@@ -100,6 +103,8 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
     const map = new Map<string, ArchiveListed>();
     let text = "";
     const file = await statIndex();
+    // No records.jsonl: a new archive, or one an earlier version indexed in index.jsonl.
+    const first = file.ino === 0;
     try {
       const bytes = await readFile(indexPath);
       // Up to the last complete line: a line another writer is still appending is read by a later refresh.
@@ -125,37 +130,38 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
     }
-    // The entries on disk are the truth: one removed by hand leaves the index here, one a crash kept out of it
-    // (renamed into place, not yet appended) or an earlier version indexed elsewhere joins it.
+    // The entries on disk are the truth. One removed by hand (or by another store between its renames and its
+    // rewrite) leaves the index in memory; the file is left to the store that prunes. One a crash kept out of the
+    // file (renamed into place, not yet appended), or an earlier version indexed elsewhere, joins it.
     const onDisk = new Set(names.map((name) => decodeURIComponent(name)));
-    let gone = false;
-    for (const id of map.keys()) {
-      if (onDisk.has(id)) continue;
-      map.delete(id);
-      gone = true;
-    }
+    for (const id of map.keys()) if (!onDisk.has(id)) map.delete(id);
     const missing: ArchiveListed[] = [];
-    for (const id of onDisk) {
-      if (map.has(id)) continue;
-      const build = await readRecord(id).catch(() => undefined);
-      if (build !== undefined && isRecord(build)) missing.push(listed(build));
+    const unread = [...onDisk].filter((id) => !map.has(id));
+    // Read 32 at a time: an archive an earlier version indexed has every record to read once.
+    for (let at = 0; at < unread.length; at += 32) {
+      const builds = await Promise.all(unread.slice(at, at + 32).map((id) => readRecord(id).catch(() => undefined)));
+      for (const build of builds) if (build !== undefined && isRecord(build)) missing.push(listed(build));
     }
     for (const e of missing) map.set(e.id, e);
-    if (gone) {
+    if (first && map.size > 0) {
+      // Written whole and renamed into place: stores sharing the directory may all be upgrading at once, and
+      // appends of a whole archive from each would interleave into torn lines.
       await writeIndex(() => rewriteIndex(map));
       const now = await statIndex();
       seen = { ino: now.ino, size: now.size };
-    } else if (missing.length > 0)
+      await rm(join(dir, OLD_INDEX), { force: true });
+    } else if (missing.length > 0) {
       await writeIndex(() => appendFile(indexPath, missing.map((e) => `${JSON.stringify(recordOf(e))}\n`).join("")));
-    await rm(join(dir, OLD_INDEX), { force: true });
+    }
     sorted = [...map.values()].sort(newestFirst);
+    loaded = map;
     return map;
   }
 
   /** Replaces records.jsonl with the entries of `map`, atomically (temporary file, fsync, rename). */
   async function rewriteIndex(map: Map<string, ArchiveListed>): Promise<void> {
     await ensureDir(tmpDir);
-    const tmp = join(tmpDir, `index-${process.pid}-${Date.now()}.jsonl`);
+    const tmp = join(tmpDir, `index-${randomBytes(8).toString("hex")}.jsonl`);
     try {
       await writeSynced(tmp, Buffer.from([...map.values()].map((e) => `${JSON.stringify(recordOf(e))}\n`).join("")), false);
       await rename(tmp, indexPath);
@@ -313,10 +319,18 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
     },
 
     async get(id) {
-      // From memory when indexed (a copy: callers may change what they get); else from its entry, which
-      // another writer sharing the directory may have added since the index was read.
-      const known = (await indexOf()).get(id);
-      return known === undefined ? readRecord(id) : recordOf(known);
+      // Not indexed (or the index still loading): from its entry, which another writer sharing the directory
+      // may have added since the index was read.
+      const known = loaded?.get(id);
+      if (known === undefined) return readRecord(id);
+      // Indexed: from memory (a copy: callers may change what they get), once the entry is seen to be still
+      // there; another store sharing the directory may have pruned it since this index was read.
+      try {
+        await access(join(entryDir(id), RECORD));
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      }
+      return recordOf(known);
     },
 
     async log(id, type, offset = 0) {
@@ -363,18 +377,31 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
       const gone = new Set(ids.filter((id) => map.has(id)));
       if (gone.size === 0) return;
       // Out of the index before the files go: a read that misses the index reads the disk, never the reverse.
+      const entries = [...gone].map((id) => map.get(id) as ArchiveListed);
       for (const id of gone) map.delete(id);
       sorted = sorted.filter((e) => !gone.has(e.id));
-      await ensureDir(tmpDir);
-      for (const id of gone) {
-        // Renamed out of builds/ first, so a reader never sees half a directory.
-        const doomed = join(tmpDir, `removed-${process.pid}-${encodeURIComponent(id)}`);
-        try {
-          await rename(entryDir(id), doomed);
-        } catch (err) {
-          if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+      let removed = 0;
+      try {
+        await ensureDir(tmpDir);
+        for (const { id } of entries) {
+          // Renamed out of builds/ first, so a reader never sees half a directory; under a name no other
+          // removal (another store, or one a crash left behind) can hold.
+          const doomed = join(tmpDir, `removed-${randomBytes(8).toString("hex")}`);
+          try {
+            await rename(entryDir(id), doomed);
+          } catch (err) {
+            if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+          }
+          removed += 1;
+          await rm(doomed, { recursive: true, force: true });
         }
-        await rm(doomed, { recursive: true, force: true });
+      } catch (err) {
+        // Those still on disk go back into the index, and the next prune tries them again.
+        for (const entry of entries.slice(removed)) {
+          map.set(entry.id, entry);
+          insertSorted(entry);
+        }
+        throw err;
       }
       await writeIndex(async () => {
         await rewriteIndex(map);

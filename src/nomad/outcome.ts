@@ -177,9 +177,11 @@ function isoFromNs(ns: number): string {
 }
 
 /**
- * Nomad's nanosecond times (int64) as whole milliseconds, the same for every reader. Today's nanoseconds exceed
- * 2^53, so a parsed value is off by up to 128 ns, and `floor(ns / 1e6)` could put two jobs a millisecond apart
- * in the same millisecond: rounded to whole microseconds first (exact below 2^53), the floor is right.
+ * Nomad's nanosecond times (int64) as whole milliseconds. Today's nanoseconds exceed 2^53, so a parsed value is
+ * off by up to 128 ns, and `floor(ns / 1e6)` read one whole millisecond in eight as the one before it, so two
+ * jobs submitted a millisecond apart could tie. Rounded to whole microseconds first, a time in whole
+ * microseconds (milliseconds included) comes out exact; a time less than 0.5 µs before a millisecond comes out
+ * as that millisecond. The mapping only ever moves forward with its input, so every reader orders builds alike.
  */
 export function msFromNs(ns: number): number {
   return Math.floor(Math.round(ns / 1000) / 1000);

@@ -1,4 +1,4 @@
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gunzipSync } from "node:zlib";
@@ -160,6 +160,65 @@ describe("archive store", () => {
     await b.ready();
     expect([...b.newest()].map((e) => e.id)).toEqual([second]);
     expect(await b.lookup(ID)).toBeUndefined();
+  });
+
+  it("answers nothing for a build another store pruned, though this store's index still holds it", async () => {
+    const dir = join(tempDir(), "archive");
+    const a = createArchiveStore({ dir });
+    const b = createArchiveStore({ dir });
+    await a.put(build(ID), { stdout: Buffer.from("o\n"), stderr: Buffer.from(""), all: Buffer.from("o\n") });
+    await b.ready();
+    expect(await b.get(ID)).toEqual(build(ID));
+    await a.remove([ID]);
+    // B has not refreshed: its index still lists the build, but the entry is gone, and so is the record.
+    expect([...b.newest()].map((e) => e.id)).toEqual([ID]);
+    expect(await b.get(ID)).toBeUndefined();
+  });
+
+  it("keeps in its index what a failed prune left on disk, for the next prune to try again", async () => {
+    const dir = tempDir();
+    const store = createArchiveStore({ dir });
+    const ids = ["builder/dispatch-1700000001-00000001", "builder/dispatch-1700000002-00000002"];
+    for (const id of ids) await store.put(build(id), { stdout: Buffer.from(""), stderr: Buffer.from(""), all: Buffer.from("") });
+    // Where removals are moved before deletion, a file: the prune cannot move anything.
+    rmSync(join(dir, "tmp"), { recursive: true, force: true });
+    writeFileSync(join(dir, "tmp"), "");
+    await expect(store.remove(ids)).rejects.toMatchObject({ code: expect.stringMatching(/^(EEXIST|ENOTDIR)$/) });
+    expect(store.all().map((e) => e.id)).toEqual([...ids].reverse());
+    expect(await store.get(ids[0] as string)).toEqual(build(ids[0]));
+    rmSync(join(dir, "tmp"));
+    await store.remove(ids);
+    expect(store.all()).toEqual([]);
+    expect(readdirSync(join(dir, "builds"))).toEqual([]);
+  });
+
+  it("builds one whole index when stores sharing an old archive start together (a fleet upgrading at once)", async () => {
+    const dir = tempDir();
+    // 300 entries as an earlier version left them (records, no records.jsonl), each with a 2 KB reason: 0.6 MB
+    // of index, more than one write of an append, so appends from several stores at once tore lines (and each
+    // added every line).
+    const expected: string[] = [];
+    for (let n = 0; n < 300; n++) {
+      const b = build(`builder/dispatch-${1700000000 + n}-${n.toString(16).padStart(8, "0")}`, {
+        createdAt: new Date(Date.parse("2026-12-07T03:00:00Z") + n * 1000).toISOString(),
+        reason: `build ${n} failed: ${"x".repeat(2000)}`,
+      });
+      const entry = join(dir, "builds", encodeURIComponent(b.id));
+      mkdirSync(entry, { recursive: true });
+      const line = JSON.stringify(b);
+      writeFileSync(join(entry, "build.json"), `${line}\n`);
+      expected.push(line);
+    }
+    writeFileSync(join(dir, "index.jsonl"), "");
+    const stores = [0, 1, 2].map(() => createArchiveStore({ dir }));
+    await Promise.all(stores.map((s) => s.ready()));
+    const lines = readFileSync(join(dir, "records.jsonl"), "utf8").split("\n");
+    expect(lines.pop()).toBe("");
+    expect(lines.sort()).toEqual(expected.sort());
+    const again = createArchiveStore({ dir });
+    await again.ready();
+    expect(again.all()).toHaveLength(300);
+    expect(await again.get(expected[7] ? (JSON.parse(expected[7]) as Build).id : "")).toEqual(JSON.parse(expected[7] as string));
   });
 
   it("fails with the file system's error code when the directory cannot be written", async () => {
