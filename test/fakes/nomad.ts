@@ -685,16 +685,17 @@ export async function startNomadFake(opts: NomadFakeOptions = {}): Promise<Nomad
       existing = undefined;
     }
     if (existing) {
-      // The answer carries the server's current index, not the child's (recorded: dispatch.repeat-token,
-      // Index 190 for a child created at 189); no new evaluation.
+      // The answer carries the existing child's ModifyIndex (nomad/job_endpoint.go, Dispatch: `reply.Index =
+      // found.ModifyIndex`; recorded: dispatch.repeat-token, Index 190 for a child created at 189 and updated
+      // once since), and no new evaluation.
       return {
-        index: state.index,
+        index: existing.ModifyIndex,
         body: {
           DispatchedJobID: existing.ID,
           EvalID: "",
           EvalCreateIndex: 0,
           JobCreateIndex: existing.CreateIndex,
-          Index: state.index,
+          Index: existing.ModifyIndex,
         },
       };
     }

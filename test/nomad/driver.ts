@@ -45,7 +45,8 @@ export const CONTROL_META = "PETREL_TEST_CTL";
 const INTERPRETER = [
   'ctl="$NOMAD_META_PETREL_TEST_CTL"; n=1',
   "while :; do",
-  '  line=$(sed -n "${n}p" "$ctl" 2>/dev/null)',
+  // No `${` anywhere: Nomad reads it in a task's config as an interpolation (`${n}` fails validation).
+  '  line=$(sed -n "$n"p "$ctl" 2>/dev/null)',
   '  if [ -z "$line" ]; then sleep 0.05; continue; fi',
   "  n=$((n+1)); set -- $line",
   '  case "$1" in',
