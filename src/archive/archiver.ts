@@ -47,7 +47,7 @@ export interface Pace {
 }
 
 /** The process's own event loop, by `performance.eventLoopUtilization()`. */
-const LOOP_PACE: Pace = {
+export const LOOP_PACE: Pace = {
   busyAbove: 0.5,
   checkMs: 10,
   maxDeferMs: 1000,

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Registry } from "prom-client";
 import { afterEach, describe, expect, it } from "vitest";
-import { createArchiver } from "../../src/archive/archiver.js";
+import { createArchiver, LOOP_PACE, type Pace } from "../../src/archive/archiver.js";
 import { createArchiveStore } from "../../src/archive/store.js";
 import type { Build, BuildReader, LogType } from "../../src/builds/backend.js";
 import { AppError } from "../../src/errors.js";
@@ -205,8 +205,14 @@ describe("archiver", () => {
     await archiver.stop();
   });
 
-  it("yields to a busy event loop: no build is archived while other work keeps the loop busy, all of them once it is quiet", async () => {
+  /** An archiver over `reader` pacing itself by `pace` (the process's own loop, unless a test says otherwise). */
+  const paced = (reader: BuildReader, pace: Partial<Pace>) => {
     const store = createArchiveStore({ dir: tempDir() });
+    const archiver = createArchiver({ store, reader, log: captureLogs().log, metrics: new Registry(), settleMs: 0, pace });
+    return { store, archiver };
+  };
+
+  it("yields to a busy event loop: no build is archived while other work keeps the loop busy, all of them once it is quiet", async () => {
     const done = [build(11), build(12), build(13)];
     const { reader, reads } = memoryReader(done);
     // Real foreground work that leaves the loop no idle moment: 5 ms slices of CPU, one per turn of the loop
@@ -218,19 +224,24 @@ describe("archiver", () => {
       if (spinning) setImmediate(slice);
     };
     setImmediate(slice);
-    const archiver = createArchiver({
-      store,
-      reader,
-      log: captureLogs().log,
-      metrics: new Registry(),
-      settleMs: 0,
-      pace: { maxDeferMs: 60_000 },
+    // The process's own loop, measured as the archiver measures it; the looks that found it busy are counted.
+    let busyLooks = 0;
+    let seen = () => {};
+    const { store, archiver } = paced(reader, {
+      maxDeferMs: 60_000,
+      utilization: (since) => {
+        const u = LOOP_PACE.utilization(since);
+        if (u > LOOP_PACE.busyAbove) busyLooks += 1;
+        if (busyLooks >= 20) seen();
+        return u;
+      },
     });
     try {
-      // The foreground is already busy when the builds arrive.
-      await sleep(100);
       const all = archiver.archive(done.map((b) => b.id));
-      await sleep(400);
+      // Twenty looks at the loop, each finding it busy: the archiver waited and read nothing meanwhile.
+      await new Promise<void>((r) => {
+        seen = r;
+      });
       expect(reads.builds).toBe(0);
       for (const b of done) expect(await store.has(b.id)).toBe(false);
       spinning = false;
@@ -245,24 +256,16 @@ describe("archiver", () => {
   });
 
   it("a loop that stays busy still archives, one build per maxDeferMs", async () => {
-    const store = createArchiveStore({ dir: tempDir() });
     const done = [build(21), build(22), build(23)];
     const { reader } = memoryReader(done);
     let looks = 0;
-    const archiver = createArchiver({
-      store,
-      reader,
-      log: captureLogs().log,
-      metrics: new Registry(),
-      settleMs: 0,
-      pace: {
-        maxDeferMs: 150,
-        checkMs: 10,
-        mark: () => undefined,
-        utilization: () => {
-          looks++;
-          return 1;
-        },
+    const { store, archiver } = paced(reader, {
+      maxDeferMs: 150,
+      checkMs: 10,
+      mark: () => undefined,
+      utilization: () => {
+        looks++;
+        return 1;
       },
     });
     const t0 = performance.now();
