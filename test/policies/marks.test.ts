@@ -1,4 +1,3 @@
-import { setTimeout as sleep } from "node:timers/promises";
 import { Agent } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readConfig } from "../../src/config.js";
@@ -14,17 +13,10 @@ import type { NomadFake } from "../fakes/nomad.js";
 import { startNomadFake } from "../fakes/nomad.js";
 import { clusterEnv, GITEA_TOKEN, seedFakes } from "../helpers/cluster.js";
 import { captureLogs } from "../helpers/log-capture.js";
+import { eventually } from "../helpers/wait.js";
 
 const SUPERSEDED = { state: "cancelled", reason: "superseded by builder/dispatch-1700000100-00000002" } as const;
 const META = { REPO_URL: "https://git.example.test/acme/widgets.git", COMMIT: "abcdef0", BRANCH: "main", FLAVOR: "default" };
-
-async function eventually(check: () => boolean, ms: number, what: string): Promise<void> {
-  const end = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`${what} did not happen within ${ms} ms`);
-    await sleep(20);
-  }
-}
 
 describe("stop reasons in Consul are deleted once Nomad forgets their builds", () => {
   let consul: ConsulFake;
@@ -108,10 +100,11 @@ describe("the leader prunes stop reasons against Nomad (cluster mode, fakes)", (
     const logs = captureLogs("info");
     petrel = await startPetrel(readConfig(env), logs.log, env, { stopMarksPruneMs: 100 });
     await eventually(() => consul.entry(`petrel/stopped/${forgotten}`) === undefined, 10_000, "the forgotten build's reason deleted");
-    // Several passes later, the reason of the build Nomad still has is there.
-    await sleep(400);
+    // Said once the pass that deleted it ends.
+    await eventually(() => logs.text().includes("deleted the stop reasons of builds Nomad has forgotten"), 5000, "the pass's log line");
+    // Three passes later (each asks Nomad for the kept build), its reason is still there.
+    const asked = () => nomad.requests.filter((r) => r.method === "GET" && r.path === `/v1/job/${encodeURIComponent(kept)}`).length;
+    await eventually(() => asked() >= 3, 10_000, "three prune passes over the kept build");
     expect(consul.entry(`petrel/stopped/${kept}`)).toBeDefined();
-    expect(logs.text()).toMatch(/deleted the stop reasons of builds Nomad has forgotten/);
-    expect(nomad.requests.some((r) => r.method === "GET" && r.path === `/v1/job/${encodeURIComponent(kept)}`)).toBe(true);
   });
 });
