@@ -180,8 +180,8 @@ function isoFromNs(ns: number): string {
  * Nomad's nanosecond times (int64) as whole milliseconds. Today's nanoseconds exceed 2^53, so a parsed value is
  * off by up to 128 ns, and `floor(ns / 1e6)` read one whole millisecond in eight as the one before it, so two
  * jobs submitted a millisecond apart could tie. Rounded to whole microseconds first, a time in whole
- * microseconds (milliseconds included) comes out exact; a time less than 0.5 µs before a millisecond comes out
- * as that millisecond. The mapping only ever moves forward with its input, so every reader orders builds alike.
+ * microseconds (milliseconds included) comes out exact; a time up to about 0.7 µs before a millisecond (the
+ * parsed value's error plus the rounding) can come out as that millisecond. The mapping only ever moves forward with its input, so every reader orders builds alike.
  */
 export function msFromNs(ns: number): number {
   return Math.floor(Math.round(ns / 1000) / 1000);

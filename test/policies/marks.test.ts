@@ -51,6 +51,21 @@ describe("stop reasons in Consul are deleted once Nomad forgets their builds", (
     expect(await marks.get("builder/dispatch-1-gone")).toBeUndefined();
   });
 
+  it("stops a pass at the first build Nomad cannot answer for: that mark and the ones after it stay", async () => {
+    const marks = createConsulStopMarks({ consul: createConsulClient({ addr: consul.url, dispatcher: agent }), prefix: "p3" });
+    for (const id of ["builder/dispatch-1-gone", "builder/dispatch-2-unknown", "builder/dispatch-3-gone"]) await marks.put(id, SUPERSEDED);
+    // Keys are listed in order; Nomad answers 404 for the first, then fails (a 503, or down).
+    await expect(
+      marks.prune(async (id) => {
+        if (id.endsWith("-unknown")) throw new Error("Nomad unavailable (503)");
+        return false;
+      }),
+    ).rejects.toThrow("Nomad unavailable (503)");
+    expect(consul.entry("p3/stopped/builder/dispatch-1-gone")).toBeUndefined();
+    expect(consul.entry("p3/stopped/builder/dispatch-2-unknown")).toBeDefined();
+    expect(consul.entry("p3/stopped/builder/dispatch-3-gone")).toBeDefined();
+  });
+
   it("keeps a mark rewritten while the pass looked at it (check-and-set)", async () => {
     const marks = createConsulStopMarks({ consul: createConsulClient({ addr: consul.url, dispatcher: agent }), prefix: "p2" });
     await marks.put("builder/dispatch-1-again", SUPERSEDED);
