@@ -342,6 +342,12 @@ export function createArchiveStore(options: { dir: string }): ArchiveStore {
       const out = offset > 0 ? file.pipe(gunzip).pipe(skipBytes(offset)) : file.pipe(gunzip);
       file.on("error", (err) => gunzip.destroy(err));
       gunzip.on("error", (err) => out.destroy(err));
+      // A reader that stops early (a client gone, a HEAD) destroys what it holds; pipe() would leave the file
+      // open until garbage collection.
+      out.once("close", () => {
+        file.destroy();
+        gunzip.destroy();
+      });
       return out;
     },
 

@@ -109,6 +109,9 @@ export function createNomadBuildReader(options: NomadBuildReaderOptions): NomadB
           if (inflight.get(builder) === started) inflight.delete(builder);
         });
       inflight.set(builder, started);
+      // Every caller may have left (its signal aborted) before Nomad answers: a failure then has no one to go
+      // to, and must not end the process as an unhandled rejection. Callers still waiting get it.
+      started.catch(() => undefined);
       pending = started;
     }
     return untilAborted(pending, signal);

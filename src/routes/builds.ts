@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { ServerResponse } from "node:http";
+import { Readable } from "node:stream";
 import { RESPONSE_ALREADY_SENT } from "@hono/node-server/utils/response";
 import type { Context } from "hono";
 import { Hono } from "hono";
@@ -274,9 +275,17 @@ export function createBuildsRoute(
 
   async function streamText(c: Context, build: Build, type: LogType, follow: boolean, offset: number): Promise<Response> {
     const { id } = build;
+    // HEAD (answered by this GET route): the status and headers a GET gets, and nothing left open. Node drops
+    // the body of a HEAD answer without cancelling it, so a body made here would hold its file or stream.
+    const head = c.req.method === "HEAD";
     // A whole archived log to a client that takes gzip: the stored bytes as they are, no decompression here.
     if (offset === 0 && isTerminal(build.state) && reader.gzipLog !== undefined && acceptsGzip(c.req.header("accept-encoding"))) {
       const gz = await reader.gzipLog(id, type);
+      if (gz !== undefined && head) {
+        // Closed unread: an async iterator never started would not run its stream's clean-up.
+        if (gz instanceof Readable) gz.destroy();
+        return new Response(null, { status: 200, headers: GZIP_HEADERS });
+      }
       if (gz !== undefined) return gzipResponse(gz, id);
     }
     const abort = new AbortController();
@@ -294,6 +303,15 @@ export function createBuildsRoute(
     if (early !== undefined) {
       release();
       throw early.err;
+    }
+    if (head) {
+      abort.abort();
+      release();
+      void pending.then(
+        () => iterator.return?.(),
+        () => undefined,
+      );
+      return new Response(null, { status: 200, headers: PLAIN_HEADERS });
     }
     deps.metrics.logFollowers.inc();
     let done = false;
@@ -335,13 +353,7 @@ export function createBuildsRoute(
         await iterator.return?.();
       },
     });
-    return new Response(stream, {
-      status: 200,
-      headers: {
-        "Content-Type": "text/plain; charset=utf-8",
-        ...TEXT_HEADERS,
-      },
-    });
+    return new Response(stream, { status: 200, headers: PLAIN_HEADERS });
   }
 
   /** An archived log's gzip bytes as the body, with `Content-Encoding: gzip`; counted like any other log read. */
@@ -378,7 +390,7 @@ export function createBuildsRoute(
     });
     return new Response(stream, {
       status: 200,
-      headers: { "Content-Type": "text/plain; charset=utf-8", "Content-Encoding": "gzip", ...TEXT_HEADERS },
+      headers: GZIP_HEADERS,
     });
   }
 
@@ -547,6 +559,8 @@ const TEXT_HEADERS = {
   "X-Accel-Buffering": "no",
   "X-Content-Type-Options": "nosniff",
 } as const;
+const PLAIN_HEADERS = { "Content-Type": "text/plain; charset=utf-8", ...TEXT_HEADERS };
+const GZIP_HEADERS = { ...PLAIN_HEADERS, "Content-Encoding": "gzip" };
 
 /** `all` (stdout, stderr and step lines merged) only on `/builds/<id>/logs`; Albatros's `/build` knows two. */
 function logType(raw: string | undefined, merged: boolean): LogType {

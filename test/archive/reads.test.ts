@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -21,6 +21,7 @@ import { startNomadFake } from "../fakes/nomad.js";
 import { fixtureBytes } from "../gitea/fixtures.js";
 import { clusterEnv, GITEA_TOKEN, HOOK_SECRET, seedFakes } from "../helpers/cluster.js";
 import { captureLogs } from "../helpers/log-capture.js";
+import { eventually } from "../helpers/wait.js";
 
 const PUSH = fixtureBytes("push.json");
 const COMMIT = "4c1d7e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d";
@@ -251,6 +252,31 @@ describe("archived builds read the same after Nomad garbage-collects them (clust
     expect(albatros.headers["content-encoding"]).toBe("gzip");
     expect(gunzipSync(Buffer.from(await albatros.body.arrayBuffer())).toString()).toBe("compiling ✓\nlinking\n");
     expect(await (await fetch(`${base}?type=all`, { headers: ADMIN })).text()).toBe(all.toString());
+  });
+
+  it("answers HEAD for an archived log as GET would, and leaves no file or follower behind", async () => {
+    const id = await push("c".repeat(40));
+    run(id, 0);
+    await archived(id);
+    nomad.gcJob(id);
+    const path = `${petrel.url}/builds/${encodeURIComponent(id)}/logs?type=stdout`;
+    const open = () => readdirSync("/proc/self/fd").length;
+    const before = open();
+    for (let i = 0; i < 40; i++) {
+      for (const encoding of ["gzip", "identity"]) {
+        const res = await request(path, { method: "HEAD", headers: { ...ADMIN, "accept-encoding": encoding } });
+        await res.body.dump();
+        expect(res.statusCode).toBe(200);
+        expect(res.headers["content-encoding"]).toBe(encoding === "gzip" ? "gzip" : undefined);
+        expect(res.headers["content-type"]).toBe("text/plain; charset=utf-8");
+      }
+    }
+    // 80 HEADs: each opened the archived log and closed it again (a few descriptors come and go meanwhile).
+    await eventually(() => open() <= before + 4, 5000, "the logs' files closed");
+    const metrics = await (await fetch(`${petrel.url}/metrics`)).text();
+    expect(metrics).toMatch(/^petrel_log_followers 0$/m);
+    // The GET after them is whole.
+    expect(await (await fetch(path, { headers: ADMIN })).text()).toBe("compiling ✓\nlinking\n");
   });
 
   it("answers an archived build's record from the archive, without asking Nomad", async () => {

@@ -271,6 +271,37 @@ describe("listing builds (fake or real Nomad)", () => {
     expect((await r.listBuilds({ limit: 500, ref: "fresh" })).builds.map((b) => b.id)).toEqual([newer]);
   });
 
+  it("keeps a list that fails after its only caller left from becoming an unhandled rejection", async () => {
+    let fail = () => {};
+    const failing: NomadClient = {
+      ...nomad,
+      listJobs: () =>
+        new Promise((_, reject) => {
+          fail = () => reject(new Error("Nomad unavailable (503)"));
+        }),
+    };
+    const rejections: unknown[] = [];
+    const onRejection = (err: unknown) => rejections.push(err);
+    process.on("unhandledRejection", onRejection);
+    try {
+      const r = createNomadBuildReader({ nomad: failing, builders: () => new Set([builder]), log: captureLogs().log });
+      const gone = new AbortController();
+      gone.abort(new Error("client gone"));
+      await expect(r.listBuilds({ limit: 5 }, gone.signal)).rejects.toThrow("client gone");
+      fail();
+      // Two turns of the loop: an unhandled rejection is reported after the microtasks of the one it happened in.
+      await new Promise((resolve) => setImmediate(resolve));
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(rejections).toEqual([]);
+      // A caller that stays gets the failure.
+      const waiting = r.listBuilds({ limit: 5 });
+      fail();
+      await expect(waiting).rejects.toThrow("Nomad unavailable (503)");
+    } finally {
+      process.off("unhandledRejection", onRejection);
+    }
+  });
+
   // Counts the requests the fake recorded, by what they name.
   it.skipIf(realNomad)("reads finished builds once: a second listing costs one call per builder plus the builds in progress", async () => {
     const fake = t.fake!;
